@@ -1,0 +1,145 @@
+"""The ``fusion-mcp`` command: the stdio server (default), ``serve`` and ``ask``.
+
+Stdout belongs to JSON-RPC when serving stdio, so everything human goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from .config import MAX_TOOL_CALLS, ConfigError, Settings, load_settings
+from .models import FusionResult
+from .pipeline import ProgressEvent, new_run_id, run_fusion
+from .provider import Provider, new_http_client
+from .render import render
+from .server import __version__, build_request, create_server, error_result, serve_http
+
+EXIT_CONFIG = 2
+
+
+class _Redact(logging.Filter):
+    """Last line of defence: no secret reaches a log line, whatever formatted it."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secrets:
+            message = record.getMessage()
+            for secret in self._secrets:
+                message = message.replace(secret, "[redacted]")
+            record.msg, record.args = message, None
+        return True
+
+
+def _setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Redact(settings.secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    for noisy in ("httpx2", "httpcore2", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS, help="TOML file with settings (or FUSION_CONFIG)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="fusion-mcp",
+        description="An MCP server that asks a panel of models and has an analyst compare their answers. "
+        "With no command it serves MCP over stdio, which is what an MCP host launches.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"fusion-mcp {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="serve MCP over stdio or Streamable HTTP")
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
+
+    ask = commands.add_parser("ask", parents=[common], help="run one fusion from the terminal")
+    ask.add_argument("prompt", help="the question, self-contained")
+    ask.add_argument("--context", help="supporting material; @FILE reads it from a file")
+    ask.add_argument("--models", help="comma-separated panel model ids (default: FUSION_ANALYSIS_MODELS)")
+    ask.add_argument("--model", help="analyst model id (default: FUSION_MODEL)")
+    ask.add_argument("--max-tool-calls", type=int, help=f"tool-call budget per model, 1-{MAX_TOOL_CALLS}")
+    ask.add_argument("--json", action="store_true", help="print the structured result as JSON")
+    ask.add_argument(
+        "--analysis-only", action="store_true", help="skip the analyst's final answer; print the analysis only"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(config_path=getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"fusion-mcp: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    _setup_logging(settings)
+    # Anything this process starts is one level deeper, so a fusion server it launches refuses to fuse.
+    os.environ["FUSION_DEPTH"] = str(settings.depth + 1)
+
+    if args.command == "ask":
+        raise SystemExit(anyio.run(_ask, settings, args))
+    if args.command == "serve" and args.transport == "http":
+        try:
+            anyio.run(serve_http, settings, args.host, args.port)
+        except KeyboardInterrupt:
+            pass
+        return
+    try:
+        anyio.run(create_server(settings).run_stdio_async)
+    except KeyboardInterrupt:
+        pass
+
+
+async def _ask(settings: Settings, args: argparse.Namespace) -> int:
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    context = args.context
+    if context and context.startswith("@"):
+        try:
+            context = open(context[1:], encoding="utf-8").read()  # noqa: ASYNC230 - one small read at start
+        except OSError as exc:
+            print(f"fusion-mcp: cannot read --context file: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    models = args.models.split(",") if args.models else None
+    if args.max_tool_calls is not None and not 1 <= args.max_tool_calls <= MAX_TOOL_CALLS:
+        print(f"fusion-mcp: --max-tool-calls must be a whole number from 1 to {MAX_TOOL_CALLS}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        request = build_request(settings, args.prompt, context, models, args.model, args.max_tool_calls)
+    except ToolError as exc:
+        print(f"fusion-mcp: {exc}".replace("argument analysis_models", "--models"), file=sys.stderr)
+        return EXIT_CONFIG
+    request = request.model_copy(update={"final_answer": not args.analysis_only})
+    run_id = new_run_id()
+
+    async def progress(event: ProgressEvent) -> None:
+        print(f"[{event.progress}/{event.total}] {event.message}", file=sys.stderr, flush=True)
+
+    result: FusionResult
+    if settings.depth >= 1:
+        result = error_result(run_id, "fusion_invocation_capped", "fusion-mcp is running inside a fusion run")
+    elif settings.api_key is None and settings.is_openrouter:
+        result = error_result(run_id, "missing_api_key", "OPENROUTER_API_KEY is not set")
+    else:
+        async with new_http_client() as http:
+            result = await run_fusion(request, Provider(http, settings), on_event=progress, run_id=run_id)
+    print(json.dumps(result.to_json(), indent=2) if args.json else render(result))
+    return 0 if result.status == "ok" else 1

@@ -1,0 +1,187 @@
+"""Settings from the environment and an optional TOML file.
+
+Every setting has one name, the environment variable's (``FUSION_MODEL``); a TOML file given by
+``--config PATH`` or ``FUSION_CONFIG`` uses the same keys, in any case. The environment wins over the
+file, the file over the defaults. A bad value raises :class:`ConfigError` with one line that names the
+setting and its rule, so the command line can print it and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+QUALITY_PANEL = ("~anthropic/claude-opus-latest", "~openai/gpt-latest", "~google/gemini-pro-latest")
+MAX_PANEL = 8
+MAX_TOOL_CALLS = 16
+
+# One rule per setting, said the same way wherever a value is refused.
+RULES: dict[str, str] = {
+    "OPENROUTER_API_KEY": "a non-empty API key",
+    "OPENROUTER_BASE_URL": "an http:// or https:// URL of an OpenAI-compatible API",
+    "FUSION_ANALYSIS_MODELS": f"1-{MAX_PANEL} unique model ids, comma-separated",
+    "FUSION_MODEL": "one model id",
+    "FUSION_MAX_TOOL_CALLS": f"a whole number from 1 to {MAX_TOOL_CALLS}",
+    "FUSION_MAX_COMPLETION_TOKENS": "a whole number from 1 to 1000000",
+    "FUSION_ENABLED": "true or false",
+    "FUSION_TEMPERATURE": "a number from 0 to 2, or empty for the provider's default",
+    "FUSION_DEPTH": "a whole number >= 0 (set by a parent fusion run)",
+    "FUSION_APP_URL": "an http:// or https:// URL sent as HTTP-Referer",
+    "FUSION_APP_TITLE": "a short name sent as X-OpenRouter-Title",
+    "FUSION_LOG_LEVEL": "one of DEBUG, INFO, WARNING, ERROR",
+}
+SECRET_SETTINGS = frozenset({"OPENROUTER_API_KEY"})
+
+
+class ConfigError(ValueError):
+    """A setting is missing or breaks its rule; ``str()`` is one line that names it."""
+
+
+def check_model_ids(value: Any) -> tuple[str, ...]:
+    """Validate a panel: 1-8 unique, non-blank model ids, from a list or a comma-separated string."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple):
+        raise ValueError("not a list of model ids")
+    ids = tuple(check_model_id(v) for v in value)
+    if not 1 <= len(ids) <= MAX_PANEL:
+        raise ValueError(f"{len(ids)} model ids given")
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{', '.join(duplicates)} appears more than once")
+    return ids
+
+
+def check_model_id(value: Any) -> str:
+    """A model id is one non-blank token: ``author/slug``, an alias like ``~openai/gpt-latest``, a local name."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a model id is empty")
+    value = value.strip()
+    if any(c.isspace() for c in value) or len(value) > 200:
+        raise ValueError(f"{value[:60]!r} is not a model id")
+    return value
+
+
+def _check_url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")) or len(value) < 10:
+        raise ValueError("not an http(s) URL")
+    return value
+
+
+class Settings(BaseModel):
+    """The server's configuration. Field aliases are the environment variable names."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
+
+    api_key: SecretStr | None = Field(None, alias="OPENROUTER_API_KEY")
+    base_url: str = Field(OPENROUTER_BASE_URL, alias="OPENROUTER_BASE_URL")
+    analysis_models: tuple[str, ...] = Field(QUALITY_PANEL, alias="FUSION_ANALYSIS_MODELS")
+    model: str = Field(QUALITY_PANEL[0], alias="FUSION_MODEL")
+    max_tool_calls: int = Field(8, ge=1, le=MAX_TOOL_CALLS, alias="FUSION_MAX_TOOL_CALLS", strict=False)
+    max_completion_tokens: int = Field(16000, ge=1, le=1_000_000, alias="FUSION_MAX_COMPLETION_TOKENS")
+    enabled: bool = Field(True, alias="FUSION_ENABLED")
+    temperature: float | None = Field(None, ge=0, le=2, alias="FUSION_TEMPERATURE")
+    depth: int = Field(0, ge=0, alias="FUSION_DEPTH")
+    app_url: str = Field("https://pypi.org/project/fusion-mcp/", alias="FUSION_APP_URL")
+    app_title: str = Field("fusion-mcp", min_length=1, max_length=100, alias="FUSION_APP_TITLE")
+    log_level: str = Field("INFO", alias="FUSION_LOG_LEVEL")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("empty")
+        return v.strip() if isinstance(v, str) else v
+
+    @field_validator("base_url", "app_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v)
+
+    @field_validator("analysis_models", mode="before")
+    @classmethod
+    def _panel(cls, v: Any) -> tuple[str, ...]:
+        return check_model_ids(v)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _analyst(cls, v: Any) -> str:
+        return check_model_id(v)
+
+    @field_validator("temperature")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("not finite")
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> str:
+        level = str(v).strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("unknown level")
+        return level
+
+    @property
+    def is_openrouter(self) -> bool:
+        """True when the provider is OpenRouter itself (its key is required, its extensions apply)."""
+        return self.base_url.startswith("https://openrouter.ai/")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value in force, for redaction."""
+        return (self.api_key.get_secret_value(),) if self.api_key else ()
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_path: str | os.PathLike[str] | None = None
+) -> Settings:
+    """Build :class:`Settings` from a TOML file (optional) and the environment; raise :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    path = config_path if config_path is not None else environ.get("FUSION_CONFIG") or None
+    values: dict[str, Any] = _read_toml(Path(path)) if path else {}
+    for name in RULES:
+        raw = environ.get(name)
+        # An empty variable means "not set", as a host config often writes "" for an unused key.
+        if raw is not None and raw.strip() != "":
+            values[name] = raw
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, values)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (from --config or FUSION_CONFIG)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.__class__.__name__}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.upper()
+        if name not in RULES:
+            raise ConfigError(f"config file {path}: unknown setting {key!r} (known: {', '.join(RULES)})")
+        values[name] = value
+    return values
+
+
+def _first_error(exc: ValidationError, values: Mapping[str, Any]) -> str:
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else "configuration"
+    if name not in RULES:
+        return f"invalid configuration: {error['msg']}"
+    shown = "" if name in SECRET_SETTINGS else f"={str(values.get(name))[:80]!r}"
+    return f"invalid setting {name}{shown}: must be {RULES[name]}"

@@ -1,0 +1,138 @@
+"""One panel member (or the analyst): chat turns and tool calls, bounded by ``max_tool_calls``.
+
+The loop is independent of which tools exist: a :class:`ToolBox` offers function specs and runs calls.
+Each call counts against the budget; once it is spent the next turn offers ``tool_choice: "none"`` and
+asks for the answer, so a member always ends with text, never with a dangling tool call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import BadResponse, EmptyAnswer, UpstreamError
+from .models import TokenUsage
+from .provider import Completion, Provider
+
+BUDGET_SPENT = (
+    "The tool budget for this answer is spent. Do not call any more tools: answer now, completely, "
+    "with what you already have."
+)
+
+
+class ToolBox(Protocol):
+    """Tools a member may call. ``call`` never raises for a bad call: it returns text the model reads."""
+
+    def specs(self) -> list[dict[str, Any]]: ...
+
+    async def call(self, name: str, arguments: str) -> str: ...
+
+
+@dataclass
+class MemberOutcome:
+    """What one member produced: an answer, or the error that ended it (usage is counted either way)."""
+
+    model: str
+    content: str = ""
+    error: UpstreamError | None = None
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    requests: int = 0
+    tool_calls: int = 0
+    seconds: float = 0.0
+    served_by: str = ""
+    """The concrete model the provider reports (``~openai/gpt-latest`` resolves to a dated id)."""
+
+
+async def run_member(
+    provider: Provider,
+    model: str,
+    messages: list[dict[str, Any]],
+    *,
+    max_tool_calls: int,
+    max_completion_tokens: int,
+    temperature: float | None = None,
+    toolbox: ToolBox | None = None,
+    stream: bool = True,
+    extra: dict[str, Any] | None = None,
+    on_tool: Callable[[str, int, int], None] | None = None,
+) -> MemberOutcome:
+    """Run the turn loop to a final answer. ``messages`` is extended in place with the transcript."""
+    started = time.monotonic()
+    outcome = MemberOutcome(model=model)
+    specs = toolbox.specs() if toolbox is not None else []
+    told_to_answer = False
+    try:
+        # Each turn either spends at least one tool call or ends the loop; two spare turns cover the
+        # "budget spent, answer now" request and one model that ignores it.
+        for _ in range(max_tool_calls + 2):
+            body: dict[str, Any] = {
+                "model": model,
+                "messages": messages,
+                "max_completion_tokens": max_completion_tokens,
+                **(extra or {}),
+            }
+            if temperature is not None:
+                body["temperature"] = temperature
+            if stream:
+                body["stream"] = True
+                body["stream_options"] = {"include_usage": True}
+            budget_left = max_tool_calls - outcome.tool_calls
+            if specs:
+                body["tools"] = specs
+                body["tool_choice"] = "auto" if budget_left > 0 else "none"
+            completion = await provider.complete(body)
+            _count(outcome, completion)
+            if completion.tool_calls and specs and budget_left > 0 and toolbox is not None:
+                messages.append(_assistant_turn(completion))
+                for call in completion.tool_calls:
+                    if outcome.tool_calls >= max_tool_calls:
+                        result = "not run: the tool budget is spent"
+                    else:
+                        outcome.tool_calls += 1
+                        if on_tool is not None:
+                            on_tool(call.name, outcome.tool_calls, max_tool_calls)
+                        result = await toolbox.call(call.name, call.arguments)
+                    messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+                if outcome.tool_calls >= max_tool_calls and not told_to_answer:
+                    messages.append({"role": "user", "content": BUDGET_SPENT})
+                    told_to_answer = True
+                continue
+            if completion.content.strip():
+                outcome.content = completion.content
+                messages.append({"role": "assistant", "content": completion.content})
+                return outcome
+            if completion.tool_calls and specs:
+                # The model asked for tools it may no longer use; drop the offer entirely next turn.
+                specs = []
+                if not told_to_answer:
+                    messages.append({"role": "user", "content": BUDGET_SPENT})
+                    told_to_answer = True
+                continue
+            reason = f" (finish_reason {completion.finish_reason})" if completion.finish_reason else ""
+            raise EmptyAnswer(f"the model returned an empty answer{reason}")
+        raise BadResponse("the model kept calling tools and never answered")
+    except UpstreamError as exc:
+        outcome.error = exc
+        outcome.content = exc.partial
+        return outcome
+    finally:
+        outcome.seconds = round(time.monotonic() - started, 3)
+
+
+def _count(outcome: MemberOutcome, completion: Completion) -> None:
+    outcome.requests += 1
+    outcome.usage = outcome.usage + completion.usage
+    outcome.served_by = completion.model or outcome.served_by
+
+
+def _assistant_turn(completion: Completion) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": completion.content or None,
+        "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in completion.tool_calls
+        ],
+    }

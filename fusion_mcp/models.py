@@ -1,0 +1,160 @@
+"""The pydantic contract between layers: what a fusion run is asked, and what it answers.
+
+The result is a superset of OpenRouter's ``FusionAnalysisResult``: the same ``status``, ``analysis``
+(five keys), ``responses``, ``failed_models``, ``sources`` and error fields, plus ``run_id``,
+``analyst_model``, ``usage`` and ``timings``. Optional fields are left out of the JSON when unset, so
+"analysis absent" means the key is not there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FailureReason = Literal[
+    "all_panels_failed",
+    "insufficient_credits",
+    "rate_limited",
+    "invalid_model",
+    "cancelled",
+    "fusion_invocation_capped",
+    "missing_api_key",
+    "unexpected_error",
+]
+AnalysisErrorReason = Literal[
+    "judge_upstream_error", "judge_empty_completion", "judge_not_valid_json", "judge_schema_mismatch"
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FusionRequest(_Model):
+    """One fusion run, fully resolved: arguments merged with settings, ready for the pipeline."""
+
+    prompt: str = Field(min_length=1)
+    context: str | None = None
+    analysis_models: tuple[str, ...] = Field(min_length=1, max_length=8)
+    model: str
+    max_tool_calls: int = Field(ge=1, le=16)
+    max_completion_tokens: int = Field(ge=1)
+    temperature: float | None = None
+    final_answer: bool = False
+    """Also have the analyst write a final answer (``fusion-mcp ask``; the host model does it otherwise)."""
+
+
+# --- the analysis, exactly as OpenRouter shapes it ---------------------------------------------------
+
+
+class Stance(_Model):
+    model: str
+    stance: str
+
+
+class Contradiction(_Model):
+    topic: str
+    stances: list[Stance]
+
+
+class PartialCoverage(_Model):
+    models: list[str]
+    point: str
+
+
+class UniqueInsight(_Model):
+    model: str
+    insight: str
+
+
+class Analysis(_Model):
+    consensus: list[str]
+    contradictions: list[Contradiction]
+    partial_coverage: list[PartialCoverage]
+    unique_insights: list[UniqueInsight]
+    blind_spots: list[str]
+
+
+# --- what the panel said ------------------------------------------------------------------------------
+
+
+class Source(_Model):
+    url: str
+    title: str | None = None
+
+
+class PanelResponse(_Model):
+    model: str
+    content: str
+
+
+class FailedModel(_Model):
+    model: str
+    error: str
+    status_code: int | None = None
+
+
+class AnalysisError(_Model):
+    reason: AnalysisErrorReason
+    message: str
+
+
+class TokenUsage(_Model):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    cost: float | None = None
+    """USD, when the provider reports it."""
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        costs = [c for c in (self.cost, other.cost) if c is not None]
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+            cost=round(sum(costs), 10) if costs else None,
+        )
+
+
+class ModelUsage(TokenUsage):
+    model: str
+    role: Literal["panel", "analyst"]
+    requests: int = 0
+
+
+class Usage(_Model):
+    models: list[ModelUsage] = Field(default_factory=list)
+    total: TokenUsage = Field(default_factory=TokenUsage)
+
+
+class Timings(_Model):
+    members: dict[str, float] = Field(default_factory=dict)
+    """Seconds from the panel's start to each member's answer or failure."""
+    analyst: float | None = None
+    total: float = 0.0
+
+
+class FusionResult(_Model):
+    """What ``openrouter_fusion`` returns as ``structuredContent``."""
+
+    status: Literal["ok", "error"]
+    run_id: str
+    analysis: Analysis | None = None
+    analysis_error: AnalysisError | None = None
+    responses: list[PanelResponse] = Field(default_factory=list)
+    failed_models: list[FailedModel] = Field(default_factory=list)
+    sources: list[Source] = Field(default_factory=list)
+    analyst_model: str | None = None
+    final_answer: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings = Field(default_factory=Timings)
+    error: str | None = None
+    failure_reason: FailureReason | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form: unset top-level optional fields are omitted rather than sent as null."""
+        unset = {name for name in type(self).model_fields if getattr(self, name) is None}
+        return self.model_dump(mode="json", exclude=unset)

@@ -1,0 +1,327 @@
+"""The chat-completions client: one POST, SSE or JSON, retries, typed errors, usage.
+
+Speaks the core of the OpenAI-compatible protocol that OpenRouter, Ollama, vLLM, LM Studio and most
+gateways share. Every request carries the explicit ``max_completion_tokens`` the caller put in the body,
+the attribution headers and ``x-openrouter-fusion-depth``, so a fusion server reached downstream can
+refuse to fuse again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx2
+
+from .config import Settings
+from .errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
+from .models import TokenUsage
+
+DEPTH_HEADER = "x-openrouter-fusion-depth"
+MAX_RETRIES = 2
+MAX_RETRY_AFTER_S = 20.0
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+"""No honest chat completion is this large; past it the answer is cut and the member fails."""
+
+
+def new_http_client(max_connections: int = 64) -> httpx2.AsyncClient:
+    """The process-wide pool for provider requests.
+
+    Long read timeouts because reasoning models think for minutes; ``trust_env`` stays on so a
+    corporate proxy set in the environment still applies to the provider (never to web fetches).
+    """
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0),
+        limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        follow_redirects=False,
+    )
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass
+class Completion:
+    """One assistant turn, whichever way it arrived."""
+
+    model: str
+    content: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Provider:
+    """Chat completions against one base URL, for one fusion run at one recursion depth."""
+
+    def __init__(self, http: httpx2.AsyncClient, settings: Settings, *, depth: int = 0) -> None:
+        self._http = http
+        self._url = f"{settings.base_url}/chat/completions"
+        self._secrets = settings.secrets
+        self._headers = {
+            "Content-Type": "application/json",
+            "HTTP-Referer": settings.app_url,
+            "X-OpenRouter-Title": settings.app_title,
+            "X-Title": settings.app_title,
+            DEPTH_HEADER: str(depth + 1),
+        }
+        if settings.api_key is not None:
+            self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+
+    async def complete(self, body: dict[str, Any], *, on_text: Callable[[str], None] | None = None) -> Completion:
+        """Send one chat completion, retrying what is worth retrying; raise :class:`UpstreamError`.
+
+        ``body["stream"]`` picks SSE; ``on_text`` then sees each piece of text as it arrives.
+        """
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                return await self._once(body, on_text)
+            except UpstreamError as exc:
+                if not exc.retryable or attempt == MAX_RETRIES or exc.partial:
+                    raise
+                await anyio.sleep(_backoff(attempt, getattr(exc, "retry_after", None)))
+        raise AssertionError("unreachable")
+
+    async def _once(self, body: dict[str, Any], on_text: Callable[[str], None] | None) -> Completion:
+        stream = bool(body.get("stream"))
+        try:
+            async with self._http.stream("POST", self._url, json=body, headers=self._headers) as response:
+                if response.status_code >= 400:
+                    raise self._status_error(response, await _read_capped(response))
+                if stream and response.headers.get("content-type", "").startswith("text/event-stream"):
+                    return await _parse_sse(response, on_text, self._secrets)
+                return _parse_json(await _read_capped(response), response, self._secrets)
+        except httpx2.TimeoutException as exc:
+            raise Timeout(f"the provider did not answer in time ({type(exc).__name__})") from None
+        except httpx2.TransportError as exc:
+            raise ConnectionFailed(f"connection to the provider failed: {type(exc).__name__}") from None
+
+    def _status_error(self, response: httpx2.Response, raw: bytes) -> HTTPStatusError:
+        status = response.status_code
+        message, code = _error_message(raw)
+        retry_after = _retry_after(response.headers.get("retry-after"))
+        if status == 401:
+            message = f"the API key was rejected: {message}"
+        elif status == 402:
+            message = f"insufficient credits: {message}"
+        return HTTPStatusError(
+            redact(f"HTTP {status}: {message}", self._secrets),
+            status_code=status,
+            retry_after=retry_after,
+            code=code or ("model_not_found" if status == 404 else None),
+        )
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(retry_after, MAX_RETRY_AFTER_S)
+    # Full jitter keeps a panel of members that failed together from retrying in lockstep.
+    return (0.5 * 2**attempt) * (0.5 + random.random())
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None  # HTTP-date form: rare upstream, the default backoff is fine
+    return seconds if seconds is not None and 0 <= seconds < 3600 else None
+
+
+async def _read_capped(response: httpx2.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise BadResponse(f"the response was larger than {MAX_RESPONSE_BYTES // 2**20} MiB and was cut")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_message(raw: bytes) -> tuple[str, str | None]:
+    """Pull ``error.message`` (and a model-not-found code) out of an OpenRouter/OpenAI error body."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        text = raw.decode("utf-8", "replace").strip()
+        return (_clip(text) if text else "no error message"), None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or "no error message")
+        blob = json.dumps(error.get("metadata") or {}) + message
+        code = "model_not_found" if "model_not_found" in blob or "not a valid model" in blob else None
+        return _clip(message), code
+    if isinstance(error, str):
+        return _clip(error), None
+    return _clip(raw.decode("utf-8", "replace")), None
+
+
+def _clip(text: str, limit: int = 500) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _parse_json(raw: bytes, response: httpx2.Response, secrets: tuple[str, ...]) -> Completion:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        kind = response.headers.get("content-type", "no content type")
+        raise BadResponse(
+            redact(
+                f"the provider answered with {kind} that is not JSON: {_clip(raw.decode('utf-8', 'replace'), 120)!r}",
+                secrets,
+            )
+        ) from None
+    if not isinstance(data, dict):
+        raise BadResponse("the provider answered with JSON that is not an object")
+    if "error" in data and not data.get("choices"):
+        message, _ = _error_message(raw)
+        code = data["error"].get("code") if isinstance(data["error"], dict) else None
+        raise UpstreamError(redact(f"provider error: {message}", secrets), status_code=_int_or_none(code))
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise BadResponse("the provider's answer has no choices")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    if choice.get("error"):
+        err = choice["error"]
+        text = err.get("message") if isinstance(err, dict) else str(err)
+        raise UpstreamError(redact(f"the model failed: {_clip(str(text))}", secrets))
+    calls = []
+    for i, call in enumerate(message.get("tool_calls") or []):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            calls.append(ToolCall(str(call.get("id") or f"call_{i}"), str(fn.get("name") or ""), _args(fn)))
+    return Completion(
+        model=str(data.get("model") or ""),
+        content=_text(message.get("content")),
+        tool_calls=calls,
+        finish_reason=choice.get("finish_reason"),
+        usage=parse_usage(data.get("usage")),
+        annotations=[a for a in message.get("annotations") or [] if isinstance(a, dict)],
+    )
+
+
+async def _sse_events(response: httpx2.Response) -> AsyncIterator[str]:
+    size = 0
+    async for line in response.aiter_lines():
+        size += len(line)
+        if size > MAX_RESPONSE_BYTES:
+            raise BadResponse(f"the stream was longer than {MAX_RESPONSE_BYTES // 2**20} MiB and was cut")
+        # Comment lines (": OPENROUTER PROCESSING") are keep-alives; event/id lines carry nothing for us.
+        if line.startswith("data:"):
+            yield line[5:].strip()
+
+
+async def _parse_sse(
+    response: httpx2.Response, on_text: Callable[[str], None] | None, secrets: tuple[str, ...]
+) -> Completion:
+    out = Completion(model="", content="")
+    parts: list[str] = []
+    calls: dict[int, ToolCall] = {}
+    done = False
+    try:
+        async for data in _sse_events(response):
+            if data == "[DONE]":
+                done = True
+                break
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise BadResponse(f"the stream sent a chunk that is not JSON: {_clip(data, 120)!r}") from None
+            if not isinstance(chunk, dict):
+                continue
+            out.model = out.model or str(chunk.get("model") or "")
+            if chunk.get("usage"):
+                out.usage = parse_usage(chunk["usage"])
+            choice = (chunk.get("choices") or [{}])[0]
+            if not isinstance(choice, dict):
+                continue
+            if chunk.get("error") or choice.get("finish_reason") == "error":
+                message, _ = _error_message(json.dumps({"error": chunk.get("error") or "the model failed"}).encode())
+                status = chunk["error"].get("code") if isinstance(chunk.get("error"), dict) else None
+                raise UpstreamError(
+                    redact(f"the stream ended with an error: {message}", secrets),
+                    status_code=_int_or_none(status),
+                )
+            delta = choice.get("delta") or {}
+            if isinstance(delta, dict):
+                text = _text(delta.get("content"))
+                if text:
+                    parts.append(text)
+                    if on_text is not None:
+                        on_text(text)
+                for call in delta.get("tool_calls") or []:
+                    _merge_call(calls, call)
+                out.annotations.extend(a for a in delta.get("annotations") or [] if isinstance(a, dict))
+            out.finish_reason = choice.get("finish_reason") or out.finish_reason
+    except UpstreamError as exc:
+        exc.partial = "".join(parts)
+        raise
+    except (httpx2.TransportError, httpx2.TimeoutException) as exc:
+        raise ConnectionFailed(f"the stream broke off: {type(exc).__name__}", partial="".join(parts)) from None
+    if not done and out.finish_reason is None:
+        raise ConnectionFailed("the stream ended before the answer was complete", partial="".join(parts))
+    out.content = "".join(parts)
+    out.tool_calls = [calls[i] for i in sorted(calls)]
+    return out
+
+
+def _merge_call(calls: dict[int, ToolCall], delta: Any) -> None:
+    if not isinstance(delta, dict):
+        return
+    index = delta.get("index") if isinstance(delta.get("index"), int) else len(calls)
+    fn = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+    call = calls.setdefault(index, ToolCall(id="", name="", arguments=""))
+    call.id = call.id or str(delta.get("id") or f"call_{index}")
+    call.name += str(fn.get("name") or "")
+    call.arguments += fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
+
+
+def _args(fn: dict[str, Any]) -> str:
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        return args
+    return json.dumps(args) if args is not None else ""
+
+
+def _text(content: Any) -> str:
+    """Message content is a string, null, or (some providers) a list of typed parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def parse_usage(raw: Any) -> TokenUsage:
+    """Read an OpenAI/OpenRouter usage object, tolerating missing or odd fields."""
+    if not isinstance(raw, dict):
+        return TokenUsage()
+    details = raw.get("completion_tokens_details") if isinstance(raw.get("completion_tokens_details"), dict) else {}
+    cost = raw.get("cost")
+    prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
+    return TokenUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        reasoning_tokens=_count(details.get("reasoning_tokens")),
+        total_tokens=_count(raw.get("total_tokens")) or prompt + completion,
+        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+    )

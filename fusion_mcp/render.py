@@ -1,0 +1,67 @@
+"""Markdown rendering of a :class:`FusionResult` for hosts that show text rather than structured content."""
+
+from __future__ import annotations
+
+from .models import FusionResult, TokenUsage
+
+
+def render(result: FusionResult) -> str:
+    """Analysis first, then each panel answer, then failures and a one-line cost summary."""
+    if result.status == "error":
+        lines = [f"**Fusion failed** ({result.failure_reason}): {result.error}"]
+        lines += _failures(result)
+        lines.append(f"\n_run {result.run_id}_")
+        return "\n".join(lines)
+
+    lines: list[str] = []
+    n = len(result.responses)
+    lines.append(f"# Fusion analysis: {n} answer{'s' if n != 1 else ''}, analyst {result.analyst_model}")
+    if result.analysis is not None:
+        a = result.analysis
+        lines.append("\n## Consensus")
+        lines += [f"- {p}" for p in a.consensus] or ["- (none)"]
+        lines.append("\n## Contradictions")
+        for c in a.contradictions:
+            lines.append(f"- **{c.topic}**")
+            lines += [f"  - {s.model}: {s.stance}" for s in c.stances]
+        if not a.contradictions:
+            lines.append("- (none)")
+        lines.append("\n## Partial coverage")
+        lines += [f"- {p.point} ({', '.join(p.models)})" for p in a.partial_coverage] or ["- (none)"]
+        lines.append("\n## Unique insights")
+        lines += [f"- {u.model}: {u.insight}" for u in a.unique_insights] or ["- (none)"]
+        lines.append("\n## Blind spots")
+        lines += [f"- {b}" for b in a.blind_spots] or ["- (none)"]
+    elif result.analysis_error is not None:
+        e = result.analysis_error
+        lines.append(f"\n**No analysis** ({e.reason}): {e.message}. The panel's answers follow unanalysed.")
+    if result.final_answer:
+        lines.append("\n## Final answer (written by the analyst)\n")
+        lines.append(result.final_answer)
+    lines.append("\n# Panel answers")
+    for r in result.responses:
+        seconds = result.timings.members.get(r.model)
+        lines.append(f"\n## {r.model}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
+        lines.append(r.content)
+    lines += _failures(result)
+    lines.append("\n" + cost_line(result))
+    return "\n".join(lines)
+
+
+def _failures(result: FusionResult) -> list[str]:
+    if not result.failed_models:
+        return []
+    lines = ["\n## Failed models"]
+    for f in result.failed_models:
+        code = f" (HTTP {f.status_code})" if f.status_code else ""
+        lines.append(f"- {f.model}{code}: {f.error}")
+    return lines
+
+
+def cost_line(result: FusionResult) -> str:
+    total: TokenUsage = result.usage.total
+    cost = f"${total.cost:.4f}" if total.cost is not None else "cost not reported"
+    return (
+        f"_{cost} · {total.prompt_tokens} prompt + {total.completion_tokens} completion tokens · "
+        f"{result.timings.total:.1f} s · run {result.run_id}_"
+    )

@@ -1,0 +1,248 @@
+"""The MCP layer: ``create_server()`` registers ``openrouter_fusion`` and turns a call into a run.
+
+This is the only module that imports ``mcp``. It checks arguments and recursion depth, builds a
+:class:`FusionRequest` from arguments and settings, forwards pipeline events as progress notifications,
+and returns the result both as ``structuredContent`` (validated against the declared output schema) and
+as a markdown text block. Error results carry ``isError`` so hosts show them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from importlib.metadata import version as dist_version
+from typing import Annotated, Any
+
+import anyio
+import httpx2
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .config import MAX_PANEL, MAX_TOOL_CALLS, Settings, check_model_id, check_model_ids
+from .errors import redact
+from .models import FailureReason, FusionRequest, FusionResult
+from .pipeline import ProgressEvent, new_run_id, run_fusion
+from .provider import DEPTH_HEADER, Provider, new_http_client
+from .render import render
+
+log = logging.getLogger("fusion_mcp")
+TOOL_NAME = "openrouter_fusion"
+__version__ = dist_version("fusion-mcp")
+
+DESCRIPTION = f"""Ask a panel of {MAX_PANEL} or fewer AI models the same question in parallel and get an \
+analyst's structured comparison of their answers: consensus, contradictions, partial coverage, unique \
+insights and blind spots, plus every full answer. You then write the final answer from it.
+
+Use it for research questions, expert critique or review, and decisions where being wrong costs more than \
+a few extra model calls (architecture choices, security or legal-adjacent questions, fact checks, \
+comparing options). Do not use it for short tactical prompts, chit-chat, or anything one model answers \
+well: a run costs several completions and takes as long as the slowest model plus the analysis.
+
+The panel does NOT see this conversation: make `prompt` a complete, self-contained question, and put \
+code, excerpts, constraints or other material it needs in `context`."""
+
+INSTRUCTIONS = (
+    "fusion-mcp offers one tool, openrouter_fusion, that asks several models at once and returns an "
+    "analysis of where they agree and disagree. Write the final answer yourself from its result."
+)
+
+
+@asynccontextmanager
+async def _lifespan(_: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
+    # One connection pool for the whole process, whatever the transport.
+    async with new_http_client() as http:
+        yield {"http": http}
+
+
+def incoming_depth(headers: Mapping[str, str] | None, settings: Settings) -> int:
+    """The caller's fusion depth: the HTTP header when there is one, else ``FUSION_DEPTH`` (stdio).
+
+    A header that is not a whole number counts as nested: refusing a confused caller is cheaper than
+    letting a loop of servers fan out.
+    """
+    depth = settings.depth
+    raw = headers.get(DEPTH_HEADER) if headers is not None else None
+    if raw is not None:
+        try:
+            depth = max(depth, int(raw.strip()))
+        except ValueError:
+            depth = max(depth, 1)
+    return depth
+
+
+def error_result(run_id: str, reason: FailureReason, message: str) -> FusionResult:
+    return FusionResult(status="error", run_id=run_id, error=message, failure_reason=reason)
+
+
+def as_tool_result(result: FusionResult) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=render(result))],
+        structured_content=result.to_json(),
+        is_error=result.status == "error",
+    )
+
+
+def build_request(
+    settings: Settings,
+    prompt: str,
+    context: str | None,
+    analysis_models: list[str] | None,
+    model: str | None,
+    max_tool_calls: int | None,
+) -> FusionRequest:
+    """Merge arguments over settings; raise :class:`ToolError` naming the argument that breaks a rule."""
+    if not prompt.strip():
+        raise ToolError("invalid argument prompt: must be a non-empty, self-contained question")
+    try:
+        panel = check_model_ids(analysis_models) if analysis_models is not None else settings.analysis_models
+    except ValueError as exc:
+        raise ToolError(
+            f"invalid argument analysis_models: must be 1-{MAX_PANEL} unique, non-empty model ids ({exc})"
+        ) from None
+    try:
+        analyst = check_model_id(model) if model is not None else settings.model
+    except ValueError as exc:
+        raise ToolError(f"invalid argument model: must be one non-empty model id ({exc})") from None
+    return FusionRequest(
+        prompt=prompt.strip(),
+        context=context if context and context.strip() else None,
+        analysis_models=panel,
+        model=analyst,
+        max_tool_calls=max_tool_calls if max_tool_calls is not None else settings.max_tool_calls,
+        max_completion_tokens=settings.max_completion_tokens,
+        temperature=settings.temperature,
+    )
+
+
+def create_server(settings: Settings) -> MCPServer[Any]:
+    """Build the server without running it, so tests and every transport share one construction."""
+    server: MCPServer[Any] = MCPServer(
+        "fusion-mcp",
+        title="Fusion",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        lifespan=_lifespan,
+        log_level=settings.log_level,  # type: ignore[arg-type]
+    )
+
+    @server.custom_route("/healthz", methods=["GET"])
+    async def healthz(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    if not settings.enabled:
+        return server
+
+    async def openrouter_fusion(
+        prompt: Annotated[
+            str,
+            Field(
+                min_length=1,
+                description="A complete, self-contained question or task; the panel does not see your conversation.",
+            ),
+        ],
+        ctx: Context,
+        context: Annotated[
+            str | None,
+            Field(description="Optional material the panel needs: code, excerpts, data, constraints."),
+        ] = None,
+        analysis_models: Annotated[
+            list[str] | None,
+            Field(
+                min_length=1,
+                max_length=MAX_PANEL,
+                description=f"Optional panel override: 1-{MAX_PANEL} unique model ids. Default: the configured panel.",
+            ),
+        ] = None,
+        model: Annotated[
+            str | None, Field(description="Optional analyst model id. Default: the configured analyst.")
+        ] = None,
+        max_tool_calls: Annotated[
+            int | None,
+            Field(ge=1, le=MAX_TOOL_CALLS, description=f"Optional tool-call budget per model, 1-{MAX_TOOL_CALLS}."),
+        ] = None,
+    ) -> Annotated[CallToolResult, FusionResult]:
+        run_id = new_run_id()
+        request = build_request(settings, prompt, context, analysis_models, model, max_tool_calls)
+        depth = incoming_depth(ctx.headers, settings)
+        if depth >= 1:
+            log.info("run %s refused: nested fusion call at depth %d", run_id, depth)
+            return as_tool_result(
+                error_result(
+                    run_id,
+                    "fusion_invocation_capped",
+                    f"fusion was already invoked upstream (depth {depth}); nested fusion calls are refused",
+                )
+            )
+        if settings.api_key is None and settings.is_openrouter:
+            return as_tool_result(
+                error_result(
+                    run_id,
+                    "missing_api_key",
+                    "OPENROUTER_API_KEY is not set: add it to this server's environment in the host's MCP config",
+                )
+            )
+        http: httpx2.AsyncClient = ctx.request_context.lifespan_context["http"]
+        provider = Provider(http, settings, depth=depth)
+
+        async def progress(event: ProgressEvent) -> None:
+            log.info("run %s: %s", run_id, event.message)
+            try:
+                await ctx.report_progress(event.progress, event.total, event.message)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:  # a client that went away must not sink the run
+                log.debug("progress notification failed: %r", exc)
+
+        try:
+            result = await run_fusion(request, provider, on_event=progress, run_id=run_id)
+        except anyio.get_cancelled_exc_class():
+            log.info("run %s cancelled by the client", run_id)
+            raise
+        except Exception as exc:
+            log.exception("run %s failed unexpectedly", run_id)
+            message = redact(f"unexpected error: {type(exc).__name__}: {exc}", settings.secrets)
+            result = error_result(run_id, "unexpected_error", message)
+        log.info("run %s finished: %s in %.1f s", run_id, result.status, result.timings.total)
+        return as_tool_result(result)
+
+    server.add_tool(
+        openrouter_fusion,
+        name=TOOL_NAME,
+        title="Fusion: ask a panel of models and compare their answers",
+        description=DESCRIPTION,
+        annotations=ToolAnnotations(
+            title="Fusion: ask a panel of models and compare their answers",
+            read_only_hint=True,
+            open_world_hint=True,
+        ),
+    )
+    return server
+
+
+def transport_security(host: str) -> TransportSecuritySettings:
+    """DNS-rebinding protection that stays on whatever the bind address (the SDK drops it on 0.0.0.0)."""
+    hosts = ["127.0.0.1", "localhost", "[::1]"]
+    if host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+        hosts.append(host)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{h}:*" for h in hosts] + hosts,
+        allowed_origins=[f"http://{h}:*" for h in hosts] + [f"https://{h}:*" for h in hosts],
+    )
+
+
+async def serve_http(settings: Settings, host: str, port: int) -> None:
+    """Streamable HTTP at ``/mcp`` (stateful, SSE) plus ``GET /healthz``, until cancelled."""
+    import uvicorn
+
+    app = create_server(settings).streamable_http_app(
+        streamable_http_path="/mcp", transport_security=transport_security(host), host=host
+    )
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    await uvicorn.Server(config).serve()
