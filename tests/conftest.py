@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fusion_mcp.config import Settings, load_settings
+from tests.fakes.provider_sim import ProviderSim
+
+API_KEY = "sk-or-v1-TESTKEY-0123456789abcdef-do-not-leak"
+PANEL = ("~anthropic/claude-opus-latest", "~openai/gpt-latest", "~google/gemini-pro-latest")
+ANALYST = "~anthropic/claude-opus-latest"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def _sim() -> Iterator[ProviderSim]:
+    sim = ProviderSim().start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def sim(_sim: ProviderSim) -> Iterator[ProviderSim]:
+    _sim.reset()
+    yield _sim
+    _sim.reset()
+
+
+def sim_env(sim: ProviderSim, **extra: str) -> dict[str, str]:
+    env = {
+        "OPENROUTER_API_KEY": API_KEY,
+        "OPENROUTER_BASE_URL": sim.base_url,
+        "FUSION_ANALYSIS_MODELS": ",".join(PANEL),
+        "FUSION_MODEL": ANALYST,
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def settings(sim: ProviderSim) -> Settings:
+    return load_settings(environ=sim_env(sim))
+
+
+def console_script() -> str:
+    """The installed ``fusion-mcp`` entry point beside this interpreter (what a host would launch)."""
+    candidate = Path(sys.executable).parent / "fusion-mcp"
+    found = str(candidate) if candidate.exists() else shutil.which("fusion-mcp")
+    if not found:
+        pytest.fail("the fusion-mcp console script is not installed: pip install -e '.[test]'")
+    return found
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """A minimal environment for subprocesses: PATH and HOME only, plus what the test says."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "SYSTEMROOT") if k in os.environ}
+    env.update(extra)
+    return env

@@ -1,0 +1,250 @@
+"""A loopback OpenAI-compatible provider: a real HTTP server, scripted per model id.
+
+Runs uvicorn in a thread so that in-process tests, a stdio subprocess and the Inspector can all reach it.
+Every request is recorded with its headers and body. A model without a script answers plainly; a request
+that asks for ``response_format: json_schema`` (the analyst) gets a valid analysis built from the labels
+its schema allows, plus one insight under a label that names nobody (which the server must drop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+DEFAULT_USAGE = {
+    "prompt_tokens": 100,
+    "completion_tokens": 50,
+    "total_tokens": 150,
+    "cost": 0.0015,
+    "completion_tokens_details": {"reasoning_tokens": 7},
+}
+GHOST_LABEL = "Model Z"
+
+
+@dataclass
+class Reply:
+    """One scripted answer. Defaults give a plain, successful completion."""
+
+    content: str | None = None
+    """None: a generated answer naming the model (or an analysis for the analyst)."""
+    latency: float = 0.0
+    status: int = 200
+    error_message: str = "scripted failure"
+    error_metadata: dict[str, Any] | None = None
+    retry_after: str | None = None
+    raw: bytes | None = None
+    """Send these bytes as the body, as is (malformed JSON, HTML...)."""
+    content_type: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    usage: dict[str, Any] | None = field(default_factory=lambda: dict(DEFAULT_USAGE))
+    stream_error: str | None = None
+    """Streaming only: after the content, send a chunk with ``error`` and ``finish_reason: "error"``."""
+    chunk_delay: float = 0.0
+    keepalives: int = 2
+    finish_reason: str = "stop"
+    echo_auth: bool = False
+    """Put the request's Authorization header into the error message (a provider echoing the key)."""
+
+
+@dataclass
+class Recorded:
+    model: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float
+
+
+Script = list[Reply] | Callable[[dict[str, Any]], Reply]
+
+
+class ProviderSim:
+    def __init__(self) -> None:
+        self.scripts: dict[str, Script] = {}
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        app = Starlette(routes=[Route("/api/v1/chat/completions", self._chat, methods=["POST"])])
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", access_log=False))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
+    def start(self) -> ProviderSim:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("provider simulator did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.scripts.clear()
+            self.requests.clear()
+
+    def script(self, model: str, *replies: Reply) -> None:
+        """Answer ``model``'s requests with these replies in turn; the last one repeats."""
+        self.scripts[model] = list(replies)
+
+    def requests_for(self, model: str) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.model == model]
+
+    def _next(self, model: str, body: dict[str, Any]) -> Reply:
+        with self._lock:
+            script = self.scripts.get(model)
+            if script is None:
+                return Reply()
+            if callable(script):
+                return script(body)
+            return script.pop(0) if len(script) > 1 else script[0]
+
+    async def _chat(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return JSONResponse({"error": {"code": 400, "message": "body is not JSON"}}, status_code=400)
+        model = str(body.get("model"))
+        with self._lock:
+            self.requests.append(Recorded(model, body, dict(request.headers), time.monotonic()))
+        reply = self._next(model, body)
+        if reply.latency:
+            await asyncio.sleep(reply.latency)
+        if reply.status >= 400:
+            message = reply.error_message
+            if reply.echo_auth:
+                message += f" (you sent {request.headers.get('authorization')})"
+            error: dict[str, Any] = {"code": reply.status, "message": message}
+            if reply.error_metadata:
+                error["metadata"] = reply.error_metadata
+            headers = {"Retry-After": reply.retry_after} if reply.retry_after else None
+            content = reply.raw if reply.raw is not None else json.dumps({"error": error}).encode()
+            return Response(content, status_code=reply.status, headers=headers, media_type="application/json")
+        if reply.raw is not None:
+            return Response(reply.raw, media_type=reply.content_type or "application/json")
+        content = reply.content if reply.content is not None else _default_content(model, body)
+        concrete = model.lstrip("~").replace("-latest", "-20261101")
+        if body.get("stream"):
+            return StreamingResponse(_sse(reply, concrete, content), media_type="text/event-stream")
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reply.tool_calls:
+            message["tool_calls"] = reply.tool_calls
+        return JSONResponse(
+            {
+                "id": "gen-sim",
+                "object": "chat.completion",
+                "model": concrete,
+                "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+                "usage": reply.usage,
+            }
+        )
+
+
+def schema_labels(body: dict[str, Any]) -> list[str]:
+    """The labels the analyst may use, read from the request's JSON schema."""
+    schema = body["response_format"]["json_schema"]["schema"]
+    return schema["properties"]["unique_insights"]["items"]["properties"]["model"]["enum"]
+
+
+def analysis_for(labels: list[str]) -> dict[str, Any]:
+    first, last = labels[0], labels[-1]
+    return {
+        "consensus": ["All answers agree on the core point."],
+        "contradictions": [
+            {
+                "topic": "the best approach",
+                "stances": [{"model": lab, "stance": f"{lab} prefers its own"} for lab in labels],
+            }
+        ],
+        "partial_coverage": [{"models": [first, GHOST_LABEL], "point": "edge cases"}],
+        "unique_insights": [
+            {"model": last, "insight": "a point only the last model made"},
+            {"model": GHOST_LABEL, "insight": "an insight from a model that does not exist"},
+        ],
+        "blind_spots": ["cost over time"],
+    }
+
+
+def _default_content(model: str, body: dict[str, Any]) -> str:
+    if isinstance(body.get("response_format"), dict):
+        return json.dumps(analysis_for(schema_labels(body)))
+    return f"Answer from {model}: the answer is 42."
+
+
+async def _sse(reply: Reply, model: str, content: str):
+    for _ in range(reply.keepalives):
+        yield ": OPENROUTER PROCESSING\n\n"
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        data = {
+            "id": "gen-sim",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return f"data: {json.dumps(data)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    words = content.split(" ")
+    for i, word in enumerate(words):
+        if reply.chunk_delay:
+            await asyncio.sleep(reply.chunk_delay)
+        yield chunk({"content": word if i == 0 else " " + word})
+        if i % 3 == 2:
+            yield ": OPENROUTER PROCESSING\n\n"
+    for index, call in enumerate(reply.tool_calls or []):
+        fn = call["function"]
+        args = fn.get("arguments", "")
+        half = len(args) // 2
+        yield chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": fn["name"], "arguments": args[:half]},
+                    }
+                ]
+            }
+        )
+        yield chunk({"tool_calls": [{"index": index, "function": {"arguments": args[half:]}}]})
+    if reply.stream_error:
+        data = {
+            "id": "gen-sim",
+            "model": model,
+            "error": {"code": 502, "message": reply.stream_error},
+            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+        }
+        yield f"data: {json.dumps(data)}\n\n"
+        return
+    finish = "tool_calls" if reply.tool_calls else reply.finish_reason
+    yield chunk({}, finish)
+    if reply.usage is not None:
+        yield f"data: {json.dumps({'id': 'gen-sim', 'model': model, 'choices': [], 'usage': reply.usage})}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,27 @@
+"""Small helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mcp_types import CallToolResult
+
+from fusion_mcp.models import FusionResult
+
+TOOL = "openrouter_fusion"
+
+
+def structured(result: CallToolResult) -> dict[str, Any]:
+    assert result.structured_content is not None, result.content
+    FusionResult.model_validate(result.structured_content)  # the contract holds on every path
+    return result.structured_content
+
+
+def text(result: CallToolResult) -> str:
+    return "\n".join(block.text for block in result.content if block.type == "text")
+
+
+def dump(result: CallToolResult) -> str:
+    """Everything a host could see, for secret checks."""
+    return text(result) + json.dumps(result.structured_content or {})

@@ -1,0 +1,297 @@
+"""The tool through the MCP SDK's own client, in memory, against the loopback provider simulator."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from fusion_mcp.config import load_settings
+from fusion_mcp.provider import DEPTH_HEADER
+from fusion_mcp.server import create_server
+from tests.conftest import ANALYST, API_KEY, PANEL, sim_env
+from tests.fakes.provider_sim import DEFAULT_USAGE, GHOST_LABEL, ProviderSim, Reply
+from tests.helpers import TOOL, dump, structured, text
+
+pytestmark = pytest.mark.anyio
+A, B, C = PANEL
+
+
+async def call(sim: ProviderSim, args: dict[str, Any], mode: str = "auto", **env: str):
+    server = create_server(load_settings(environ=sim_env(sim, **env)))
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        progress.append((p, total, message))
+
+    async with Client(server, mode=mode) as client:  # type: ignore[arg-type]
+        result = await client.call_tool(TOOL, args, progress_callback=on_progress)
+    return result, progress
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_full_result_shape_in_both_protocol_eras(sim: ProviderSim, mode: str) -> None:
+    result, progress = await call(sim, {"prompt": "What is 6*7?", "context": "arithmetic"}, mode=mode)
+    assert not result.is_error
+    data = structured(result)
+    assert data["status"] == "ok"
+    assert set(data) >= {"run_id", "analysis", "responses", "failed_models", "analyst_model", "usage", "timings"}
+    assert "analysis_error" not in data and "error" not in data and "failure_reason" not in data
+    analysis = data["analysis"]
+    assert set(analysis) == {"consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots"}
+    assert analysis["consensus"] == ["All answers agree on the core point."]
+    # Labels are mapped back to panel ids; the label naming nobody is dropped everywhere.
+    assert [s["model"] for s in analysis["contradictions"][0]["stances"]] == list(PANEL)
+    assert analysis["partial_coverage"] == [{"models": [A], "point": "edge cases"}]
+    assert analysis["unique_insights"] == [{"model": C, "insight": "a point only the last model made"}]
+    assert GHOST_LABEL not in json.dumps(data)
+    assert [r["model"] for r in data["responses"]] == list(PANEL)
+    assert data["responses"][1]["content"] == f"Answer from {B}: the answer is 42."
+    assert data["failed_models"] == []
+    assert data["analyst_model"] == ANALYST
+    usage = data["usage"]
+    assert [(m["model"], m["role"]) for m in usage["models"]] == [(m, "panel") for m in PANEL] + [(ANALYST, "analyst")]
+    assert usage["total"]["prompt_tokens"] == 4 * DEFAULT_USAGE["prompt_tokens"]
+    assert usage["total"]["reasoning_tokens"] == 4 * 7
+    assert usage["total"]["cost"] == pytest.approx(4 * DEFAULT_USAGE["cost"])
+    assert set(data["timings"]["members"]) == set(PANEL)
+    assert data["timings"]["analyst"] is not None and data["timings"]["total"] > 0
+    # The text block renders the analysis first, then every answer.
+    rendered = text(result)
+    assert rendered.index("## Consensus") < rendered.index("# Panel answers") < rendered.index(f"## {C}")
+    assert "$0.0060" in rendered
+    # Progress: start, each member, analyst start and end; strictly rising to the total.
+    values = [p for p, _, _ in progress]
+    assert values == sorted(set(values)) and values[-1] == progress[-1][1] == len(PANEL) + 2
+    messages = [m for _, _, m in progress]
+    assert messages[0].startswith("fusion started: panel of 3")
+    assert any(m.startswith("3/3 answered: ") for m in messages)
+    assert messages[-2].startswith(f"analyst {ANALYST} is comparing 3 answers")
+    assert messages[-1].startswith("analysis ready")
+
+
+async def test_requests_carry_depth_tokens_attribution_and_temperature_rules(sim: ProviderSim) -> None:
+    await call(sim, {"prompt": "q"}, FUSION_TEMPERATURE="0.7", FUSION_MAX_COMPLETION_TOKENS="1234")
+    assert len(sim.requests) == 4
+    for req in sim.requests:
+        assert req.headers[DEPTH_HEADER] == "1"
+        assert req.headers["authorization"] == f"Bearer {API_KEY}"
+        assert req.headers["http-referer"] and req.headers["x-openrouter-title"] == "fusion-mcp"
+        assert req.body["max_completion_tokens"] == 1234
+        assert "tools" not in req.body  # neither panel nor analyst is offered fusion (or anything yet)
+    panel = [r for r in sim.requests if "response_format" not in r.body]
+    analyst = [r for r in sim.requests if "response_format" in r.body]
+    assert {r.model for r in panel} == set(PANEL) and all(r.body["temperature"] == 0.7 for r in panel)
+    assert all(r.body["stream"] is True for r in panel)
+    assert len(analyst) == 1 and analyst[0].body["temperature"] == 0
+    fmt = analyst[0].body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    # The analyst sees anonymous labels, never the panel's ids.
+    prompt = json.dumps(analyst[0].body["messages"])
+    assert '<answer model=\\"Model B\\">' in prompt and '<answer model=\\"~' not in prompt
+    # Members never see each other's answers.
+    for r in panel:
+        assert "Answer from" not in json.dumps(r.body["messages"])
+
+
+async def test_overrides_replace_panel_analyst_and_budget(sim: ProviderSim) -> None:
+    result, _ = await call(sim, {"prompt": "q", "analysis_models": ["x/one", "y/two"], "model": "z/judge"})
+    data = structured(result)
+    assert [r["model"] for r in data["responses"]] == ["x/one", "y/two"]
+    assert data["analyst_model"] == "z/judge"
+    assert {r.model for r in sim.requests} == {"x/one", "y/two", "z/judge"}
+
+
+async def test_one_member_failing_is_named_and_the_run_goes_on(sim: ProviderSim) -> None:
+    sim.script(B, Reply(status=500, error_message="internal trouble"))
+    result, progress = await call(sim, {"prompt": "q"})
+    data = structured(result)
+    assert data["status"] == "ok" and not result.is_error
+    assert data["failed_models"] == [{"model": B, "error": "HTTP 500: internal trouble", "status_code": 500}]
+    assert [r["model"] for r in data["responses"]] == [A, C]
+    assert "analysis" in data
+    assert any(m and m.startswith(f"{B} failed") for _, _, m in progress)
+    assert f"{B} (HTTP 500): HTTP 500: internal trouble" in text(result)
+
+
+async def test_all_members_failing_is_all_panels_failed(sim: ProviderSim) -> None:
+    for model in PANEL:
+        sim.script(model, Reply(status=500, error_message=f"{model} is down"))
+    result, _ = await call(sim, {"prompt": "q"})
+    assert result.is_error
+    data = structured(result)
+    assert data["status"] == "error" and data["failure_reason"] == "all_panels_failed"
+    assert data["error"].startswith("all panel models failed: HTTP 500:")
+    assert (
+        (len(data["failed_models"]) == 3
+        and "analysis" not in data
+        and "responses" not in data)
+        or not data.get("responses")
+    )
+    assert not sim.requests_for(ANALYST) or all("response_format" not in r.body for r in sim.requests_for(ANALYST))
+    assert text(result).startswith("**Fusion failed** (all_panels_failed)")
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (Reply(status=402, error_message="Insufficient credits"), "insufficient_credits"),
+        (Reply(status=429, error_message="slow down"), "rate_limited"),
+        (
+            Reply(status=400, error_message="x is not a valid model ID", error_metadata={"code": "model_not_found"}),
+            "invalid_model",
+        ),
+    ],
+)
+async def test_whole_panel_failing_for_one_cause_names_it(sim: ProviderSim, reply: Reply, reason: str) -> None:
+    for model in PANEL:
+        sim.script(model, reply)
+    result, _ = await call(sim, {"prompt": "q"})
+    data = structured(result)
+    assert result.is_error and data["status"] == "error" and data["failure_reason"] == reason
+    assert [f["status_code"] for f in data["failed_models"]] == [reply.status] * 3
+
+
+def _analyst_script(sim: ProviderSim, *replies: Reply) -> None:
+    """Script the analyst's model only for its analysis requests (it is also on the panel)."""
+    queue = list(replies)
+
+    def pick(body: dict[str, Any]) -> Reply:
+        if "response_format" not in body:
+            return Reply()
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    sim.scripts[ANALYST] = pick
+
+
+async def test_broken_analyst_json_twice_keeps_responses_without_analysis(sim: ProviderSim) -> None:
+    _analyst_script(sim, Reply(content="{not json"), Reply(content="still {not json"))
+    result, _ = await call(sim, {"prompt": "q"})
+    data = structured(result)
+    assert data["status"] == "ok" and not result.is_error
+    assert "analysis" not in data
+    assert data["analysis_error"]["reason"] == "judge_not_valid_json"
+    assert data["analysis_error"]["message"].startswith("the analyst's reply is not valid JSON")
+    assert len(data["responses"]) == 3
+    analyst_requests = [r for r in sim.requests_for(ANALYST) if "response_format" in r.body]
+    assert len(analyst_requests) == 2
+    # The repair request quotes what was wrong.
+    assert "not valid JSON" in analyst_requests[1].body["messages"][-1]["content"]
+    assert "**No analysis** (judge_not_valid_json)" in text(result)
+    assert data["usage"]["models"][-1]["requests"] == 2
+
+
+async def test_one_repair_fixes_the_analysis(sim: ProviderSim) -> None:
+    good = json.dumps(
+        {"consensus": ["c"], "contradictions": [], "partial_coverage": [], "unique_insights": [], "blind_spots": []}
+    )
+    _analyst_script(sim, Reply(content='```json\n{"consensus": 1}\n```'), Reply(content=f"```json\n{good}\n```"))
+    data = structured((await call(sim, {"prompt": "q"}))[0])
+    assert data["analysis"]["consensus"] == ["c"] and "analysis_error" not in data
+    repair = [r for r in sim.requests_for(ANALYST) if "response_format" in r.body][1]
+    assert "does not match the schema" in repair.body["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize(
+    ("replies", "reason", "message"),
+    [
+        (
+            (Reply(content='{"consensus": []}'),),
+            "judge_schema_mismatch",
+            "the analyst's JSON does not match the schema",
+        ),
+        ((Reply(content="   "),), "judge_empty_completion", "the analyst returned an empty completion"),
+        (
+            (Reply(status=503, error_message="no provider"),),
+            "judge_upstream_error",
+            "the analyst request failed: HTTP 503",
+        ),
+    ],
+)
+async def test_analyst_failures_keep_the_panel(
+    sim: ProviderSim, replies: tuple[Reply, ...], reason: str, message: str
+) -> None:
+    _analyst_script(sim, *replies)
+    data = structured((await call(sim, {"prompt": "q"}))[0])
+    assert data["status"] == "ok" and "analysis" not in data
+    assert data["analysis_error"]["reason"] == reason
+    assert data["analysis_error"]["message"].startswith(message)
+    assert len(data["responses"]) == 3
+
+
+async def test_nested_call_is_refused_without_any_upstream_request(sim: ProviderSim) -> None:
+    result, _ = await call(sim, {"prompt": "q"}, FUSION_DEPTH="1")
+    data = structured(result)
+    assert result.is_error
+    assert data["status"] == "error" and data["failure_reason"] == "fusion_invocation_capped"
+    assert sim.requests == []
+
+
+async def test_missing_key_is_a_clear_error_and_the_tool_is_still_listed(sim: ProviderSim) -> None:
+    env = sim_env(sim, OPENROUTER_BASE_URL="https://openrouter.ai/api/v1")
+    del env["OPENROUTER_API_KEY"]
+    server = create_server(load_settings(environ=env))
+    async with Client(server) as client:
+        assert [t.name for t in (await client.list_tools()).tools] == [TOOL]
+        result = await client.call_tool(TOOL, {"prompt": "q"})
+    data = structured(result)
+    assert result.is_error and data["failure_reason"] == "missing_api_key"
+    assert "OPENROUTER_API_KEY" in data["error"]
+
+
+async def test_disabled_server_lists_no_tool(sim: ProviderSim) -> None:
+    server = create_server(load_settings(environ=sim_env(sim, FUSION_ENABLED="false")))
+    async with Client(server) as client:
+        assert (await client.list_tools()).tools == []
+
+
+async def test_tool_metadata_tells_the_host_when_to_use_it(sim: ProviderSim) -> None:
+    server = create_server(load_settings(environ=sim_env(sim)))
+    async with Client(server) as client:
+        (tool,) = (await client.list_tools()).tools
+    assert tool.title and "self-contained" in tool.description and "Do not use it" in tool.description
+    assert tool.annotations.read_only_hint is True and tool.annotations.open_world_hint is True
+    props = tool.input_schema["properties"]
+    assert tool.input_schema["required"] == ["prompt"]
+    assert set(props) == {"prompt", "context", "analysis_models", "model", "max_tool_calls"}
+    assert tool.output_schema is not None and "analysis" in tool.output_schema["properties"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named", "rule"),
+    [
+        ({}, "prompt", "Field required"),
+        ({"prompt": ""}, "prompt", "at least 1 character"),
+        ({"prompt": "   "}, "prompt", "non-empty"),
+        ({"prompt": "q", "max_tool_calls": 0}, "max_tool_calls", "greater than or equal to 1"),
+        ({"prompt": "q", "max_tool_calls": 17}, "max_tool_calls", "less than or equal to 16"),
+        ({"prompt": "q", "max_tool_calls": "many"}, "max_tool_calls", "valid integer"),
+        ({"prompt": "q", "analysis_models": []}, "analysis_models", "at least 1 item"),
+        ({"prompt": "q", "analysis_models": [f"m/{i}" for i in range(9)]}, "analysis_models", "at most 8 items"),
+        ({"prompt": "q", "analysis_models": ["a/b", "a/b"]}, "analysis_models", "a/b appears more than once"),
+        ({"prompt": "q", "analysis_models": ["a/b", " "]}, "analysis_models", "a model id is empty"),
+        ({"prompt": "q", "model": ""}, "model", "a model id is empty"),
+        ({"prompt": "q", "model": "two words"}, "model", "is not a model id"),
+    ],
+)
+async def test_invalid_arguments_are_tool_errors_naming_the_argument(
+    sim: ProviderSim, args: dict[str, Any], named: str, rule: str
+) -> None:
+    result, _ = await call(sim, args)
+    assert result.is_error
+    message = text(result)
+    assert named in message and rule in message, message
+    assert sim.requests == []
+
+
+async def test_the_key_never_reaches_a_result_even_when_upstream_echoes_it(sim: ProviderSim) -> None:
+    for model in PANEL:
+        sim.script(model, Reply(status=401, error_message="bad key", echo_auth=True))
+    result, _ = await call(sim, {"prompt": "q"})
+    data = structured(result)
+    assert data["failure_reason"] == "all_panels_failed"
+    assert "the API key was rejected" in data["error"]
+    assert "[redacted]" in data["error"]
+    assert API_KEY not in dump(result)
