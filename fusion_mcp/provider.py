@@ -174,7 +174,7 @@ def _parse_json(raw: bytes, response: httpx2.Response, secrets: tuple[str, ...])
     try:
         data = json.loads(raw)
     except ValueError:
-        kind = response.headers.get("content-type", "no content type")
+        kind = response.headers.get("content-type", "").split(";")[0].strip() or "a body"
         raise BadResponse(
             redact(
                 f"the provider answered with {kind} that is not JSON: {_clip(raw.decode('utf-8', 'replace'), 120)!r}",
