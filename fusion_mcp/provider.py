@@ -102,8 +102,10 @@ class Provider:
                 return _parse_json(await _read_capped(response), response, self._secrets)
         except httpx2.TimeoutException as exc:
             raise Timeout(f"the provider did not answer in time ({type(exc).__name__})") from None
+        except httpx2.ConnectError as exc:
+            raise ConnectionFailed(f"could not connect to the provider at {self._url}: {_describe(exc)}") from None
         except httpx2.TransportError as exc:
-            raise ConnectionFailed(f"connection to the provider failed: {type(exc).__name__}") from None
+            raise ConnectionFailed(f"the connection to the provider broke: {_describe(exc)}") from None
 
     def _status_error(self, response: httpx2.Response, raw: bytes) -> HTTPStatusError:
         status = response.status_code
@@ -119,6 +121,11 @@ class Provider:
             retry_after=retry_after,
             code=code or ("model_not_found" if status == 404 else None),
         )
+
+
+def _describe(exc: Exception) -> str:
+    detail = str(exc).strip()
+    return f"{type(exc).__name__} ({_clip(detail, 200)})" if detail else type(exc).__name__
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
@@ -268,7 +275,7 @@ async def _parse_sse(
         exc.partial = "".join(parts)
         raise
     except (httpx2.TransportError, httpx2.TimeoutException) as exc:
-        raise ConnectionFailed(f"the stream broke off: {type(exc).__name__}", partial="".join(parts)) from None
+        raise ConnectionFailed(f"the stream broke off: {_describe(exc)}", partial="".join(parts)) from None
     if not done and out.finish_reason is None:
         raise ConnectionFailed("the stream ended before the answer was complete", partial="".join(parts))
     out.content = "".join(parts)

@@ -66,3 +66,13 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "SYSTEMROOT") if k in os.environ}
     env.update(extra)
     return env
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow soak tests run under CI (``CI`` set) or with ``FUSION_SLOW=1``; skipped otherwise."""
+    if os.environ.get("CI") or os.environ.get("FUSION_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow: runs in CI, or set FUSION_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

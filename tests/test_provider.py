@@ -153,7 +153,9 @@ async def test_unreachable_provider_is_a_connection_failure(settings: Settings) 
     dead = settings.model_copy(update={"base_url": "http://127.0.0.1:9/api/v1"})
     with pytest.raises(ConnectionFailed) as info:
         await complete(dead, body())
-    assert info.value.message == "connection to the provider failed: ConnectError"
+    assert info.value.message.startswith(
+        "could not connect to the provider at http://127.0.0.1:9/api/v1/chat/completions: ConnectError"
+    )
 
 
 async def test_echoed_key_is_redacted(sim: ProviderSim, settings: Settings) -> None:

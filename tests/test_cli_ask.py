@@ -1,0 +1,51 @@
+"""``fusion-mcp ask``: one fusion from a terminal, progress on stderr, the result on stdout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from tests.conftest import ANALYST, API_KEY, PANEL, child_env, console_script, sim_env
+from tests.fakes.provider_sim import ProviderSim, Reply
+
+
+def ask(sim: ProviderSim, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [console_script(), "ask", *args],
+        env=child_env(**sim_env(sim, **env)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_ask_json_has_the_analysis_and_a_final_answer(sim: ProviderSim) -> None:
+    sim.scripts[ANALYST] = lambda body: (
+        Reply() if "response_format" in body or body.get("stream") else Reply(content="The final answer is 42.")
+    )
+    out = ask(sim, "What is 6*7?", "--models", "a/x,b/y", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["status"] == "ok" and [r["model"] for r in data["responses"]] == ["a/x", "b/y"]
+    assert "analysis" in data and data["final_answer"] == "The final answer is 42."
+    assert "[1/4] 1/2 answered" in out.stderr or "[2/4] 2/2 answered" in out.stderr
+    assert API_KEY not in out.stdout + out.stderr
+
+
+def test_ask_analysis_only_renders_markdown_without_a_final_answer(sim: ProviderSim) -> None:
+    out = ask(sim, "q", "--analysis-only")
+    assert out.returncode == 0
+    assert out.stdout.startswith("# Fusion analysis: 3 answers") and "Final answer" not in out.stdout
+    assert len([r for r in sim.requests if r.model == ANALYST]) == 2  # its panel answer and the analysis
+
+
+def test_ask_exits_non_zero_on_an_error_result_and_on_bad_arguments(sim: ProviderSim) -> None:
+    for model in PANEL:
+        sim.script(model, Reply(status=402, error_message="no credits"))
+    out = ask(sim, "q")
+    assert out.returncode == 1 and out.stdout.startswith("**Fusion failed** (insufficient_credits)")
+    bad = ask(sim, "q", "--models", "a,a")
+    assert bad.returncode == 2 and "--models: must be 1-8 unique" in bad.stderr
+    budget = ask(sim, "q", "--max-tool-calls", "99")
+    assert budget.returncode == 2 and "--max-tool-calls must be a whole number from 1 to 16" in budget.stderr

@@ -1,0 +1,90 @@
+"""A third-party client: the MCP Inspector CLI lists and calls the tool over stdio and Streamable HTTP.
+
+``.ci/run`` installs Node 22 and the Inspector and sets ``FUSION_INSPECTOR`` to its ``mcp-inspector``
+binary. Elsewhere these tests skip, except under CI, where a missing Inspector is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
+from tests.fakes.provider_sim import ProviderSim
+from tests.test_server_http import http_server  # noqa: F401 - fixture
+
+INSPECTOR = os.environ.get("FUSION_INSPECTOR", "")
+pytestmark = pytest.mark.inspector
+
+
+@pytest.fixture(autouse=True)
+def _need_inspector() -> Iterator[None]:
+    if not INSPECTOR or not os.path.exists(INSPECTOR):
+        if os.environ.get("CI"):
+            pytest.fail("FUSION_INSPECTOR is not set to the mcp-inspector binary; .ci/run installs it")
+        pytest.skip("the MCP Inspector CLI is not installed (set FUSION_INSPECTOR)")
+    yield
+
+
+def inspector(*args: str, exit_code: int = 0) -> dict:
+    """Run the Inspector CLI; it exits 5 when the tool result has ``isError``."""
+    env = child_env(MCP_INSPECTOR_SECRET_STORE="memory")
+    out = subprocess.run(
+        [INSPECTOR, "--cli", *args], env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
+    assert out.returncode == exit_code, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def stdio_target(sim: ProviderSim) -> list[str]:
+    pairs = [f"{k}={v}" for k, v in sim_env(sim).items()]
+    return [console_script(), *[a for p in pairs for a in ("-e", p)]]
+
+
+def test_inspector_lists_the_tool_over_stdio(sim: ProviderSim) -> None:
+    listed = inspector(*stdio_target(sim), "--method", "tools/list")
+    (tool,) = listed["tools"]
+    assert tool["name"] == "openrouter_fusion" and "outputSchema" in tool
+    assert tool["annotations"]["readOnlyHint"] is True
+
+
+def test_inspector_calls_the_tool_over_stdio(sim: ProviderSim) -> None:
+    result = inspector(
+        *stdio_target(sim), "--method", "tools/call", "--tool-name", "openrouter_fusion", "--tool-arg", "prompt=6*7?"
+    )
+    data = result["structuredContent"]
+    assert data["status"] == "ok" and [r["model"] for r in data["responses"]] == list(PANEL)
+    assert set(data["analysis"]) == {
+        "consensus",
+        "contradictions",
+        "partial_coverage",
+        "unique_insights",
+        "blind_spots",
+    }
+    assert "## Consensus" in result["content"][0]["text"]
+    assert API_KEY not in json.dumps(result)
+
+
+def test_inspector_over_http_with_and_without_a_depth_header(sim: ProviderSim, http_server: str) -> None:  # noqa: F811
+    url = f"{http_server}/mcp"
+    call = [
+        "--transport",
+        "http",
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "openrouter_fusion",
+        "--tool-arg",
+        "prompt=q",
+    ]
+    ok = inspector(url, *call)
+    assert ok["structuredContent"]["status"] == "ok"
+    sim.reset()
+    nested = inspector(url, *call, "--header", "x-openrouter-fusion-depth: 1", exit_code=5)
+    assert nested["isError"] is True
+    assert nested["structuredContent"]["failure_reason"] == "fusion_invocation_capped"
+    assert sim.requests == []
