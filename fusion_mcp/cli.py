@@ -95,7 +95,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ["FUSION_DEPTH"] = str(settings.depth + 1)
 
     if args.command == "ask":
-        raise SystemExit(anyio.run(_ask, settings, args))
+        try:
+            code = anyio.run(_ask, settings, args)
+        except KeyboardInterrupt:
+            result = error_result(new_run_id(), "cancelled", "interrupted from the terminal; upstream requests closed")
+            _print_result(result, args.json)
+            code = 130
+        raise SystemExit(code)
     if args.command == "serve" and args.transport == "http":
         try:
             anyio.run(serve_http, settings, args.host, args.port)
@@ -141,5 +147,9 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     else:
         async with new_http_client() as http:
             result = await run_fusion(request, Provider(http, settings), on_event=progress, run_id=run_id)
-    print(json.dumps(result.to_json(), indent=2) if args.json else render(result))
+    _print_result(result, args.json)
     return 0 if result.status == "ok" else 1
+
+
+def _print_result(result: FusionResult, as_json: bool) -> None:
+    print(json.dumps(result.to_json(), indent=2) if as_json else render(result), flush=True)

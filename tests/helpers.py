@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 from mcp_types import CallToolResult
 
 from fusion_mcp.models import FusionResult
@@ -25,3 +27,10 @@ def text(result: CallToolResult) -> str:
 def dump(result: CallToolResult) -> str:
     """Everything a host could see, for secret checks."""
     return text(result) + json.dumps(result.structured_content or {})
+
+
+async def wait_until(predicate: Callable[[], bool], limit_s: float = 10.0) -> None:
+    """Poll a condition the simulator's thread makes true; fail (not hang) if it never does."""
+    with anyio.fail_after(limit_s):
+        while not predicate():  # noqa: ASYNC110 - the state lives in another thread, no Event to wait on
+            await anyio.sleep(0.01)

@@ -49,3 +49,30 @@ def test_ask_exits_non_zero_on_an_error_result_and_on_bad_arguments(sim: Provide
     assert bad.returncode == 2 and "--models: must be 1-8 unique" in bad.stderr
     budget = ask(sim, "q", "--max-tool-calls", "99")
     assert budget.returncode == 2 and "--max-tool-calls must be a whole number from 1 to 16" in budget.stderr
+
+
+def test_ask_interrupted_prints_a_cancelled_result(sim: ProviderSim) -> None:
+    import signal
+    import time
+
+    for model in PANEL:
+        sim.script(model, Reply(latency=30))
+    with subprocess.Popen(
+        [console_script(), "ask", "q", "--json"],
+        env=child_env(**sim_env(sim)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        deadline = time.monotonic() + 20
+        while len(sim.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert json.loads(out)["failure_reason"] == "cancelled"
+    deadline = time.monotonic() + 10
+    while len(sim.disconnects) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(sim.disconnects) == sorted(PANEL)

@@ -13,7 +13,7 @@ from fusion_mcp.provider import DEPTH_HEADER
 from fusion_mcp.server import create_server
 from tests.conftest import ANALYST, API_KEY, PANEL, sim_env
 from tests.fakes.provider_sim import DEFAULT_USAGE, GHOST_LABEL, ProviderSim, Reply
-from tests.helpers import TOOL, dump, structured, text
+from tests.helpers import TOOL, dump, structured, text, wait_until
 
 pytestmark = pytest.mark.anyio
 A, B, C = PANEL
@@ -290,3 +290,23 @@ async def test_the_key_never_reaches_a_result_even_when_upstream_echoes_it(sim: 
     assert "the API key was rejected" in data["error"]
     assert "[redacted]" in data["error"]
     assert API_KEY not in dump(result)
+
+
+async def test_cancelling_the_call_closes_every_upstream_request(sim: ProviderSim) -> None:
+    import anyio
+
+    for model in PANEL:
+        sim.script(model, Reply(latency=30))
+    server = create_server(load_settings(environ=sim_env(sim)))
+    async with Client(server) as client:
+        async with anyio.create_task_group() as tg:
+
+            async def run_call() -> None:
+                await client.call_tool(TOOL, {"prompt": "q"})
+
+            tg.start_soon(run_call)
+            await wait_until(lambda: len(sim.requests) == 3)
+            tg.cancel_scope.cancel()
+        await wait_until(lambda: len(sim.disconnects) == 3)
+    assert sorted(sim.disconnects) == sorted(PANEL)
+    assert len(sim.requests) == 3  # nothing new started after the cancel

@@ -73,6 +73,8 @@ class ProviderSim:
     def __init__(self) -> None:
         self.scripts: dict[str, Script] = {}
         self.requests: list[Recorded] = []
+        self.disconnects: list[str] = []
+        """Models whose request the client abandoned while the simulator was still "thinking"."""
         self._lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -104,6 +106,7 @@ class ProviderSim:
         with self._lock:
             self.scripts.clear()
             self.requests.clear()
+            self.disconnects.clear()
 
     def script(self, model: str, *replies: Reply) -> None:
         """Answer ``model``'s requests with these replies in turn; the last one repeats."""
@@ -122,6 +125,17 @@ class ProviderSim:
                 return script(body)
             return script.pop(0) if len(script) > 1 else script[0]
 
+    async def _think(self, request: Request, model: str, seconds: float) -> bool:
+        """Wait like a slow model, noticing when the client hangs up; False if it did."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(0.02, left))
+            if await request.is_disconnected():
+                with self._lock:
+                    self.disconnects.append(model)
+                return False
+        return True
+
     async def _chat(self, request: Request) -> Response:
         raw = await request.body()
         try:
@@ -132,8 +146,8 @@ class ProviderSim:
         with self._lock:
             self.requests.append(Recorded(model, body, dict(request.headers), time.monotonic()))
         reply = self._next(model, body)
-        if reply.latency:
-            await asyncio.sleep(reply.latency)
+        if reply.latency and not await self._think(request, model, reply.latency):
+            return Response(status_code=499)
         if reply.status >= 400:
             message = reply.error_message
             if reply.echo_auth:
