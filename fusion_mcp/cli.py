@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--models", help="comma-separated panel model ids (default: FUSION_ANALYSIS_MODELS)")
     ask.add_argument("--model", help="analyst model id (default: FUSION_MODEL)")
     ask.add_argument("--max-tool-calls", type=int, help=f"tool-call budget per model, 1-{MAX_TOOL_CALLS}")
+    ask.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="bound the run (default: none; the server uses FUSION_DEADLINE_S)",
+    )
     ask.add_argument("--json", action="store_true", help="print the structured result as JSON")
     ask.add_argument(
         "--analysis-only", action="store_true", help="skip the analyst's final answer; print the analysis only"
@@ -133,7 +139,13 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     except ToolError as exc:
         print(f"fusion-mcp: {exc}".replace("argument analysis_models", "--models"), file=sys.stderr)
         return EXIT_CONFIG
-    request = request.model_copy(update={"final_answer": not args.analysis_only})
+    if args.deadline is not None and not 1 <= args.deadline <= 3600:
+        print("fusion-mcp: --deadline must be a number of seconds from 1 to 3600", file=sys.stderr)
+        return EXIT_CONFIG
+    # A terminal user can wait: no deadline unless asked for, whatever FUSION_DEADLINE_S says.
+    request = request.model_copy(
+        update={"final_answer": not args.analysis_only, "deadline_s": args.deadline, "analyst_reserve_s": None}
+    )
     run_id = new_run_id()
 
     async def progress(event: ProgressEvent) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 QUALITY_PANEL = ("~anthropic/claude-opus-latest", "~openai/gpt-latest", "~google/gemini-pro-latest")
@@ -32,6 +32,8 @@ RULES: dict[str, str] = {
     "FUSION_MAX_COMPLETION_TOKENS": "a whole number from 1 to 1000000",
     "FUSION_ENABLED": "true or false",
     "FUSION_TEMPERATURE": "a number from 0 to 2, or empty for the provider's default",
+    "FUSION_DEADLINE_S": "a number of seconds from 1 to 3600",
+    "FUSION_ANALYST_RESERVE_S": "a number of seconds >= 0 and below FUSION_DEADLINE_S, or empty for the default",
     "FUSION_DEPTH": "a whole number >= 0 (set by a parent fusion run)",
     "FUSION_APP_URL": "an http:// or https:// URL sent as HTTP-Referer",
     "FUSION_APP_TITLE": "a short name sent as X-OpenRouter-Title",
@@ -89,6 +91,8 @@ class Settings(BaseModel):
     max_completion_tokens: int = Field(16000, ge=1, le=1_000_000, alias="FUSION_MAX_COMPLETION_TOKENS")
     enabled: bool = Field(True, alias="FUSION_ENABLED")
     temperature: float | None = Field(None, ge=0, le=2, alias="FUSION_TEMPERATURE")
+    deadline_s: float = Field(55.0, ge=1, le=3600, alias="FUSION_DEADLINE_S")
+    analyst_reserve_s: float | None = Field(None, ge=0, alias="FUSION_ANALYST_RESERVE_S")
     depth: int = Field(0, ge=0, alias="FUSION_DEPTH")
     app_url: str = Field("https://pypi.org/project/fusion-mcp/", alias="FUSION_APP_URL")
     app_title: str = Field("fusion-mcp", min_length=1, max_length=100, alias="FUSION_APP_TITLE")
@@ -116,11 +120,19 @@ class Settings(BaseModel):
     def _analyst(cls, v: Any) -> str:
         return check_model_id(v)
 
-    @field_validator("temperature")
+    @field_validator("temperature", "deadline_s", "analyst_reserve_s")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
         if v is not None and not math.isfinite(v):
             raise ValueError("not finite")
+        return v
+
+    @field_validator("analyst_reserve_s")
+    @classmethod
+    def _below_deadline(cls, v: float | None, info: ValidationInfo) -> float | None:
+        deadline = info.data.get("deadline_s")
+        if v is not None and deadline is not None and v >= deadline:
+            raise ValueError("not below the deadline")
         return v
 
     @field_validator("log_level", mode="before")

@@ -43,6 +43,13 @@ class MemberOutcome:
     seconds: float = 0.0
     served_by: str = ""
     """The concrete model the provider reports (``~openai/gpt-latest`` resolves to a dated id)."""
+    streamed: list[str] = field(default_factory=list)
+    """Text of the turn in progress, as it streams in: what is left if the member is cut off."""
+    finished: bool = False
+
+    @property
+    def partial(self) -> str:
+        return "".join(self.streamed)
 
 
 async def run_member(
@@ -57,10 +64,16 @@ async def run_member(
     stream: bool = True,
     extra: dict[str, Any] | None = None,
     on_tool: Callable[[str, int, int], None] | None = None,
+    outcome: MemberOutcome | None = None,
+    deadline: float | None = None,
 ) -> MemberOutcome:
-    """Run the turn loop to a final answer. ``messages`` is extended in place with the transcript."""
+    """Run the turn loop to a final answer. ``messages`` is extended in place with the transcript.
+
+    Pass ``outcome`` to watch the member from outside: if the caller cancels it (a deadline), the
+    object still holds the usage so far and the text streamed in the unfinished turn.
+    """
     started = time.monotonic()
-    outcome = MemberOutcome(model=model)
+    outcome = outcome if outcome is not None else MemberOutcome(model=model)
     specs = toolbox.specs() if toolbox is not None else []
     told_to_answer = False
     try:
@@ -82,7 +95,8 @@ async def run_member(
             if specs:
                 body["tools"] = specs
                 body["tool_choice"] = "auto" if budget_left > 0 else "none"
-            completion = await provider.complete(body)
+            outcome.streamed.clear()
+            completion = await provider.complete(body, on_text=outcome.streamed.append, deadline=deadline)
             _count(outcome, completion)
             if completion.tool_calls and specs and budget_left > 0 and toolbox is not None:
                 messages.append(_assistant_turn(completion))
@@ -101,6 +115,7 @@ async def run_member(
                 continue
             if completion.content.strip():
                 outcome.content = completion.content
+                outcome.finished = True
                 messages.append({"role": "assistant", "content": completion.content})
                 return outcome
             if completion.tool_calls and specs:
@@ -116,6 +131,7 @@ async def run_member(
     except UpstreamError as exc:
         outcome.error = exc
         outcome.content = exc.partial
+        outcome.finished = True
         return outcome
     finally:
         outcome.seconds = round(time.monotonic() - started, 3)

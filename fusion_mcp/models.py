@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 FailureReason = Literal[
     "all_panels_failed",
@@ -23,7 +23,7 @@ FailureReason = Literal[
     "unexpected_error",
 ]
 AnalysisErrorReason = Literal[
-    "judge_upstream_error", "judge_empty_completion", "judge_not_valid_json", "judge_schema_mismatch"
+    "judge_upstream_error", "judge_empty_completion", "judge_not_valid_json", "judge_schema_mismatch", "deadline"
 ]
 
 
@@ -41,6 +41,10 @@ class FusionRequest(_Model):
     max_tool_calls: int = Field(ge=1, le=16)
     max_completion_tokens: int = Field(ge=1)
     temperature: float | None = None
+    deadline_s: float | None = Field(None, gt=0)
+    """Bound on the whole run; None runs until every member and the analyst are done."""
+    analyst_reserve_s: float | None = Field(None, ge=0)
+    """Seconds kept for the analyst before the deadline; None picks :func:`analyst_reserve`."""
     final_answer: bool = False
     """Also have the analyst write a final answer (``fusion-mcp ask``; the host model does it otherwise)."""
 
@@ -87,6 +91,18 @@ class Source(_Model):
 class PanelResponse(_Model):
     model: str
     content: str
+    truncated: bool = False
+    """The member was cut off (deadline, broken stream); ``content`` is what it had written so far."""
+    truncated_reason: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_when_whole(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A whole answer keeps OpenRouter's exact {model, content} shape.
+        data = handler(self)
+        if not self.truncated:
+            data.pop("truncated", None)
+            data.pop("truncated_reason", None)
+        return data
 
 
 class FailedModel(_Model):
@@ -158,3 +174,14 @@ class FusionResult(_Model):
         """The wire form: unset top-level optional fields are omitted rather than sent as null."""
         unset = {name for name in type(self).model_fields if getattr(self, name) is None}
         return self.model_dump(mode="json", exclude=unset)
+
+
+def analyst_reserve(deadline_s: float) -> float:
+    """Default seconds kept for the analyst: a third of the deadline, at most 20 s.
+
+    An analysis of three answers takes a frontier model roughly 5-20 s, so 20 s of a 55 s deadline lets
+    the panel run for 35 s. The reserve shrinks with the deadline so that with ``FUSION_DEADLINE_S=6``
+    members that answer within 4 s still reach an analysis (which then may not finish: the answers are
+    returned either way).
+    """
+    return min(20.0, deadline_s / 3)

@@ -6,7 +6,7 @@ into progress notifications and the command line into terminal lines, and nothin
 
 from __future__ import annotations
 
-import time
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,10 +15,11 @@ from typing import Any
 
 import anyio
 
-from .analyst import run_analyst
+from .analyst import AnalystOutcome, run_analyst
 from .errors import HTTPStatusError, UpstreamError
 from .member import MemberOutcome, run_member
 from .models import (
+    AnalysisError,
     FailedModel,
     FailureReason,
     FusionRequest,
@@ -28,6 +29,7 @@ from .models import (
     Timings,
     TokenUsage,
     Usage,
+    analyst_reserve,
 )
 from .provider import Provider
 
@@ -41,7 +43,7 @@ statements. Today's date is {today}."""
 class ProgressEvent:
     """One step of a run. ``progress`` rises by one per step and reaches ``total`` at the end."""
 
-    kind: str  # started | member_answered | member_failed | analyst_started | analyst_done
+    kind: str  # started | member_answered | member_failed | member_cut | analyst_started | analyst_done
     message: str
     progress: int
     total: int
@@ -70,12 +72,26 @@ async def run_fusion(
     on_event: EventSink | None = None,
     run_id: str | None = None,
 ) -> FusionResult:
-    """Run one fusion. Upstream failures become result fields; only cancellation propagates."""
+    """Run one fusion. Upstream failures become result fields; only cancellation propagates.
+
+    With ``request.deadline_s``, members still running at the deadline minus the analyst's reserve are
+    cancelled and keep what they had streamed as a truncated answer; an analyst still running at the
+    deadline is cancelled and the answers come back without analysis.
+    """
     run_id = run_id or new_run_id()
-    started = time.monotonic()
+    started = anyio.current_time()
     panel = request.analysis_models
+    deadline = math.inf
+    cutoff = math.inf
+    if request.deadline_s is not None:
+        deadline = started + request.deadline_s
+        reserve = request.analyst_reserve_s
+        cutoff = deadline - (analyst_reserve(request.deadline_s) if reserve is None else reserve)
     total = len(panel) + 2
     step = 0
+
+    def elapsed() -> float:
+        return anyio.current_time() - started
 
     async def emit(kind: str, message: str, model: str | None = None) -> None:
         nonlocal step
@@ -85,38 +101,58 @@ async def run_fusion(
             await on_event(ProgressEvent(kind, message, step, total, model))
 
     await emit("started", f"fusion started: panel of {len(panel)} ({', '.join(panel)}), analyst {request.model}")
-    outcomes: dict[str, MemberOutcome] = {}
+    outcomes = {model: MemberOutcome(model=model) for model in panel}
 
     async def member(model: str) -> None:
-        outcome = await run_member(
+        outcome = outcomes[model]
+        await run_member(
             provider,
             model,
             panel_messages(request),
             max_tool_calls=request.max_tool_calls,
             max_completion_tokens=request.max_completion_tokens,
             temperature=request.temperature,
+            outcome=outcome,
+            deadline=cutoff,
         )
-        outcomes[model] = outcome
-        elapsed = time.monotonic() - started
-        answered = sum(1 for o in outcomes.values() if o.error is None)
+        answered = sum(1 for o in outcomes.values() if o.finished and o.error is None)
         if outcome.error is None:
-            await emit("member_answered", f"{answered}/{len(panel)} answered: {model} in {elapsed:.1f} s", model)
+            await emit("member_answered", f"{answered}/{len(panel)} answered: {model} in {elapsed():.1f} s", model)
         else:
-            await emit("member_failed", f"{model} failed after {elapsed:.1f} s: {outcome.error.message}", model)
+            await emit("member_failed", f"{model} failed after {elapsed():.1f} s: {outcome.error.message}", model)
 
-    async with anyio.create_task_group() as tg:
-        for model in panel:
-            tg.start_soon(member, model)
+    with anyio.move_on_at(cutoff):
+        async with anyio.create_task_group() as tg:
+            for model in panel:
+                tg.start_soon(member, model)
 
-    ordered = [outcomes[m] for m in panel]
-    responses = [PanelResponse(model=o.model, content=o.content) for o in ordered if o.error is None]
-    failed = [_failed_model(o) for o in ordered if o.error is not None]
-    usage_rows = [_usage_row(o.model, "panel", [o]) for o in ordered]
-    timings = Timings(members={o.model: o.seconds for o in ordered})
+    responses: list[PanelResponse] = []
+    failed: list[FailedModel] = []
+    for outcome in outcomes.values():
+        if not outcome.finished:
+            # Cut off by the deadline: keep what it streamed so far.
+            outcome.content = outcome.partial
+            outcome.seconds = round(elapsed(), 3)
+            kept = f"kept {len(outcome.content)} characters" if outcome.content.strip() else "nothing to keep"
+            await emit("member_cut", f"{outcome.model} cut off at the deadline after {elapsed():.1f} s ({kept})")
+            if outcome.content.strip():
+                reason = f"cut off at the deadline after {outcome.seconds:.1f} s"
+                responses.append(_truncated(outcome, reason))
+            else:
+                message = f"no answer within the deadline ({outcome.seconds:.1f} s into a {request.deadline_s:g} s run)"
+                failed.append(FailedModel(model=outcome.model, error=message, status_code=None))
+        elif outcome.error is None:
+            responses.append(PanelResponse(model=outcome.model, content=outcome.content))
+        elif outcome.content.strip():
+            responses.append(_truncated(outcome, outcome.error.message))
+        else:
+            failed.append(_failed_model(outcome))
+    usage_rows = [_usage_row(o.model, "panel", [o]) for o in outcomes.values()]
+    timings = Timings(members={o.model: o.seconds for o in outcomes.values()})
 
     if not responses:
-        timings.total = round(time.monotonic() - started, 3)
-        reason, message = _panel_failure([o.error for o in ordered if o.error is not None])
+        timings.total = round(elapsed(), 3)
+        reason, message = _panel_failure([o.error for o in outcomes.values()])
         return FusionResult(
             status="error",
             run_id=run_id,
@@ -128,13 +164,20 @@ async def run_fusion(
         )
 
     await emit("analyst_started", f"analyst {request.model} is comparing {len(responses)} answers", request.model)
-    analyst_started = time.monotonic()
-    verdict = await run_analyst(provider, request, responses)
-    timings.analyst = round(time.monotonic() - analyst_started, 3)
+    analyst_started = anyio.current_time()
+    verdict = AnalystOutcome()
+    with anyio.move_on_at(deadline) as scope:
+        await run_analyst(provider, request, responses, out=verdict, deadline=deadline)
+    if scope.cancelled_caught:
+        verdict.analysis = None
+        verdict.error = AnalysisError(
+            reason="deadline", message=f"the analyst did not finish within the {request.deadline_s:g} s deadline"
+        )
+    timings.analyst = round(anyio.current_time() - analyst_started, 3)
     usage_rows.append(_usage_row(request.model, "analyst", verdict.runs))
     done = "analysis ready" if verdict.error is None else f"analysis failed: {verdict.error.message}"
     await emit("analyst_done", f"{done} ({timings.analyst:.1f} s)", request.model)
-    timings.total = round(time.monotonic() - started, 3)
+    timings.total = round(elapsed(), 3)
     return FusionResult(
         status="ok",
         run_id=run_id,
@@ -147,6 +190,10 @@ async def run_fusion(
         usage=_usage(usage_rows),
         timings=timings,
     )
+
+
+def _truncated(outcome: MemberOutcome, reason: str) -> PanelResponse:
+    return PanelResponse(model=outcome.model, content=outcome.content, truncated=True, truncated_reason=reason)
 
 
 def _failed_model(outcome: MemberOutcome) -> FailedModel:
@@ -166,8 +213,11 @@ def _usage(rows: list[ModelUsage]) -> Usage:
     )
 
 
-def _panel_failure(errors: list[UpstreamError]) -> tuple[FailureReason, str]:
+def _panel_failure(found: list[UpstreamError | None]) -> tuple[FailureReason, str]:
     """Name the one cause when the whole panel failed for it; otherwise ``all_panels_failed``."""
+    errors = [e for e in found if e is not None]
+    if len(errors) < len(found):
+        return "all_panels_failed", "no panel model answered within the deadline"
     statuses = [e.status_code for e in errors]
     summary = "; ".join(dict.fromkeys(e.message for e in errors))
     if any(s == 402 for s in statuses):

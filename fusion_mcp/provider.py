@@ -9,6 +9,7 @@ refuse to fuse again.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .config import Settings
 from .errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
 from .models import TokenUsage
 
+log = logging.getLogger(__name__)
 DEPTH_HEADER = "x-openrouter-fusion-depth"
 MAX_RETRIES = 2
 MAX_RETRY_AFTER_S = 20.0
@@ -77,10 +79,18 @@ class Provider:
         if settings.api_key is not None:
             self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
 
-    async def complete(self, body: dict[str, Any], *, on_text: Callable[[str], None] | None = None) -> Completion:
+    async def complete(
+        self,
+        body: dict[str, Any],
+        *,
+        on_text: Callable[[str], None] | None = None,
+        deadline: float | None = None,
+    ) -> Completion:
         """Send one chat completion, retrying what is worth retrying; raise :class:`UpstreamError`.
 
-        ``body["stream"]`` picks SSE; ``on_text`` then sees each piece of text as it arrives.
+        ``body["stream"]`` picks SSE; ``on_text`` then sees each piece of text as it arrives. ``deadline``
+        (``anyio.current_time()`` scale) stops retrying when the next wait would pass it: the caller gets
+        the last error rather than a retry that cannot finish in time.
         """
         for attempt in range(MAX_RETRIES + 1):
             try:
@@ -88,7 +98,11 @@ class Provider:
             except UpstreamError as exc:
                 if not exc.retryable or attempt == MAX_RETRIES or exc.partial:
                     raise
-                await anyio.sleep(_backoff(attempt, getattr(exc, "retry_after", None)))
+                delay = _backoff(attempt, getattr(exc, "retry_after", None))
+                if deadline is not None and anyio.current_time() + delay >= deadline:
+                    raise
+                log.info("retrying %s in %.1f s after: %s", body.get("model"), delay, exc.message)
+                await anyio.sleep(delay)
         raise AssertionError("unreachable")
 
     async def _once(self, body: dict[str, Any], on_text: Callable[[str], None] | None) -> Completion:

@@ -41,8 +41,11 @@ def render(result: FusionResult) -> str:
     lines.append("\n# Panel answers")
     for r in result.responses:
         seconds = result.timings.members.get(r.model)
-        lines.append(f"\n## {r.model}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
-        lines.append(r.content)
+        notes = [f"{seconds:.1f} s"] if seconds is not None else []
+        if r.truncated:
+            notes.append(f"TRUNCATED: {r.truncated_reason}")
+        lines.append(f"\n## {r.model}" + (f" ({', '.join(notes)})" if notes else ""))
+        lines.append(r.content + ("\n\n[... answer cut off here]" if r.truncated else ""))
     lines += _failures(result)
     lines.append("\n" + cost_line(result))
     return "\n".join(lines)
