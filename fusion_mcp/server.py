@@ -246,5 +246,6 @@ async def serve_http(settings: Settings, host: str, port: int) -> None:
     app = create_server(settings).streamable_http_app(
         streamable_http_path="/mcp", transport_security=transport_security(host), host=host
     )
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    # A stopped server must not wait forever for a fusion still streaming to a client.
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
     await uvicorn.Server(config).serve()
