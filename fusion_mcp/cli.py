@@ -15,11 +15,12 @@ from collections.abc import Sequence
 import anyio
 
 from .config import MAX_TOOL_CALLS, ConfigError, Settings, load_settings
+from .http_app import check_bind, serve_http
 from .models import FusionResult
 from .pipeline import ProgressEvent, new_run_id, run_fusion
 from .provider import Provider, new_http_client
 from .render import render
-from .server import __version__, build_request, create_server, error_result, serve_http
+from .server import __version__, build_request, create_server, error_result
 
 EXIT_CONFIG = 2
 
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
+    serve.add_argument(
+        "--stateless",
+        action="store_true",
+        help="stateless Streamable HTTP, for several replicas behind a round-robin load balancer",
+    )
 
     ask = commands.add_parser("ask", parents=[common], help="run one fusion from the terminal")
     ask.add_argument("prompt", help="the question, self-contained")
@@ -110,7 +116,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(code)
     if args.command == "serve" and args.transport == "http":
         try:
-            anyio.run(serve_http, settings, args.host, args.port)
+            check_bind(settings, args.host)
+        except ConfigError as exc:
+            print(f"fusion-mcp: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+        try:
+            anyio.run(lambda: serve_http(settings, args.host, args.port, stateless=args.stateless))
         except KeyboardInterrupt:
             pass
         return

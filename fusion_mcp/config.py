@@ -35,11 +35,17 @@ RULES: dict[str, str] = {
     "FUSION_DEADLINE_S": "a number of seconds from 1 to 3600",
     "FUSION_ANALYST_RESERVE_S": "a number of seconds >= 0 and below FUSION_DEADLINE_S, or empty for the default",
     "FUSION_DEPTH": "a whole number >= 0 (set by a parent fusion run)",
+    "FUSION_HTTP_TOKEN": "a bearer token of at least 16 characters",
+    "FUSION_ALLOWED_HOSTS": "comma-separated Host values (host or host:port, host:* for any port)",
+    "FUSION_ALLOWED_ORIGINS": "comma-separated origins (scheme://host:port, port may be *)",
+    "FUSION_MAX_CONCURRENT": "a whole number of fusion runs from 1 to 256",
+    "FUSION_QUEUE_TIMEOUT_S": "a number of seconds from 0 to 600",
     "FUSION_APP_URL": "an http:// or https:// URL sent as HTTP-Referer",
     "FUSION_APP_TITLE": "a short name sent as X-OpenRouter-Title",
     "FUSION_LOG_LEVEL": "one of DEBUG, INFO, WARNING, ERROR",
 }
-SECRET_SETTINGS = frozenset({"OPENROUTER_API_KEY"})
+SECRET_SETTINGS = frozenset({"OPENROUTER_API_KEY", "FUSION_HTTP_TOKEN"})
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 class ConfigError(ValueError):
@@ -94,16 +100,44 @@ class Settings(BaseModel):
     deadline_s: float = Field(55.0, ge=1, le=3600, alias="FUSION_DEADLINE_S")
     analyst_reserve_s: float | None = Field(None, ge=0, alias="FUSION_ANALYST_RESERVE_S")
     depth: int = Field(0, ge=0, alias="FUSION_DEPTH")
+    http_token: SecretStr | None = Field(None, alias="FUSION_HTTP_TOKEN")
+    allowed_hosts: tuple[str, ...] = Field(
+        tuple(f"{h}:*" for h in LOOPBACK_NAMES) + LOOPBACK_NAMES, alias="FUSION_ALLOWED_HOSTS"
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        tuple(f"{scheme}://{h}:*" for scheme in ("http", "https") for h in LOOPBACK_NAMES),
+        alias="FUSION_ALLOWED_ORIGINS",
+    )
+    max_concurrent: int = Field(8, ge=1, le=256, alias="FUSION_MAX_CONCURRENT")
+    queue_timeout_s: float = Field(10.0, ge=0, le=600, alias="FUSION_QUEUE_TIMEOUT_S")
     app_url: str = Field("https://pypi.org/project/fusion-mcp/", alias="FUSION_APP_URL")
     app_title: str = Field("fusion-mcp", min_length=1, max_length=100, alias="FUSION_APP_TITLE")
     log_level: str = Field("INFO", alias="FUSION_LOG_LEVEL")
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "http_token", mode="before")
     @classmethod
     def _key(cls, v: Any) -> Any:
         if isinstance(v, str) and not v.strip():
             raise ValueError("empty")
         return v.strip() if isinstance(v, str) else v
+
+    @field_validator("http_token")
+    @classmethod
+    def _long_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("too short")
+        return v
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _list(cls, v: Any) -> tuple[str, ...]:
+        items = v.split(",") if isinstance(v, str) else v
+        if not isinstance(items, list | tuple):
+            raise ValueError("not a list")
+        out = tuple(str(i).strip() for i in items if str(i).strip())
+        if not out or any(c.isspace() for i in out for c in i):
+            raise ValueError("empty or malformed")
+        return out
 
     @field_validator("base_url", "app_url")
     @classmethod
@@ -151,7 +185,7 @@ class Settings(BaseModel):
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in force, for redaction."""
-        return (self.api_key.get_secret_value(),) if self.api_key else ()
+        return tuple(s.get_secret_value() for s in (self.api_key, self.http_token) if s is not None)
 
 
 def load_settings(

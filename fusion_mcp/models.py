@@ -20,6 +20,7 @@ FailureReason = Literal[
     "cancelled",
     "fusion_invocation_capped",
     "missing_api_key",
+    "server_busy",
     "unexpected_error",
 ]
 AnalysisErrorReason = Literal[

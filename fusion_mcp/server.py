@@ -18,7 +18,6 @@ import anyio
 import httpx2
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 from starlette.requests import Request
@@ -53,11 +52,16 @@ INSTRUCTIONS = (
 )
 
 
-@asynccontextmanager
-async def _lifespan(_: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
-    # One connection pool for the whole process, whatever the transport.
-    async with new_http_client() as http:
-        yield {"http": http}
+def _lifespan(settings: Settings) -> Any:
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
+        # One connection pool and one run limiter for the whole process, whatever the transport. The
+        # pool holds a connection for every member and the analyst of every run allowed at once.
+        limiter = anyio.CapacityLimiter(settings.max_concurrent)
+        async with new_http_client(max_connections=settings.max_concurrent * (MAX_PANEL + 1)) as http:
+            yield {"http": http, "limiter": limiter}
+
+    return lifespan
 
 
 def incoming_depth(headers: Mapping[str, str] | None, settings: Settings) -> int:
@@ -129,7 +133,7 @@ def create_server(settings: Settings) -> MCPServer[Any]:
         title="Fusion",
         instructions=INSTRUCTIONS,
         version=__version__,
-        lifespan=_lifespan,
+        lifespan=_lifespan(settings),
         log_level=settings.log_level,  # type: ignore[arg-type]
     )
 
@@ -189,7 +193,9 @@ def create_server(settings: Settings) -> MCPServer[Any]:
                     "OPENROUTER_API_KEY is not set: add it to this server's environment in the host's MCP config",
                 )
             )
-        http: httpx2.AsyncClient = ctx.request_context.lifespan_context["http"]
+        state = ctx.request_context.lifespan_context
+        http: httpx2.AsyncClient = state["http"]
+        limiter: anyio.CapacityLimiter = state["limiter"]
         provider = Provider(http, settings, depth=depth)
 
         async def progress(event: ProgressEvent) -> None:
@@ -201,7 +207,28 @@ def create_server(settings: Settings) -> MCPServer[Any]:
             except Exception as exc:  # a client that went away must not sink the run
                 log.debug("progress notification failed: %r", exc)
 
+        queued_at = anyio.current_time()
+        if not await _acquire(limiter, settings.queue_timeout_s):
+            log.warning("run %s refused: %d runs in progress", run_id, limiter.borrowed_tokens)
+            return as_tool_result(
+                error_result(
+                    run_id,
+                    "server_busy",
+                    f"server busy: {limiter.borrowed_tokens} fusion runs are in progress (FUSION_MAX_CONCURRENT) "
+                    f"and none finished within {settings.queue_timeout_s:g} s; try again shortly",
+                )
+            )
         try:
+            # Time spent queueing counts against the deadline: the host's clock started with the call.
+            if request.deadline_s is not None:
+                left = max(1.0, request.deadline_s - (anyio.current_time() - queued_at))
+                reserve = request.analyst_reserve_s
+                request = request.model_copy(
+                    update={
+                        "deadline_s": left,
+                        "analyst_reserve_s": None if reserve is None else min(reserve, left / 2),
+                    }
+                )
             result = await run_fusion(request, provider, on_event=progress, run_id=run_id)
         except anyio.get_cancelled_exc_class():
             log.info("run %s cancelled by the client", run_id)
@@ -210,6 +237,8 @@ def create_server(settings: Settings) -> MCPServer[Any]:
             log.exception("run %s failed unexpectedly", run_id)
             message = redact(f"unexpected error: {type(exc).__name__}: {exc}", settings.secrets)
             result = error_result(run_id, "unexpected_error", message)
+        finally:
+            limiter.release()
         log.info("run %s finished: %s in %.1f s", run_id, result.status, result.timings.total)
         return as_tool_result(result)
 
@@ -227,25 +256,14 @@ def create_server(settings: Settings) -> MCPServer[Any]:
     return server
 
 
-def transport_security(host: str) -> TransportSecuritySettings:
-    """DNS-rebinding protection that stays on whatever the bind address (the SDK drops it on 0.0.0.0)."""
-    hosts = ["127.0.0.1", "localhost", "[::1]"]
-    if host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
-        hosts.append(host)
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"{h}:*" for h in hosts] + hosts,
-        allowed_origins=[f"http://{h}:*" for h in hosts] + [f"https://{h}:*" for h in hosts],
-    )
-
-
-async def serve_http(settings: Settings, host: str, port: int) -> None:
-    """Streamable HTTP at ``/mcp`` (stateful, SSE) plus ``GET /healthz``, until cancelled."""
-    import uvicorn
-
-    app = create_server(settings).streamable_http_app(
-        streamable_http_path="/mcp", transport_security=transport_security(host), host=host
-    )
-    # A stopped server must not wait forever for a fusion still streaming to a client.
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    await uvicorn.Server(config).serve()
+async def _acquire(limiter: anyio.CapacityLimiter, timeout_s: float) -> bool:
+    """Take a run slot, waiting up to ``timeout_s``; False when none came free."""
+    try:
+        limiter.acquire_nowait()
+        return True
+    except anyio.WouldBlock:
+        log.info("queued: %d fusion runs in progress", limiter.borrowed_tokens)
+    with anyio.move_on_after(timeout_s):
+        await limiter.acquire()
+        return True
+    return False

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx2
@@ -13,47 +10,20 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from fusion_mcp.provider import DEPTH_HEADER
-from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
+from tests import servers
+from tests.conftest import API_KEY, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.helpers import TOOL, dump, structured
 
 pytestmark = pytest.mark.anyio
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def http_server(sim: ProviderSim) -> Iterator[str]:
-    port = free_port()
-    with subprocess.Popen(
-        [console_script(), "serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port)],
-        env=child_env(**sim_env(sim)),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx2.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.05)
-        yield base
-        proc.terminate()
-        stderr = proc.stderr.read() if proc.stderr else ""
-        proc.wait(timeout=10)
-    assert API_KEY not in stderr
-    assert "Traceback" not in stderr, stderr
+    with servers.http_server(sim_env(sim)) as running:
+        yield running.base
+    assert API_KEY not in running.stderr
+    assert "Traceback" not in running.stderr, running.stderr
 
 
 def test_healthz_says_only_liveness_and_version(http_server: str) -> None:

@@ -14,7 +14,8 @@ from mcp.shared.exceptions import MCPError
 from tests.conftest import PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.helpers import TOOL, wait_until
-from tests.test_server_http import free_port, http_server  # noqa: F401 - fixture
+from tests.servers import free_port
+from tests.test_server_http import http_server  # noqa: F401 - fixture
 
 BAD_SIGNS = ("Traceback", "unclosed", "Task was destroyed", "never awaited", "Exception ignored")
 INIT = (

@@ -1,0 +1,130 @@
+"""Streamable HTTP for shared use: the SDK's app behind our guards.
+
+Order of checks for a request to ``/mcp``: body size (413, before anything is parsed), bearer token
+(401), then the SDK's Host (421) and Origin (403) allow-lists, which we switch on whatever the bind
+address (the SDK leaves them off on 0.0.0.0). ``/healthz`` is open and says only liveness and version.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .config import ConfigError, Settings
+from .server import create_server
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 1024 * 1024
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings, host: str) -> None:
+    """Refuse to listen beyond this machine without a token: anyone reaching the port could spend the key."""
+    if not is_loopback(host) and settings.http_token is None:
+        raise ConfigError(
+            f"refusing to listen on {host} without FUSION_HTTP_TOKEN: anyone who can reach this port could run "
+            "fusions on your API key. Set FUSION_HTTP_TOKEN (clients send 'Authorization: Bearer <token>') "
+            "or bind 127.0.0.1"
+        )
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=list(settings.allowed_hosts),
+        allowed_origins=list(settings.allowed_origins),
+    )
+
+
+async def _refuse(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware: body cap and bearer token on everything but the open paths."""
+
+    def __init__(self, app: ASGIApp, token: str | None, max_body: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _refuse(send, 413, f"request body over {self.max_body} bytes")
+            return
+        if self.token is not None:
+            given = headers.get(b"authorization", b"")
+            scheme, _, credential = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.token):
+                await _refuse(
+                    send, 401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="fusion-mcp"'}
+                )
+                return
+        await self.app(scope, self._capped(receive, send), send)
+
+    def _capped(self, receive: Receive, send: Send) -> Receive:
+        """Count a chunked body too: past the cap the request ends as if the client had gone."""
+        seen = 0
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    log.warning("request body over %d bytes cut off", self.max_body)
+                    return {"type": "http.disconnect"}
+            return message
+
+        return wrapped
+
+
+def build_app(settings: Settings, *, stateless: bool = False) -> ASGIApp:
+    """The whole HTTP application: ``/mcp`` (stateful SSE unless ``stateless``) and ``/healthz``."""
+    app = create_server(settings).streamable_http_app(
+        streamable_http_path="/mcp",
+        stateless_http=stateless,
+        max_request_body_size=MAX_BODY_BYTES,
+        transport_security=transport_security(settings),
+    )
+    token = settings.http_token.get_secret_value() if settings.http_token else None
+    return Guard(app, token)
+
+
+async def serve_http(settings: Settings, host: str, port: int, *, stateless: bool = False) -> None:
+    """Serve until cancelled or signalled; call :func:`check_bind` first."""
+    import uvicorn
+
+    # A stopped server must not wait forever for a fusion still streaming to a client.
+    config = uvicorn.Config(
+        build_app(settings, stateless=stateless),
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    await uvicorn.Server(config).serve()

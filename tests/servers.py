@@ -1,0 +1,59 @@
+"""Start ``fusion-mcp serve --transport http`` as a subprocess, exactly as the README does."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx2
+
+from tests.conftest import child_env, console_script
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Running:
+    base: str
+    """``http://127.0.0.1:PORT``; the MCP endpoint is ``base + "/mcp"``."""
+    proc: subprocess.Popen[str]
+    stderr: str = ""
+
+
+@contextmanager
+def http_server(env: dict[str, str], *args: str, host: str = "127.0.0.1") -> Iterator[Running]:
+    port = free_port()
+    with subprocess.Popen(
+        [console_script(), "serve", "--transport", "http", "--host", host, "--port", str(port), *args],
+        env=child_env(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        running = Running(f"http://127.0.0.1:{port}", proc)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx2.get(f"{running.base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
+            time.sleep(0.05)
+        try:
+            yield running
+        finally:
+            proc.terminate()
+            running.stderr = proc.stderr.read() if proc.stderr else ""
+            proc.wait(timeout=15)
