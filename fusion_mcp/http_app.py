@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import json
 import logging
+from typing import Any
 
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,7 +60,14 @@ async def _refuse(send: Send, status: int, message: str, headers: dict[str, str]
 
 
 class Guard:
-    """ASGI middleware: body cap and bearer token on everything but the open paths."""
+    """ASGI middleware in front of the SDK's app: body cap, bearer token, and cancel-on-disconnect.
+
+    Clients of the 2025-11-25 protocol era cancel a call by sending ``notifications/cancelled``; one that
+    simply drops the SSE response (a killed agent, a proxy timeout) would leave its run going until the
+    deadline. When the stream of a ``tools/call`` closes before its response is complete, the guard
+    sends that notification to the session on the client's behalf, so the run and its upstream requests
+    stop at once.
+    """
 
     def __init__(self, app: ASGIApp, token: str | None, max_body: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -83,23 +91,89 @@ class Guard:
                     send, 401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="fusion-mcp"'}
                 )
                 return
-        await self.app(scope, self._capped(receive, send), send)
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = await self._read_body(receive)
+        if body is None:
+            await _refuse(send, 413, f"request body over {self.max_body} bytes")
+            return
+        call_id = _tool_call_id(body)
+        session = headers.get(b"mcp-session-id")
+        complete = False
+        replayed = False
 
-    def _capped(self, receive: Receive, send: Send) -> Receive:
-        """Count a chunked body too: past the cap the request ends as if the client had gone."""
-        seen = 0
-
-        async def wrapped() -> Message:
-            nonlocal seen
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    log.warning("request body over %d bytes cut off", self.max_body)
-                    return {"type": "http.disconnect"}
+            if message["type"] == "http.disconnect" and not complete and call_id is not None and session:
+                await self._cancel_for_client(scope, call_id)
             return message
 
-        return wrapped
+        async def watch(message: Message) -> None:
+            nonlocal complete
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        await self.app(scope, replay, watch)
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body (chunked or not), or None past the cap: it is never handed on in part."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _cancel_for_client(self, scope: Scope, call_id: Any) -> None:
+        log.info("client dropped the stream of tools/call %r: cancelling it", call_id)
+        note = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": call_id, "reason": "the client closed the response stream"},
+            }
+        ).encode()
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        inner = dict(scope, headers=[*headers, (b"content-length", str(len(note)).encode())])
+        sent = False
+
+        async def receive_note() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": note, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        async def discard(_: Message) -> None:
+            pass
+
+        try:
+            await self.app(inner, receive_note, discard)
+        except Exception as exc:  # the session may already be gone: nothing left to cancel
+            log.debug("cancel on disconnect failed: %r", exc)
+
+
+def _tool_call_id(body: bytes) -> Any:
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(message, dict) and message.get("method") == "tools/call":
+        return message.get("id")
+    return None
 
 
 def build_app(settings: Settings, *, stateless: bool = False) -> ASGIApp:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import servers
 from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim
 from tests.test_server_http import http_server  # noqa: F401 - fixture
@@ -88,3 +89,36 @@ def test_inspector_over_http_with_and_without_a_depth_header(sim: ProviderSim, h
     assert nested["isError"] is True
     assert nested["structuredContent"]["failure_reason"] == "fusion_invocation_capped"
     assert sim.requests == []
+
+
+def test_inspector_over_http_with_a_token(sim: ProviderSim) -> None:
+    token = "inspector-token-0123456789"
+    with servers.http_server(sim_env(sim, FUSION_HTTP_TOKEN=token), host="0.0.0.0") as running:
+        url = f"{running.base}/mcp"
+        call = ["--transport", "http", "--method", "tools/call", "--tool-name", "openrouter_fusion"]
+        call += ["--tool-arg", "prompt=q"]
+        ok = inspector(url, *call, "--header", f"Authorization: Bearer {token}")
+        assert ok["structuredContent"]["status"] == "ok"
+        sim.reset()
+        nested = inspector(
+            url,
+            *call,
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--header",
+            "x-openrouter-fusion-depth: 1",
+            exit_code=5,
+        )
+        assert nested["structuredContent"]["failure_reason"] == "fusion_invocation_capped" and sim.requests == []
+        env = child_env(MCP_INSPECTOR_SECRET_STORE="memory")
+        refused = subprocess.run(
+            [INSPECTOR, "--cli", url, "--transport", "http", "--method", "tools/list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        # Without the token the Inspector is told to authenticate (it reads the 401 + WWW-Authenticate).
+        assert refused.returncode != 0 and "auth_required" in refused.stdout + refused.stderr
+    assert token not in running.stderr
