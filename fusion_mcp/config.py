@@ -31,6 +31,7 @@ RULES: dict[str, str] = {
     "FUSION_MAX_TOOL_CALLS": f"a whole number from 1 to {MAX_TOOL_CALLS}",
     "FUSION_MAX_COMPLETION_TOKENS": "a whole number from 1 to 1000000",
     "FUSION_ENABLED": "true or false",
+    "FUSION_STREAM": "true or false",
     "FUSION_TEMPERATURE": "a number from 0 to 2, or empty for the provider's default",
     "FUSION_DEADLINE_S": "a number of seconds from 1 to 3600",
     "FUSION_ANALYST_RESERVE_S": "a number of seconds >= 0 and below FUSION_DEADLINE_S, or empty for the default",
@@ -96,6 +97,7 @@ class Settings(BaseModel):
     max_tool_calls: int = Field(8, ge=1, le=MAX_TOOL_CALLS, alias="FUSION_MAX_TOOL_CALLS", strict=False)
     max_completion_tokens: int = Field(16000, ge=1, le=1_000_000, alias="FUSION_MAX_COMPLETION_TOKENS")
     enabled: bool = Field(True, alias="FUSION_ENABLED")
+    stream: bool = Field(True, alias="FUSION_STREAM")
     temperature: float | None = Field(None, ge=0, le=2, alias="FUSION_TEMPERATURE")
     deadline_s: float = Field(55.0, ge=1, le=3600, alias="FUSION_DEADLINE_S")
     analyst_reserve_s: float | None = Field(None, ge=0, alias="FUSION_ANALYST_RESERVE_S")

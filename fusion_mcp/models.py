@@ -42,6 +42,8 @@ class FusionRequest(_Model):
     max_tool_calls: int = Field(ge=1, le=16)
     max_completion_tokens: int = Field(ge=1)
     temperature: float | None = None
+    stream: bool = True
+    """Panel members stream (SSE), so a member cut off at the deadline keeps what it wrote."""
     deadline_s: float | None = Field(None, gt=0)
     """Bound on the whole run; None runs until every member and the analyst are done."""
     analyst_reserve_s: float | None = Field(None, ge=0)

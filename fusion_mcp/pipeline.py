@@ -112,6 +112,7 @@ async def run_fusion(
             max_tool_calls=request.max_tool_calls,
             max_completion_tokens=request.max_completion_tokens,
             temperature=request.temperature,
+            stream=request.stream,
             outcome=outcome,
             deadline=cutoff,
         )

@@ -121,6 +121,7 @@ def build_request(
         max_tool_calls=max_tool_calls if max_tool_calls is not None else settings.max_tool_calls,
         max_completion_tokens=settings.max_completion_tokens,
         temperature=settings.temperature,
+        stream=settings.stream,
         deadline_s=settings.deadline_s,
         analyst_reserve_s=settings.analyst_reserve_s,
     )

@@ -310,3 +310,9 @@ async def test_cancelling_the_call_closes_every_upstream_request(sim: ProviderSi
         await wait_until(lambda: len(sim.disconnects) == 3)
     assert sorted(sim.disconnects) == sorted(PANEL)
     assert len(sim.requests) == 3  # nothing new started after the cancel
+
+
+async def test_streaming_can_be_turned_off(sim: ProviderSim) -> None:
+    result, _ = await call(sim, {"prompt": "q"}, FUSION_STREAM="false")
+    assert structured(result)["status"] == "ok"
+    assert all("stream" not in r.body for r in sim.requests)

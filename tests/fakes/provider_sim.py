@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -76,7 +77,9 @@ class ProviderSim:
         self.disconnects: list[str] = []
         """Models whose request the client abandoned while the simulator was still "thinking"."""
         self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without it
+        # every reused connection stalls 40 ms on delayed ACKs (headers and body are two writes).
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
@@ -120,7 +123,7 @@ class ProviderSim:
         with self._lock:
             script = self.scripts.get(model)
             if script is None:
-                return Reply()
+                return _from_name(model)
             if callable(script):
                 return script(body)
             return script.pop(0) if len(script) > 1 else script[0]
@@ -176,6 +179,21 @@ class ProviderSim:
                 "usage": reply.usage,
             }
         )
+
+
+_LATENCY = re.compile(r"lat(\d+)ms")
+_LENGTH = re.compile(r"len(\d+)")
+
+
+def _from_name(model: str) -> Reply:
+    """Unscripted models may carry their behaviour in their id: ``bench/m1-lat400ms-len2500``."""
+    latency = _LATENCY.search(model)
+    length = _LENGTH.search(model)
+    content = None
+    if length:
+        sentence = f"{model} explains one more aspect of the question in a plain sentence. "
+        content = (sentence * (int(length.group(1)) // len(sentence) + 1))[: int(length.group(1))]
+    return Reply(latency=int(latency.group(1)) / 1000 if latency else 0.0, content=content)
 
 
 def schema_labels(body: dict[str, Any]) -> list[str]:
@@ -262,3 +280,20 @@ async def _sse(reply: Reply, model: str, content: str):
     if reply.usage is not None:
         yield f"data: {json.dumps({'id': 'gen-sim', 'model': model, 'choices': [], 'usage': reply.usage})}\n\n"
     yield "data: [DONE]\n\n"
+
+
+def main() -> None:
+    """Run the simulator as its own process (for benchmarks): print the base URL, serve until stdin closes."""
+    import sys
+
+    sim = ProviderSim().start()
+    print(sim.base_url, flush=True)
+    try:
+        sys.stdin.read()
+    except KeyboardInterrupt:
+        pass
+    sim.stop()
+
+
+if __name__ == "__main__":
+    main()

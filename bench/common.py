@@ -1,0 +1,119 @@
+"""Shared pieces of the benchmarks: the simulator as its own process, the server, statistics, the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "sk-bench-not-a-real-key"
+
+
+@contextmanager
+def simulator() -> Iterator[str]:
+    """The loopback provider simulator in a process of its own, so it does not share our GIL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.provider_sim"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    base = proc.stdout.readline().strip()
+    try:
+        yield base
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=15)
+
+
+def fusion_command() -> str:
+    candidate = Path(sys.executable).parent / "fusion-mcp"
+    return str(candidate) if candidate.exists() else "fusion-mcp"
+
+
+def server_env(base: str, **extra: str) -> dict[str, str]:
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    env.update(
+        OPENROUTER_API_KEY=KEY,
+        OPENROUTER_BASE_URL=base,
+        FUSION_LOG_LEVEL="WARNING",
+        FUSION_DEADLINE_S="600",
+    )
+    env.update(extra)
+    return env
+
+
+def spread(n: int, low: float, high: float) -> list[float]:
+    """``n`` latencies evenly spread over [low, high] (the slowest is always ``high``)."""
+    if n == 1:
+        return [high]
+    return [low + (high - low) * i / (n - 1) for i in range(n)]
+
+
+def panel(latencies_s: list[float], tag: str = "m", length: int | None = None) -> list[str]:
+    extra = f"-len{length}" if length else ""
+    return [f"bench/{tag}{i}-lat{round(s * 1000)}ms{extra}" for i, s in enumerate(latencies_s)]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+
+
+def report(name: str, data: dict[str, Any], out: str | None) -> None:
+    data = {"benchmark": name, "machine": machine(), **data}
+    text = json.dumps(data, indent=2)
+    if out:
+        Path(out).write_text(text + "\n")
+    print(text)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_memory_mib(pid: int) -> tuple[float, float]:
+    """(resident now, peak resident) of a process, in MiB."""
+    now = peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            now = int(line.split()[1]) / 1024
+        elif line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return now, peak
