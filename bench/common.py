@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,14 @@ REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-bench-not-a-real-key"
 
 
+@dataclass
+class Sim:
+    base: str
+    pid: int
+
+
 @contextmanager
-def simulator() -> Iterator[str]:
+def simulator() -> Iterator[Sim]:
     """The loopback provider simulator in a process of its own, so it does not share our GIL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.provider_sim"],
@@ -31,7 +38,7 @@ def simulator() -> Iterator[str]:
     assert proc.stdout is not None and proc.stdin is not None
     base = proc.stdout.readline().strip()
     try:
-        yield base
+        yield Sim(base, proc.pid)
     finally:
         proc.stdin.close()
         proc.wait(timeout=15)

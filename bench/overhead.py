@@ -70,10 +70,10 @@ async def measure(base: str, stream: bool, sizes: list[int], runs: int, warmup: 
 async def main_async(args: argparse.Namespace) -> None:
     sizes = [1, 3] if args.quick else [1, 3, 8]
     runs, warmup = (1, 0) if args.quick else (args.runs, args.warmup)
-    with simulator() as base:
+    with simulator() as sim:
         rows = []
         for stream in (True, False):
-            rows += await measure(base, stream, sizes, runs, warmup)
+            rows += await measure(sim.base, stream, sizes, runs, warmup)
     report("overhead", {"rows": rows}, args.out)
 
 

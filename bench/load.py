@@ -1,0 +1,208 @@
+"""Load: K concurrent MCP clients over Streamable HTTP, each making M fusion calls.
+
+Reports throughput, p50/p99 added latency over the simulated critical path (slowest member + analyst),
+the server's CPU time per call, and its resident memory (after warm-up, at the end, peak).
+
+    python -m bench.load [--clients 32] [--calls 10] [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import time
+
+import anyio
+import httpx2
+from mcp import Client
+
+from bench.common import (
+    Sim,
+    fusion_command,
+    median,
+    panel,
+    percentile,
+    proc_cpu_seconds,
+    proc_memory_mib,
+    report,
+    server_env,
+    simulator,
+)
+
+DEBUG = True
+MEMBERS = [0.4, 0.7, 1.0]
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+class LeanClient:
+    """A minimal MCP client over Streamable HTTP (2025-11-25 era): initialize, then tools/call.
+
+    The SDK's client spends ~25 ms of CPU per call (result validation, models); with 32 of them in one
+    benchmark process the harness, not the server, became the bottleneck. This one only parses JSON.
+    """
+
+    def __init__(self, http: httpx2.AsyncClient) -> None:
+        self.http = http
+        self.headers = dict(HEADERS)
+        self.next_id = 1
+
+    async def _rpc(self, method: str, params: dict) -> dict:
+        self.next_id += 1
+        message = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
+        async with self.http.stream("POST", "/mcp", json=message, headers=self.headers) as response:
+            response.raise_for_status()
+            if "mcp-session-id" in response.headers:
+                self.headers["mcp-session-id"] = response.headers["mcp-session-id"]
+            if response.headers.get("content-type", "").startswith("application/json"):
+                return json.loads(await response.aread())["result"]
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if data.get("id") == self.next_id:
+                        return data["result"]
+        raise RuntimeError(f"no answer to {method}")
+
+    async def connect(self) -> None:
+        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "load", "version": "1"}}
+        result = await self._rpc("initialize", init)
+        self.headers["mcp-protocol-version"] = result["protocolVersion"]
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        (await self.http.post("/mcp", json=note, headers=self.headers)).raise_for_status()
+
+    async def call(self, arguments: dict) -> dict:
+        return (await self._rpc("tools/call", {"name": "openrouter_fusion", "arguments": arguments}))[
+            "structuredContent"
+        ]
+
+
+ANALYST = 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def run(sim: Sim, clients: int, calls: int, verbose: bool) -> dict:
+    base = sim.base
+    port = free_port()
+    env = server_env(base, FUSION_MAX_CONCURRENT=str(max(clients, 8)), FUSION_QUEUE_TIMEOUT_S="60")
+    args = {"prompt": "load", "analysis_models": panel(MEMBERS), "model": f"bench/judge-lat{round(ANALYST * 1000)}ms"}
+    critical = max(MEMBERS) + ANALYST
+    with subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
+        [fusion_command(), "serve", "--transport", "http", "--port", str(port)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                await anyio.sleep(0.05)
+        async with Client(f"{url}/mcp", mode="legacy") as warm:
+            for _ in range(2):
+                await warm.call_tool("openrouter_fusion", args)
+        rss_warm, _ = proc_memory_mib(proc.pid)
+        cpu_before = proc_cpu_seconds(proc.pid)
+        sim_cpu_before = proc_cpu_seconds(sim.pid)
+        own_cpu_before = time.process_time()
+        walls: list[float] = []
+
+        marks: list = []
+        ready = 0
+        go = anyio.Event()
+
+        async def client_loop(ci: int) -> None:
+            nonlocal ready
+            async with httpx2.AsyncClient(base_url=url, timeout=120) as http:
+                client = LeanClient(http)
+                await client.connect()  # connected before the clock starts: the calls alone are measured
+                ready += 1
+                if ready == clients:
+                    go.set()
+                await go.wait()
+                for k in range(calls):
+                    started = time.perf_counter()
+                    data = await client.call(args)
+                    walls.append(time.perf_counter() - started)
+                    marks.append((walls[-1], ci, k, data["timings"]["total"]))
+                    assert data["status"] == "ok", data
+
+        async with anyio.create_task_group() as tg:
+            for i in range(clients):
+                tg.start_soon(client_loop, i)
+            await go.wait()
+            started = time.perf_counter()
+        elapsed = time.perf_counter() - started
+        cpu = proc_cpu_seconds(proc.pid) - cpu_before
+        sim_cpu = proc_cpu_seconds(sim.pid) - sim_cpu_before
+        own_cpu = time.process_time() - own_cpu_before
+        rss_end, rss_peak = proc_memory_mib(proc.pid)
+        proc.terminate()
+        proc.wait(timeout=15)
+    added = [(w - critical) * 1000 for w in walls]
+    # After each client's first call the clients no longer move in lockstep: the steady state.
+    steady = [(w - critical) * 1000 for w, _, k, _ in marks if k > 0] or added
+    if verbose:
+        print(
+            "slowest (added ms, client, call):",
+            sorted((round((w - critical) * 1000), c, k, t) for w, c, k, t in marks)[-5:],
+        )
+    return {
+        "clients": clients,
+        "calls_per_client": calls,
+        "calls": len(walls),
+        "critical_path_ms": round(critical * 1000, 1),
+        "throughput_calls_per_s": round(len(walls) / elapsed, 2),
+        "added_ms_p50": round(median(added), 1),
+        "added_ms_p99": round(percentile(added, 99), 1),
+        "added_ms_max": round(max(added), 1),
+        "steady_added_ms_p50": round(median(steady), 1),
+        "steady_added_ms_p99": round(percentile(steady, 99), 1),
+        "server_cpu_ms_per_call": round(cpu / len(walls) * 1000, 2),
+        "simulator_cpu_ms_per_call": round(sim_cpu / len(walls) * 1000, 2),
+        "clients_cpu_ms_per_call": round(own_cpu / len(walls) * 1000, 2),
+        "machine_cpu_busy": round((cpu + sim_cpu + own_cpu) / (elapsed * (os.cpu_count() or 1)), 3),
+        "server_rss_mib_after_warmup": round(rss_warm, 1),
+        "server_rss_mib_end": round(rss_end, 1),
+        "server_rss_mib_peak": round(rss_peak, 1),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    clients, calls = (2, 1) if args.quick else (args.clients, args.calls)
+    with simulator() as sim:
+        row = await run(sim, clients, calls, args.verbose)
+    print(
+        f"{row['clients']} clients x {row['calls_per_client']} calls: {row['throughput_calls_per_s']} calls/s, "
+        f"added p50 {row['added_ms_p50']} ms, p99 {row['added_ms_p99']} ms "
+        f"(steady state p50 {row['steady_added_ms_p50']}, p99 {row['steady_added_ms_p99']}), "
+        f"CPU ms/call: server {row['server_cpu_ms_per_call']}, simulator {row['simulator_cpu_ms_per_call']}, "
+        f"clients {row['clients_cpu_ms_per_call']} (machine {row['machine_cpu_busy']:.0%} busy), "
+        f"RSS {row['server_rss_mib_after_warmup']} -> "
+        f"{row['server_rss_mib_end']} MiB (peak {row['server_rss_mib_peak']})",
+        flush=True,
+    )
+    report("load", row, args.out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="2 clients x 1 call (CI smoke test)")
+    parser.add_argument("--out", help="also write the JSON report here")
+    parser.add_argument("--verbose", action="store_true", help="also print the slowest calls")
+    anyio.run(main_async, parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
