@@ -163,3 +163,15 @@ async def test_echoed_key_is_redacted(sim: ProviderSim, settings: Settings) -> N
     with pytest.raises(HTTPStatusError) as info:
         await complete(settings, body())
     assert API_KEY not in info.value.message and "[redacted]" in info.value.message
+
+
+async def test_sse_with_crlf_line_endings_and_event_lines(sim: ProviderSim, settings: Settings) -> None:
+    chunks = [
+        {"model": "m", "choices": [{"index": 0, "delta": {"content": "hello "}, "finish_reason": None}]},
+        {"model": "m", "choices": [{"index": 0, "delta": {"content": "world"}, "finish_reason": "stop"}]},
+        {"model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]
+    raw = ": keep-alive\r\n\r\n" + "".join(f"event: message\r\ndata: {json.dumps(c)}\r\n\r\n" for c in chunks)
+    sim.script(M, Reply(raw=(raw + "data: [DONE]\r\n\r\n").encode(), content_type="text/event-stream"))
+    out = await complete(settings, body(stream=True))
+    assert out.content == "hello world" and out.usage.total_tokens == 5 and out.finish_reason == "stop"
