@@ -14,14 +14,41 @@ import argparse
 import time
 
 import anyio
+import httpx2
 from mcp import Client, StdioServerParameters
 
 from bench.common import fusion_command, median, panel, report, server_env, simulator, spread
+from fusion_mcp.analyst import analysis_schema, labels
 
 PROFILES = {
     "realistic": {"members": (0.4, 1.1), "analyst": 0.5},
     "instant": {"members": (0.02, 0.09), "analyst": 0.02},
 }
+
+
+async def direct_path(base: str, member: str, analyst: str, n: int, stream: bool, runs: int) -> float:
+    """The critical path as the simulator delivers it: the slowest member's request, then the analyst's,
+    sent by a bare HTTP client. Subtracting it leaves what the server adds, not the simulator's own cost."""
+    schema = analysis_schema(labels(n))
+    member_body = {"model": member, "messages": [{"role": "user", "content": "q"}], "max_completion_tokens": 100}
+    if stream:
+        member_body |= {"stream": True, "stream_options": {"include_usage": True}}
+    analyst_body = {
+        "model": analyst,
+        "messages": [{"role": "user", "content": "q"}],
+        "max_completion_tokens": 100,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "strict": True, "schema": schema}},
+    }
+    times = []
+    async with httpx2.AsyncClient(base_url=base, timeout=60) as http:
+        for i in range(runs + 1):
+            started = time.perf_counter()
+            async with http.stream("POST", "/chat/completions", json=member_body) as response:
+                await response.aread()
+            (await http.post("/chat/completions", json=analyst_body)).raise_for_status()
+            if i:
+                times.append(time.perf_counter() - started)
+    return median(times)
 
 
 async def measure(base: str, stream: bool, sizes: list[int], runs: int, warmup: int) -> list[dict]:
@@ -37,14 +64,17 @@ async def measure(base: str, stream: bool, sizes: list[int], runs: int, warmup: 
                     "model": f"bench/judge-lat{round(spec['analyst'] * 1000)}ms",
                 }
                 critical = max(latencies) + spec["analyst"]
-                walls = []
+                delivered = await direct_path(base, args["analysis_models"][-1], args["model"], n, stream, runs)
+                walls, inside, client_cpu = [], [], []
                 for i in range(warmup + runs):
-                    started = time.perf_counter()
+                    started, cpu = time.perf_counter(), time.process_time()
                     result = await client.call_tool("openrouter_fusion", args)
                     wall = time.perf_counter() - started
                     assert not result.is_error and result.structured_content["status"] == "ok"
                     if i >= warmup:
                         walls.append(wall)
+                        inside.append(result.structured_content["timings"]["total"])
+                        client_cpu.append(time.process_time() - cpu)
                 wall = median(walls)
                 rows.append(
                     {
@@ -55,13 +85,23 @@ async def measure(base: str, stream: bool, sizes: list[int], runs: int, warmup: 
                         "median_ms": round(wall * 1000, 1),
                         "ratio": round(wall / critical, 4),
                         "added_ms": round((wall - critical) * 1000, 1),
+                        # Of the added time: the pipeline's own (its timings.total over the critical path)
+                        # and the CPU the SDK's client spent on the call in this process.
+                        "pipeline_added_ms": round((median(inside) - critical) * 1000, 1),
+                        # Against the critical path as the simulator really delivers it (measured directly).
+                        "delivered_path_ms": round(delivered * 1000, 1),
+                        "server_added_ms": round((wall - delivered) * 1000, 1),
+                        "server_ratio": round(wall / delivered, 4),
+                        "client_cpu_ms": round(median(client_cpu) * 1000, 1),
                         "runs": runs,
                     }
                 )
                 print(
                     f"{profile:9} n={n} stream={stream!s:5} critical={critical * 1000:7.1f} ms "
                     f"median={wall * 1000:7.1f} ms ratio={wall / critical:.4f} "
-                    f"added={(wall - critical) * 1000:6.1f} ms",
+                    f"added={(wall - critical) * 1000:6.1f} ms (pipeline {(median(inside) - critical) * 1000:5.1f}, "
+                    f"client CPU {median(client_cpu) * 1000:4.1f}) | over delivered path {delivered * 1000:7.1f} ms: "
+                    f"+{(wall - delivered) * 1000:5.1f} ms, ratio {wall / delivered:.4f}",
                     flush=True,
                 )
     return rows
