@@ -177,20 +177,24 @@ async def run_analyst(
         },
     }
     out = out if out is not None else AnalystOutcome()
-    for attempt in range(2):
+
+    async def ask(options: dict[str, Any]) -> MemberOutcome:
         turn = MemberOutcome(model=request.model)
-        out.runs.append(turn)
-        await run_member(
+        out.runs.append(turn)  # before the request: a deadline that cuts it still leaves its usage counted
+        return await run_member(
             provider,
             request.model,
             messages,
             max_tool_calls=request.max_tool_calls,
             max_completion_tokens=request.max_completion_tokens,
             stream=False,
-            extra=extra,
+            extra=options,
             outcome=turn,
             deadline=deadline,
         )
+
+    for attempt in range(2):
+        turn = await ask(extra)
         if turn.error is not None and not isinstance(turn.error, EmptyAnswer):
             return _failed(out, "judge_upstream_error", f"the analyst request failed: {turn.error.message}")
         try:
@@ -209,19 +213,7 @@ async def run_analyst(
         break
     if request.final_answer and out.analysis is not None:
         messages.append({"role": "user", "content": FINAL})
-        turn = MemberOutcome(model=request.model)
-        out.runs.append(turn)
-        await run_member(
-            provider,
-            request.model,
-            messages,
-            max_tool_calls=request.max_tool_calls,
-            max_completion_tokens=request.max_completion_tokens,
-            stream=False,
-            extra={"temperature": 0},
-            outcome=turn,
-            deadline=deadline,
-        )
+        turn = await ask({"temperature": 0})
         if turn.error is None:
             out.final_answer = turn.content
         else:

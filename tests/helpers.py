@@ -34,3 +34,18 @@ async def wait_until(predicate: Callable[[], bool], limit_s: float = 10.0) -> No
     with anyio.fail_after(limit_s):
         while not predicate():  # noqa: ASYNC110 - the state lives in another thread, no Event to wait on
             await anyio.sleep(0.01)
+
+
+ANALYSIS_KEYS = {"consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots"}
+
+
+async def call_then_cancel(client: Any, ready: Callable[[], bool]) -> None:
+    """Start a fusion call, wait until ``ready()`` (seen at the simulator), then cancel the call."""
+    async with anyio.create_task_group() as tg:
+
+        async def run_call() -> None:
+            await client.call_tool(TOOL, {"prompt": "q"})
+
+        tg.start_soon(run_call)
+        await wait_until(ready)
+        tg.cancel_scope.cancel()

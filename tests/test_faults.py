@@ -20,7 +20,7 @@ from fusion_mcp.config import load_settings
 from fusion_mcp.server import create_server
 from tests.conftest import ANALYST, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import TOOL, structured, wait_until
+from tests.helpers import ANALYSIS_KEYS, TOOL, call_then_cancel, structured, wait_until
 
 pytestmark = pytest.mark.anyio
 A, B, C = PANEL
@@ -313,13 +313,7 @@ async def test_fault_scenario(sim: ProviderSim, scenario: Scenario) -> None:
         assert "analysis" not in data and data["analysis_error"]["reason"] == scenario.analysis_error
     else:
         assert "analysis_error" not in data
-        assert set(data["analysis"]) == {
-            "consensus",
-            "contradictions",
-            "partial_coverage",
-            "unique_insights",
-            "blind_spots",
-        }
+        assert set(data["analysis"]) == ANALYSIS_KEYS
     if scenario.deadline:
         assert data["timings"]["total"] < scenario.deadline + 1
 
@@ -355,13 +349,6 @@ async def test_cancelling_mid_analyst_closes_its_request(sim: ProviderSim) -> No
     sim.scripts[ANALYST] = analyst(Reply(latency=30))
     server = create_server(load_settings(environ=sim_env(sim)))
     async with Client(server) as client:
-        async with anyio.create_task_group() as tg:
-
-            async def run_call() -> None:
-                await client.call_tool(TOOL, {"prompt": "q"})
-
-            tg.start_soon(run_call)
-            await wait_until(lambda: any("response_format" in r.body for r in sim.requests))
-            tg.cancel_scope.cancel()
+        await call_then_cancel(client, lambda: any("response_format" in r.body for r in sim.requests))
         await wait_until(lambda: sim.disconnects == [ANALYST])
     assert len(sim.requests) == 4

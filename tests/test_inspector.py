@@ -16,6 +16,7 @@ import pytest
 from tests import servers
 from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim
+from tests.helpers import ANALYSIS_KEYS
 from tests.test_server_http import http_server  # noqa: F401 - fixture
 
 INSPECTOR = os.environ.get("FUSION_INSPECTOR", "")
@@ -59,13 +60,7 @@ def test_inspector_calls_the_tool_over_stdio(sim: ProviderSim) -> None:
     )
     data = result["structuredContent"]
     assert data["status"] == "ok" and [r["model"] for r in data["responses"]] == list(PANEL)
-    assert set(data["analysis"]) == {
-        "consensus",
-        "contradictions",
-        "partial_coverage",
-        "unique_insights",
-        "blind_spots",
-    }
+    assert set(data["analysis"]) == ANALYSIS_KEYS
     assert "## Consensus" in result["content"][0]["text"]
     assert API_KEY not in json.dumps(result)
 

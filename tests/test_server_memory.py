@@ -13,7 +13,7 @@ from fusion_mcp.provider import DEPTH_HEADER
 from fusion_mcp.server import create_server
 from tests.conftest import ANALYST, API_KEY, PANEL, sim_env
 from tests.fakes.provider_sim import DEFAULT_USAGE, GHOST_LABEL, ProviderSim, Reply
-from tests.helpers import TOOL, dump, structured, text, wait_until
+from tests.helpers import ANALYSIS_KEYS, TOOL, call_then_cancel, dump, structured, text, wait_until
 
 pytestmark = pytest.mark.anyio
 A, B, C = PANEL
@@ -40,7 +40,7 @@ async def test_full_result_shape_in_both_protocol_eras(sim: ProviderSim, mode: s
     assert set(data) >= {"run_id", "analysis", "responses", "failed_models", "analyst_model", "usage", "timings"}
     assert "analysis_error" not in data and "error" not in data and "failure_reason" not in data
     analysis = data["analysis"]
-    assert set(analysis) == {"consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots"}
+    assert set(analysis) == ANALYSIS_KEYS
     assert analysis["consensus"] == ["All answers agree on the core point."]
     # Labels are mapped back to panel ids; the label naming nobody is dropped everywhere.
     assert [s["model"] for s in analysis["contradictions"][0]["stances"]] == list(PANEL)
@@ -293,20 +293,12 @@ async def test_the_key_never_reaches_a_result_even_when_upstream_echoes_it(sim: 
 
 
 async def test_cancelling_the_call_closes_every_upstream_request(sim: ProviderSim) -> None:
-    import anyio
 
     for model in PANEL:
         sim.script(model, Reply(latency=30))
     server = create_server(load_settings(environ=sim_env(sim)))
     async with Client(server) as client:
-        async with anyio.create_task_group() as tg:
-
-            async def run_call() -> None:
-                await client.call_tool(TOOL, {"prompt": "q"})
-
-            tg.start_soon(run_call)
-            await wait_until(lambda: len(sim.requests) == 3)
-            tg.cancel_scope.cancel()
+        await call_then_cancel(client, lambda: len(sim.requests) == 3)
         await wait_until(lambda: len(sim.disconnects) == 3)
     assert sorted(sim.disconnects) == sorted(PANEL)
     assert len(sim.requests) == 3  # nothing new started after the cancel

@@ -11,7 +11,7 @@ from mcp import Client, StdioServerParameters
 from fusion_mcp.provider import DEPTH_HEADER
 from tests.conftest import ANALYST, API_KEY, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import TOOL, structured
+from tests.helpers import ANALYSIS_KEYS, TOOL, structured
 
 pytestmark = pytest.mark.anyio
 
@@ -27,13 +27,7 @@ async def test_three_member_panel_over_stdio_returns_every_field(sim: ProviderSi
         result = await client.call_tool(TOOL, {"prompt": "What is 6*7?"})
     data = structured(result)
     assert data["status"] == "ok" and not result.is_error
-    assert set(data["analysis"]) == {
-        "consensus",
-        "contradictions",
-        "partial_coverage",
-        "unique_insights",
-        "blind_spots",
-    }
+    assert set(data["analysis"]) == ANALYSIS_KEYS
     assert [r["model"] for r in data["responses"]] == list(PANEL)
     assert data["failed_models"] == [] and data["analyst_model"] == ANALYST
     assert data["usage"]["total"]["cost"] > 0 and data["timings"]["total"] > 0 and data["run_id"].startswith("fus_")
