@@ -9,6 +9,7 @@ as a markdown text block. Error results carry ``isError`` so hosts show them.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import version as dist_version
@@ -18,7 +19,8 @@ import anyio
 import httpx2
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp_types import CallToolResult, EmptyResult, SetLevelRequestParams, TextContent, ToolAnnotations
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -127,6 +129,43 @@ def build_request(
     )
 
 
+# logging/setLevel (2025-11-25 era and before) -> the level each session asked for. The capability is
+# deprecated as of 2026-07-28, where clients opt in per request instead; older hosts still show these.
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+class _SessionLogLevels:
+    """Remembers ``logging/setLevel`` per connection; sends run events as log messages to those that asked.
+
+    A connection is recognised by its ``initialize`` parameters object, the one thing the SDK exposes that
+    lives exactly as long as the connection. Holding it keeps its ``id`` from being reused; the table is
+    bounded so long-running HTTP servers do not accumulate closed connections.
+    """
+
+    MAX_CONNECTIONS = 1024
+
+    def __init__(self) -> None:
+        self._levels: dict[int, tuple[object, str]] = {}
+
+    async def set_level(self, ctx: Any, params: SetLevelRequestParams) -> EmptyResult:
+        key = ctx.session.client_params
+        self._levels.pop(id(key), None)
+        self._levels[id(key)] = (key, params.level)
+        while len(self._levels) > self.MAX_CONNECTIONS:
+            self._levels.pop(next(iter(self._levels)))
+        return EmptyResult()
+
+    async def send(self, ctx: Context, level: str, message: str) -> None:
+        entry = self._levels.get(id(ctx.request_context.session.client_params))
+        if entry is None or LOG_LEVELS.index(level) < LOG_LEVELS.index(entry[1]):
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)  # a deliberate use of the older protocol
+            await ctx.request_context.session.send_log_message(
+                level=level, data=message, logger="fusion", related_request_id=ctx.request_id
+            )
+
+
 def create_server(settings: Settings) -> MCPServer[Any]:
     """Build the server without running it, so tests and every transport share one construction."""
     server: MCPServer[Any] = MCPServer(
@@ -137,6 +176,9 @@ def create_server(settings: Settings) -> MCPServer[Any]:
         lifespan=_lifespan(settings),
         log_level=settings.log_level,  # type: ignore[arg-type]
     )
+
+    log_levels = _SessionLogLevels()
+    server._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, log_levels.set_level)
 
     @server.custom_route("/healthz", methods=["GET"])
     async def healthz(_: Request) -> JSONResponse:
@@ -203,6 +245,8 @@ def create_server(settings: Settings) -> MCPServer[Any]:
             log.info("run %s: %s", run_id, event.message)
             try:
                 await ctx.report_progress(event.progress, event.total, event.message)
+                level = "warning" if event.kind in ("member_failed", "member_cut") else "info"
+                await log_levels.send(ctx, level, f"run {run_id}: {event.message}")
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as exc:  # a client that went away must not sink the run

@@ -308,3 +308,26 @@ async def test_streaming_can_be_turned_off(sim: ProviderSim) -> None:
     result, _ = await call(sim, {"prompt": "q"}, FUSION_STREAM="false")
     assert structured(result)["status"] == "ok"
     assert all("stream" not in r.body for r in sim.requests)
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+@pytest.mark.parametrize(
+    ("level", "expected"), [(None, []), ("info", ["info"] * 5 + ["warning"]), ("warning", ["warning"])]
+)
+async def test_older_clients_get_run_events_as_log_messages_at_their_level(
+    sim: ProviderSim, level: str | None, expected: list[str]
+) -> None:
+    sim.script(B, Reply(status=500))
+    got: list[tuple[str, str]] = []
+
+    async def on_log(params: Any) -> None:
+        got.append((params.level, params.data))
+
+    server = create_server(load_settings(environ=sim_env(sim)))
+    async with Client(server, mode="legacy", logging_callback=on_log) as client:
+        assert client.server_capabilities.logging is not None
+        if level:
+            await client.set_logging_level(level)  # type: ignore[arg-type]
+        await client.call_tool(TOOL, {"prompt": "q"})
+    assert sorted(lv for lv, _ in got) == sorted(expected)
+    assert all(data.startswith("run fus_") for _, data in got)
