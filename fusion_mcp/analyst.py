@@ -150,6 +150,7 @@ class AnalystOutcome:
     error: AnalysisError | None = None
     final_answer: str | None = None
     final_answer_error: str | None = None
+    transcript: list[dict[str, Any]] = field(default_factory=list)
     runs: list[MemberOutcome] = field(default_factory=list)
     """Every request the analyst made (analysis, repair, final answer), for usage."""
 
@@ -168,7 +169,9 @@ async def run_analyst(
     """
     names = labels(len(responses))
     label_to_model = dict(zip(names, (r.model for r in responses), strict=True))
-    messages = analyst_messages(request, list(zip(names, responses, strict=True)))
+    out = out if out is not None else AnalystOutcome()
+    messages = out.transcript
+    messages.extend(analyst_messages(request, list(zip(names, responses, strict=True))))
     extra = {
         "temperature": 0,
         "response_format": {
@@ -176,7 +179,6 @@ async def run_analyst(
             "json_schema": {"name": "fusion_analysis", "strict": True, "schema": analysis_schema(names)},
         },
     }
-    out = out if out is not None else AnalystOutcome()
 
     async def ask(options: dict[str, Any]) -> MemberOutcome:
         turn = MemberOutcome(model=request.model)

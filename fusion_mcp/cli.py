@@ -11,16 +11,18 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
 import anyio
 
 from .config import MAX_TOOL_CALLS, ConfigError, Settings, load_settings
 from .http_app import check_bind, serve_http
 from .models import FusionResult
-from .pipeline import ProgressEvent, new_run_id, run_fusion
+from .pipeline import ProgressEvent, new_run_id
 from .provider import Provider, new_http_client
 from .render import render
 from .server import __version__, build_request, create_server, error_result
+from .service import fuse, open_store
 
 EXIT_CONFIG = 2
 
@@ -92,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "--analysis-only", action="store_true", help="skip the analyst's final answer; print the analysis only"
     )
+    runs = commands.add_parser("runs", parents=[common], help="list recent runs, or show one (runs show ID)")
+    runs.add_argument("action", nargs="?", choices=["show"], help="show one run in full")
+    runs.add_argument("run_id", nargs="?", help="the run to show")
+    runs.add_argument("--limit", type=int, default=20, help="how many recent runs to list (default: 20)")
+    runs.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -114,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             _print_result(result, args.json)
             code = 130
         raise SystemExit(code)
+    if args.command == "runs":
+        raise SystemExit(anyio.run(_runs, settings, args))
     if args.command == "serve" and args.transport == "http":
         try:
             check_bind(settings, args.host)
@@ -168,11 +177,56 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     elif settings.api_key is None and settings.is_openrouter:
         result = error_result(run_id, "missing_api_key", "OPENROUTER_API_KEY is not set")
     else:
-        async with new_http_client() as http:
-            result = await run_fusion(request, Provider(http, settings), on_event=progress, run_id=run_id)
+        store = open_store(settings)
+        try:
+            async with new_http_client() as http:
+                provider = Provider(http, settings)
+                result = await fuse(request, provider, store, settings, run_id=run_id, on_event=progress)
+        finally:
+            if store is not None:
+                store.close()
     _print_result(result, args.json)
     return 0 if result.status == "ok" else 1
 
 
 def _print_result(result: FusionResult, as_json: bool) -> None:
     print(json.dumps(result.to_json(), indent=2) if as_json else render(result), flush=True)
+
+
+async def _runs(settings: Settings, args: argparse.Namespace) -> int:
+    store = open_store(settings)
+    if store is None:
+        print("fusion-mcp: the run history cannot be opened (see the warning above)", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "show":
+            if not args.run_id:
+                print("fusion-mcp: runs show needs a run id (see 'fusion-mcp runs')", file=sys.stderr)
+                return EXIT_CONFIG
+            record = await store.run(args.run_id)
+            if record is None:
+                print(f"fusion-mcp: no run {args.run_id!r} in the history (it may have expired)", file=sys.stderr)
+                return 1
+            if args.json:
+                print(json.dumps(record, indent=2))
+            else:
+                print(render(FusionResult.model_validate(record["result"])))
+                print(f"\n(full record with transcripts: fusion-mcp runs show {args.run_id} --json)")
+            return 0
+        rows = await store.recent(args.limit)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            print("no runs yet")
+        for row in rows:
+            when = datetime.fromtimestamp(row["created"]).strftime("%Y-%m-%d %H:%M")
+            cost = f"${row['cost']:.4f}" if row["cost"] is not None else "-"
+            cached = " (cached)" if row["cached"] else ""
+            print(
+                f"{row['run_id']}  {when}  {row['status']:<24} {cost:>9} {row['seconds']:6.1f} s  "
+                f"{row['panel']}  {row['prompt_head'][:60]!r}{cached}"
+            )
+        return 0
+    finally:
+        store.close()

@@ -36,6 +36,12 @@ RULES: dict[str, str] = {
     "FUSION_DEADLINE_S": "a number of seconds from 1 to 3600",
     "FUSION_ANALYST_RESERVE_S": "a number of seconds >= 0 and below FUSION_DEADLINE_S, or empty for the default",
     "FUSION_DEPTH": "a whole number >= 0 (set by a parent fusion run)",
+    "FUSION_HOME": "a directory for the cache and run history",
+    "FUSION_CACHE": "on or off",
+    "FUSION_CACHE_TTL_S": "a number of seconds from 0 to 604800",
+    "FUSION_HISTORY_MAX_RUNS": "a whole number of runs from 1 to 1000000",
+    "FUSION_HISTORY_MAX_DAYS": "a number of days from 0.01 to 3650",
+    "FUSION_MAX_OUTPUT_CHARS": "a whole number of characters from 2000 to 1000000",
     "FUSION_HTTP_TOKEN": "a bearer token of at least 16 characters",
     "FUSION_ALLOWED_HOSTS": "comma-separated Host values (host or host:port, host:* for any port)",
     "FUSION_ALLOWED_ORIGINS": "comma-separated origins (scheme://host:port, port may be *)",
@@ -102,6 +108,12 @@ class Settings(BaseModel):
     deadline_s: float = Field(55.0, ge=1, le=3600, alias="FUSION_DEADLINE_S")
     analyst_reserve_s: float | None = Field(None, ge=0, alias="FUSION_ANALYST_RESERVE_S")
     depth: int = Field(0, ge=0, alias="FUSION_DEPTH")
+    home: Path | None = Field(None, alias="FUSION_HOME")
+    cache: bool = Field(True, alias="FUSION_CACHE")
+    cache_ttl_s: float = Field(3600.0, ge=0, le=604800, alias="FUSION_CACHE_TTL_S")
+    history_max_runs: int = Field(1000, ge=1, le=1_000_000, alias="FUSION_HISTORY_MAX_RUNS")
+    history_max_days: float = Field(30.0, ge=0.01, le=3650, alias="FUSION_HISTORY_MAX_DAYS")
+    max_output_chars: int = Field(24000, ge=2000, le=1_000_000, alias="FUSION_MAX_OUTPUT_CHARS")
     http_token: SecretStr | None = Field(None, alias="FUSION_HTTP_TOKEN")
     allowed_hosts: tuple[str, ...] = Field(
         tuple(f"{h}:*" for h in LOOPBACK_NAMES) + LOOPBACK_NAMES, alias="FUSION_ALLOWED_HOSTS"
@@ -115,6 +127,11 @@ class Settings(BaseModel):
     app_url: str = Field("https://pypi.org/project/fusion-mcp/", alias="FUSION_APP_URL")
     app_title: str = Field("fusion-mcp", min_length=1, max_length=100, alias="FUSION_APP_TITLE")
     log_level: str = Field("INFO", alias="FUSION_LOG_LEVEL")
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        return {"on": True, "off": False}.get(v.strip().lower(), v) if isinstance(v, str) else v
 
     @field_validator("api_key", "http_token", mode="before")
     @classmethod

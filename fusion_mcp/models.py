@@ -170,6 +170,8 @@ class FusionResult(_Model):
     final_answer: str | None = None
     usage: Usage = Field(default_factory=Usage)
     timings: Timings = Field(default_factory=Timings)
+    cached: bool = False
+    """Served from the cache: an identical call succeeded within ``FUSION_CACHE_TTL_S``; nothing was sent."""
     error: str | None = None
     failure_reason: FailureReason | None = None
 

@@ -71,8 +71,12 @@ async def run_fusion(
     *,
     on_event: EventSink | None = None,
     run_id: str | None = None,
+    transcripts: dict[str, list[dict[str, Any]]] | None = None,
 ) -> FusionResult:
     """Run one fusion. Upstream failures become result fields; only cancellation propagates.
+
+    ``transcripts``, when given, receives every model's full conversation (the analyst's under
+    ``analyst:<id>``), tool calls included, for the run history.
 
     With ``request.deadline_s``, members still running at the deadline minus the analyst's reserve are
     cancelled and keep what they had streamed as a truncated answer; an analyst still running at the
@@ -103,12 +107,15 @@ async def run_fusion(
     await emit("started", f"fusion started: panel of {len(panel)} ({', '.join(panel)}), analyst {request.model}")
     outcomes = {model: MemberOutcome(model=model) for model in panel}
 
+    trace = transcripts if transcripts is not None else {}
+
     async def member(model: str) -> None:
         outcome = outcomes[model]
+        trace[model] = panel_messages(request)
         await run_member(
             provider,
             model,
-            panel_messages(request),
+            trace[model],
             max_tool_calls=request.max_tool_calls,
             max_completion_tokens=request.max_completion_tokens,
             temperature=request.temperature,
@@ -167,6 +174,7 @@ async def run_fusion(
     await emit("analyst_started", f"analyst {request.model} is comparing {len(responses)} answers", request.model)
     analyst_started = anyio.current_time()
     verdict = AnalystOutcome()
+    trace[f"analyst:{request.model}"] = verdict.transcript
     with anyio.move_on_at(deadline) as scope:
         await run_analyst(provider, request, responses, out=verdict, deadline=deadline)
     if scope.cancelled_caught:

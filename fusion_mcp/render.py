@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from .models import FusionResult, TokenUsage
 
+MIN_SHARE = 400
+"""Characters every answer keeps however tight the budget: enough to tell what it says."""
 
-def render(result: FusionResult) -> str:
-    """Analysis first, then each panel answer, then failures and a one-line cost summary."""
+
+def render(result: FusionResult, max_chars: int | None = None) -> str:
+    """Analysis first, then each panel answer, then failures and a one-line cost summary.
+
+    Within ``max_chars`` the answers are trimmed, evenly, with a pointer to the whole text (structured
+    content keeps every answer whole; the run resource keeps the transcripts).
+    """
+    text = _render(result, None)
+    if max_chars is None or len(text) <= max_chars or not result.responses:
+        return text
+    fixed = len(_render(result, 0)) + len(_trim_note(10**9, result.run_id)) * len(result.responses)
+    share = max(MIN_SHARE, (max_chars - fixed) // len(result.responses))
+    return _render(result, share)
+
+
+def _render(result: FusionResult, share: int | None) -> str:
     if result.status == "error":
         lines = [f"**Fusion failed** ({result.failure_reason}): {result.error}"]
         lines += _failures(result)
@@ -45,10 +61,28 @@ def render(result: FusionResult) -> str:
         if r.truncated:
             notes.append(f"TRUNCATED: {r.truncated_reason}")
         lines.append(f"\n## {r.model}" + (f" ({', '.join(notes)})" if notes else ""))
-        lines.append(r.content + ("\n\n[... answer cut off here]" if r.truncated else ""))
+        lines.append(
+            _answer(r.content, share, result.run_id) + ("\n\n[... answer cut off here]" if r.truncated else "")
+        )
     lines += _failures(result)
     lines.append("\n" + cost_line(result))
     return "\n".join(lines)
+
+
+def _answer(content: str, share: int | None, run_id: str) -> str:
+    if share is None or len(content) <= share:
+        return content
+    if share == 0:
+        return ""
+    kept = content[:share].rsplit(" ", 1)[0] if " " in content[:share] else content[:share]
+    return kept + _trim_note(len(content) - len(kept), run_id)
+
+
+def _trim_note(trimmed: int, run_id: str) -> str:
+    return (
+        f"\n\n[... {trimmed:,} more characters trimmed to fit the output budget; the whole answer is in the "
+        f"structured result and in resource fusion://runs/{run_id}]"
+    )
 
 
 def _failures(result: FusionResult) -> list[str]:
@@ -64,6 +98,8 @@ def _failures(result: FusionResult) -> list[str]:
 def cost_line(result: FusionResult) -> str:
     total: TokenUsage = result.usage.total
     cost = f"${total.cost:.4f}" if total.cost is not None else "cost not reported"
+    if result.cached:
+        cost = f"from the cache, no new cost (first run {cost})"
     return (
         f"_{cost} · {total.prompt_tokens} prompt + {total.completion_tokens} completion tokens · "
         f"{result.timings.total:.1f} s · run {result.run_id}_"

@@ -8,6 +8,7 @@ as a markdown text block. Error results carry ``isError`` so hosts show them.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import AsyncIterator, Mapping
@@ -18,7 +19,7 @@ from typing import Annotated, Any
 import anyio
 import httpx2
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import CallToolResult, EmptyResult, SetLevelRequestParams, TextContent, ToolAnnotations
 from pydantic import Field
@@ -28,9 +29,11 @@ from starlette.responses import JSONResponse
 from .config import MAX_PANEL, MAX_TOOL_CALLS, Settings, check_model_id, check_model_ids
 from .errors import redact
 from .models import FailureReason, FusionRequest, FusionResult
-from .pipeline import ProgressEvent, new_run_id, run_fusion
+from .pipeline import ProgressEvent, new_run_id
 from .provider import DEPTH_HEADER, Provider, new_http_client
 from .render import render
+from .service import fuse, open_store
+from .store import Store
 
 log = logging.getLogger("fusion_mcp")
 TOOL_NAME = "openrouter_fusion"
@@ -54,14 +57,18 @@ INSTRUCTIONS = (
 )
 
 
-def _lifespan(settings: Settings) -> Any:
+def _lifespan(settings: Settings, store: Store | None) -> Any:
     @asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
         # One connection pool and one run limiter for the whole process, whatever the transport. The
         # pool holds a connection for every member and the analyst of every run allowed at once.
         limiter = anyio.CapacityLimiter(settings.max_concurrent)
-        async with new_http_client(max_connections=settings.max_concurrent * (MAX_PANEL + 1)) as http:
-            yield {"http": http, "limiter": limiter}
+        try:
+            async with new_http_client(max_connections=settings.max_concurrent * (MAX_PANEL + 1)) as http:
+                yield {"http": http, "limiter": limiter}
+        finally:
+            if store is not None:
+                store.close()
 
     return lifespan
 
@@ -86,9 +93,9 @@ def error_result(run_id: str, reason: FailureReason, message: str) -> FusionResu
     return FusionResult(status="error", run_id=run_id, error=message, failure_reason=reason)
 
 
-def as_tool_result(result: FusionResult) -> CallToolResult:
+def as_tool_result(result: FusionResult, max_chars: int | None = None) -> CallToolResult:
     return CallToolResult(
-        content=[TextContent(type="text", text=render(result))],
+        content=[TextContent(type="text", text=render(result, max_chars))],
         structured_content=result.to_json(),
         is_error=result.status == "error",
     )
@@ -168,12 +175,13 @@ class _SessionLogLevels:
 
 def create_server(settings: Settings) -> MCPServer[Any]:
     """Build the server without running it, so tests and every transport share one construction."""
+    store = open_store(settings)
     server: MCPServer[Any] = MCPServer(
         "fusion-mcp",
         title="Fusion",
         instructions=INSTRUCTIONS,
         version=__version__,
-        lifespan=_lifespan(settings),
+        lifespan=_lifespan(settings, store),
         log_level=settings.log_level,  # type: ignore[arg-type]
     )
 
@@ -183,6 +191,27 @@ def create_server(settings: Settings) -> MCPServer[Any]:
     @server.custom_route("/healthz", methods=["GET"])
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
+
+    @server.resource(
+        "fusion://runs",
+        name="recent fusion runs",
+        description="The 50 most recent runs: time, prompt head, panel, status, cost, seconds.",
+        mime_type="application/json",
+    )
+    async def recent_runs() -> str:
+        return json.dumps(await store.recent(50) if store else [], indent=1)
+
+    @server.resource(
+        "fusion://runs/{run_id}",
+        name="one fusion run",
+        description="A run in full: request, result, every model's transcript with its tool calls.",
+        mime_type="application/json",
+    )
+    async def one_run(run_id: str) -> str:
+        record = await store.run(run_id) if store else None
+        if record is None:
+            raise ResourceError(f"no run {run_id!r} in the history (it may have expired)")
+        return json.dumps(record, indent=1)
 
     if not settings.enabled:
         return server
@@ -274,7 +303,7 @@ def create_server(settings: Settings) -> MCPServer[Any]:
                         "analyst_reserve_s": None if reserve is None else min(reserve, left / 2),
                     }
                 )
-            result = await run_fusion(request, provider, on_event=progress, run_id=run_id)
+            result = await fuse(request, provider, store, settings, run_id=run_id, on_event=progress)
         except anyio.get_cancelled_exc_class():
             log.info("run %s cancelled by the client", run_id)
             raise
@@ -285,7 +314,7 @@ def create_server(settings: Settings) -> MCPServer[Any]:
         finally:
             limiter.release()
         log.info("run %s finished: %s in %.1f s", run_id, result.status, result.timings.total)
-        return as_tool_result(result)
+        return as_tool_result(result, settings.max_output_chars)
 
     server.add_tool(
         openrouter_fusion,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,8 +37,14 @@ def sim(_sim: ProviderSim) -> Iterator[ProviderSim]:
     _sim.reset()
 
 
+HOME_DIR = tempfile.mkdtemp(prefix="fusion-test-home-")
+"""The run history of the whole test session; the cache is off unless a test turns it on."""
+
+
 def sim_env(sim: ProviderSim, **extra: str) -> dict[str, str]:
     env = {
+        "FUSION_HOME": HOME_DIR,
+        "FUSION_CACHE": "off",
         "OPENROUTER_API_KEY": API_KEY,
         "OPENROUTER_BASE_URL": sim.base_url,
         "FUSION_ANALYSIS_MODELS": ",".join(PANEL),

@@ -39,12 +39,12 @@ async def wait_until(predicate: Callable[[], bool], limit_s: float = 10.0) -> No
 ANALYSIS_KEYS = {"consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots"}
 
 
-async def call_then_cancel(client: Any, ready: Callable[[], bool]) -> None:
+async def call_then_cancel(client: Any, ready: Callable[[], bool], prompt: str = "q") -> None:
     """Start a fusion call, wait until ``ready()`` (seen at the simulator), then cancel the call."""
     async with anyio.create_task_group() as tg:
 
         async def run_call() -> None:
-            await client.call_tool(TOOL, {"prompt": "q"})
+            await client.call_tool(TOOL, {"prompt": prompt})
 
         tg.start_soon(run_call)
         await wait_until(ready)

@@ -1,0 +1,208 @@
+"""SQLite cache and run history, in one file under ``FUSION_HOME``.
+
+The cache answers an identical call (prompt, context, panel, analyst, tool budget, web mode, token cap,
+temperature) within its TTL with the stored result, marked ``cached``, and no upstream request. Only
+successful runs are cached. The history keeps every run's full record — request, result and each model's
+transcript — bounded by count and age, with every secret redacted before it is written.
+
+SQLite calls are short and run in a worker thread so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .errors import redact
+from .models import FusionRequest, FusionResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    prompt_head TEXT NOT NULL,
+    panel TEXT NOT NULL,
+    status TEXT NOT NULL,
+    cost REAL,
+    seconds REAL NOT NULL,
+    cached INTEGER NOT NULL DEFAULT 0,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cache_created ON cache(created);
+"""
+
+
+def default_home() -> Path:
+    """``$XDG_CACHE_HOME/fusion-mcp``, else ``~/.cache/fusion-mcp``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fusion-mcp"
+
+
+def cache_key(request: FusionRequest, web_mode: str = "off") -> str:
+    """Everything that changes what a run would answer, and nothing else."""
+    material = {
+        "prompt": request.prompt,
+        "context": request.context,
+        "panel": list(request.analysis_models),
+        "analyst": request.model,
+        "max_tool_calls": request.max_tool_calls,
+        "max_completion_tokens": request.max_completion_tokens,
+        "temperature": request.temperature,
+        "final_answer": request.final_answer,
+        "web": web_mode,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def is_complete(result: FusionResult) -> bool:
+    """Worth serving again: every member answered in full and the analysis is there."""
+    return (
+        result.status == "ok"
+        and result.analysis is not None
+        and not result.failed_models
+        and not any(r.truncated for r in result.responses)
+    )
+
+
+class Store:
+    """The run history and the result cache of one ``FUSION_HOME``."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        secrets: tuple[str, ...] = (),
+        cache_ttl_s: float = 3600,
+        max_runs: int = 1000,
+        max_age_days: float = 30,
+        max_cache_entries: int = 500,
+    ) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.path = home / "fusion.sqlite3"
+        self._secrets = secrets
+        self._ttl = cache_ttl_s
+        self._max_runs = max_runs
+        self._max_age_s = max_age_days * 86400
+        self._max_cache = max_cache_entries
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        with self._lock:
+            self._db  # noqa: B018 - open now, so a bad FUSION_HOME shows at start, not on the first run
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, opened on first use and again after :meth:`close` (callers hold the lock)."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(SCHEMA)
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- cache ---------------------------------------------------------------------------------------
+
+    async def cached(self, key: str) -> FusionResult | None:
+        return await anyio.to_thread.run_sync(self._cached, key)
+
+    def _cached(self, key: str) -> FusionResult | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT result FROM cache WHERE key = ? AND created >= ?", (key, time.time() - self._ttl)
+            ).fetchone()
+        return FusionResult.model_validate_json(row[0]) if row else None
+
+    async def remember(self, key: str, result: FusionResult) -> None:
+        if not is_complete(result):
+            return  # a failure or a degraded run is never cached: the next call should try again
+        await anyio.to_thread.run_sync(self._remember, key, result)
+
+    def _remember(self, key: str, result: FusionResult) -> None:
+        text = redact(result.model_dump_json(), self._secrets)
+        now = time.time()
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)", (key, now, text))
+            self._db.execute("DELETE FROM cache WHERE created < ?", (now - self._ttl,))
+            self._db.execute(
+                "DELETE FROM cache WHERE key NOT IN (SELECT key FROM cache ORDER BY created DESC LIMIT ?)",
+                (self._max_cache,),
+            )
+
+    # -- history -------------------------------------------------------------------------------------
+
+    async def save_run(
+        self, request: FusionRequest, result: FusionResult, transcripts: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        await anyio.to_thread.run_sync(self._save_run, request, result, transcripts)
+
+    def _save_run(
+        self, request: FusionRequest, result: FusionResult, transcripts: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        record = {
+            "run_id": result.run_id,
+            "created": time.time(),
+            "request": request.model_dump(mode="json"),
+            "result": result.to_json(),
+            "transcripts": transcripts,
+        }
+        text = redact(json.dumps(record), self._secrets)
+        now = record["created"]
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    result.run_id,
+                    now,
+                    redact(request.prompt[:120], self._secrets),
+                    ",".join(request.analysis_models),
+                    result.status if result.status == "ok" else f"error:{result.failure_reason}",
+                    result.usage.total.cost,
+                    result.timings.total,
+                    int(result.cached),
+                    text,
+                ),
+            )
+            self._db.execute("DELETE FROM runs WHERE created < ?", (now - self._max_age_s,))
+            self._db.execute(
+                "DELETE FROM runs WHERE run_id NOT IN (SELECT run_id FROM runs ORDER BY created DESC LIMIT ?)",
+                (self._max_runs,),
+            )
+
+    async def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        return await anyio.to_thread.run_sync(self._recent, limit)
+
+    def _recent(self, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT run_id, created, prompt_head, panel, status, cost, seconds, cached FROM runs "
+                "ORDER BY created DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        keys = ("run_id", "created", "prompt_head", "panel", "status", "cost", "seconds", "cached")
+        return [dict(zip(keys, row, strict=True)) | {"cached": bool(row[7])} for row in rows]
+
+    async def run(self, run_id: str) -> dict[str, Any] | None:
+        return await anyio.to_thread.run_sync(self._run, run_id)
+
+    def _run(self, run_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else None

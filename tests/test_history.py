@@ -1,0 +1,143 @@
+"""Cache, run history, run resources, ``fusion-mcp runs`` and the output budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from fusion_mcp.config import load_settings
+from fusion_mcp.server import create_server
+from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
+from tests.fakes.provider_sim import ProviderSim, Reply
+from tests.helpers import TOOL, call_then_cancel, structured, text
+
+pytestmark = pytest.mark.anyio
+
+
+def env(sim: ProviderSim, home: Path, **extra: str) -> dict[str, str]:
+    return sim_env(sim, **{"FUSION_HOME": str(home), "FUSION_CACHE": "on", **extra})
+
+
+async def calls(sim: ProviderSim, home: Path, *arguments: dict[str, Any], **extra: str) -> list[Any]:
+    server = create_server(load_settings(environ=env(sim, home, **extra)))
+    async with Client(server) as client:
+        return [await client.call_tool(TOOL, args) for args in arguments]
+
+
+async def test_a_repeated_call_is_answered_from_the_cache_without_upstream_requests(
+    sim: ProviderSim, tmp_path: Path
+) -> None:
+    first, second = await calls(sim, tmp_path, {"prompt": "q"}, {"prompt": "q"})
+    assert len(sim.requests) == 4  # three members and the analyst, once
+    a, b = structured(first), structured(second)
+    assert "cached" not in a or a["cached"] is False
+    assert b["cached"] is True and b["run_id"] != a["run_id"]
+    assert b["analysis"] == a["analysis"] and b["responses"] == a["responses"]
+    assert "from the cache, no new cost" in text(second)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"prompt": "other"},
+        {"context": "more"},
+        {"analysis_models": ["x/a"]},
+        {"model": "x/judge"},
+        {"max_tool_calls": 3},
+    ],
+)
+async def test_anything_that_changes_the_answer_misses_the_cache(
+    sim: ProviderSim, tmp_path: Path, change: dict[str, Any]
+) -> None:
+    _, second = await calls(sim, tmp_path, {"prompt": "q"}, {"prompt": "q", **change})
+    assert structured(second).get("cached") is not True
+    assert len(sim.requests) > 4
+
+
+@pytest.mark.parametrize("extra", [{"FUSION_CACHE": "off"}, {"FUSION_CACHE_TTL_S": "0"}])
+async def test_cache_off_or_expired(sim: ProviderSim, tmp_path: Path, extra: dict[str, str]) -> None:
+    await calls(sim, tmp_path, {"prompt": "q"}, {"prompt": "q"}, **extra)
+    assert len(sim.requests) == 8
+
+
+async def test_degraded_failed_and_cancelled_runs_are_not_cached(sim: ProviderSim, tmp_path: Path) -> None:
+    sim.script(PANEL[1], Reply(status=500), Reply())
+    await calls(sim, tmp_path, {"prompt": "q"}, {"prompt": "q"})
+    assert len(sim.requests) == 8  # the second call ran again: the first had a failed member
+    sim.reset()
+    for model in PANEL:
+        sim.script(model, Reply(status=502))
+    await calls(sim, tmp_path, {"prompt": "all fail"}, {"prompt": "all fail"})
+    assert len(sim.requests) == 2 * 3 * 3  # both calls, every member, three tries each
+    sim.reset()
+    for model in PANEL:
+        sim.script(model, Reply(latency=30), Reply())
+    server = create_server(load_settings(environ=env(sim, tmp_path)))
+    async with Client(server) as client:
+        await call_then_cancel(client, lambda: len(sim.requests) == 3, prompt="slow")
+        result = await client.call_tool(TOOL, {"prompt": "slow"})
+    assert structured(result).get("cached") is not True and len(sim.requests) == 7
+
+
+async def test_runs_are_readable_as_resources_with_transcripts(sim: ProviderSim, tmp_path: Path) -> None:
+    sim.script(PANEL[2], Reply(status=401, error_message="bad", echo_auth=True))
+    server = create_server(load_settings(environ=env(sim, tmp_path)))
+    async with Client(server) as client:
+        run_id = structured(await client.call_tool(TOOL, {"prompt": "what is 6*7?", "context": "maths"}))["run_id"]
+        listed = json.loads((await client.read_resource("fusion://runs")).contents[0].text)
+        record = json.loads((await client.read_resource(f"fusion://runs/{run_id}")).contents[0].text)
+        templates = (await client.list_resource_templates()).resource_templates
+        with pytest.raises(Exception, match="no run 'fus_nope'"):
+            await client.read_resource("fusion://runs/fus_nope")
+    assert listed[0]["run_id"] == run_id and listed[0]["status"] == "ok"
+    assert [t.uri_template for t in templates] == ["fusion://runs/{run_id}"]
+    assert record["request"]["prompt"] == "what is 6*7?" and record["request"]["context"] == "maths"
+    assert record["result"]["run_id"] == run_id and record["result"]["failed_models"][0]["model"] == PANEL[2]
+    transcripts = record["transcripts"]
+    assert set(transcripts) == {*PANEL, f"analyst:{PANEL[0]}"}
+    assert transcripts[PANEL[0]][-1] == {"role": "assistant", "content": f"Answer from {PANEL[0]}: the answer is 42."}
+    assert transcripts[f"analyst:{PANEL[0]}"][0]["role"] == "system"
+    files = [tmp_path / "fusion.sqlite3", *tmp_path.glob("*-wal")]  # noqa: ASYNC240 - a test's own temp dir
+    assert all(API_KEY.encode() not in f.read_bytes() for f in files)
+
+
+async def test_history_is_bounded_by_count(sim: ProviderSim, tmp_path: Path) -> None:
+    await calls(sim, tmp_path, *({"prompt": f"q{i}"} for i in range(4)), FUSION_HISTORY_MAX_RUNS="2")
+    server = create_server(load_settings(environ=env(sim, tmp_path)))
+    async with Client(server) as client:
+        listed = json.loads((await client.read_resource("fusion://runs")).contents[0].text)
+    assert [row["prompt_head"] for row in listed] == ["q3", "q2"]
+
+
+def test_runs_command_lists_and_shows(sim: ProviderSim, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [console_script(), *args], env=child_env(**env(sim, tmp_path)), capture_output=True, text=True, timeout=60
+        )
+
+    assert run("runs").stdout.strip() == "no runs yet"
+    asked = run("ask", "the question", "--json", "--analysis-only")
+    run_id = json.loads(asked.stdout)["run_id"]
+    listing = run("runs")
+    assert listing.returncode == 0 and run_id in listing.stdout and "'the question'" in listing.stdout
+    shown = run("runs", "show", run_id)
+    assert shown.returncode == 0 and shown.stdout.startswith("# Fusion analysis: 3 answers")
+    full = json.loads(run("runs", "show", run_id, "--json").stdout)
+    assert full["run_id"] == run_id and set(full["transcripts"]) >= set(PANEL)
+    missing = run("runs", "show", "fus_nope")
+    assert missing.returncode == 1 and "no run 'fus_nope'" in missing.stderr
+
+
+async def test_the_text_block_keeps_to_the_output_budget(sim: ProviderSim, tmp_path: Path) -> None:
+    panel = [f"x/m{i}-len6000" for i in range(4)]
+    (result,) = await calls(sim, tmp_path, {"prompt": "q", "analysis_models": panel}, FUSION_MAX_OUTPUT_CHARS="8000")
+    rendered = text(result)
+    assert len(rendered) <= 8000
+    assert rendered.count("more characters trimmed to fit the output budget") == 4
+    assert f"fusion://runs/{structured(result)['run_id']}" in rendered
+    assert all(len(r["content"]) == 6000 for r in structured(result)["responses"])  # kept whole
