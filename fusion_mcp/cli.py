@@ -94,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "--analysis-only", action="store_true", help="skip the analyst's final answer; print the analysis only"
     )
+    commands.add_parser(
+        "doctor", parents=[common], help="check key, provider, model ids and cache before spending anything"
+    )
+
     runs = commands.add_parser("runs", parents=[common], help="list recent runs, or show one (runs show ID)")
     runs.add_argument("action", nargs="?", choices=["show"], help="show one run in full")
     runs.add_argument("run_id", nargs="?", help="the run to show")
@@ -121,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             _print_result(result, args.json)
             code = 130
         raise SystemExit(code)
+    if args.command == "doctor":
+        raise SystemExit(anyio.run(_doctor, settings))
     if args.command == "runs":
         raise SystemExit(anyio.run(_runs, settings, args))
     if args.command == "serve" and args.transport == "http":
@@ -230,3 +236,14 @@ async def _runs(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+async def _doctor(settings: Settings) -> int:
+    from .doctor import run_checks
+
+    checks = await run_checks(settings)
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(failed)} ok, {len(failed)} failed")
+    return 1 if failed else 0

@@ -19,6 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 QUALITY_PANEL = ("~anthropic/claude-opus-latest", "~openai/gpt-latest", "~google/gemini-pro-latest")
+PRESETS: dict[str, tuple[tuple[str, ...], str]] = {
+    # OpenRouter's Quality panel: three frontier families, the strongest analyst.
+    "quality": (QUALITY_PANEL, "~anthropic/claude-opus-latest"),
+    # Small models of the same three families cost a fraction; a frontier analyst still does the comparing,
+    # which is where a weak model would miss contradictions.
+    "budget": (
+        ("~anthropic/claude-haiku-latest", "~openai/gpt-mini-latest", "~google/gemini-flash-latest"),
+        "~anthropic/claude-sonnet-latest",
+    ),
+    # Latency-homogeneous: two fast models (a run waits for its slowest member) and a fast strong analyst.
+    "fast": (("~google/gemini-flash-latest", "~anthropic/claude-haiku-latest"), "~anthropic/claude-sonnet-latest"),
+}
 MAX_PANEL = 8
 MAX_TOOL_CALLS = 16
 
@@ -26,6 +38,7 @@ MAX_TOOL_CALLS = 16
 RULES: dict[str, str] = {
     "OPENROUTER_API_KEY": "a non-empty API key",
     "OPENROUTER_BASE_URL": "an http:// or https:// URL of an OpenAI-compatible API",
+    "FUSION_PRESET": f"one of {', '.join(PRESETS)}",
     "FUSION_ANALYSIS_MODELS": f"1-{MAX_PANEL} unique model ids, comma-separated",
     "FUSION_MODEL": "one model id",
     "FUSION_MAX_TOOL_CALLS": f"a whole number from 1 to {MAX_TOOL_CALLS}",
@@ -42,6 +55,7 @@ RULES: dict[str, str] = {
     "FUSION_HISTORY_MAX_RUNS": "a whole number of runs from 1 to 1000000",
     "FUSION_HISTORY_MAX_DAYS": "a number of days from 0.01 to 3650",
     "FUSION_MAX_OUTPUT_CHARS": "a whole number of characters from 2000 to 1000000",
+    "FUSION_MAX_COST_USD": "a number of US dollars > 0, or empty for no cap",
     "FUSION_HTTP_TOKEN": "a bearer token of at least 16 characters",
     "FUSION_ALLOWED_HOSTS": "comma-separated Host values (host or host:port, host:* for any port)",
     "FUSION_ALLOWED_ORIGINS": "comma-separated origins (scheme://host:port, port may be *)",
@@ -98,8 +112,9 @@ class Settings(BaseModel):
 
     api_key: SecretStr | None = Field(None, alias="OPENROUTER_API_KEY")
     base_url: str = Field(OPENROUTER_BASE_URL, alias="OPENROUTER_BASE_URL")
-    analysis_models: tuple[str, ...] = Field(QUALITY_PANEL, alias="FUSION_ANALYSIS_MODELS")
-    model: str = Field(QUALITY_PANEL[0], alias="FUSION_MODEL")
+    preset: str = Field("quality", alias="FUSION_PRESET")
+    configured_panel: tuple[str, ...] | None = Field(None, alias="FUSION_ANALYSIS_MODELS")
+    configured_analyst: str | None = Field(None, alias="FUSION_MODEL")
     max_tool_calls: int = Field(8, ge=1, le=MAX_TOOL_CALLS, alias="FUSION_MAX_TOOL_CALLS", strict=False)
     max_completion_tokens: int = Field(16000, ge=1, le=1_000_000, alias="FUSION_MAX_COMPLETION_TOKENS")
     enabled: bool = Field(True, alias="FUSION_ENABLED")
@@ -114,6 +129,7 @@ class Settings(BaseModel):
     history_max_runs: int = Field(1000, ge=1, le=1_000_000, alias="FUSION_HISTORY_MAX_RUNS")
     history_max_days: float = Field(30.0, ge=0.01, le=3650, alias="FUSION_HISTORY_MAX_DAYS")
     max_output_chars: int = Field(24000, ge=2000, le=1_000_000, alias="FUSION_MAX_OUTPUT_CHARS")
+    max_cost_usd: float | None = Field(None, gt=0, alias="FUSION_MAX_COST_USD")
     http_token: SecretStr | None = Field(None, alias="FUSION_HTTP_TOKEN")
     allowed_hosts: tuple[str, ...] = Field(
         tuple(f"{h}:*" for h in LOOPBACK_NAMES) + LOOPBACK_NAMES, alias="FUSION_ALLOWED_HOSTS"
@@ -163,15 +179,38 @@ class Settings(BaseModel):
     def _url(cls, v: str) -> str:
         return _check_url(v)
 
-    @field_validator("analysis_models", mode="before")
+    @field_validator("configured_panel", mode="before")
     @classmethod
     def _panel(cls, v: Any) -> tuple[str, ...]:
         return check_model_ids(v)
 
-    @field_validator("model", mode="before")
+    @field_validator("configured_analyst", mode="before")
     @classmethod
     def _analyst(cls, v: Any) -> str:
         return check_model_id(v)
+
+    @field_validator("preset", mode="before")
+    @classmethod
+    def _preset(cls, v: Any) -> str:
+        name = str(v).strip().lower()
+        if name not in PRESETS:
+            raise ValueError("unknown preset")
+        return name
+
+    def models_for(self, preset: str | None = None) -> tuple[tuple[str, ...], str]:
+        """(panel, analyst): a call's preset, else FUSION_ANALYSIS_MODELS / FUSION_MODEL, else FUSION_PRESET."""
+        if preset is not None:
+            return PRESETS[preset]
+        panel, analyst = PRESETS[self.preset]
+        return self.configured_panel or panel, self.configured_analyst or analyst
+
+    @property
+    def analysis_models(self) -> tuple[str, ...]:
+        return self.models_for()[0]
+
+    @property
+    def model(self) -> str:
+        return self.models_for()[1]
 
     @field_validator("temperature", "deadline_s", "analyst_reserve_s")
     @classmethod

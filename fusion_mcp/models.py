@@ -21,6 +21,7 @@ FailureReason = Literal[
     "fusion_invocation_capped",
     "missing_api_key",
     "server_busy",
+    "cost_limit",
     "unexpected_error",
 ]
 AnalysisErrorReason = Literal[

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.metadata import version as dist_version
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import httpx2
@@ -26,7 +26,8 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .config import MAX_PANEL, MAX_TOOL_CALLS, Settings, check_model_id, check_model_ids
+from .catalogue import CatalogueClient, check_request
+from .config import MAX_PANEL, MAX_TOOL_CALLS, PRESETS, Settings, check_model_id, check_model_ids
 from .errors import redact
 from .models import FailureReason, FusionRequest, FusionResult
 from .pipeline import ProgressEvent, new_run_id
@@ -64,8 +65,16 @@ def _lifespan(settings: Settings, store: Store | None) -> Any:
         # pool holds a connection for every member and the analyst of every run allowed at once.
         limiter = anyio.CapacityLimiter(settings.max_concurrent)
         try:
-            async with new_http_client(max_connections=settings.max_concurrent * (MAX_PANEL + 1)) as http:
-                yield {"http": http, "limiter": limiter}
+            async with (
+                new_http_client(max_connections=settings.max_concurrent * (MAX_PANEL + 1)) as http,
+                anyio.create_task_group() as tg,
+            ):
+                catalogue = CatalogueClient(http, settings)
+                tg.start_soon(_check_configured_models, catalogue, settings)
+                try:
+                    yield {"http": http, "limiter": limiter, "catalogue": catalogue}
+                finally:
+                    tg.cancel_scope.cancel()
         finally:
             if store is not None:
                 store.close()
@@ -108,18 +117,22 @@ def build_request(
     analysis_models: list[str] | None,
     model: str | None,
     max_tool_calls: int | None,
+    preset: str | None = None,
 ) -> FusionRequest:
     """Merge arguments over settings; raise :class:`ToolError` naming the argument that breaks a rule."""
     if not prompt.strip():
         raise ToolError("invalid argument prompt: must be a non-empty, self-contained question")
+    if preset is not None and preset not in PRESETS:
+        raise ToolError(f"invalid argument preset: must be one of {', '.join(PRESETS)}")
+    default_panel, default_analyst = settings.models_for(preset)
     try:
-        panel = check_model_ids(analysis_models) if analysis_models is not None else settings.analysis_models
+        panel = check_model_ids(analysis_models) if analysis_models is not None else default_panel
     except ValueError as exc:
         raise ToolError(
             f"invalid argument analysis_models: must be 1-{MAX_PANEL} unique, non-empty model ids ({exc})"
         ) from None
     try:
-        analyst = check_model_id(model) if model is not None else settings.model
+        analyst = check_model_id(model) if model is not None else default_analyst
     except ValueError as exc:
         raise ToolError(f"invalid argument model: must be one non-empty model id ({exc})") from None
     return FusionRequest(
@@ -244,9 +257,16 @@ def create_server(settings: Settings) -> MCPServer[Any]:
             int | None,
             Field(ge=1, le=MAX_TOOL_CALLS, description=f"Optional tool-call budget per model, 1-{MAX_TOOL_CALLS}."),
         ] = None,
+        preset: Annotated[
+            Literal["quality", "budget", "fast"] | None,
+            Field(
+                description="Optional panel preset: quality (default: frontier models), budget (small models, "
+                "strong analyst), fast (two fast models). analysis_models and model override it."
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, FusionResult]:
         run_id = new_run_id()
-        request = build_request(settings, prompt, context, analysis_models, model, max_tool_calls)
+        request = build_request(settings, prompt, context, analysis_models, model, max_tool_calls, preset)
         depth = incoming_depth(ctx.headers, settings)
         if depth >= 1:
             log.info("run %s refused: nested fusion call at depth %d", run_id, depth)
@@ -280,6 +300,11 @@ def create_server(settings: Settings) -> MCPServer[Any]:
                 raise
             except Exception as exc:  # a client that went away must not sink the run
                 log.debug("progress notification failed: %r", exc)
+
+        refused = await check_request(state["catalogue"], request, settings.max_cost_usd)
+        if refused is not None:
+            log.info("run %s refused before spending: %s", run_id, refused[1])
+            return as_tool_result(error_result(run_id, refused[0], refused[1]))  # type: ignore[arg-type]
 
         queued_at = anyio.current_time()
         if not await _acquire(limiter, settings.queue_timeout_s):
@@ -328,6 +353,21 @@ def create_server(settings: Settings) -> MCPServer[Any]:
         ),
     )
     return server
+
+
+async def _check_configured_models(catalogue: CatalogueClient, settings: Settings) -> None:
+    """At start, in the background: say in the log which configured model ids the provider does not know."""
+    if settings.api_key is None and settings.is_openrouter:
+        return
+    for model in dict.fromkeys((*settings.analysis_models, settings.model)):
+        known, _, found = await catalogue.lookup(model)
+        if not known:
+            close = found.closest(model)
+            log.warning(
+                "configured model %r is not in the provider's catalogue%s",
+                model,
+                f" (closest: {', '.join(close)})" if close else "",
+            )
 
 
 async def _acquire(limiter: anyio.CapacityLimiter, timeout_s: float) -> bool:

@@ -83,7 +83,20 @@ class ProviderSim:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        app = Starlette(routes=[Route("/api/v1/chat/completions", self._chat, methods=["POST"])])
+        self.catalogue: list[dict[str, Any]] | None = None
+        """What ``GET /models`` lists (None: the endpoint answers 404, as many local servers do)."""
+        self.aliases: dict[str, dict[str, Any]] = {}
+        """What ``GET /model/{id}`` resolves (OpenRouter's ``~...-latest`` aliases)."""
+        self.valid_key: str | None = None
+        """When set, ``GET /key`` answers 401 for any other bearer token."""
+        app = Starlette(
+            routes=[
+                Route("/api/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/api/v1/models", self._models, methods=["GET"]),
+                Route("/api/v1/model/{model:path}", self._model, methods=["GET"]),
+                Route("/api/v1/key", self._key, methods=["GET"]),
+            ]
+        )
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", access_log=False))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
@@ -110,6 +123,9 @@ class ProviderSim:
             self.scripts.clear()
             self.requests.clear()
             self.disconnects.clear()
+            self.catalogue = None
+            self.aliases.clear()
+            self.valid_key = None
 
     def script(self, model: str, *replies: Reply) -> None:
         """Answer ``model``'s requests with these replies in turn; the last one repeats."""
@@ -127,6 +143,22 @@ class ProviderSim:
             if callable(script):
                 return script(body)
             return script.pop(0) if len(script) > 1 else script[0]
+
+    async def _models(self, request: Request) -> Response:
+        if self.catalogue is None:
+            return JSONResponse({"error": {"code": 404, "message": "not found"}}, status_code=404)
+        return JSONResponse({"data": self.catalogue})
+
+    async def _model(self, request: Request) -> Response:
+        found = self.aliases.get(request.path_params["model"])
+        if found is None:
+            return JSONResponse({"error": {"code": 404, "message": "model not found"}}, status_code=404)
+        return JSONResponse({"data": found})
+
+    async def _key(self, request: Request) -> Response:
+        if self.valid_key is not None and request.headers.get("authorization") != f"Bearer {self.valid_key}":
+            return JSONResponse({"error": {"code": 401, "message": "No auth credentials found"}}, status_code=401)
+        return JSONResponse({"data": {"label": "sk-or-v1-abc...xyz", "limit": 10, "usage": 1.25}})
 
     async def _think(self, request: Request, model: str, seconds: float) -> bool:
         """Wait like a slow model, noticing at once when the client hangs up; False if it did.
@@ -195,6 +227,16 @@ class ProviderSim:
 
 _LATENCY = re.compile(r"lat(\d+)ms")
 _LENGTH = re.compile(r"len(\d+)")
+
+
+def priced(model: str, prompt: float = 1e-6, completion: float = 4e-6, tools: bool = True) -> dict[str, Any]:
+    """A catalogue entry as OpenRouter shapes it (prices are USD strings per token)."""
+    params = ["tools", "structured_outputs", "response_format"] if tools else ["response_format"]
+    return {
+        "id": model,
+        "pricing": {"prompt": str(prompt), "completion": str(completion)},
+        "supported_parameters": params,
+    }
 
 
 def _from_name(model: str) -> Reply:

@@ -1,0 +1,171 @@
+"""The provider's model catalogue: which ids exist, what they cost, and the closest match to a typo.
+
+OpenRouter serves ``GET {base}/models`` (and ``GET {base}/model/{id}`` for ``~...-latest`` aliases);
+many OpenAI-compatible servers serve ``/models`` without prices, and some serve nothing. A provider
+without a catalogue blocks nothing: checks then pass, and cost caps cannot be estimated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx2
+
+from .config import Settings
+from .models import FusionRequest
+
+log = logging.getLogger(__name__)
+TTL_S = 3600.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    prompt_price: float | None = None
+    """USD per prompt token."""
+    completion_price: float | None = None
+    """USD per completion token."""
+    supported_parameters: frozenset[str] = frozenset()
+
+
+@dataclass
+class Catalogue:
+    """What ``/models`` said (``models`` is None when the provider has no catalogue)."""
+
+    models: dict[str, ModelInfo] | None
+    fetched: float = field(default_factory=time.monotonic)
+    aliases: dict[str, ModelInfo | None] = field(default_factory=dict)
+
+    def closest(self, model: str, n: int = 3) -> list[str]:
+        return difflib.get_close_matches(model.lstrip("~"), list(self.models or ()), n=n, cutoff=0.5)
+
+
+def _price(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _info(item: dict[str, Any]) -> ModelInfo:
+    pricing = item.get("pricing") if isinstance(item.get("pricing"), dict) else {}
+    params = item.get("supported_parameters") if isinstance(item.get("supported_parameters"), list) else []
+    return ModelInfo(
+        id=str(item.get("id")),
+        prompt_price=_price(pricing.get("prompt")),
+        completion_price=_price(pricing.get("completion")),
+        supported_parameters=frozenset(str(p) for p in params),
+    )
+
+
+class CatalogueClient:
+    """Fetches and caches the catalogue; every failure means "no catalogue", never an exception."""
+
+    def __init__(self, http: httpx2.AsyncClient, settings: Settings) -> None:
+        self._http = http
+        self._base = settings.base_url
+        self._headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+        self._cached: Catalogue | None = None
+        self._lock = anyio.Lock()
+
+    async def get(self) -> Catalogue:
+        async with self._lock:
+            if self._cached is None or time.monotonic() - self._cached.fetched > TTL_S:
+                self._cached = await self._fetch()
+            return self._cached
+
+    async def _fetch(self) -> Catalogue:
+        try:
+            with anyio.fail_after(15):
+                response = await self._http.get(f"{self._base}/models", headers=self._headers)
+            data = response.json() if response.status_code == 200 else None
+        except (httpx2.HTTPError, ValueError, TimeoutError) as exc:
+            log.info("no model catalogue at %s/models: %s", self._base, type(exc).__name__)
+            return Catalogue(models=None)
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            log.info("no model catalogue at %s/models (HTTP %s)", self._base, response.status_code)
+            return Catalogue(models=None)
+        return Catalogue(models={m.id: m for m in (_info(i) for i in items if isinstance(i, dict) and i.get("id"))})
+
+    async def lookup(self, model: str) -> tuple[bool, ModelInfo | None, Catalogue]:
+        """(known, info, catalogue): unknown only when a catalogue exists and names nothing like it."""
+        catalogue = await self.get()
+        if catalogue.models is None:
+            return True, None, catalogue
+        if model in catalogue.models:
+            return True, catalogue.models[model], catalogue
+        if model not in catalogue.aliases:
+            catalogue.aliases[model] = await self._resolve(model)
+        info = catalogue.aliases[model]
+        return info is not None, info, catalogue
+
+    async def _resolve(self, model: str) -> ModelInfo | None:
+        """``GET {base}/model/{id}``: how OpenRouter answers for aliases it does not list."""
+        try:
+            with anyio.fail_after(15):
+                response = await self._http.get(f"{self._base}/model/{model}", headers=self._headers)
+            if response.status_code != 200:
+                return None
+            data = response.json()
+        except (httpx2.HTTPError, ValueError, TimeoutError):
+            return None
+        item = data.get("data", data) if isinstance(data, dict) else None
+        return _info(item | {"id": item.get("id") or model}) if isinstance(item, dict) else None
+
+
+def estimate_cost(request: FusionRequest, infos: dict[str, ModelInfo]) -> float | None:
+    """Worst case in USD before the run, from catalogue prices and token caps; None without prices.
+
+    Every member writes its full ``max_completion_tokens``; the analyst reads the question and every answer
+    and may need its one repair request (plus the final answer in ``ask``). Prompts are counted at 3.5
+    characters a token, a deliberately high count for English.
+    """
+    question = (len(request.prompt) + len(request.context or "") + 1500) / 3.5
+    out_cap = request.max_completion_tokens
+    total = 0.0
+    for model in request.analysis_models:
+        info = infos.get(model)
+        if info is None or info.prompt_price is None or info.completion_price is None:
+            return None
+        total += question * info.prompt_price + out_cap * info.completion_price
+    judge = infos.get(request.model)
+    if judge is None or judge.prompt_price is None or judge.completion_price is None:
+        return None
+    analyst_prompt = question + len(request.analysis_models) * out_cap
+    analyst_requests = 3 if request.final_answer else 2
+    total += analyst_requests * (analyst_prompt * judge.prompt_price + out_cap * judge.completion_price)
+    return total
+
+
+async def check_request(
+    client: CatalogueClient, request: FusionRequest, max_cost_usd: float | None
+) -> tuple[str, str] | None:
+    """Refuse before spending: ("invalid_model" | "cost_limit", message), or None to go ahead."""
+    infos: dict[str, ModelInfo] = {}
+    for model in dict.fromkeys((*request.analysis_models, request.model)):
+        known, info, catalogue = await client.lookup(model)
+        if not known:
+            close = catalogue.closest(model)
+            hint = f"; closest known ids: {', '.join(close)}" if close else ""
+            return "invalid_model", f"unknown model id {model!r}: the provider's catalogue does not list it{hint}"
+        if info is not None:
+            infos[model] = info
+    if max_cost_usd is None:
+        return None
+    estimate = estimate_cost(request, infos)
+    if estimate is None:
+        log.warning("FUSION_MAX_COST_USD is set but the catalogue has no prices for this panel: not enforced")
+        return None
+    if estimate > max_cost_usd:
+        return "cost_limit", (
+            f"estimated worst-case cost ${estimate:.4f} exceeds FUSION_MAX_COST_USD=${max_cost_usd:g} "
+            f"({len(request.analysis_models)} members x {request.max_completion_tokens} tokens + analyst); "
+            "use a cheaper preset or fewer models, or raise the cap"
+        )
+    return None

@@ -1,0 +1,124 @@
+"""``fusion-mcp doctor``: check the set-up before spending anything, one line per check with a fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+import httpx2
+
+from .catalogue import CatalogueClient
+from .config import Settings
+from .provider import new_http_client
+from .service import open_store
+from .store import default_home
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        status = "ok  " if self.ok else "FAIL"
+        fix = f" -> fix: {self.fix}" if not self.ok and self.fix else ""
+        return f"{status} {self.name}: {self.detail}{fix}"
+
+
+async def run_checks(settings: Settings) -> list[Check]:
+    async with new_http_client() as http:
+        checks = [await _key(http, settings), await _reachable(http, settings)]
+        checks += await _models(http, settings)
+    checks.append(
+        Check(
+            "web tools", True, "off: the panel answers from its own knowledge (web search and fetch are not built yet)"
+        )
+    )
+    checks.append(_store(settings))
+    return checks
+
+
+async def _key(http: httpx2.AsyncClient, settings: Settings) -> Check:
+    if settings.api_key is None:
+        if settings.is_openrouter:
+            return Check("key", False, "OPENROUTER_API_KEY is not set", "put the key in the server's environment")
+        return Check("key", True, "no key set (fine for a local server that needs none)")
+    try:
+        with anyio.fail_after(15):
+            response = await http.get(
+                f"{settings.base_url}/key", headers={"Authorization": f"Bearer {settings.api_key.get_secret_value()}"}
+            )
+    except (httpx2.HTTPError, TimeoutError) as exc:
+        return Check("key", False, f"could not ask {settings.base_url}/key: {type(exc).__name__}", "see 'reach'")
+    if response.status_code in (401, 403):
+        return Check(
+            "key",
+            False,
+            f"the key was rejected (HTTP {response.status_code})",
+            "create a new key and set OPENROUTER_API_KEY",
+        )
+    if response.status_code == 404:
+        return Check("key", True, "this provider has no /key endpoint: the key is checked on the first call")
+    if response.status_code != 200:
+        return Check("key", False, f"GET /key answered HTTP {response.status_code}", "try again later")
+    try:
+        data = response.json().get("data") or {}
+    except ValueError:
+        data = {}
+    limit = data.get("limit")
+    usage = data.get("usage")
+    spent = f", used ${usage:g}" if isinstance(usage, int | float) else ""
+    cap = f" of a ${limit:g} limit" if isinstance(limit, int | float) else ""
+    return Check("key", True, f"accepted{spent}{cap}")
+
+
+async def _reachable(http: httpx2.AsyncClient, settings: Settings) -> Check:
+    try:
+        with anyio.fail_after(15):
+            response = await http.get(f"{settings.base_url}/models")
+    except (httpx2.HTTPError, TimeoutError) as exc:
+        return Check(
+            "reach",
+            False,
+            f"cannot reach {settings.base_url}: {type(exc).__name__}",
+            "check OPENROUTER_BASE_URL, the network, or that the local server is running",
+        )
+    return Check("reach", True, f"{settings.base_url} answers (HTTP {response.status_code} for /models)")
+
+
+async def _models(http: httpx2.AsyncClient, settings: Settings) -> list[Check]:
+    client = CatalogueClient(http, settings)
+    catalogue = await client.get()
+    if catalogue.models is None:
+        return [Check("models", True, "the provider publishes no catalogue: model ids are checked on the first call")]
+    checks = []
+    panel, analyst = settings.models_for()
+    for role, model in [*(("panel", m) for m in panel), ("analyst", analyst)]:
+        known, _, _ = await client.lookup(model)
+        if known:
+            checks.append(Check(f"model {model}", True, f"known ({role})"))
+        else:
+            close = catalogue.closest(model)
+            hint = f"did you mean {', '.join(close)}?" if close else "pick an id from the provider's model list"
+            setting = "FUSION_ANALYSIS_MODELS" if role == "panel" else "FUSION_MODEL"
+            checks.append(
+                Check(f"model {model}", False, f"not in the provider's catalogue ({role})", f"{hint} ({setting})")
+            )
+    return checks
+
+
+def _store(settings: Settings) -> Check:
+    home = settings.home or default_home()
+    store = open_store(settings)
+    if store is None:
+        return Check("cache", False, f"cannot open {home}", "set FUSION_HOME to a writable directory")
+    try:
+        store._recent(1)
+    except Exception as exc:
+        return Check("cache", False, f"{store.path} is not usable: {exc}", "set FUSION_HOME to a writable directory")
+    finally:
+        store.close()
+    state = f"cache on, {settings.cache_ttl_s:g} s" if settings.cache else "cache off"
+    return Check("cache", True, f"{store.path} ({state}; history {settings.history_max_runs} runs)")
