@@ -42,7 +42,11 @@ class Catalogue:
     aliases: dict[str, ModelInfo | None] = field(default_factory=dict)
 
     def closest(self, model: str, n: int = 3) -> list[str]:
-        return difflib.get_close_matches(model.lstrip("~"), list(self.models or ()), n=n, cutoff=0.5)
+        """Known ids that look like ``model`` (with or without an alias's ``~``), best first."""
+        ids = list(self.models or ())
+        found = difflib.get_close_matches(model, ids, n=n, cutoff=0.75)
+        found += difflib.get_close_matches(model.lstrip("~"), ids, n=n, cutoff=0.75)
+        return list(dict.fromkeys(found))[:n]
 
 
 def _price(value: Any) -> float | None:

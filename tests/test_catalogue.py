@@ -1,0 +1,117 @@
+"""Presets, model checks against the provider's catalogue, the cost cap, and ``fusion-mcp doctor``."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from fusion_mcp.config import PRESETS, load_settings
+from fusion_mcp.server import create_server
+from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
+from tests.fakes.provider_sim import ProviderSim, priced
+from tests.helpers import TOOL, structured
+
+pytestmark = pytest.mark.anyio
+
+
+async def call(sim: ProviderSim, args: dict[str, Any], **env: str):
+    server = create_server(load_settings(environ=sim_env(sim, **env)))
+    async with Client(server) as client:
+        return await client.call_tool(TOOL, args)
+
+
+def no_panel_env() -> dict[str, str]:
+    """Settings that leave the panel to the preset (sim_env pins one)."""
+    return {"FUSION_ANALYSIS_MODELS": "", "FUSION_MODEL": ""}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+async def test_presets_choose_panel_and_analyst(sim: ProviderSim, preset: str) -> None:
+    data = structured(await call(sim, {"prompt": "q", "preset": preset}))
+    panel, analyst = PRESETS[preset]
+    assert [r["model"] for r in data["responses"]] == list(panel) and data["analyst_model"] == analyst
+
+
+async def test_explicit_models_override_a_preset_and_settings_pick_the_default(sim: ProviderSim) -> None:
+    data = structured(await call(sim, {"prompt": "q", "preset": "fast", "analysis_models": ["x/one"]}))
+    assert [r["model"] for r in data["responses"]] == ["x/one"] and data["analyst_model"] == PRESETS["fast"][1]
+    data = structured(await call(sim, {"prompt": "q"}, FUSION_PRESET="budget", **no_panel_env()))
+    assert [r["model"] for r in data["responses"]] == list(PRESETS["budget"][0])
+    before = len(sim.requests)
+    bad = await call(sim, {"prompt": "q", "preset": "cheap"})
+    assert bad.is_error and "preset" in bad.content[0].text and len(sim.requests) == before
+
+
+async def test_an_unknown_model_is_refused_with_the_closest_ids_before_spending(sim: ProviderSim) -> None:
+    sim.catalogue = [priced(m.lstrip("~")) for m in PANEL] + [priced("openai/gpt-5.2"), priced("openai/gpt-5.2-mini")]
+    sim.aliases = {m: priced(m.lstrip("~")) for m in PANEL}
+    result = await call(sim, {"prompt": "q", "analysis_models": [PANEL[0], "openai/gpt-5.3"]})
+    data = structured(result)
+    assert result.is_error and data["failure_reason"] == "invalid_model"
+    assert data["error"].startswith("unknown model id 'openai/gpt-5.3': the provider's catalogue does not list it")
+    assert "closest known ids: openai/gpt-5.2" in data["error"]
+    assert sim.requests == []  # no completion was requested
+
+
+async def test_aliases_resolve_and_providers_without_a_catalogue_are_not_blocked(sim: ProviderSim) -> None:
+    sim.catalogue = [priced("openai/gpt-5.2")]
+    sim.aliases = {m: priced(m.lstrip("~")) for m in PANEL}
+    assert structured(await call(sim, {"prompt": "q"}))["status"] == "ok"
+    sim.catalogue = None
+    assert structured(await call(sim, {"prompt": "q", "analysis_models": ["never/heard-of"]}))["status"] == "ok"
+
+
+async def test_the_cost_cap_refuses_a_run_whose_worst_case_exceeds_it(sim: ProviderSim) -> None:
+    sim.catalogue = [priced(m, prompt=3e-6, completion=15e-6) for m in PANEL]
+    # 3 members x 16000 tokens x $15/M = $0.72 before the analyst: far over a 10 cent cap.
+    result = await call(sim, {"prompt": "q"}, FUSION_MAX_COST_USD="0.10")
+    data = structured(result)
+    assert result.is_error and data["failure_reason"] == "cost_limit"
+    assert (
+        data["error"].startswith("estimated worst-case cost $") and "exceeds FUSION_MAX_COST_USD=$0.1" in data["error"]
+    )
+    assert sim.requests == []
+    ok = await call(sim, {"prompt": "q"}, FUSION_MAX_COST_USD="5", FUSION_MAX_COMPLETION_TOKENS="1000")
+    assert structured(ok)["status"] == "ok"
+
+
+async def test_results_carry_usage_and_cost_from_the_providers_usage_objects(sim: ProviderSim) -> None:
+    data = structured(await call(sim, {"prompt": "q"}))
+    rows = {(row["model"], row["role"]): row for row in data["usage"]["models"]}
+    assert rows[(PANEL[1], "panel")]["cost"] == 0.0015 and rows[(PANEL[1], "panel")]["reasoning_tokens"] == 7
+    assert data["usage"]["total"]["cost"] == pytest.approx(0.006)
+
+
+def doctor(sim: ProviderSim, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [console_script(), "doctor"], env=child_env(**sim_env(sim, **env)), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_doctor_passes_on_a_good_setup(sim: ProviderSim) -> None:
+    sim.valid_key = API_KEY
+    sim.catalogue = [priced(m) for m in PANEL]
+    out = doctor(sim)
+    assert out.returncode == 0, out.stdout
+    assert "ok   key: accepted, used $1.25 of a $10 limit" in out.stdout
+    assert f"ok   model {PANEL[1]}: known (panel)" in out.stdout and "0 failed" in out.stdout
+    assert API_KEY not in out.stdout + out.stderr
+
+
+def test_doctor_names_a_misspelt_model_and_exits_non_zero(sim: ProviderSim) -> None:
+    sim.catalogue = [priced(m) for m in PANEL]
+    out = doctor(sim, FUSION_ANALYSIS_MODELS=f"{PANEL[0]},~openai/gtp-latest")
+    assert out.returncode == 1
+    assert "FAIL model ~openai/gtp-latest: not in the provider's catalogue (panel)" in out.stdout
+    assert "did you mean ~openai/gpt-latest?" in out.stdout and "1 failed" in out.stdout
+
+
+def test_doctor_fails_on_a_rejected_key_and_an_unreachable_provider(sim: ProviderSim) -> None:
+    sim.valid_key = "sk-other"
+    out = doctor(sim)
+    assert out.returncode == 1 and "FAIL key: the key was rejected (HTTP 401)" in out.stdout
+    down = doctor(sim, OPENROUTER_BASE_URL="http://127.0.0.1:9/v1")
+    assert down.returncode == 1 and "FAIL reach: cannot reach http://127.0.0.1:9/v1" in down.stdout
