@@ -142,7 +142,9 @@ async def run_fusion(
             outcome.content = outcome.partial
             outcome.seconds = round(elapsed(), 3)
             kept = f"kept {len(outcome.content)} characters" if outcome.content.strip() else "nothing to keep"
-            await emit("member_cut", f"{outcome.model} cut off at the deadline after {elapsed():.1f} s ({kept})")
+            await emit(
+                "member_cut", f"{outcome.model} cut off at the deadline after {elapsed():.1f} s ({kept})", outcome.model
+            )
             if outcome.content.strip():
                 reason = f"cut off at the deadline after {outcome.seconds:.1f} s"
                 responses.append(_truncated(outcome, reason))

@@ -55,6 +55,10 @@ async def fuse(
             return result
     transcripts: dict[str, list[dict[str, Any]]] = {}
     result = await run_fusion(request, provider, on_event=on_event, run_id=run_id, transcripts=transcripts)
+    spent = result.usage.total.cost
+    if settings.max_cost_usd is not None and spent is not None and spent > settings.max_cost_usd:
+        # The estimate is a worst case, so this means prices or usage differ from the catalogue's.
+        log.warning("run %s cost $%.4f, over FUSION_MAX_COST_USD=$%g", run_id, spent, settings.max_cost_usd)
     if store is not None:
         if settings.cache:
             await store.remember(key, result)

@@ -1,0 +1,62 @@
+"""Live progress for ``fusion-mcp ask`` on a terminal: one line per member and one for the analyst.
+
+When stderr is not a terminal the command prints plain lines instead (see ``cli``), so logs and CI
+output stay readable.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+import anyio
+
+from .pipeline import ProgressEvent
+
+CLEAR = "\x1b[2K"
+
+
+class LiveProgress:
+    """Redraws the state of every model in place, with elapsed seconds, until :meth:`close`."""
+
+    def __init__(self, stream: TextIO, panel: tuple[str, ...], analyst: str) -> None:
+        self._stream = stream
+        self._started = time.monotonic()
+        self._rows: dict[str, str] = {model: "thinking" for model in panel}
+        self._rows[f"analyst {analyst}"] = "waiting for the panel"
+        self._analyst = f"analyst {analyst}"
+        self._done: dict[str, float] = {}
+        self._drawn = 0
+
+    async def on_event(self, event: ProgressEvent) -> None:
+        model = event.model or ""
+        now = time.monotonic() - self._started
+        if event.kind == "member_answered":
+            self._rows[model], self._done[model] = "answered", now
+        elif event.kind == "member_failed":
+            self._rows[model], self._done[model] = f"failed: {event.message.split(': ', 1)[-1][:80]}", now
+        elif event.kind == "member_cut":
+            self._rows[model], self._done[model] = "cut off at the deadline", now
+        elif event.kind == "analyst_started":
+            self._rows[self._analyst] = "comparing the answers"
+        elif event.kind == "analyst_done":
+            self._rows[self._analyst] = event.message
+            self._done[self._analyst] = now
+        self.draw()
+
+    def draw(self) -> None:
+        now = time.monotonic() - self._started
+        out = [f"\x1b[{self._drawn}F"] if self._drawn else []
+        width = max(len(name) for name in self._rows)
+        for name, state in self._rows.items():
+            seconds = self._done.get(name, now)
+            out.append(f"{CLEAR}  {name:<{width}}  {seconds:6.1f} s  {state}\n")
+        self._stream.write("".join(out))
+        self._stream.flush()
+        self._drawn = len(self._rows)
+
+    async def tick(self) -> None:
+        """Keep the elapsed times moving while nothing else happens."""
+        while True:
+            await anyio.sleep(0.5)
+            self.draw()
