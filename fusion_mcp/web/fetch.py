@@ -1,0 +1,206 @@
+"""The guarded fetcher: what a panel model may read from the web, and nothing it may not.
+
+A model's ``web_fetch`` call is untrusted (a page it read can tell it what to fetch), and the server fetches
+from its own network position, so every URL is treated as an SSRF attempt until proven otherwise:
+
+- URLs: http/https only, no userinfo, ports 80/443 unless configured; redirects followed by hand, at most
+  five hops, each vetted again; no proxy from the environment; no retries.
+- Addresses: decided on resolved addresses in the HTTP client's network backend, never on URL text. Every
+  answer must be public (``addresses.refusal``), a failed lookup refuses (fail closed), and the connection
+  goes to exactly the address that was checked — a resolver that answers public, then private, cannot
+  move it. TLS still verifies the certificate against the URL's host name.
+- Limits: connect timeout, an overall deadline per fetch (a 1-byte-per-second drip cannot hold it), a cap on
+  *decoded* bytes (a gzip bomb stays bounded), a content-type allow-list.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import anyio
+import httpcore2
+import httpx2
+
+from .addresses import refusal
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+Connector = Callable[[str, int, float | None], Awaitable[httpcore2.AsyncNetworkStream]]
+
+TEXT_TYPES = (
+    "text/html",
+    "application/xhtml+xml",
+    "text/plain",
+    "application/json",
+    "application/xml",
+    "text/xml",
+    "text/markdown",
+)
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class FetchRefused(Exception):
+    """The fetch was not allowed; ``str()`` is what the model reads ("refused: ...")."""
+
+
+class FetchFailed(Exception):
+    """The fetch was allowed but did not work; ``str()`` is what the model reads."""
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """Every address the system resolver gives for ``host`` (glibc accepts 127.1, 0x7f.1, 2130706433...)."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class GuardedBackend(httpcore2.AsyncNetworkBackend):
+    """httpcore2's network backend with the address policy: resolve, check every answer, connect to it."""
+
+    def __init__(self, resolve: Resolver = system_resolve, connect: Connector | None = None) -> None:
+        self._resolve = resolve
+        self._connect = connect
+        self._inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore2's interface
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        try:
+            with anyio.fail_after(timeout or 5):
+                addresses = await self._resolve(host.rstrip("."), port)
+        except Exception as exc:
+            raise FetchRefused(f"refused: {host} could not be resolved ({type(exc).__name__})") from None
+        if not addresses:
+            raise FetchRefused(f"refused: {host} has no address")
+        for address in addresses:
+            reason = refusal(address)
+            if reason is not None:
+                raise FetchRefused(f"refused: {reason}")
+        if self._connect is not None:
+            return await self._connect(addresses[0], port, timeout)
+        return await self._inner.connect_tcp(
+            addresses[0], port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+class _GuardedTransport(httpx2.AsyncHTTPTransport):
+    def __init__(self, backend: GuardedBackend, max_connections: int) -> None:
+        super().__init__(trust_env=False, retries=0)
+        # httpx2's transport takes no network backend, so its pool is rebuilt with ours (same SSL context).
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=self._pool._ssl_context,
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            retries=0,
+            network_backend=backend,
+        )
+
+
+@dataclass
+class Fetched:
+    url: str
+    """The final URL, after redirects."""
+    status: int
+    content_type: str
+    body: bytes
+    truncated: bool
+    """The body went past the byte cap and was cut there."""
+
+
+class Fetcher:
+    """Fetches one URL at a time under the policy above. One per process; close with :meth:`aclose`."""
+
+    def __init__(
+        self,
+        *,
+        resolve: Resolver = system_resolve,
+        connect: Connector | None = None,
+        allowed_ports: Iterable[int] = (80, 443),
+        max_bytes: int = 5 * 1024 * 1024,
+        deadline_s: float = 20.0,
+        connect_timeout_s: float = 5.0,
+        max_redirects: int = 5,
+        user_agent: str = "fusion-mcp",
+    ) -> None:
+        self.allowed_ports = frozenset(allowed_ports)
+        self.max_bytes = max_bytes
+        self.deadline_s = deadline_s
+        self.max_redirects = max_redirects
+        self._client = httpx2.AsyncClient(
+            transport=_GuardedTransport(GuardedBackend(resolve, connect), max_connections=16),
+            trust_env=False,
+            follow_redirects=False,
+            timeout=httpx2.Timeout(connect=connect_timeout_s, read=deadline_s, write=10, pool=connect_timeout_s),
+            headers={"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate", "Accept": ", ".join(TEXT_TYPES)},
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def check_url(self, url: str) -> httpx2.URL:
+        """The URL rules that need no network: scheme, userinfo, host, port. Raises :class:`FetchRefused`."""
+        try:
+            parsed = httpx2.URL(url)
+        except Exception:
+            raise FetchRefused(f"refused: {url[:200]!r} is not a valid URL") from None
+        if parsed.scheme not in ("http", "https"):
+            raise FetchRefused(f"refused: only http and https URLs may be fetched, not {parsed.scheme or 'this'}")
+        if parsed.userinfo:
+            raise FetchRefused("refused: URLs with a user name or password are not fetched")
+        if not parsed.host:
+            raise FetchRefused("refused: the URL has no host")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        if port not in self.allowed_ports:
+            raise FetchRefused(
+                f"refused: port {port} is not allowed (only {', '.join(map(str, sorted(self.allowed_ports)))})"
+            )
+        return parsed.copy_with(fragment=None)
+
+    async def fetch(self, url: str) -> Fetched:
+        """GET ``url`` and its redirects; raise :class:`FetchRefused` or :class:`FetchFailed` with a reason."""
+        try:
+            with anyio.fail_after(self.deadline_s):
+                return await self._follow(url)
+        except TimeoutError:
+            raise FetchFailed(f"gave up: no complete answer within {self.deadline_s:g} s") from None
+        except httpx2.HTTPError as exc:
+            raise FetchFailed(f"the fetch failed: {type(exc).__name__}") from None
+
+    async def _follow(self, url: str) -> Fetched:
+        current = self.check_url(url)
+        for _ in range(self.max_redirects + 1):
+            async with self._client.stream("GET", current) as response:
+                if response.status_code in REDIRECTS and "location" in response.headers:
+                    target = current.join(response.headers["location"])
+                    current = self.check_url(str(target))
+                    continue
+                return await self._read(str(current), response)
+        raise FetchRefused(f"refused: more than {self.max_redirects} redirects")
+
+    async def _read(self, url: str, response: httpx2.Response) -> Fetched:
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in TEXT_TYPES:
+            raise FetchRefused(f"refused: content type {content_type or 'none'} is not text this tool reads")
+        length = response.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            raise FetchRefused(f"refused: the page is {int(length):,} bytes, over the {self.max_bytes:,}-byte cap")
+        chunks: list[bytes] = []
+        size = 0
+        truncated = False
+        # aiter_bytes yields *decoded* bytes in bounded pieces, so a compressed bomb stops at the cap too.
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                chunks.append(chunk[: len(chunk) - (size - self.max_bytes)])
+                truncated = True
+                break
+            chunks.append(chunk)
+        return Fetched(url, response.status_code, content_type, b"".join(chunks), truncated)

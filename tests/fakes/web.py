@@ -1,0 +1,157 @@
+"""Loopback stand-ins for the web: a site with hostile and heavy pages, a canary, a fake resolver.
+
+Fetch tests never touch real DNS or the network. ``FakeResolver`` answers like glibc for IP literals in
+any spelling and from a table for names; ``route`` maps the (public, fake) address the guard checked to the
+loopback port where the site really listens; every other connection goes to the canary, which only
+counts — so a guard that let anything through shows up as a canary connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ipaddress
+import socket
+import socketserver
+import threading
+import time
+from typing import Any
+
+import httpcore2
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+PUBLIC_SITE = "93.184.216.34"
+"""The address the fake resolver gives ``example.test``: public, so the guard lets it through."""
+
+
+class Canary:
+    """A TCP listener on loopback that counts connections and answers nothing useful."""
+
+    def __init__(self) -> None:
+        canary = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with canary.lock:
+                    canary.connections += 1
+                self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary")
+
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _bomb() -> bytes:
+    return gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
+
+
+class Site:
+    """A loopback web site (uvicorn in a thread) with the pages the fetch tests need."""
+
+    def __init__(self) -> None:
+        self.bomb = _bomb()
+        routes = [
+            Route("/page", lambda r: PlainTextResponse("hello from the public web")),
+            Route("/html", lambda r: Response("<html><body><p>Some article</p></body></html>", media_type="text/html")),
+            Route("/to-private", lambda r: RedirectResponse("http://127.0.0.1/secret", status_code=302)),
+            Route("/to-metadata", lambda r: RedirectResponse("http://169.254.169.254/latest/", status_code=301)),
+            Route("/to-file", lambda r: RedirectResponse("file:///etc/passwd", status_code=302)),
+            Route("/to-gopher", lambda r: RedirectResponse("gopher://example.test/", status_code=302)),
+            Route("/to-port", lambda r: RedirectResponse("http://example.test:6379/", status_code=307)),
+            Route("/to-userinfo", lambda r: RedirectResponse("http://admin:pw@example.test/page", status_code=302)),
+            Route("/chain/{n:int}", self._chain),
+            Route("/loop", lambda r: RedirectResponse("/loop", status_code=302)),
+            Route("/relative", lambda r: RedirectResponse("/page", status_code=302)),
+            Route("/big", self._big),
+            Route("/big-declared", self._big_declared),
+            Route(
+                "/bomb", lambda r: Response(self.bomb, media_type="text/plain", headers={"Content-Encoding": "gzip"})
+            ),
+            Route("/drip", self._drip),
+            Route("/png", lambda r: Response(b"\x89PNG....", media_type="image/png")),
+            Route("/json", lambda r: Response(b'{"a": 1}', media_type="application/json")),
+        ]
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), log_level="error", lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    async def _chain(self, request: Request) -> Response:
+        n = request.path_params["n"]
+        return RedirectResponse(f"/chain/{n + 1}" if n < 20 else "/page", status_code=302)
+
+    async def _big(self, request: Request) -> Response:
+        async def body():
+            for _ in range(200):
+                yield b"x" * 65536  # 12.5 MiB, no Content-Length
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    async def _big_declared(self, request: Request) -> Response:
+        return Response(b"y" * (6 * 1024 * 1024), media_type="text/plain")
+
+    async def _drip(self, request: Request) -> Response:
+        async def body():
+            for _ in range(600):
+                yield b"z"
+                await asyncio.sleep(1)
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+
+class FakeResolver:
+    """Answers like getaddrinfo: IP literals in any spelling glibc accepts, names from ``names``."""
+
+    def __init__(self, names: dict[str, list[str]]) -> None:
+        self.names = names
+        self.calls: dict[str, int] = {}
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.calls[host] = self.calls.get(host, 0) + 1
+        literal = host.strip("[]")
+        try:
+            return (
+                [str(ipaddress.IPv6Address(literal))]
+                if ":" in literal
+                else [socket.inet_ntoa(socket.inet_aton(literal))]
+            )
+        except (OSError, ValueError):
+            pass
+        answers = self.names.get(host)
+        if answers is None:
+            raise OSError(f"fake resolver: no such host {host}")
+        if answers and isinstance(answers[0], list):  # a rebinding name: a different answer each time
+            return answers[min(self.calls[host], len(answers)) - 1]  # type: ignore[return-value]
+        return answers
+
+
+def router(site: Site, canary: Canary) -> Any:
+    """Connect the checked public address to the site; anything else lands on the canary."""
+    backend = httpcore2.AnyIOBackend()
+
+    async def connect(address: str, port: int, timeout: float | None) -> httpcore2.AsyncNetworkStream:  # noqa: ASYNC109
+        target = site.port if address == PUBLIC_SITE else canary.port
+        return await backend.connect_tcp("127.0.0.1", target, timeout=timeout)
+
+    return connect
