@@ -36,7 +36,7 @@ async def run_checks(settings: Settings) -> list[Check]:
             "web tools", True, "off: the panel answers from its own knowledge (web search and fetch are not built yet)"
         )
     )
-    checks.append(_store(settings))
+    checks.append(await _store(settings))
     return checks
 
 
@@ -109,13 +109,13 @@ async def _models(http: httpx2.AsyncClient, settings: Settings) -> list[Check]:
     return checks
 
 
-def _store(settings: Settings) -> Check:
+async def _store(settings: Settings) -> Check:
     home = settings.home or default_home()
     store = open_store(settings)
     if store is None:
         return Check("cache", False, f"cannot open {home}", "set FUSION_HOME to a writable directory")
     try:
-        store._recent(1)
+        await store.recent(1)
     except Exception as exc:
         return Check("cache", False, f"{store.path} is not usable: {exc}", "set FUSION_HOME to a writable directory")
     finally:

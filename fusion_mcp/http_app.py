@@ -101,13 +101,8 @@ class Guard:
         call_id = _tool_call_id(body)
         session = headers.get(b"mcp-session-id")
         complete = False
-        replayed = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
+        async def after_body() -> Message:
             message = await receive()
             if message["type"] == "http.disconnect" and not complete and call_id is not None and session:
                 await self._cancel_for_client(scope, call_id)
@@ -119,7 +114,7 @@ class Guard:
                 complete = True
             await send(message)
 
-        await self.app(scope, replay, watch)
+        await self.app(scope, _replay(body, after_body), watch)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body (chunked or not), or None past the cap: it is never handed on in part."""
@@ -148,22 +143,31 @@ class Guard:
         ).encode()
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         inner = dict(scope, headers=[*headers, (b"content-length", str(len(note)).encode())])
-        sent = False
 
-        async def receive_note() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": note, "more_body": False}
+        async def gone() -> Message:
             return {"type": "http.disconnect"}
 
         async def discard(_: Message) -> None:
             pass
 
         try:
-            await self.app(inner, receive_note, discard)
+            await self.app(inner, _replay(note, gone), discard)
         except Exception as exc:  # the session may already be gone: nothing left to cancel
             log.debug("cancel on disconnect failed: %r", exc)
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """An ASGI receive that hands over ``body`` whole, once, and then defers to ``then``."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
 
 
 def _tool_call_id(body: bytes) -> Any:

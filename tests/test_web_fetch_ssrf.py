@@ -203,3 +203,23 @@ async def test_the_canary_counts_what_reaches_it() -> None:
         await fetcher.aclose()
         canary.close()
     assert canary.connections == 1
+
+
+async def test_a_public_address_that_does_not_answer_is_a_readable_failure() -> None:
+    import httpcore2
+
+    from tests.servers import free_port
+
+    closed = free_port()
+    backend = httpcore2.AnyIOBackend()
+
+    async def nowhere(address: str, port: int, timeout: float | None) -> httpcore2.AsyncNetworkStream:  # noqa: ASYNC109
+        return await backend.connect_tcp("127.0.0.1", closed, timeout=timeout)
+
+    fetcher = Fetcher(resolve=FakeResolver({"down.test": [PUBLIC_SITE]}), connect=nowhere)
+    try:
+        with pytest.raises(FetchFailed) as info:
+            await fetcher.fetch("http://down.test/")
+    finally:
+        await fetcher.aclose()
+    assert str(info.value) == "the fetch failed: ConnectError"
