@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from .errors import EmptyAnswer
-from .member import MemberOutcome, run_member
+from .member import MemberOutcome, ToolBox, run_member
 from .models import (
     Analysis,
     AnalysisError,
@@ -74,7 +75,16 @@ def analysis_schema(names: list[str]) -> dict[str, Any]:
     )
 
 
-def analyst_messages(request: FusionRequest, named: list[tuple[str, PanelResponse]]) -> list[dict[str, Any]]:
+WEB = """You can search the web and read pages: use them to check the facts the answers disagree on, and
+say in a contradiction's topic when a source settled it."""
+
+
+def analyst_messages(
+    request: FusionRequest,
+    named: list[tuple[str, PanelResponse]],
+    fence_note: str | None = None,
+    web: bool = False,
+) -> list[dict[str, Any]]:
     parts = [f"<question>\n{request.prompt}\n</question>"]
     if request.context:
         parts.append(f"<context>\n{request.context}\n</context>")
@@ -82,7 +92,12 @@ def analyst_messages(request: FusionRequest, named: list[tuple[str, PanelRespons
         cut = ' truncated="true"' if response.truncated else ""
         parts.append(f'<answer model="{label}"{cut}>\n{response.content}\n</answer>')
     parts.append(f"Compare these {len(named)} answers and reply with the JSON analysis only.")
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+    system = SYSTEM
+    if web:
+        system += "\n" + WEB
+    if fence_note:
+        system += "\n" + fence_note
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
 class AnalysisInvalid(Exception):
@@ -162,17 +177,25 @@ async def run_analyst(
     *,
     out: AnalystOutcome | None = None,
     deadline: float | None = None,
+    toolbox: ToolBox | None = None,
+    extra: dict[str, Any] | None = None,
+    fence_note: str | None = None,
+    on_tool: Callable[[str, int, int], Awaitable[None]] | None = None,
 ) -> AnalystOutcome:
     """Analyse the panel's answers; never raises for upstream or parsing trouble (see ``error``).
 
-    Pass ``out`` to keep the usage of requests made so far if the caller cancels at a deadline.
+    Pass ``out`` to keep the usage of requests made so far if the caller cancels at a deadline. The
+    analyst has the panel's tools (``toolbox`` or OpenRouter's server tools in ``extra``) and one budget
+    of ``max_tool_calls`` across its analysis, repair and final-answer requests.
     """
     names = labels(len(responses))
     label_to_model = dict(zip(names, (r.model for r in responses), strict=True))
     out = out if out is not None else AnalystOutcome()
     messages = out.transcript
-    messages.extend(analyst_messages(request, list(zip(names, responses, strict=True))))
-    extra = {
+    web = toolbox is not None or bool((extra or {}).get("tools"))
+    messages.extend(analyst_messages(request, list(zip(names, responses, strict=True)), fence_note, web))
+    analysis_options = {
+        **(extra or {}),
         "temperature": 0,
         "response_format": {
             "type": "json_schema",
@@ -182,21 +205,24 @@ async def run_analyst(
 
     async def ask(options: dict[str, Any]) -> MemberOutcome:
         turn = MemberOutcome(model=request.model)
+        used = sum(r.tool_calls for r in out.runs)
         out.runs.append(turn)  # before the request: a deadline that cuts it still leaves its usage counted
         return await run_member(
             provider,
             request.model,
             messages,
-            max_tool_calls=request.max_tool_calls,
+            max_tool_calls=max(0, request.max_tool_calls - used),
             max_completion_tokens=request.max_completion_tokens,
+            toolbox=toolbox,
             stream=False,
             extra=options,
+            on_tool=_offset(on_tool, used, request.max_tool_calls),
             outcome=turn,
             deadline=deadline,
         )
 
     for attempt in range(2):
-        turn = await ask(extra)
+        turn = await ask(analysis_options)
         if turn.error is not None and not isinstance(turn.error, EmptyAnswer):
             return _failed(out, "judge_upstream_error", f"the analyst request failed: {turn.error.message}")
         try:
@@ -215,12 +241,25 @@ async def run_analyst(
         break
     if request.final_answer and out.analysis is not None:
         messages.append({"role": "user", "content": FINAL})
-        turn = await ask({"temperature": 0})
+        turn = await ask({**(extra or {}), "temperature": 0})
         if turn.error is None:
             out.final_answer = turn.content
         else:
             out.final_answer_error = turn.error.message
     return out
+
+
+def _offset(
+    on_tool: Callable[[str, int, int], Awaitable[None]] | None, used: int, budget: int
+) -> Callable[[str, int, int], Awaitable[None]] | None:
+    """Report the analyst's calls against its whole budget, not the part left for one request."""
+    if on_tool is None:
+        return None
+
+    async def report(name: str, n: int, _: int) -> None:
+        await on_tool(name, used + n, budget)
+
+    return report
 
 
 def _failed(out: AnalystOutcome, reason: AnalysisErrorReason, message: str) -> AnalystOutcome:

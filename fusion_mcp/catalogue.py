@@ -173,3 +173,17 @@ async def check_request(
             "use a cheaper preset or fewer models, or raise the cap"
         )
     return None
+
+
+async def without_tools(client: CatalogueClient, models: tuple[str, ...]) -> tuple[str, ...]:
+    """The models the catalogue says cannot call tools (a catalogue that lists no parameters says nothing).
+
+    Sending ``tools`` to such a model fails the request (OpenRouter finds no endpoint for it), so these
+    members answer without web tools instead.
+    """
+    found = []
+    for model in dict.fromkeys(models):
+        _, info, _ = await client.lookup(model)
+        if info is not None and info.supported_parameters and "tools" not in info.supported_parameters:
+            found.append(model)
+    return tuple(found)

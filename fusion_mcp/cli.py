@@ -24,6 +24,7 @@ from .render import render
 from .server import __version__, build_request, create_server, error_result
 from .service import fuse, open_store
 from .terminal import LiveProgress
+from .web.tools import open_web_tools
 
 EXIT_CONFIG = 2
 
@@ -176,7 +177,7 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     run_id = new_run_id()
 
     async def plain(event: ProgressEvent) -> None:
-        print(f"[{event.progress}/{event.total}] {event.message}", file=sys.stderr, flush=True)
+        print(f"[{int(event.progress)}/{event.total}] {event.message}", file=sys.stderr, flush=True)
 
     live = LiveProgress(sys.stderr, request.analysis_models, request.model) if sys.stderr.isatty() else None
     progress = live.on_event if live is not None else plain
@@ -189,12 +190,12 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     else:
         store = open_store(settings)
         try:
-            async with new_http_client() as http, anyio.create_task_group() as tg:
+            async with new_http_client() as http, open_web_tools(settings) as web, anyio.create_task_group() as tg:
                 if live is not None:
                     live.draw()
                     tg.start_soon(live.tick)
                 provider = Provider(http, settings)
-                result = await fuse(request, provider, store, settings, run_id=run_id, on_event=progress)
+                result = await fuse(request, provider, store, settings, run_id=run_id, on_event=progress, web=web)
                 tg.cancel_scope.cancel()
         finally:
             if store is not None:

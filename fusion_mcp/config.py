@@ -64,8 +64,21 @@ RULES: dict[str, str] = {
     "FUSION_APP_URL": "an http:// or https:// URL sent as HTTP-Referer",
     "FUSION_APP_TITLE": "a short name sent as X-OpenRouter-Title",
     "FUSION_LOG_LEVEL": "one of DEBUG, INFO, WARNING, ERROR",
+    "FUSION_WEB_TOOLS": "one of auto, openrouter, local, off",
+    "FUSION_SEARCH": "one of auto, searxng, brave, tavily, ddgs (the chosen one must be configured)",
+    "FUSION_SEARXNG_URL": "the http:// or https:// base URL of a SearXNG instance with JSON output enabled",
+    "BRAVE_API_KEY": "a non-empty Brave Search API key",
+    "TAVILY_API_KEY": "a non-empty Tavily API key",
+    "FUSION_BRAVE_URL": "the http:// or https:// URL of Brave's web search endpoint",
+    "FUSION_TAVILY_URL": "the http:// or https:// URL of Tavily's search endpoint",
+    "FUSION_FETCH_ANY_URL": "true or false",
+    "FUSION_FETCH_PORTS": "comma-separated TCP ports from 1 to 65535",
+    "FUSION_FETCH_MAX_CHARS": "a whole number of characters from 1000 to 200000",
+    "FUSION_WEB_MAX_CHARS": "a whole number of characters from 10000 to 10000000",
 }
-SECRET_SETTINGS = frozenset({"OPENROUTER_API_KEY", "FUSION_HTTP_TOKEN"})
+SECRET_SETTINGS = frozenset({"OPENROUTER_API_KEY", "FUSION_HTTP_TOKEN", "BRAVE_API_KEY", "TAVILY_API_KEY"})
+WEB_MODES = ("auto", "openrouter", "local", "off")
+SEARCH_BACKENDS = ("auto", "searxng", "brave", "tavily", "ddgs")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -143,13 +156,51 @@ class Settings(BaseModel):
     app_url: str = Field("https://pypi.org/project/fusion-mcp/", alias="FUSION_APP_URL")
     app_title: str = Field("fusion-mcp", min_length=1, max_length=100, alias="FUSION_APP_TITLE")
     log_level: str = Field("INFO", alias="FUSION_LOG_LEVEL")
+    web_tools: str = Field("auto", alias="FUSION_WEB_TOOLS")
+    searxng_url: str | None = Field(None, alias="FUSION_SEARXNG_URL")
+    brave_api_key: SecretStr | None = Field(None, alias="BRAVE_API_KEY")
+    tavily_api_key: SecretStr | None = Field(None, alias="TAVILY_API_KEY")
+    brave_url: str = Field("https://api.search.brave.com/res/v1/web/search", alias="FUSION_BRAVE_URL")
+    tavily_url: str = Field("https://api.tavily.com/search", alias="FUSION_TAVILY_URL")
+    search: str = Field("auto", alias="FUSION_SEARCH")  # after the backends: its check reads them
+    fetch_any_url: bool = Field(False, alias="FUSION_FETCH_ANY_URL")
+    fetch_ports: tuple[int, ...] = Field((80, 443), alias="FUSION_FETCH_PORTS")
+    fetch_max_chars: int = Field(20000, ge=1000, le=200_000, alias="FUSION_FETCH_MAX_CHARS")
+    web_max_chars: int = Field(400_000, ge=10_000, le=10_000_000, alias="FUSION_WEB_MAX_CHARS")
 
     @field_validator("cache", mode="before")
     @classmethod
     def _on_off(cls, v: Any) -> Any:
         return {"on": True, "off": False}.get(v.strip().lower(), v) if isinstance(v, str) else v
 
-    @field_validator("api_key", "http_token", mode="before")
+    @field_validator("web_tools", "search", mode="before")
+    @classmethod
+    def _choice(cls, v: Any, info: ValidationInfo) -> str:
+        name = str(v).strip().lower()
+        if name not in (WEB_MODES if info.field_name == "web_tools" else SEARCH_BACKENDS):
+            raise ValueError("unknown choice")
+        return name
+
+    @field_validator("fetch_ports", mode="before")
+    @classmethod
+    def _ports(cls, v: Any) -> tuple[int, ...]:
+        items = v.split(",") if isinstance(v, str) else v
+        if not isinstance(items, list | tuple):
+            raise ValueError("not a list")
+        ports = tuple(int(str(i).strip()) for i in items if str(i).strip())
+        if not ports or not all(1 <= p <= 65535 for p in ports):
+            raise ValueError("not ports")
+        return ports
+
+    @field_validator("search")
+    @classmethod
+    def _search_configured(cls, v: str, info: ValidationInfo) -> str:
+        needs = {"searxng": "searxng_url", "brave": "brave_api_key", "tavily": "tavily_api_key"}
+        if v in needs and info.data.get(needs[v]) is None:
+            raise ValueError("not configured")
+        return v
+
+    @field_validator("api_key", "http_token", "brave_api_key", "tavily_api_key", mode="before")
     @classmethod
     def _key(cls, v: Any) -> Any:
         if isinstance(v, str) and not v.strip():
@@ -174,10 +225,10 @@ class Settings(BaseModel):
             raise ValueError("empty or malformed")
         return out
 
-    @field_validator("base_url", "app_url")
+    @field_validator("base_url", "app_url", "searxng_url", "brave_url", "tavily_url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        return _check_url(v)
+    def _url(cls, v: str | None) -> str | None:
+        return _check_url(v) if v is not None else None
 
     @field_validator("configured_panel", mode="before")
     @classmethod
@@ -241,9 +292,28 @@ class Settings(BaseModel):
         return self.base_url.startswith("https://openrouter.ai/")
 
     @property
+    def web_mode(self) -> str:
+        """The web tools in force: ``auto`` is OpenRouter's server tools on OpenRouter, ours elsewhere."""
+        if self.web_tools == "auto":
+            return "openrouter" if self.is_openrouter else "local"
+        return self.web_tools
+
+    @property
+    def search_backend(self) -> str:
+        """``FUSION_SEARCH``, or the first backend configured (SearXNG, Brave, Tavily), else ddgs."""
+        if self.search != "auto":
+            return self.search
+        configured = (("searxng", self.searxng_url), ("brave", self.brave_api_key), ("tavily", self.tavily_api_key))
+        for name, value in configured:
+            if value is not None:
+                return name
+        return "ddgs"
+
+    @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in force, for redaction."""
-        return tuple(s.get_secret_value() for s in (self.api_key, self.http_token) if s is not None)
+        values = (self.api_key, self.http_token, self.brave_api_key, self.tavily_api_key)
+        return tuple(s.get_secret_value() for s in values if s is not None)
 
 
 def load_settings(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import anyio
 import httpx2
 
-from .catalogue import CatalogueClient
+from .catalogue import CatalogueClient, without_tools
 from .config import Settings
 from .provider import new_http_client
 from .service import open_store
@@ -31,11 +31,8 @@ async def run_checks(settings: Settings) -> list[Check]:
     async with new_http_client() as http:
         checks = [await _key(http, settings), await _reachable(http, settings)]
         checks += await _models(http, settings)
-    checks.append(
-        Check(
-            "web tools", True, "off: the panel answers from its own knowledge (web search and fetch are not built yet)"
-        )
-    )
+        checks.append(_web(settings))
+        checks += await _tool_support(http, settings)
     checks.append(await _store(settings))
     return checks
 
@@ -107,6 +104,40 @@ async def _models(http: httpx2.AsyncClient, settings: Settings) -> list[Check]:
                 Check(f"model {model}", False, f"not in the provider's catalogue ({role})", f"{hint} ({setting})")
             )
     return checks
+
+
+def _web(settings: Settings) -> Check:
+    mode = settings.web_mode
+    if mode == "off":
+        return Check("web tools", True, "off (FUSION_WEB_TOOLS): the panel answers from its own knowledge")
+    if mode == "openrouter":
+        return Check("web tools", True, "openrouter: OpenRouter's server-side web search and fetch")
+    search = settings.search_backend
+    detail = {
+        "searxng": f"SearXNG at {settings.searxng_url}",
+        "brave": "Brave Search API",
+        "tavily": "Tavily API",
+        "ddgs": "ddgs, best effort (no key; set FUSION_SEARXNG_URL, BRAVE_API_KEY or TAVILY_API_KEY for a steady one)",
+    }[search]
+    ports = ", ".join(map(str, settings.fetch_ports))
+    provenance = "any URL" if settings.fetch_any_url else "URLs from the question or earlier results only"
+    return Check("web tools", True, f"local: search via {detail}; guarded fetch on ports {ports}, {provenance}")
+
+
+async def _tool_support(http: httpx2.AsyncClient, settings: Settings) -> list[Check]:
+    if settings.web_mode == "off":
+        return []
+    panel, analyst = settings.models_for()
+    silent = await without_tools(CatalogueClient(http, settings), (*panel, analyst))
+    return [
+        Check(
+            f"tools {model}",
+            False,
+            "the catalogue lists no tool support: this model will answer without web tools",
+            "pick a model with tool support, or accept answers from its own knowledge",
+        )
+        for model in silent
+    ]
 
 
 async def _store(settings: Settings) -> Check:

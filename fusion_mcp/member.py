@@ -8,7 +8,7 @@ asks for the answer, so a member always ends with text, never with a dangling to
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +46,8 @@ class MemberOutcome:
     streamed: list[str] = field(default_factory=list)
     """Text of the turn in progress, as it streams in: what is left if the member is cut off."""
     finished: bool = False
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    """Every annotation of every turn (OpenRouter's server tools cite pages as ``url_citation``)."""
 
     @property
     def partial(self) -> str:
@@ -63,7 +65,7 @@ async def run_member(
     toolbox: ToolBox | None = None,
     stream: bool = True,
     extra: dict[str, Any] | None = None,
-    on_tool: Callable[[str, int, int], None] | None = None,
+    on_tool: Callable[[str, int, int], Awaitable[None]] | None = None,
     outcome: MemberOutcome | None = None,
     deadline: float | None = None,
 ) -> MemberOutcome:
@@ -106,7 +108,7 @@ async def run_member(
                     else:
                         outcome.tool_calls += 1
                         if on_tool is not None:
-                            on_tool(call.name, outcome.tool_calls, max_tool_calls)
+                            await on_tool(call.name, outcome.tool_calls, max_tool_calls)
                         result = await toolbox.call(call.name, call.arguments)
                     messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
                 if outcome.tool_calls >= max_tool_calls and not told_to_answer:
@@ -141,6 +143,7 @@ def _count(outcome: MemberOutcome, completion: Completion) -> None:
     outcome.requests += 1
     outcome.usage = outcome.usage + completion.usage
     outcome.served_by = completion.model or outcome.served_by
+    outcome.annotations.extend(completion.annotations)
 
 
 def _assistant_turn(completion: Completion) -> dict[str, Any]:

@@ -51,6 +51,10 @@ class FusionRequest(_Model):
     """Seconds kept for the analyst before the deadline; None picks :func:`analyst_reserve`."""
     final_answer: bool = False
     """Also have the analyst write a final answer (``fusion-mcp ask``; the host model does it otherwise)."""
+    web_tools: Literal["openrouter", "local", "off"] = "off"
+    """Which web tools panel and analyst get: OpenRouter's server tools, ours, or none."""
+    no_tools: tuple[str, ...] = ()
+    """Models the catalogue says cannot call tools: they answer without web tools."""
 
 
 # --- the analysis, exactly as OpenRouter shapes it ---------------------------------------------------
@@ -98,14 +102,18 @@ class PanelResponse(_Model):
     truncated: bool = False
     """The member was cut off (deadline, broken stream); ``content`` is what it had written so far."""
     truncated_reason: str | None = None
+    sources: list[Source] = Field(default_factory=list)
+    """What this member read: pages it fetched (local tools) or cited (OpenRouter's)."""
 
     @model_serializer(mode="wrap")
     def _omit_when_whole(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # A whole answer keeps OpenRouter's exact {model, content} shape.
+        # A whole answer without web reading keeps OpenRouter's exact {model, content} shape.
         data = handler(self)
         if not self.truncated:
             data.pop("truncated", None)
             data.pop("truncated_reason", None)
+        if not self.sources:
+            data.pop("sources", None)
         return data
 
 

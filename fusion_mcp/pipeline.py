@@ -26,12 +26,15 @@ from .models import (
     FusionResult,
     ModelUsage,
     PanelResponse,
+    Source,
     Timings,
     TokenUsage,
     Usage,
     analyst_reserve,
 )
 from .provider import Provider
+from .web.server_tools import cited_sources, server_tools
+from .web.tools import MemberWeb, WebTools
 
 PANEL_SYSTEM = """You are one of several expert AI models answering the same question independently; an
 analyst will compare the answers. Answer the user's question thoroughly and accurately on your own.
@@ -43,9 +46,10 @@ statements. Today's date is {today}."""
 class ProgressEvent:
     """One step of a run. ``progress`` rises by one per step and reaches ``total`` at the end."""
 
-    kind: str  # started | member_answered | member_failed | member_cut | analyst_started | analyst_done
+    kind: str  # started | tool | member_answered | member_failed | member_cut | analyst_started | analyst_done
     message: str
-    progress: int
+    progress: float
+    """Whole steps, plus a fraction for each tool call so far (MCP wants every notification to rise)."""
     total: int
     model: str | None = None
 
@@ -57,12 +61,39 @@ def new_run_id() -> str:
     return f"fus_{uuid.uuid4().hex[:16]}"
 
 
-def panel_messages(request: FusionRequest) -> list[dict[str, Any]]:
+WEB_NOTE = """You can search the web and read pages: do so when the question depends on facts you are
+not sure of, recent events, or documents you have not seen, and name the pages you relied on."""
+
+
+def panel_messages(request: FusionRequest, fence_note: str | None = None, web: bool = True) -> list[dict[str, Any]]:
     user = request.prompt
     if request.context:
         user = f"<context>\n{request.context}\n</context>\n\n{request.prompt}"
     today = datetime.now(UTC).date().isoformat()
-    return [{"role": "system", "content": PANEL_SYSTEM.format(today=today)}, {"role": "user", "content": user}]
+    system = PANEL_SYSTEM.format(today=today)
+    if web and request.web_tools != "off":
+        system += "\n" + WEB_NOTE
+    if fence_note:
+        system += "\n" + fence_note
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def seed_text(request: FusionRequest) -> str:
+    """Where a run's fetchable URLs start: the question and its context."""
+    return f"{request.prompt}\n{request.context or ''}"
+
+
+def merge_sources(*groups: list[Source]) -> list[Source]:
+    """One source per URL, first title kept (a later title fills a missing one)."""
+    merged: dict[str, Source] = {}
+    for group in groups:
+        for source in group:
+            known = merged.get(source.url)
+            if known is None:
+                merged[source.url] = source
+            elif known.title is None and source.title:
+                merged[source.url] = source
+    return list(merged.values())
 
 
 async def run_fusion(
@@ -72,8 +103,12 @@ async def run_fusion(
     on_event: EventSink | None = None,
     run_id: str | None = None,
     transcripts: dict[str, list[dict[str, Any]]] | None = None,
+    web: WebTools | None = None,
 ) -> FusionResult:
     """Run one fusion. Upstream failures become result fields; only cancellation propagates.
+
+    Web tools follow ``request.web_tools``: ``local`` runs ``web`` (our search and guarded fetch) for every
+    member and the analyst, ``openrouter`` sends OpenRouter's server tools, ``off`` neither.
 
     ``transcripts``, when given, receives every model's full conversation (the analyst's under
     ``analyst:<id>``), tool calls included, for the run history.
@@ -93,16 +128,32 @@ async def run_fusion(
         cutoff = deadline - (analyst_reserve(request.deadline_s) if reserve is None else reserve)
     total = len(panel) + 2
     step = 0
+    tools_used = 0
+    # Each tool call moves progress by a fraction small enough that all of them stay below one step.
+    tool_step = 1 / ((len(panel) + 1) * request.max_tool_calls + 1)
+    run_web = web.run() if web is not None and request.web_tools == "local" else None
+    fence_note = run_web.fence.note if run_web is not None else None
+    extra = {"tools": server_tools(request.max_tool_calls)} if request.web_tools == "openrouter" else None
+    toolboxes: dict[str, MemberWeb] = {}
 
     def elapsed() -> float:
         return anyio.current_time() - started
 
     async def emit(kind: str, message: str, model: str | None = None) -> None:
-        nonlocal step
-        if kind != "started":
+        nonlocal step, tools_used
+        if kind == "tool":
+            tools_used += 1
+        elif kind != "started":
             step += 1
+        progress = total if kind == "analyst_done" else round(step + tools_used * tool_step, 6)
         if on_event is not None:
-            await on_event(ProgressEvent(kind, message, step, total, model))
+            await on_event(ProgressEvent(kind, message, progress, total, model))
+
+    def on_tool(model: str) -> Callable[[str, int, int], Awaitable[None]]:
+        async def report(name: str, used: int, budget: int) -> None:
+            await emit("tool", f"{model}: {name} {used}/{budget}", model)
+
+        return report
 
     await emit("started", f"fusion started: panel of {len(panel)} ({', '.join(panel)}), analyst {request.model}")
     outcomes = {model: MemberOutcome(model=model) for model in panel}
@@ -111,7 +162,10 @@ async def run_fusion(
 
     async def member(model: str) -> None:
         outcome = outcomes[model]
-        trace[model] = panel_messages(request)
+        web_ok = model not in request.no_tools
+        trace[model] = panel_messages(request, fence_note if web_ok else None, web_ok)
+        if run_web is not None and web_ok:
+            toolboxes[model] = run_web.toolbox(seed_text(request))
         await run_member(
             provider,
             model,
@@ -119,7 +173,10 @@ async def run_fusion(
             max_tool_calls=request.max_tool_calls,
             max_completion_tokens=request.max_completion_tokens,
             temperature=request.temperature,
+            toolbox=toolboxes.get(model),
             stream=request.stream,
+            extra=extra if web_ok else None,
+            on_tool=on_tool(model),
             outcome=outcome,
             deadline=cutoff,
         )
@@ -136,6 +193,11 @@ async def run_fusion(
 
     responses: list[PanelResponse] = []
     failed: list[FailedModel] = []
+
+    def read_by(outcome: MemberOutcome) -> list[Source]:
+        box = toolboxes.get(outcome.model)
+        return merge_sources(box.sources if box is not None else [], cited_sources(outcome.annotations))
+
     for outcome in outcomes.values():
         if not outcome.finished:
             # Cut off by the deadline: keep what it streamed so far.
@@ -147,14 +209,14 @@ async def run_fusion(
             )
             if outcome.content.strip():
                 reason = f"cut off at the deadline after {outcome.seconds:.1f} s"
-                responses.append(_truncated(outcome, reason))
+                responses.append(_truncated(outcome, reason, read_by(outcome)))
             else:
                 message = f"no answer within the deadline ({outcome.seconds:.1f} s into a {request.deadline_s:g} s run)"
                 failed.append(FailedModel(model=outcome.model, error=message, status_code=None))
         elif outcome.error is None:
-            responses.append(PanelResponse(model=outcome.model, content=outcome.content))
+            responses.append(PanelResponse(model=outcome.model, content=outcome.content, sources=read_by(outcome)))
         elif outcome.content.strip():
-            responses.append(_truncated(outcome, outcome.error.message))
+            responses.append(_truncated(outcome, outcome.error.message, read_by(outcome)))
         else:
             failed.append(_failed_model(outcome))
     usage_rows = [_usage_row(o.model, "panel", [o]) for o in outcomes.values()]
@@ -177,8 +239,23 @@ async def run_fusion(
     analyst_started = anyio.current_time()
     verdict = AnalystOutcome()
     trace[f"analyst:{request.model}"] = verdict.transcript
+    analyst_box = None
+    analyst_web = request.model not in request.no_tools
+    if run_web is not None and analyst_web:
+        # The analyst checks contradictions against what the panel saw: it may fetch any URL a member could.
+        analyst_box = run_web.toolbox(seed_text(request), set().union(*(b.known for b in toolboxes.values())))
     with anyio.move_on_at(deadline) as scope:
-        await run_analyst(provider, request, responses, out=verdict, deadline=deadline)
+        await run_analyst(
+            provider,
+            request,
+            responses,
+            out=verdict,
+            deadline=deadline,
+            toolbox=analyst_box,
+            extra=extra if analyst_web else None,
+            fence_note=fence_note if analyst_web else None,
+            on_tool=on_tool(request.model),
+        )
     if scope.cancelled_caught:
         verdict.analysis = None
         verdict.error = AnalysisError(
@@ -189,8 +266,13 @@ async def run_fusion(
     done = "analysis ready" if verdict.error is None else f"analysis failed: {verdict.error.message}"
     await emit("analyst_done", f"{done} ({timings.analyst:.1f} s)", request.model)
     timings.total = round(elapsed(), 3)
+    analyst_read = merge_sources(
+        analyst_box.sources if analyst_box is not None else [],
+        cited_sources([a for run in verdict.runs for a in run.annotations]),
+    )
     return FusionResult(
         status="ok",
+        sources=merge_sources(*(r.sources for r in responses), analyst_read),
         run_id=run_id,
         analysis=verdict.analysis,
         analysis_error=verdict.error,
@@ -203,8 +285,10 @@ async def run_fusion(
     )
 
 
-def _truncated(outcome: MemberOutcome, reason: str) -> PanelResponse:
-    return PanelResponse(model=outcome.model, content=outcome.content, truncated=True, truncated_reason=reason)
+def _truncated(outcome: MemberOutcome, reason: str, sources: list[Source]) -> PanelResponse:
+    return PanelResponse(
+        model=outcome.model, content=outcome.content, truncated=True, truncated_reason=reason, sources=sources
+    )
 
 
 def _failed_model(outcome: MemberOutcome) -> FailedModel:

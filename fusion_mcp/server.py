@@ -26,7 +26,7 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .catalogue import CatalogueClient, check_request
+from .catalogue import CatalogueClient, check_request, without_tools
 from .config import MAX_PANEL, MAX_TOOL_CALLS, PRESETS, Settings, check_model_id, check_model_ids
 from .errors import redact
 from .models import FailureReason, FusionRequest, FusionResult
@@ -35,6 +35,8 @@ from .provider import DEPTH_HEADER, Provider, new_http_client
 from .render import render
 from .service import fuse, open_store
 from .store import Store
+from .web.fetch import SYSTEM_NETWORK, Network
+from .web.tools import open_web_tools
 
 log = logging.getLogger("fusion_mcp")
 TOOL_NAME = "openrouter_fusion"
@@ -58,7 +60,7 @@ INSTRUCTIONS = (
 )
 
 
-def _lifespan(settings: Settings, store: Store | None) -> Any:
+def _lifespan(settings: Settings, store: Store | None, network: Network) -> Any:
     @asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
         # One connection pool and one run limiter for the whole process, whatever the transport. The
@@ -67,12 +69,13 @@ def _lifespan(settings: Settings, store: Store | None) -> Any:
         try:
             async with (
                 new_http_client(max_connections=settings.max_concurrent * (MAX_PANEL + 1)) as http,
+                open_web_tools(settings, network) as web,
                 anyio.create_task_group() as tg,
             ):
                 catalogue = CatalogueClient(http, settings)
                 tg.start_soon(_check_configured_models, catalogue, settings)
                 try:
-                    yield {"http": http, "limiter": limiter, "catalogue": catalogue}
+                    yield {"http": http, "limiter": limiter, "catalogue": catalogue, "web": web}
                 finally:
                     tg.cancel_scope.cancel()
         finally:
@@ -146,6 +149,7 @@ def build_request(
         stream=settings.stream,
         deadline_s=settings.deadline_s,
         analyst_reserve_s=settings.analyst_reserve_s,
+        web_tools=settings.web_mode,  # type: ignore[arg-type]
     )
 
 
@@ -186,15 +190,18 @@ class _SessionLogLevels:
             )
 
 
-def create_server(settings: Settings) -> MCPServer[Any]:
-    """Build the server without running it, so tests and every transport share one construction."""
+def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPServer[Any]:
+    """Build the server without running it, so tests and every transport share one construction.
+
+    ``network`` is how web fetches resolve names and connect: the system's unless a test fakes it.
+    """
     store = open_store(settings)
     server: MCPServer[Any] = MCPServer(
         "fusion-mcp",
         title="Fusion",
         instructions=INSTRUCTIONS,
         version=__version__,
-        lifespan=_lifespan(settings, store),
+        lifespan=_lifespan(settings, store, network),
         log_level=settings.log_level,  # type: ignore[arg-type]
     )
 
@@ -305,6 +312,11 @@ def create_server(settings: Settings) -> MCPServer[Any]:
         if refused is not None:
             log.info("run %s refused before spending: %s", run_id, refused[1])
             return as_tool_result(error_result(run_id, refused[0], refused[1]))  # type: ignore[arg-type]
+        if request.web_tools != "off":
+            no_tools = await without_tools(state["catalogue"], (*request.analysis_models, request.model))
+            if no_tools:
+                log.info("run %s: %s cannot call tools and will answer without the web", run_id, ", ".join(no_tools))
+                request = request.model_copy(update={"no_tools": no_tools})
 
         queued_at = anyio.current_time()
         if not await _acquire(limiter, settings.queue_timeout_s):
@@ -328,7 +340,7 @@ def create_server(settings: Settings) -> MCPServer[Any]:
                         "analyst_reserve_s": None if reserve is None else min(reserve, left / 2),
                     }
                 )
-            result = await fuse(request, provider, store, settings, run_id=run_id, on_event=progress)
+            result = await fuse(request, provider, store, settings, run_id=run_id, on_event=progress, web=state["web"])
         except anyio.get_cancelled_exc_class():
             log.info("run %s cancelled by the client", run_id)
             raise

@@ -15,6 +15,7 @@ from .models import FusionRequest, FusionResult
 from .pipeline import EventSink, run_fusion
 from .provider import Provider
 from .store import Store, cache_key, default_home
+from .web.tools import WebTools
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ async def fuse(
     *,
     run_id: str,
     on_event: EventSink | None = None,
+    web: WebTools | None = None,
 ) -> FusionResult:
     """Answer from the cache when an identical call succeeded recently; otherwise run and record."""
     key = cache_key(request)
@@ -54,7 +56,7 @@ async def fuse(
             await _record(store, request, result, {"cached_from": [{"run_id": hit.run_id}]})
             return result
     transcripts: dict[str, list[dict[str, Any]]] = {}
-    result = await run_fusion(request, provider, on_event=on_event, run_id=run_id, transcripts=transcripts)
+    result = await run_fusion(request, provider, on_event=on_event, run_id=run_id, transcripts=transcripts, web=web)
     spent = result.usage.total.cost
     if settings.max_cost_usd is not None and spent is not None and spent > settings.max_cost_usd:
         # The estimate is a worst case, so this means prices or usage differ from the catalogue's.

@@ -52,7 +52,7 @@ def default_home() -> Path:
     return Path(base) / "fusion-mcp"
 
 
-def cache_key(request: FusionRequest, web_mode: str = "off") -> str:
+def cache_key(request: FusionRequest) -> str:
     """Everything that changes what a run would answer, and nothing else."""
     material = {
         "prompt": request.prompt,
@@ -63,7 +63,7 @@ def cache_key(request: FusionRequest, web_mode: str = "off") -> str:
         "max_completion_tokens": request.max_completion_tokens,
         "temperature": request.temperature,
         "final_answer": request.final_answer,
-        "web": web_mode,
+        "web": request.web_tools,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 

@@ -27,17 +27,23 @@ class LiveProgress:
         self._analyst = f"analyst {analyst}"
         self._done: dict[str, float] = {}
         self._drawn = 0
+        self._analysing = False
 
     async def on_event(self, event: ProgressEvent) -> None:
         model = event.model or ""
         now = time.monotonic() - self._started
-        if event.kind == "member_answered":
+        if event.kind == "tool":
+            # "model: web_search 2/8" -> the tool activity, on the analyst's row once the panel is done
+            row = self._analyst if self._analysing else model
+            self._rows[row] = event.message.rsplit(": ", 1)[-1]
+        elif event.kind == "member_answered":
             self._rows[model], self._done[model] = "answered", now
         elif event.kind == "member_failed":
             self._rows[model], self._done[model] = f"failed: {event.message.split(': ', 1)[-1][:80]}", now
         elif event.kind == "member_cut":
             self._rows[model], self._done[model] = "cut off at the deadline", now
         elif event.kind == "analyst_started":
+            self._analysing = True
             self._rows[self._analyst] = "comparing the answers"
         elif event.kind == "analyst_done":
             self._rows[self._analyst] = event.message

@@ -11,6 +11,8 @@ import pytest
 
 from fusion_mcp.config import Settings, load_settings
 from tests.fakes.provider_sim import ProviderSim
+from tests.fakes.search_apis import SearchApis
+from tests.fakes.web import Canary, Site
 
 API_KEY = "sk-or-v1-TESTKEY-0123456789abcdef-do-not-leak"
 PANEL = ("~anthropic/claude-opus-latest", "~openai/gpt-latest", "~google/gemini-pro-latest")
@@ -35,6 +37,36 @@ def sim(_sim: ProviderSim) -> Iterator[ProviderSim]:
     _sim.reset()
     yield _sim
     _sim.reset()
+
+
+@pytest.fixture(scope="session")
+def site() -> Iterator[Site]:
+    """The loopback web site that ``example.test`` (a public fake address) leads to."""
+    s = Site()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def canary() -> Iterator[Canary]:
+    """Where every connection the guard should have refused would land; tests assert it saw none."""
+    c = Canary()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def _apis() -> Iterator[SearchApis]:
+    apis = SearchApis()
+    yield apis
+    apis.close()
+
+
+@pytest.fixture
+def apis(_apis: SearchApis) -> Iterator[SearchApis]:
+    _apis.reset()
+    yield _apis
+    _apis.reset()
 
 
 HOME_DIR = tempfile.mkdtemp(prefix="fusion-test-home-")

@@ -80,7 +80,8 @@ async def test_requests_carry_depth_tokens_attribution_and_temperature_rules(sim
         assert req.headers["authorization"] == f"Bearer {API_KEY}"
         assert req.headers["http-referer"] and req.headers["x-openrouter-title"] == "fusion-mcp"
         assert req.body["max_completion_tokens"] == 1234
-        assert "tools" not in req.body  # neither panel nor analyst is offered fusion (or anything yet)
+        # Panel and analyst get the web tools (local mode against a non-OpenRouter URL), never fusion.
+        assert [t["function"]["name"] for t in req.body["tools"]] == ["web_search", "web_fetch"]
     panel = [r for r in sim.requests if "response_format" not in r.body]
     analyst = [r for r in sim.requests if "response_format" in r.body]
     assert {r.model for r in panel} == set(PANEL) and all(r.body["temperature"] == 0.7 for r in panel)

@@ -6,11 +6,11 @@ to the one public fake address go to a loopback site; anything else would land o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
-from fusion_mcp.web.fetch import Fetcher, FetchFailed, FetchRefused
+from fusion_mcp.web.fetch import Fetcher, FetchFailed, FetchRefused, Network
 from tests.fakes.web import PUBLIC_SITE, Canary, FakeResolver, Site, router
 
 pytestmark = pytest.mark.anyio
@@ -28,23 +28,9 @@ NAMES = {
 }
 
 
-@pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
-    s = Site()
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def canary() -> Iterator[Canary]:
-    c = Canary()
-    yield c
-    c.close()
-
-
 @pytest.fixture
 async def fetcher(site: Site, canary: Canary) -> AsyncIterator[Fetcher]:
-    f = Fetcher(resolve=FakeResolver(NAMES), connect=router(site, canary), deadline_s=3)
+    f = Fetcher(network=Network(FakeResolver(NAMES), router(site, canary)), deadline_s=3)
     yield f
     await f.aclose()
     assert canary.connections == 0, "a refused fetch reached the network"
@@ -139,7 +125,7 @@ async def test_a_name_that_answers_public_then_private_is_connected_to_the_check
     site: Site, canary: Canary
 ) -> None:
     resolver = FakeResolver(NAMES)
-    fetcher = Fetcher(resolve=resolver, connect=router(site, canary))
+    fetcher = Fetcher(network=Network(resolver, router(site, canary)))
     try:
         page = await fetcher.fetch("http://rebind.test/page")
     finally:
@@ -167,7 +153,7 @@ async def test_wrong_content_type_is_refused(fetcher: Fetcher) -> None:
 
 
 async def test_oversized_bodies_are_refused_or_cut_at_the_cap(site: Site, canary: Canary) -> None:
-    fetcher = Fetcher(resolve=FakeResolver(NAMES), connect=router(site, canary), max_bytes=5 * 1024 * 1024)
+    fetcher = Fetcher(network=Network(FakeResolver(NAMES), router(site, canary)), max_bytes=5 * 1024 * 1024)
     try:
         with pytest.raises(FetchRefused, match="over the 5,242,880-byte cap"):
             await fetcher.fetch("http://example.test/big-declared")
@@ -195,7 +181,7 @@ async def test_the_canary_counts_what_reaches_it() -> None:
     async def to_canary(address: str, port: int, timeout: float | None) -> httpcore2.AsyncNetworkStream:  # noqa: ASYNC109
         return await backend.connect_tcp("127.0.0.1", canary.port, timeout=timeout)
 
-    fetcher = Fetcher(resolve=FakeResolver({"public.test": [PUBLIC_SITE]}), connect=to_canary)
+    fetcher = Fetcher(network=Network(FakeResolver({"public.test": [PUBLIC_SITE]}), to_canary))
     try:
         with pytest.raises(FetchRefused, match="content type none"):
             await fetcher.fetch("http://public.test/")
@@ -216,7 +202,7 @@ async def test_a_public_address_that_does_not_answer_is_a_readable_failure() -> 
     async def nowhere(address: str, port: int, timeout: float | None) -> httpcore2.AsyncNetworkStream:  # noqa: ASYNC109
         return await backend.connect_tcp("127.0.0.1", closed, timeout=timeout)
 
-    fetcher = Fetcher(resolve=FakeResolver({"down.test": [PUBLIC_SITE]}), connect=nowhere)
+    fetcher = Fetcher(network=Network(FakeResolver({"down.test": [PUBLIC_SITE]}), nowhere))
     try:
         with pytest.raises(FetchFailed) as info:
             await fetcher.fetch("http://down.test/")

@@ -54,6 +54,17 @@ async def system_resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+@dataclass(frozen=True)
+class Network:
+    """How fetches resolve names and open connections: the system's, unless a test fakes the outside world."""
+
+    resolve: Resolver = system_resolve
+    connect: Connector | None = None
+
+
+SYSTEM_NETWORK = Network()
+
+
 class GuardedBackend(httpcore2.AsyncNetworkBackend):
     """httpcore2's network backend with the address policy: resolve, check every answer, connect to it."""
 
@@ -110,6 +121,8 @@ class Fetched:
     """The final URL, after redirects."""
     status: int
     content_type: str
+    encoding: str | None
+    """The charset the server declared, if any."""
     body: bytes
     truncated: bool
     """The body went past the byte cap and was cut there."""
@@ -121,8 +134,7 @@ class Fetcher:
     def __init__(
         self,
         *,
-        resolve: Resolver = system_resolve,
-        connect: Connector | None = None,
+        network: Network = SYSTEM_NETWORK,
         allowed_ports: Iterable[int] = (80, 443),
         max_bytes: int = 5 * 1024 * 1024,
         deadline_s: float = 20.0,
@@ -135,7 +147,7 @@ class Fetcher:
         self.deadline_s = deadline_s
         self.max_redirects = max_redirects
         self._client = httpx2.AsyncClient(
-            transport=_GuardedTransport(GuardedBackend(resolve, connect), max_connections=16),
+            transport=_GuardedTransport(GuardedBackend(network.resolve, network.connect), max_connections=16),
             trust_env=False,
             follow_redirects=False,
             timeout=httpx2.Timeout(connect=connect_timeout_s, read=deadline_s, write=10, pool=connect_timeout_s),
@@ -203,4 +215,5 @@ class Fetcher:
                 truncated = True
                 break
             chunks.append(chunk)
-        return Fetched(url, response.status_code, content_type, b"".join(chunks), truncated)
+        body = b"".join(chunks)
+        return Fetched(url, response.status_code, content_type, response.charset_encoding, body, truncated)

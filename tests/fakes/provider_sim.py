@@ -57,6 +57,8 @@ class Reply:
     finish_reason: str = "stop"
     echo_auth: bool = False
     """Put the request's Authorization header into the error message (a provider echoing the key)."""
+    annotations: list[dict[str, Any]] | None = None
+    """``message.annotations`` (OpenRouter's server tools cite pages as ``url_citation``)."""
 
 
 @dataclass
@@ -214,6 +216,8 @@ class ProviderSim:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if reply.tool_calls:
             message["tool_calls"] = reply.tool_calls
+        if reply.annotations:
+            message["annotations"] = reply.annotations
         return JSONResponse(
             {
                 "id": "gen-sim",
@@ -329,6 +333,8 @@ async def _sse(reply: Reply, model: str, content: str):
         }
         yield f"data: {json.dumps(data)}\n\n"
         return
+    if reply.annotations:
+        yield chunk({"annotations": reply.annotations})
     finish = "tool_calls" if reply.tool_calls else reply.finish_reason
     yield chunk({}, finish)
     if reply.usage is not None:

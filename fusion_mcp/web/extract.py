@@ -1,0 +1,106 @@
+"""Fetched bytes to the text a model reads: main content only, nothing hidden, nothing invisible.
+
+HTML goes through trafilatura (markdown, no images, precision-leaning: boilerplate and navigation cost
+tokens and carry injected text), falling back to its plain rendering when it finds no main content.
+Elements a reader never sees (``hidden``, ``aria-hidden``, ``display:none``, ``<template>``) are dropped
+first: they are where injected instructions hide. Every text also loses the characters that render as
+nothing but still reach a model (zero-width, bidi controls, Unicode tags, variation selectors).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import lxml.html
+import trafilatura
+from lxml import etree
+
+INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e007f\U000e0100-\U000e01ef]"
+)
+_HIDDEN = (
+    "//template | //script | //style | //noscript | //*[@hidden] | //*[@aria-hidden='true'] | "
+    "//*[contains(translate(@style, 'DISPLAYNOEVISBT: ', 'displaynoevisbt'), 'display:none')] | "
+    "//*[contains(translate(@style, 'DISPLAYNOEVISBT: ', 'displaynoevisbt'), 'visibility:hidden')]"
+)
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+@dataclass(frozen=True)
+class Page:
+    title: str | None
+    text: str
+    links: tuple[str, ...] = ()
+    """Absolute http(s) links of the visible page, in order: what a reader could follow next."""
+
+
+def strip_invisible(text: str) -> str:
+    return INVISIBLE.sub("", text)
+
+
+def to_text(body: bytes, content_type: str, encoding: str | None = None, url: str | None = None) -> Page:
+    """The readable text of a fetched body of one of the fetcher's text types (``url`` resolves links)."""
+    if content_type in ("text/html", "application/xhtml+xml"):
+        return _html(body, url, encoding)
+    text = body.decode(encoding or "utf-8", errors="replace")
+    return Page(None, _tidy(text))
+
+
+def _html(body: bytes, url: str | None, encoding: str | None) -> Page:
+    # lxml reads bytes as Latin-1 unless the page has a <meta charset>: decode by the header's charset,
+    # else UTF-8, and only then leave it to lxml's own detection.
+    text = _decode(body, encoding)
+    tree = None
+    for source in (text, body) if text is not None else (body,):
+        try:
+            tree = lxml.html.fromstring(source, base_url=url)
+            break
+        except ValueError:  # a str with an XML encoding declaration: parse the bytes instead
+            continue
+        except etree.ParserError:
+            return Page(None, "")
+    if tree is None:
+        return Page(None, "")
+    for element in tree.xpath(_HIDDEN):
+        if element.getparent() is not None:
+            element.drop_tree()
+    title = tree.findtext(".//title")
+    links: dict[str, None] = {}
+    for element in tree.iter("a"):
+        href = (element.get("href") or "").strip()
+        try:
+            absolute = urljoin(url or "", href)
+        except ValueError:
+            continue
+        if absolute.startswith(("http://", "https://")) and len(absolute) <= 2000:
+            links[absolute] = None
+    text = trafilatura.extract(
+        tree,
+        output_format="markdown",
+        include_images=False,
+        include_links=False,
+        include_comments=False,
+        favor_precision=True,
+    )
+    if not text:
+        text = trafilatura.html2txt(tree)
+    title = " ".join(strip_invisible(title).split())[:300] if title else None
+    return Page(title or None, _tidy(text or ""), tuple(links))
+
+
+def _decode(body: bytes, encoding: str | None) -> str | None:
+    for name in (encoding, "utf-8"):
+        if name:
+            try:
+                return body.decode(name)
+            except (LookupError, UnicodeDecodeError):
+                continue
+    return None
+
+
+def _tidy(text: str) -> str:
+    text = strip_invisible(text).replace("\r\n", "\n")
+    return _BLANK_LINES.sub("\n\n", text).strip()
