@@ -64,6 +64,9 @@ def _render(result: FusionResult, share: int | None) -> str:
         lines.append(
             _answer(r.content, share, result.run_id) + ("\n\n[... answer cut off here]" if r.truncated else "")
         )
+    if result.sources:
+        lines.append("\n# Sources read by the panel and the analyst")
+        lines += [f"- {s.title} <{s.url}>" if s.title else f"- <{s.url}>" for s in result.sources]
     lines += _failures(result)
     lines.append("\n" + cost_line(result))
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import Source
+from .extract import strip_invisible
 
 
 def server_tools(max_tool_calls: int) -> list[dict[str, Any]]:
@@ -35,5 +36,6 @@ def cited_sources(annotations: list[dict[str, Any]]) -> list[Source]:
         url = cited.get("url")
         if isinstance(url, str) and url.startswith(("http://", "https://")) and url not in sources:
             title = cited.get("title")
-            sources[url] = Source(url=url, title=title if isinstance(title, str) and title.strip() else None)
+            title = " ".join(strip_invisible(title).split())[:300] if isinstance(title, str) else None
+            sources[url] = Source(url=url, title=title or None)
     return list(sources.values())
