@@ -98,7 +98,21 @@ def test_doctor_passes_on_a_good_setup(sim: ProviderSim) -> None:
     assert out.returncode == 0, out.stdout
     assert "ok   key: accepted, used $1.25 of a $10 limit" in out.stdout
     assert f"ok   model {PANEL[1]}: known (panel)" in out.stdout and "0 failed" in out.stdout
+    assert "ok   web tools: local: search via ddgs, best effort" in out.stdout
     assert API_KEY not in out.stdout + out.stderr
+
+
+def test_doctor_reports_the_web_tools_and_models_that_cannot_use_them(sim: ProviderSim) -> None:
+    sim.catalogue = [priced(m, tools=m != PANEL[2]) for m in PANEL]
+    out = doctor(sim, FUSION_SEARXNG_URL="http://127.0.0.1:9/searx", FUSION_FETCH_PORTS="80,443,8080")
+    assert out.returncode == 1
+    assert (
+        "ok   web tools: local: search via SearXNG at http://127.0.0.1:9/searx; guarded fetch on ports 80, 443, "
+        "8080, URLs from the question or earlier results only"
+    ) in out.stdout
+    assert f"FAIL tools {PANEL[2]}: the catalogue lists no tool support" in out.stdout
+    off = doctor(sim, FUSION_WEB_TOOLS="off")
+    assert "ok   web tools: off (FUSION_WEB_TOOLS)" in off.stdout and "FAIL tools" not in off.stdout
 
 
 def test_doctor_names_a_misspelt_model_and_exits_non_zero(sim: ProviderSim) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import lxml.html
-import trafilatura
 from lxml import etree
 
 INVISIBLE = re.compile(
@@ -50,6 +49,8 @@ def to_text(body: bytes, content_type: str, encoding: str | None = None, url: st
 
 
 def _html(body: bytes, url: str | None, encoding: str | None) -> Page:
+    import trafilatura  # on first use: it adds ~0.1 s to a start-up that hosts wait for
+
     # lxml reads bytes as Latin-1 unless the page has a <meta charset>: decode by the header's charset,
     # else UTF-8, and only then leave it to lxml's own detection.
     text = _decode(body, encoding)
