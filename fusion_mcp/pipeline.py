@@ -65,13 +65,13 @@ WEB_NOTE = """You can search the web and read pages: do so when the question dep
 not sure of, recent events, or documents you have not seen, and name the pages you relied on."""
 
 
-def panel_messages(request: FusionRequest, fence_note: str | None = None, web: bool = True) -> list[dict[str, Any]]:
+def panel_messages(request: FusionRequest, fence_note: str | None = None, web: bool = False) -> list[dict[str, Any]]:
     user = request.prompt
     if request.context:
         user = f"<context>\n{request.context}\n</context>\n\n{request.prompt}"
     today = datetime.now(UTC).date().isoformat()
     system = PANEL_SYSTEM.format(today=today)
-    if web and request.web_tools != "off":
+    if web:
         system += "\n" + WEB_NOTE
     if fence_note:
         system += "\n" + fence_note
@@ -162,7 +162,7 @@ async def run_fusion(
 
     async def member(model: str) -> None:
         outcome = outcomes[model]
-        web_ok = model not in request.no_tools
+        web_ok = model not in request.no_tools and (run_web is not None or extra is not None)
         trace[model] = panel_messages(request, fence_note if web_ok else None, web_ok)
         if run_web is not None and web_ok:
             toolboxes[model] = run_web.toolbox(seed_text(request))

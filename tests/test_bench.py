@@ -16,6 +16,7 @@ CASES = {
     "load": {"throughput_calls_per_s", "added_ms_p99", "server_cpu_ms_per_call", "server_rss_mib_peak"},
     "startup": {"median_ms"},
     "output_size": {"rows"},
+    "web_fetch": {"rows"},
 }
 
 

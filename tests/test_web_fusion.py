@@ -17,7 +17,7 @@ from fusion_mcp.member import BUDGET_SPENT
 from fusion_mcp.server import create_server
 from fusion_mcp.web.fetch import Network
 from tests.conftest import ANALYST, PANEL, sim_env
-from tests.fakes.provider_sim import ProviderSim, Reply, priced
+from tests.fakes.provider_sim import ProviderSim, Reply, analysis_for, priced, schema_labels
 from tests.fakes.search_apis import SearchApis
 from tests.fakes.web import Canary, FakeResolver, Site, router
 from tests.helpers import TOOL, structured, text
@@ -188,3 +188,38 @@ async def test_models_the_catalogue_lists_without_tools_answer_without_them(
     assert result["status"] == "ok" and len(result["responses"]) == 3
     for request in sim.requests:
         assert ("tools" in request.body) is (request.model != READER)
+
+
+async def test_the_analyst_checks_a_page_a_member_found_and_its_reading_is_a_source(
+    sim: ProviderSim, apis: SearchApis, site: Site, canary: Canary
+) -> None:
+    second = "http://example.test/second"
+    apis.hits = [("Part two", second, "cancellation in anyio")]
+
+    def searcher(body: dict[str, Any]) -> Reply:
+        if not tool_results(body):
+            return Reply(content="", tool_calls=[tool_call(1, "web_search", query="anyio cancellation")])
+        return Reply(content="Cancellation is level-triggered.")
+
+    def analyst(body: dict[str, Any]) -> Reply:
+        if not tool_results(body):  # the analyst never searched: the URL is known from the member's search
+            return Reply(content="", tool_calls=[tool_call(9, "web_fetch", url=second)])
+        return Reply(content=json.dumps(analysis_for(schema_labels(body))))
+
+    sim.scripts[READER] = searcher
+    sim.scripts[ANALYST] = analyst
+    result, progress, _ = await fuse(
+        sim,
+        site,
+        canary,
+        {"prompt": "How does anyio cancel?", "analysis_models": [READER], "model": ANALYST},
+        FUSION_SEARXNG_URL=apis.base + "/searxng",
+    )
+    assert "analysis" in result and result["responses"][0] == {
+        "model": READER,
+        "content": "Cancellation is level-triggered.",
+    }
+    assert result["sources"] == [{"url": second, "title": "Part two"}]
+    assert f"{ANALYST}: web_fetch 1/8" in progress
+    fetched = tool_results(sim.requests_for(ANALYST)[-1].body)[0]
+    assert fetched.startswith(f"{second} (characters 0-") and "Cancellation in anyio is scoped" in fetched

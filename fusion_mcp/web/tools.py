@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import httpx2
 
 from ..config import Settings
@@ -160,7 +162,11 @@ class RunWeb:
             if fetched.status >= 400:
                 found = f"failed: {fetched.url} answered HTTP {fetched.status}"
             else:
-                page = to_text(fetched.body, fetched.content_type, fetched.encoding, fetched.url)
+                # Extraction takes ~100 ms on a long page: in a worker thread, the event loop keeps streaming
+                # the other members' answers meanwhile.
+                page = await anyio.to_thread.run_sync(
+                    to_text, fetched.body, fetched.content_type, fetched.encoding, fetched.url
+                )
                 if fetched.truncated:
                     note = f"\n\n[the page is longer than {fetcher.max_bytes:,} bytes; only its start was read]"
                     page = Page(page.title, page.text + note, page.links)

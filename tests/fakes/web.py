@@ -48,6 +48,24 @@ that catches the cancellation and awaits again is cancelled again at its next ch
 </article></body></html>"""
 
 
+def heavy_html(paragraphs: int = 600) -> str:
+    """A page shaped like a long documentation article (~300 KB): navigation, scripts, sidebars, prose."""
+    nav = "".join(f'<li><a href="/doc/{i}">Section {i}</a></li>' for i in range(200))
+    prose = "".join(
+        f"<h2 id='s{i}'>Part {i}</h2><p>Paragraph {i} explains how the event loop schedules callbacks, why a "
+        f"blocking call stalls it, and how cancel scopes bound the work of task number {i}. "
+        f'See <a href="/doc/{i}">section {i}</a> for details and <code>await sleep({i})</code>.</p>'
+        if i % 10
+        else f"<script>var tracker{i} = {{id: {i}, payload: '{'x' * 200}'}};</script>"
+        for i in range(paragraphs)
+    )
+    return (
+        f"<!doctype html><html><head><title>Heavy article</title><style>{'.c{color:red}' * 200}</style></head>"
+        f"<body><nav><ul>{nav}</ul></nav><aside>{'Related link. ' * 100}</aside><main><article>"
+        f"<h1>Heavy article</h1>{prose}</article></main><footer>{'Footer text. ' * 50}</footer></body></html>"
+    )
+
+
 def long_text(n: int = 50_000) -> str:
     """A plain-text page of ``n`` characters with a marker every 1000, for reading in parts."""
     return "".join(f"[{i:06d}]" + "." * 992 for i in range(0, n, 1000))[:n]
@@ -86,6 +104,7 @@ class Site:
 
     def __init__(self) -> None:
         self.bomb = _bomb()
+        self.heavy = heavy_html()
         routes = [
             Route("/page", lambda r: PlainTextResponse("hello from the public web")),
             Route("/html", lambda r: Response("<html><body><p>Some article</p></body></html>", media_type="text/html")),
@@ -109,6 +128,7 @@ class Site:
             Route("/article", lambda r: Response(ARTICLE, media_type="text/html")),
             Route("/second", lambda r: Response(SECOND, media_type="text/html")),
             Route("/long", lambda r: PlainTextResponse(long_text())),
+            Route("/heavy", lambda r: Response(self.heavy, media_type="text/html")),
             Route("/missing", lambda r: Response("<html><body>gone</body></html>", 404, media_type="text/html")),
         ]
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
