@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fusion_mcp.web.fetch import Fetcher, FetchFailed, FetchRefused, Network
-from tests.fakes.web import PUBLIC_SITE, Canary, FakeResolver, Site, router
+from tests.fakes.web import PUBLIC_SITE, Canary, FakeResolver, Site, TlsSite, router
 
 pytestmark = pytest.mark.anyio
 
@@ -209,3 +209,30 @@ async def test_a_public_address_that_does_not_answer_is_a_readable_failure() -> 
     finally:
         await fetcher.aclose()
     assert str(info.value) == "the fetch failed: ConnectError"
+
+
+async def test_tls_is_verified_against_the_url_host_while_connecting_to_the_checked_address() -> None:
+    site = TlsSite()
+    resolver = FakeResolver({"example.test": [PUBLIC_SITE], "other.test": [PUBLIC_SITE]})
+    trusted = Fetcher(network=Network(resolver, site.connector(), site.trusting_context()))
+    system = Fetcher(network=Network(resolver, site.connector()))
+    try:
+        page = await trusted.fetch("https://example.test/page")
+        assert (page.url, page.body) == ("https://example.test/page", b"hello over TLS")
+        # Same address, same server, but the certificate does not name other.test: no page.
+        with pytest.raises(FetchFailed) as mismatch:
+            await trusted.fetch("https://other.test/page")
+        assert str(mismatch.value) == (
+            "the fetch failed: the site's TLS certificate was not accepted "
+            "(Hostname mismatch, certificate is not valid for 'other.test')"
+        )
+        # And a CA the system does not trust is not trusted by default.
+        with pytest.raises(FetchFailed) as untrusted:
+            await system.fetch("https://example.test/page")
+        assert str(untrusted.value) == (
+            "the fetch failed: the site's TLS certificate was not accepted (unable to get local issuer certificate)"
+        )
+    finally:
+        await trusted.aclose()
+        await system.aclose()
+        site.close()

@@ -16,6 +16,7 @@ from its own network position, so every URL is treated as an SSRF attempt until 
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -60,6 +61,8 @@ class Network:
 
     resolve: Resolver = system_resolve
     connect: Connector | None = None
+    ssl_context: ssl.SSLContext | None = None
+    """The CAs and TLS settings fetches use; None: the default context (certificates verified, host names too)."""
 
 
 SYSTEM_NETWORK = Network()
@@ -103,11 +106,12 @@ class GuardedBackend(httpcore2.AsyncNetworkBackend):
 
 
 class _GuardedTransport(httpx2.AsyncHTTPTransport):
-    def __init__(self, backend: GuardedBackend, max_connections: int) -> None:
+    def __init__(self, network: Network, max_connections: int) -> None:
         super().__init__(trust_env=False, retries=0)
+        backend = GuardedBackend(network.resolve, network.connect)
         # httpx2's transport takes no network backend, so its pool is rebuilt with ours (same SSL context).
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=self._pool._ssl_context,
+            ssl_context=network.ssl_context or self._pool._ssl_context,
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             retries=0,
@@ -147,7 +151,7 @@ class Fetcher:
         self.deadline_s = deadline_s
         self.max_redirects = max_redirects
         self._client = httpx2.AsyncClient(
-            transport=_GuardedTransport(GuardedBackend(network.resolve, network.connect), max_connections=16),
+            transport=_GuardedTransport(network, max_connections=16),
             trust_env=False,
             follow_redirects=False,
             timeout=httpx2.Timeout(connect=connect_timeout_s, read=deadline_s, write=10, pool=connect_timeout_s),
@@ -184,6 +188,11 @@ class Fetcher:
         except TimeoutError:
             raise FetchFailed(f"gave up: no complete answer within {self.deadline_s:g} s") from None
         except httpx2.HTTPError as exc:
+            detail = str(exc)
+            if "CERTIFICATE_VERIFY_FAILED" in detail:
+                # "Hostname mismatch, ..." or "unable to get local issuer certificate": worth telling the model.
+                reason = detail.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip(" .")
+                raise FetchFailed(f"the fetch failed: the site's TLS certificate was not accepted ({reason})") from None
             raise FetchFailed(f"the fetch failed: {type(exc).__name__}") from None
 
     async def _follow(self, url: str) -> Fetched:

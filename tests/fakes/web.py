@@ -13,6 +13,7 @@ import gzip
 import ipaddress
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from typing import Any
@@ -167,6 +168,52 @@ class Site:
                 await asyncio.sleep(1)
 
         return StreamingResponse(body(), media_type="text/plain")
+
+
+class TlsSite:
+    """An HTTPS site on loopback whose certificate, from a throwaway CA, names only ``example.test``."""
+
+    def __init__(self) -> None:
+        import trustme
+
+        self.ca = trustme.CA()
+        cert = self.ca.issue_cert("example.test")
+        self._files = [cert.cert_chain_pems[0].tempfile(), cert.private_key_pem.tempfile()]
+        certfile, keyfile = (f.__enter__() for f in self._files)
+        app = Starlette(routes=[Route("/page", lambda r: PlainTextResponse("hello over TLS"))])
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="error", lifespan="off", ssl_certfile=certfile, ssl_keyfile=keyfile)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def trusting_context(self) -> ssl.SSLContext:
+        """A client context that trusts this site's CA (and nothing else), host names checked."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=None, capath=None, cadata=None)
+        context.load_verify_locations(cadata=self.ca.cert_pem.bytes().decode())
+        return context
+
+    def connector(self) -> Any:
+        """Connect the public fake address, port 443, to this site; anything else is a test failure."""
+        backend = httpcore2.AnyIOBackend()
+
+        async def connect(address: str, port: int, timeout: float | None) -> httpcore2.AsyncNetworkStream:  # noqa: ASYNC109
+            assert (address, port) == (PUBLIC_SITE, 443), (address, port)
+            return await backend.connect_tcp("127.0.0.1", self.port, timeout=timeout)
+
+        return connect
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+        for f in self._files:
+            f.__exit__(None, None, None)
 
 
 class FakeResolver:
