@@ -7,6 +7,8 @@ SearXNG fake, fetches go through the guarded fetcher with a fake resolver to the
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from fusion_mcp.server import create_server
 from fusion_mcp.web.fetch import Network
 from tests.conftest import ANALYST, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply, analysis_for, priced, schema_labels
-from tests.fakes.search_apis import SearchApis
+from tests.fakes.search_apis import TAVILY_KEY, SearchApis
 from tests.fakes.web import Canary, FakeResolver, Site, router
 from tests.helpers import TOOL, structured, text
 from tests.test_web_fetch_ssrf import NAMES
@@ -223,3 +225,27 @@ async def test_the_analyst_checks_a_page_a_member_found_and_its_reading_is_a_sou
     assert f"{ANALYST}: web_fetch 1/8" in progress
     fetched = tool_results(sim.requests_for(ANALYST)[-1].body)[0]
     assert fetched.startswith(f"{second} (characters 0-") and "Cancellation in anyio is scoped" in fetched
+
+
+async def test_search_keys_reach_only_their_api_never_results_logs_or_history(
+    sim: ProviderSim, apis: SearchApis, site: Site, canary: Canary, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    apis.hits = [("Event loops explained", ARTICLE, "why blocking calls stall an event loop")]
+    sim.scripts[READER] = searcher_then_reader
+    result, _, shown = await fuse(
+        sim,
+        site,
+        canary,
+        {"prompt": "Why does a blocking call hurt asyncio?"},
+        TAVILY_API_KEY=TAVILY_KEY,
+        FUSION_TAVILY_URL=apis.base + "/tavily/search",
+        FUSION_HOME=str(tmp_path),
+    )
+    assert result["sources"] == [{"url": ARTICLE, "title": "Event loops explained"}]
+    assert [(s.backend, s.headers["authorization"]) for s in apis.seen] == [("tavily", f"Bearer {TAVILY_KEY}")]
+    stored = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())  # noqa: ASYNC240 - after the run
+    assert b"Event loops explained" in stored  # the transcripts were recorded...
+    assert TAVILY_KEY.encode() not in stored  # ...without the key
+    assert TAVILY_KEY not in json.dumps(result) + shown + caplog.text
+    assert not any(TAVILY_KEY in json.dumps(r.body) or TAVILY_KEY in str(r.headers) for r in sim.requests)
