@@ -221,8 +221,12 @@ async def run_analyst(
             deadline=deadline,
         )
 
+    # OpenRouter's server tools are counted per request and no count comes back, so only the first request
+    # carries them: the analyst never makes more than max_tool_calls web calls in all. (Our own tools share
+    # one budget across requests through ``used`` above.)
+    later_options = {k: v for k, v in analysis_options.items() if k != "tools"}
     for attempt in range(2):
-        turn = await ask(analysis_options)
+        turn = await ask(analysis_options if attempt == 0 else later_options)
         if turn.error is not None and not isinstance(turn.error, EmptyAnswer):
             return _failed(out, "judge_upstream_error", f"the analyst request failed: {turn.error.message}")
         try:
@@ -241,7 +245,7 @@ async def run_analyst(
         break
     if request.final_answer and out.analysis is not None:
         messages.append({"role": "user", "content": FINAL})
-        turn = await ask({**(extra or {}), "temperature": 0})
+        turn = await ask({"temperature": 0})
         if turn.error is None:
             out.final_answer = turn.content
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import anyio
@@ -114,7 +115,7 @@ def _web(settings: Settings) -> Check:
         return Check("web tools", True, "openrouter: OpenRouter's server-side web search and fetch")
     search = settings.search_backend
     detail = {
-        "searxng": f"SearXNG at {settings.searxng_url}",
+        "searxng": f"SearXNG at {_without_userinfo(settings.searxng_url or '')}",
         "brave": "Brave Search API",
         "tavily": "Tavily API",
         "ddgs": "ddgs, best effort (no key; set FUSION_SEARXNG_URL, BRAVE_API_KEY or TAVILY_API_KEY for a steady one)",
@@ -122,6 +123,11 @@ def _web(settings: Settings) -> Check:
     ports = ", ".join(map(str, settings.fetch_ports))
     provenance = "any URL" if settings.fetch_any_url else "URLs from the question or earlier results only"
     return Check("web tools", True, f"local: search via {detail}; guarded fetch on ports {ports}, {provenance}")
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL as printed: a user name or password in it (basic auth in front of SearXNG) is masked."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
 
 
 async def _tool_support(http: httpx2.AsyncClient, settings: Settings) -> list[Check]:

@@ -104,12 +104,13 @@ def test_doctor_passes_on_a_good_setup(sim: ProviderSim) -> None:
 
 def test_doctor_reports_the_web_tools_and_models_that_cannot_use_them(sim: ProviderSim) -> None:
     sim.catalogue = [priced(m, tools=m != PANEL[2]) for m in PANEL]
-    out = doctor(sim, FUSION_SEARXNG_URL="http://127.0.0.1:9/searx", FUSION_FETCH_PORTS="80,443,8080")
+    out = doctor(sim, FUSION_SEARXNG_URL="http://admin:hunter2@127.0.0.1:9/searx", FUSION_FETCH_PORTS="80,443,8080")
     assert out.returncode == 1
     assert (
-        "ok   web tools: local: search via SearXNG at http://127.0.0.1:9/searx; guarded fetch on ports 80, 443, "
+        "ok   web tools: local: search via SearXNG at http://***@127.0.0.1:9/searx; guarded fetch on ports 80, 443, "
         "8080, URLs from the question or earlier results only"
     ) in out.stdout
+    assert "hunter2" not in out.stdout + out.stderr
     assert f"FAIL tools {PANEL[2]}: the catalogue lists no tool support" in out.stdout
     off = doctor(sim, FUSION_WEB_TOOLS="off")
     assert "ok   web tools: off (FUSION_WEB_TOOLS)" in off.stdout and "FAIL tools" not in off.stdout

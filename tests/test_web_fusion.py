@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,17 @@ async def fuse(
     settings = load_settings(environ=sim_env(sim, **env))
     server = create_server(settings, Network(FakeResolver(NAMES), router(site, canary)))
     messages: list[str] = []
+    values: list[float] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         messages.append(message or "")
+        values.append(progress)
 
     async with Client(server) as client:  # type: ignore[arg-type]
         result = await client.call_tool(TOOL, args, progress_callback=on_progress)
     assert canary.connections == 0
+    # MCP: every progress notification's value rises, tool events included.
+    assert all(later > earlier for earlier, later in pairwise(values)), values
     return structured(result), messages, text(result)
 
 
@@ -249,3 +254,16 @@ async def test_search_keys_reach_only_their_api_never_results_logs_or_history(
     assert TAVILY_KEY.encode() not in stored  # ...without the key
     assert TAVILY_KEY not in json.dumps(result) + shown + caplog.text
     assert not any(TAVILY_KEY in json.dumps(r.body) or TAVILY_KEY in str(r.headers) for r in sim.requests)
+
+
+async def test_openrouter_server_tools_go_only_with_the_analysts_first_request(
+    sim: ProviderSim, site: Site, canary: Canary
+) -> None:
+    sim.script(ANALYST, Reply(content="not json"), Reply(content=None))
+    result, _, _ = await fuse(
+        sim, site, canary, {"prompt": "q", "analysis_models": [READER], "model": ANALYST}, FUSION_WEB_TOOLS="openrouter"
+    )
+    assert "analysis" in result
+    first, repair = sim.requests_for(ANALYST)
+    assert [t["type"] for t in first.body["tools"]] == ["openrouter:web_search", "openrouter:web_fetch"]
+    assert "tools" not in repair.body  # OpenRouter reports no count of server-tool uses: one request only

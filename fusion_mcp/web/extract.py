@@ -26,6 +26,8 @@ _HIDDEN = (
     "//*[contains(translate(@style, 'DISPLAYNOEVISBT: ', 'displaynoevisbt'), 'visibility:hidden')]"
 )
 _BLANK_LINES = re.compile(r"\n{3,}")
+MAX_HTML_BYTES = 1_000_000
+"""HTML past this is not extracted: trafilatura needs seconds per megabyte on link-stuffed pages."""
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,13 @@ def strip_invisible(text: str) -> str:
 def to_text(body: bytes, content_type: str, encoding: str | None = None, url: str | None = None) -> Page:
     """The readable text of a fetched body of one of the fetcher's text types (``url`` resolves links)."""
     if content_type in ("text/html", "application/xhtml+xml"):
-        return _html(body, url, encoding)
-    text = body.decode(encoding or "utf-8", errors="replace")
-    return Page(None, _tidy(text))
+        if len(body) <= MAX_HTML_BYTES:
+            return _html(body, url, encoding)
+        page = _html(body[:MAX_HTML_BYTES], url, encoding)
+        note = f"\n\n[the page has {len(body):,} bytes of HTML; only the first {MAX_HTML_BYTES:,} were read]"
+        return Page(page.title, page.text + note, page.links)
+    text = _decode(body, encoding)
+    return Page(None, _tidy(text if text is not None else body.decode("utf-8", errors="replace")))
 
 
 def _html(body: bytes, url: str | None, encoding: str | None) -> Page:

@@ -32,7 +32,13 @@ class Fence:
         )
 
     def clean(self, text: str) -> str:
-        return self._nonce.sub("", strip_invisible(text))
+        text = strip_invisible(text)
+        # Repeat: removing one copy from "ab<nonce>cd" where "abcd" is the nonce would join a new one.
+        while True:
+            cleaned = self._nonce.sub("", text)
+            if cleaned == text:
+                return cleaned
+            text = cleaned
 
     def wrap(self, text: str, **attributes: str) -> str:
         attrs = "".join(f' {k}="{_attribute(self.clean(v))}"' for k, v in attributes.items())

@@ -15,6 +15,8 @@ from its own network position, so every URL is treated as an SSRF attempt until 
 
 from __future__ import annotations
 
+import http.cookiejar
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -39,6 +41,7 @@ TEXT_TYPES = (
     "text/markdown",
 )
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_TOKEN = re.compile(r"[^a-z0-9.+/-]")
 
 
 class FetchRefused(Exception):
@@ -154,6 +157,9 @@ class Fetcher:
             transport=_GuardedTransport(network, max_connections=16),
             trust_env=False,
             follow_redirects=False,
+            # No cookies kept: one client serves every run and every user, and a cookie one page set must not
+            # ride along on another run's fetch (a credential, and a way to track across users).
+            cookies=http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
             timeout=httpx2.Timeout(connect=connect_timeout_s, read=deadline_s, write=10, pool=connect_timeout_s),
             headers={"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate", "Accept": ", ".join(TEXT_TYPES)},
         )
@@ -200,8 +206,11 @@ class Fetcher:
         for _ in range(self.max_redirects + 1):
             async with self._client.stream("GET", current) as response:
                 if response.status_code in REDIRECTS and "location" in response.headers:
-                    target = current.join(response.headers["location"])
-                    current = self.check_url(str(target))
+                    try:
+                        target = str(current.join(response.headers["location"]))
+                    except httpx2.InvalidURL:
+                        raise FetchRefused("refused: the page redirected to an invalid URL") from None
+                    current = self.check_url(target)
                     continue
                 return await self._read(str(current), response)
         raise FetchRefused(f"refused: more than {self.max_redirects} redirects")
@@ -209,7 +218,9 @@ class Fetcher:
     async def _read(self, url: str, response: httpx2.Response) -> Fetched:
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in TEXT_TYPES:
-            raise FetchRefused(f"refused: content type {content_type or 'none'} is not text this tool reads")
+            # The header is the site's to write: only a token-shaped, short version reaches the model.
+            shown = _TOKEN.sub("", content_type)[:60] or "none"
+            raise FetchRefused(f"refused: content type {shown} is not text this tool reads")
         length = response.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             raise FetchRefused(f"refused: the page is {int(length):,} bytes, over the {self.max_bytes:,}-byte cap")

