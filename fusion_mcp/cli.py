@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         "--analysis-only", action="store_true", help="skip the analyst's final answer; print the analysis only"
     )
     commands.add_parser(
-        "doctor", parents=[common], help="check key, provider, model ids and cache before spending anything"
+        "doctor", parents=[common], help="check key, provider, model ids, web tools and cache before spending anything"
     )
 
     runs = commands.add_parser("runs", parents=[common], help="list recent runs, or show one (runs show ID)")
