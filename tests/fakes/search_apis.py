@@ -7,17 +7,15 @@ the way the real services check them; every request is recorded for assertions.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 BRAVE_KEY = "BSA-test-key-0123456789-do-not-leak"
 TAVILY_KEY = "tvly-test-key-0123456789-do-not-leak"
@@ -45,23 +43,14 @@ class SearchApis:
             Route("/brave/res/v1/web/search", self._brave, methods=["GET"]),
             Route("/tavily/search", self._tavily, methods=["POST"]),
         ]
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.bind(("127.0.0.1", 0))
-        self.base = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), log_level="error", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self._http = LoopbackServer(Starlette(routes=routes))
+        self.base = f"http://127.0.0.1:{self._http.port}"
 
     def reset(self) -> None:
         self.hits, self.fail_next, self.fail_status, self.raw, self.seen = [], 0, 503, None, []
 
     def close(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
+        self._http.close()
 
     def _record(self, backend: str, request: Request, query: str, count: Any) -> Response | None:
         self.seen.append(Seen(backend, query, int(count) if count is not None else None, dict(request.headers)))

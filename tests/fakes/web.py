@@ -15,15 +15,15 @@ import socket
 import socketserver
 import ssl
 import threading
-import time
 from typing import Any
 
 import httpcore2
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 PUBLIC_SITE = "93.184.216.34"
 """The address the fake resolver gives ``example.test``: public, so the guard lets it through."""
@@ -144,20 +144,11 @@ class Site:
             Route("/echo-cookie", lambda r: PlainTextResponse(f"cookie header: {r.headers.get('cookie', 'none')}")),
             Route("/missing", lambda r: Response("<html><body>gone</body></html>", 404, media_type="text/html")),
         ]
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), log_level="error", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self._http = LoopbackServer(Starlette(routes=routes))
+        self.port = self._http.port
 
     def close(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
+        self._http.close()
 
     async def _evil_type(self, request: Request) -> Response:
         response = Response(b"x")
@@ -203,16 +194,8 @@ class TlsSite:
         self._files = [cert.cert_chain_pems[0].tempfile(), cert.private_key_pem.tempfile()]
         certfile, keyfile = (f.__enter__() for f in self._files)
         app = Starlette(routes=[Route("/page", lambda r: PlainTextResponse("hello over TLS"))])
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="error", lifespan="off", ssl_certfile=certfile, ssl_keyfile=keyfile)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self._http = LoopbackServer(app, ssl_certfile=certfile, ssl_keyfile=keyfile)
+        self.port = self._http.port
 
     def trusting_context(self) -> ssl.SSLContext:
         """A client context that trusts this site's CA (and nothing else), host names checked."""
@@ -231,9 +214,7 @@ class TlsSite:
         return connect
 
     def close(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
+        self._http.close()
         for f in self._files:
             f.__exit__(None, None, None)
 
