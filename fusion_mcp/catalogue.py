@@ -176,14 +176,25 @@ async def check_request(
 
 
 async def without_tools(client: CatalogueClient, models: tuple[str, ...]) -> tuple[str, ...]:
-    """The models the catalogue says cannot call tools (a catalogue that lists no parameters says nothing).
-
-    Sending ``tools`` to such a model fails the request (OpenRouter finds no endpoint for it), so these
-    members answer without web tools instead.
-    """
+    """The models the catalogue says cannot call tools (a catalogue that lists no parameters says nothing)."""
     found = []
     for model in dict.fromkeys(models):
         _, info, _ = await client.lookup(model)
         if info is not None and info.supported_parameters and "tools" not in info.supported_parameters:
             found.append(model)
     return tuple(found)
+
+
+async def mark_tool_support(client: CatalogueClient, request: FusionRequest) -> FusionRequest:
+    """``request`` with ``no_tools`` filled in when web tools are on.
+
+    Sending ``tools`` to a model without tool support fails the request (OpenRouter finds no endpoint for
+    it), so those members, or the analyst, answer without web tools instead.
+    """
+    if request.web_tools == "off":
+        return request
+    no_tools = await without_tools(client, (*request.analysis_models, request.model))
+    if not no_tools:
+        return request
+    log.info("%s cannot call tools and will answer without the web", ", ".join(no_tools))
+    return request.model_copy(update={"no_tools": no_tools})

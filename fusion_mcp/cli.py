@@ -15,7 +15,7 @@ from datetime import datetime
 
 import anyio
 
-from .catalogue import CatalogueClient, without_tools
+from .catalogue import CatalogueClient, mark_tool_support
 from .config import MAX_TOOL_CALLS, ConfigError, Settings, load_settings
 from .http_app import check_bind, serve_http
 from .models import FusionResult
@@ -196,10 +196,7 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
                     live.draw()
                     tg.start_soon(live.tick)
                 provider = Provider(http, settings)
-                if request.web_tools != "off":
-                    models = (*request.analysis_models, request.model)
-                    no_tools = await without_tools(CatalogueClient(http, settings), models)
-                    request = request.model_copy(update={"no_tools": no_tools})
+                request = await mark_tool_support(CatalogueClient(http, settings), request)
                 result = await fuse(request, provider, store, settings, run_id=run_id, on_event=progress, web=web)
                 tg.cancel_scope.cancel()
         finally:

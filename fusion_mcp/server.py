@@ -26,7 +26,7 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .catalogue import CatalogueClient, check_request, without_tools
+from .catalogue import CatalogueClient, check_request, mark_tool_support
 from .config import MAX_PANEL, MAX_TOOL_CALLS, PRESETS, Settings, check_model_id, check_model_ids
 from .errors import redact
 from .models import FailureReason, FusionRequest, FusionResult
@@ -312,11 +312,7 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
         if refused is not None:
             log.info("run %s refused before spending: %s", run_id, refused[1])
             return as_tool_result(error_result(run_id, refused[0], refused[1]))  # type: ignore[arg-type]
-        if request.web_tools != "off":
-            no_tools = await without_tools(state["catalogue"], (*request.analysis_models, request.model))
-            if no_tools:
-                log.info("run %s: %s cannot call tools and will answer without the web", run_id, ", ".join(no_tools))
-                request = request.model_copy(update={"no_tools": no_tools})
+        request = await mark_tool_support(state["catalogue"], request)
 
         queued_at = anyio.current_time()
         if not await _acquire(limiter, settings.queue_timeout_s):

@@ -21,7 +21,7 @@ from fusion_mcp.store import cache_key
 from fusion_mcp.web.extract import INVISIBLE
 from fusion_mcp.web.fence import Fence
 from fusion_mcp.web.fetch import Network
-from fusion_mcp.web.search import DDGS, Hit, Search, SearchUnavailable, make_search
+from fusion_mcp.web.search import DDGS, Hit, Search, SearchUnavailable, SearXNG, make_search
 from fusion_mcp.web.tools import RunWeb, normalise_url, open_web_tools, urls_in
 from tests.conftest import sim_env
 from tests.fakes.ddg import ddg_fake
@@ -341,3 +341,30 @@ async def test_html_past_the_extraction_cap_is_read_in_part_and_says_so(run: Run
     last = await toolbox.call("web_fetch", json.dumps({"url": "http://example.test/huge", "start": total - 200}))
     assert "Paragraph 1 explains" in first
     assert "bytes of HTML; only the first 1,000,000 were read]" in last
+
+
+async def test_search_failures_and_empty_answers_have_exact_results(run: RunWeb, apis: SearchApis) -> None:
+    toolbox = run.toolbox("q")
+    apis.hits = []
+    assert await toolbox.call("web_search", '{"query": "nothing matches"}') == "no results for 'nothing matches'"
+    apis.raw = b"[1, 2]"
+    run.tools.search = Search(run.tools.search.backend, retry_delay_s=0.01)
+    assert await toolbox.call("web_search", '{"query": "array"}') == (
+        "search unavailable, try again later (searxng answered with JSON that is not an object)"
+    )
+    async with httpx2.AsyncClient() as http:
+        unreachable = Search(SearXNG(http, "http://127.0.0.1:9"), retry_delay_s=0.01)
+        with pytest.raises(SearchUnavailable) as caught:
+            await unreachable.search("q", 3)
+    assert str(caught.value) == "searxng could not be reached (ConnectError)"
+
+
+async def test_empty_and_over_cap_pages_say_so(run: RunWeb) -> None:
+    toolbox = run.toolbox("http://example.test/empty http://example.test/big")
+    assert await toolbox.call("web_fetch", '{"url": "http://example.test/empty"}') == (
+        "http://example.test/empty has no readable text (it may need JavaScript, or be empty)"
+    )
+    first = await toolbox.call("web_fetch", '{"url": "http://example.test/big"}')
+    total = int(first.split(" of ", 1)[1].split(";", 1)[0].replace(",", ""))
+    last = await toolbox.call("web_fetch", json.dumps({"url": "http://example.test/big", "start": total - 100}))
+    assert last.split("\n")[-2] == "[the page is longer than 5,242,880 bytes; only its start was read]"

@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 DEFAULT_USAGE = {
     "prompt_tokens": 100,
@@ -79,19 +79,13 @@ class ProviderSim:
         self.disconnects: list[str] = []
         """Models whose request the client abandoned while the simulator was still "thinking"."""
         self._lock = threading.Lock()
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without it
-        # every reused connection stalls 40 ms on delayed ACKs (headers and body are two writes).
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
         self.catalogue: list[dict[str, Any]] | None = None
         """What ``GET /models`` lists (None: the endpoint answers 404, as many local servers do)."""
         self.aliases: dict[str, dict[str, Any]] = {}
         """What ``GET /model/{id}`` resolves (OpenRouter's ``~...-latest`` aliases)."""
         self.valid_key: str | None = None
         """When set, ``GET /key`` answers 401 for any other bearer token."""
-        app = Starlette(
+        self._app = Starlette(
             routes=[
                 Route("/api/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/api/v1/models", self._models, methods=["GET"]),
@@ -99,26 +93,21 @@ class ProviderSim:
                 Route("/api/v1/key", self._key, methods=["GET"]),
             ]
         )
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", access_log=False))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._http: LoopbackServer | None = None
+        self.port = 0
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/v1"
 
     def start(self) -> ProviderSim:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("provider simulator did not start")
-            time.sleep(0.01)
+        self._http = LoopbackServer(self._app, access_log=False)
+        self.port = self._http.port
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
+        if self._http is not None:
+            self._http.close()
 
     def reset(self) -> None:
         with self._lock:

@@ -133,6 +133,7 @@ class Site:
             Route("/second", lambda r: Response(SECOND, media_type="text/html")),
             Route("/long", lambda r: PlainTextResponse(long_text())),
             Route("/heavy", lambda r: Response(self.heavy, media_type="text/html")),
+            Route("/empty", lambda r: Response("<html><body><div></div></body></html>", media_type="text/html")),
             Route("/huge", lambda r: Response(heavy_html(4000), media_type="text/html")),
             Route(
                 "/bogus-charset",
