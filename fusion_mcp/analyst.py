@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from .errors import EmptyAnswer
-from .member import MemberOutcome, ToolBox, run_member
+from .member import MemberOutcome, ToolBox, ToolReporter, run_member
 from .models import (
     Analysis,
     AnalysisError,
@@ -165,6 +164,8 @@ class AnalystOutcome:
     error: AnalysisError | None = None
     final_answer: str | None = None
     final_answer_error: str | None = None
+    """Why the final answer asked for is missing: its request failed (the analysis stands)."""
+    seconds: float = 0.0
     transcript: list[dict[str, Any]] = field(default_factory=list)
     runs: list[MemberOutcome] = field(default_factory=list)
     """Every request the analyst made (analysis, repair, final answer), for usage."""
@@ -180,7 +181,7 @@ async def run_analyst(
     toolbox: ToolBox | None = None,
     extra: dict[str, Any] | None = None,
     fence_note: str | None = None,
-    on_tool: Callable[[str, int, int], Awaitable[None]] | None = None,
+    on_tool: ToolReporter | None = None,
 ) -> AnalystOutcome:
     """Analyse the panel's answers; never raises for upstream or parsing trouble (see ``error``).
 
@@ -253,9 +254,7 @@ async def run_analyst(
     return out
 
 
-def _offset(
-    on_tool: Callable[[str, int, int], Awaitable[None]] | None, used: int, budget: int
-) -> Callable[[str, int, int], Awaitable[None]] | None:
+def _offset(on_tool: ToolReporter | None, used: int, budget: int) -> ToolReporter | None:
     """Report the analyst's calls against its whole budget, not the part left for one request."""
     if on_tool is None:
         return None

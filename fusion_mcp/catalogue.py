@@ -18,6 +18,7 @@ import httpx2
 
 from .config import Settings
 from .models import FusionRequest
+from .provider import auth_headers
 
 log = logging.getLogger(__name__)
 TTL_S = 3600.0
@@ -73,7 +74,7 @@ class CatalogueClient:
     def __init__(self, http: httpx2.AsyncClient, settings: Settings) -> None:
         self._http = http
         self._base = settings.base_url
-        self._headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+        self._headers = auth_headers(settings)
         self._cached: Catalogue | None = None
         self._lock = anyio.Lock()
 
@@ -147,34 +148,6 @@ def estimate_cost(request: FusionRequest, infos: dict[str, ModelInfo]) -> float 
     return total
 
 
-async def check_request(
-    client: CatalogueClient, request: FusionRequest, max_cost_usd: float | None
-) -> tuple[str, str] | None:
-    """Refuse before spending: ("invalid_model" | "cost_limit", message), or None to go ahead."""
-    infos: dict[str, ModelInfo] = {}
-    for model in dict.fromkeys((*request.analysis_models, request.model)):
-        known, info, catalogue = await client.lookup(model)
-        if not known:
-            close = catalogue.closest(model)
-            hint = f"; closest known ids: {', '.join(close)}" if close else ""
-            return "invalid_model", f"unknown model id {model!r}: the provider's catalogue does not list it{hint}"
-        if info is not None:
-            infos[model] = info
-    if max_cost_usd is None:
-        return None
-    estimate = estimate_cost(request, infos)
-    if estimate is None:
-        log.warning("FUSION_MAX_COST_USD is set but the catalogue has no prices for this panel: not enforced")
-        return None
-    if estimate > max_cost_usd:
-        return "cost_limit", (
-            f"estimated worst-case cost ${estimate:.4f} exceeds FUSION_MAX_COST_USD=${max_cost_usd:g} "
-            f"({len(request.analysis_models)} members x {request.max_completion_tokens} tokens + analyst); "
-            "use a cheaper preset or fewer models, or raise the cap"
-        )
-    return None
-
-
 async def without_tools(client: CatalogueClient, models: tuple[str, ...]) -> tuple[str, ...]:
     """The models the catalogue says cannot call tools (a catalogue that lists no parameters says nothing)."""
     found = []
@@ -183,18 +156,3 @@ async def without_tools(client: CatalogueClient, models: tuple[str, ...]) -> tup
         if info is not None and info.supported_parameters and "tools" not in info.supported_parameters:
             found.append(model)
     return tuple(found)
-
-
-async def mark_tool_support(client: CatalogueClient, request: FusionRequest) -> FusionRequest:
-    """``request`` with ``no_tools`` filled in when web tools are on.
-
-    Sending ``tools`` to a model without tool support fails the request (OpenRouter finds no endpoint for
-    it), so those members, or the analyst, answer without web tools instead.
-    """
-    if request.web_tools == "off":
-        return request
-    no_tools = await without_tools(client, (*request.analysis_models, request.model))
-    if not no_tools:
-        return request
-    log.info("%s cannot call tools and will answer without the web", ", ".join(no_tools))
-    return request.model_copy(update={"no_tools": no_tools})

@@ -1,6 +1,7 @@
-"""The ``fusion-mcp`` command: the stdio server (default), ``serve`` and ``ask``.
+"""The ``fusion-mcp`` command: the stdio server (default), ``serve``, ``ask``, ``doctor`` and ``runs``.
 
-Stdout belongs to JSON-RPC when serving stdio, so everything human goes to stderr.
+Stdout belongs to JSON-RPC when serving stdio, so everything human goes to stderr. Only the server
+commands import the MCP SDK: ``ask`` goes through the same request path without it.
 """
 
 from __future__ import annotations
@@ -14,20 +15,28 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import anyio
+from pydantic import ValidationError
 
-from .catalogue import CatalogueClient, mark_tool_support
-from .config import MAX_TOOL_CALLS, ConfigError, Settings, load_settings
-from .http_app import check_bind, serve_http
-from .models import FusionResult
-from .pipeline import ProgressEvent, new_run_id
-from .provider import Provider, new_http_client
+from . import __version__
+from .admission import FusionRefused, argument_rule, prepare
+from .config import ConfigError, Settings, load_settings
+from .limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
+from .models import FusionArgs, FusionResult
+from .progress import ProgressEvent
 from .render import render
-from .server import __version__, build_request, create_server, error_result
-from .service import fuse, open_store
+from .run import new_run_id
+from .service import FusionService, open_store
 from .terminal import LiveProgress
-from .web.tools import open_web_tools
 
 EXIT_CONFIG = 2
+ASK_FLAGS = {
+    "prompt": "PROMPT",
+    "analysis_models": "--models",
+    "model": "--model",
+    "max_tool_calls": "--max-tool-calls",
+    "deadline_s": "--deadline",
+}
+"""The ``ask`` option that carries each call argument, for refusals worded in the command's terms."""
 
 
 class _Redact(logging.Filter):
@@ -86,12 +95,15 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--context", help="supporting material; @FILE reads it from a file")
     ask.add_argument("--models", help="comma-separated panel model ids (default: FUSION_ANALYSIS_MODELS)")
     ask.add_argument("--model", help="analyst model id (default: FUSION_MODEL)")
-    ask.add_argument("--max-tool-calls", type=int, help=f"tool-call budget per model, 1-{MAX_TOOL_CALLS}")
+    ask.add_argument(
+        "--max-tool-calls", type=int, help=f"tool-call budget per model, {MIN_TOOL_CALLS}-{MAX_TOOL_CALLS}"
+    )
     ask.add_argument(
         "--deadline",
         type=float,
         metavar="SECONDS",
-        help="bound the run (default: none; the server uses FUSION_DEADLINE_S)",
+        help=f"bound the run, {MIN_DEADLINE_S:g}-{MAX_DEADLINE_S:g} s "
+        "(default: none; the server uses FUSION_DEADLINE_S)",
     )
     ask.add_argument("--json", action="store_true", help="print the structured result as JSON")
     ask.add_argument(
@@ -124,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             code = anyio.run(_ask, settings, args)
         except KeyboardInterrupt:
-            result = error_result(new_run_id(), "cancelled", "interrupted from the terminal; upstream requests closed")
+            message = "interrupted from the terminal; upstream requests closed"
+            result = FusionResult.failure(new_run_id(), "cancelled", message)
             _print_result(result, args.json)
             code = 130
         raise SystemExit(code)
@@ -133,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "runs":
         raise SystemExit(anyio.run(_runs, settings, args))
     if args.command == "serve" and args.transport == "http":
+        from .http_app import check_bind, serve_http
+
         try:
             check_bind(settings, args.host)
         except ConfigError as exc:
@@ -143,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except KeyboardInterrupt:
             pass
         return
+    from .server import create_server
+
     try:
         anyio.run(create_server(settings).run_stdio_async)
     except KeyboardInterrupt:
@@ -150,8 +167,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
-    from mcp.server.mcpserver.exceptions import ToolError
-
     context = args.context
     if context and context.startswith("@"):
         try:
@@ -159,49 +174,38 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"fusion-mcp: cannot read --context file: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-    models = args.models.split(",") if args.models else None
-    if args.max_tool_calls is not None and not 1 <= args.max_tool_calls <= MAX_TOOL_CALLS:
-        print(f"fusion-mcp: --max-tool-calls must be a whole number from 1 to {MAX_TOOL_CALLS}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        request = build_request(settings, args.prompt, context, models, args.model, args.max_tool_calls)
-    except ToolError as exc:
-        print(f"fusion-mcp: {exc}".replace("argument analysis_models", "--models"), file=sys.stderr)
-        return EXIT_CONFIG
-    if args.deadline is not None and not 1 <= args.deadline <= 3600:
-        print("fusion-mcp: --deadline must be a number of seconds from 1 to 3600", file=sys.stderr)
-        return EXIT_CONFIG
-    # A terminal user can wait: no deadline unless asked for, whatever FUSION_DEADLINE_S says.
-    request = request.model_copy(
-        update={"final_answer": not args.analysis_only, "deadline_s": args.deadline, "analyst_reserve_s": None}
+    call = FusionArgs(
+        prompt=args.prompt,
+        context=context,
+        analysis_models=args.models.split(",") if args.models is not None else None,
+        model=args.model,
+        max_tool_calls=args.max_tool_calls,
+        # With no host model to write the final answer, the analyst writes one (as openrouter/fusion does).
+        final_answer=not args.analysis_only,
+        # A terminal user can wait: no deadline unless asked for, whatever FUSION_DEADLINE_S says.
+        deadline_s=args.deadline,
     )
     run_id = new_run_id()
+    try:
+        request = prepare(call, settings, depth=settings.depth)
+    except FusionRefused as refused:
+        if refused.argument is None:
+            _print_result(refused.result(run_id), args.json)
+            return 1
+        flag = ASK_FLAGS.get(refused.argument, refused.argument)
+        print(f"fusion-mcp: {flag}: must be {argument_rule(refused.argument, refused.detail)}", file=sys.stderr)
+        return EXIT_CONFIG
 
     async def plain(event: ProgressEvent) -> None:
         print(f"[{int(event.progress)}/{event.total}] {event.message}", file=sys.stderr, flush=True)
 
     live = LiveProgress(sys.stderr, request.analysis_models, request.model) if sys.stderr.isatty() else None
-    progress = live.on_event if live is not None else plain
-
-    result: FusionResult
-    if settings.depth >= 1:
-        result = error_result(run_id, "fusion_invocation_capped", "fusion-mcp is running inside a fusion run")
-    elif settings.api_key is None and settings.is_openrouter:
-        result = error_result(run_id, "missing_api_key", "OPENROUTER_API_KEY is not set")
-    else:
-        store = open_store(settings)
-        try:
-            async with new_http_client() as http, open_web_tools(settings) as web, anyio.create_task_group() as tg:
-                if live is not None:
-                    live.draw()
-                    tg.start_soon(live.tick)
-                provider = Provider(http, settings)
-                request = await mark_tool_support(CatalogueClient(http, settings), request)
-                result = await fuse(request, provider, store, settings, run_id=run_id, on_event=progress, web=web)
-                tg.cancel_scope.cancel()
-        finally:
-            if store is not None:
-                store.close()
+    async with FusionService.open(settings) as service, anyio.create_task_group() as tg:
+        if live is not None:
+            live.draw()
+            tg.start_soon(live.tick)
+        result = await service.run(request, run_id=run_id, on_event=live.on_event if live is not None else plain)
+        tg.cancel_scope.cancel()
     _print_result(result, args.json)
     return 0 if result.status == "ok" else 1
 
@@ -224,10 +228,12 @@ async def _runs(settings: Settings, args: argparse.Namespace) -> int:
             if record is None:
                 print(f"fusion-mcp: no run {args.run_id!r} in the history (it may have expired)", file=sys.stderr)
                 return 1
-            if args.json:
-                print(json.dumps(record, indent=2))
-            else:
-                print(render(FusionResult.model_validate(record["result"])))
+            try:
+                shown = render(FusionResult.model_validate(record["result"])) if not args.json else None
+            except ValidationError:
+                shown = None  # recorded by a release with another result shape: the JSON still says it all
+            print(json.dumps(record, indent=2) if shown is None else shown)
+            if shown is not None:
                 print(f"\n(full record with transcripts: fusion-mcp runs show {args.run_id} --json)")
             return 0
         rows = await store.recent(args.limit)

@@ -4,6 +4,9 @@ Every setting has one name, the environment variable's (``FUSION_MODEL``); a TOM
 ``--config PATH`` or ``FUSION_CONFIG`` uses the same keys, in any case. The environment wins over the
 file, the file over the defaults. A bad value raises :class:`ConfigError` with one line that names the
 setting and its rule, so the command line can print it and exit non-zero.
+
+Each setting is declared once, as a field: its type and bounds say the rule, and :func:`rule` turns them
+into the sentence every error uses. Only rules no type can state (URLs, lists) are written as prose.
 """
 
 from __future__ import annotations
@@ -11,15 +14,24 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+
+from .limits import MAX_COMPLETION_TOKENS, MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
+from .model_ids import MODEL_ID_RULE, PANEL_RULE, check_model_id, check_model_ids
+from .models import WebMode
+from .text import number
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+Preset = Literal["quality", "budget", "fast"]
 QUALITY_PANEL = ("~anthropic/claude-opus-latest", "~openai/gpt-latest", "~google/gemini-pro-latest")
-PRESETS: dict[str, tuple[tuple[str, ...], str]] = {
+PRESETS: dict[Preset, tuple[tuple[str, ...], str]] = {
     # OpenRouter's Quality panel: three frontier families, the strongest analyst.
     "quality": (QUALITY_PANEL, "~anthropic/claude-opus-latest"),
     # Small models of the same three families cost a fraction; a frontier analyst still does the comparing,
@@ -31,84 +43,33 @@ PRESETS: dict[str, tuple[tuple[str, ...], str]] = {
     # Latency-homogeneous: two fast models (a run waits for its slowest member) and a fast strong analyst.
     "fast": (("~google/gemini-flash-latest", "~anthropic/claude-haiku-latest"), "~anthropic/claude-sonnet-latest"),
 }
-MAX_PANEL = 8
-MAX_TOOL_CALLS = 16
-
-# One rule per setting, said the same way wherever a value is refused.
-RULES: dict[str, str] = {
-    "OPENROUTER_API_KEY": "a non-empty API key",
-    "OPENROUTER_BASE_URL": "an http:// or https:// URL of an OpenAI-compatible API",
-    "FUSION_PRESET": f"one of {', '.join(PRESETS)}",
-    "FUSION_ANALYSIS_MODELS": f"1-{MAX_PANEL} unique model ids, comma-separated",
-    "FUSION_MODEL": "one model id",
-    "FUSION_MAX_TOOL_CALLS": f"a whole number from 1 to {MAX_TOOL_CALLS}",
-    "FUSION_MAX_COMPLETION_TOKENS": "a whole number from 1 to 1000000",
-    "FUSION_ENABLED": "true or false",
-    "FUSION_STREAM": "true or false",
-    "FUSION_TEMPERATURE": "a number from 0 to 2, or empty for the provider's default",
-    "FUSION_DEADLINE_S": "a number of seconds from 1 to 3600",
-    "FUSION_ANALYST_RESERVE_S": "a number of seconds >= 0 and below FUSION_DEADLINE_S, or empty for the default",
-    "FUSION_DEPTH": "a whole number >= 0 (set by a parent fusion run)",
-    "FUSION_HOME": "a directory for the cache and run history",
-    "FUSION_CACHE": "on or off",
-    "FUSION_CACHE_TTL_S": "a number of seconds from 0 to 604800",
-    "FUSION_HISTORY_MAX_RUNS": "a whole number of runs from 1 to 1000000",
-    "FUSION_HISTORY_MAX_DAYS": "a number of days from 0.01 to 3650",
-    "FUSION_MAX_OUTPUT_CHARS": "a whole number of characters from 2000 to 1000000",
-    "FUSION_MAX_COST_USD": "a number of US dollars > 0, or empty for no cap",
-    "FUSION_HTTP_TOKEN": "a bearer token of at least 16 characters",
-    "FUSION_ALLOWED_HOSTS": "comma-separated Host values (host or host:port, host:* for any port)",
-    "FUSION_ALLOWED_ORIGINS": "comma-separated origins (scheme://host:port, port may be *)",
-    "FUSION_MAX_CONCURRENT": "a whole number of fusion runs from 1 to 256",
-    "FUSION_QUEUE_TIMEOUT_S": "a number of seconds from 0 to 600",
-    "FUSION_APP_URL": "an http:// or https:// URL sent as HTTP-Referer",
-    "FUSION_APP_TITLE": "a short name sent as X-OpenRouter-Title",
-    "FUSION_LOG_LEVEL": "one of DEBUG, INFO, WARNING, ERROR",
-    "FUSION_WEB_TOOLS": "one of auto, openrouter, local, off",
-    "FUSION_SEARCH": "one of auto, searxng, brave, tavily, ddgs (the chosen one must be configured)",
-    "FUSION_SEARXNG_URL": "the http:// or https:// base URL of a SearXNG instance with JSON output enabled",
-    "BRAVE_API_KEY": "a non-empty Brave Search API key",
-    "TAVILY_API_KEY": "a non-empty Tavily API key",
-    "FUSION_BRAVE_URL": "the http:// or https:// URL of Brave's web search endpoint",
-    "FUSION_TAVILY_URL": "the http:// or https:// URL of Tavily's search endpoint",
-    "FUSION_FETCH_ANY_URL": "true or false",
-    "FUSION_FETCH_PORTS": "comma-separated TCP ports from 1 to 65535",
-    "FUSION_FETCH_MAX_CHARS": "a whole number of characters from 1000 to 200000",
-    "FUSION_WEB_MAX_CHARS": "a whole number of characters from 10000 to 10000000",
-}
-SECRET_SETTINGS = frozenset({"OPENROUTER_API_KEY", "FUSION_HTTP_TOKEN", "BRAVE_API_KEY", "TAVILY_API_KEY"})
-WEB_MODES = ("auto", "openrouter", "local", "off")
-SEARCH_BACKENDS = ("auto", "searxng", "brave", "tavily", "ddgs")
+WebTools = Literal["auto", "openrouter", "local", "off"]
+SearchBackend = Literal["auto", "searxng", "brave", "tavily", "ddgs"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+_URL_RULE = "an http:// or https:// URL"
 
 
 class ConfigError(ValueError):
     """A setting is missing or breaks its rule; ``str()`` is one line that names it."""
 
 
-def check_model_ids(value: Any) -> tuple[str, ...]:
-    """Validate a panel: 1-8 unique, non-blank model ids, from a list or a comma-separated string."""
-    if isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, list | tuple):
-        raise ValueError("not a list of model ids")
-    ids = tuple(check_model_id(v) for v in value)
-    if not 1 <= len(ids) <= MAX_PANEL:
-        raise ValueError(f"{len(ids)} model ids given")
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"{', '.join(duplicates)} appears more than once")
-    return ids
+def setting(
+    default: Any,
+    name: str,
+    *,
+    rule: str | None = None,
+    unit: str | None = None,
+    empty: str | None = None,
+    **bounds: Any,
+) -> Any:
+    """One setting: its environment name, default and bounds, plus what :func:`rule` needs that they do not say.
 
-
-def check_model_id(value: Any) -> str:
-    """A model id is one non-blank token: ``author/slug``, an alias like ``~openai/gpt-latest``, a local name."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("a model id is empty")
-    value = value.strip()
-    if any(c.isspace() for c in value) or len(value) > 200:
-        raise ValueError(f"{value[:60]!r} is not a model id")
-    return value
+    ``rule`` replaces the derived sentence; ``unit`` names what a number counts ("seconds"); ``empty`` says
+    what leaving an optional setting empty means.
+    """
+    extra = {k: v for k, v in (("rule", rule), ("unit", unit), ("empty", empty)) if v is not None}
+    return Field(default, alias=name, json_schema_extra=extra or None, **bounds)
 
 
 def _check_url(value: str) -> str:
@@ -123,63 +84,93 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
 
-    api_key: SecretStr | None = Field(None, alias="OPENROUTER_API_KEY")
-    base_url: str = Field(OPENROUTER_BASE_URL, alias="OPENROUTER_BASE_URL")
-    preset: str = Field("quality", alias="FUSION_PRESET")
-    configured_panel: tuple[str, ...] | None = Field(None, alias="FUSION_ANALYSIS_MODELS")
-    configured_analyst: str | None = Field(None, alias="FUSION_MODEL")
-    max_tool_calls: int = Field(8, ge=1, le=MAX_TOOL_CALLS, alias="FUSION_MAX_TOOL_CALLS", strict=False)
-    max_completion_tokens: int = Field(16000, ge=1, le=1_000_000, alias="FUSION_MAX_COMPLETION_TOKENS")
-    enabled: bool = Field(True, alias="FUSION_ENABLED")
-    stream: bool = Field(True, alias="FUSION_STREAM")
-    temperature: float | None = Field(None, ge=0, le=2, alias="FUSION_TEMPERATURE")
-    deadline_s: float = Field(55.0, ge=1, le=3600, alias="FUSION_DEADLINE_S")
-    analyst_reserve_s: float | None = Field(None, ge=0, alias="FUSION_ANALYST_RESERVE_S")
-    depth: int = Field(0, ge=0, alias="FUSION_DEPTH")
-    home: Path | None = Field(None, alias="FUSION_HOME")
-    cache: bool = Field(True, alias="FUSION_CACHE")
-    cache_ttl_s: float = Field(3600.0, ge=0, le=604800, alias="FUSION_CACHE_TTL_S")
-    history_max_runs: int = Field(1000, ge=1, le=1_000_000, alias="FUSION_HISTORY_MAX_RUNS")
-    history_max_days: float = Field(30.0, ge=0.01, le=3650, alias="FUSION_HISTORY_MAX_DAYS")
-    max_output_chars: int = Field(24000, ge=2000, le=1_000_000, alias="FUSION_MAX_OUTPUT_CHARS")
-    max_cost_usd: float | None = Field(None, gt=0, alias="FUSION_MAX_COST_USD")
-    http_token: SecretStr | None = Field(None, alias="FUSION_HTTP_TOKEN")
-    allowed_hosts: tuple[str, ...] = Field(
-        tuple(f"{h}:*" for h in LOOPBACK_NAMES) + LOOPBACK_NAMES, alias="FUSION_ALLOWED_HOSTS"
+    api_key: SecretStr | None = setting(None, "OPENROUTER_API_KEY", rule="a non-empty API key")
+    base_url: str = setting(OPENROUTER_BASE_URL, "OPENROUTER_BASE_URL", rule=f"{_URL_RULE} of an OpenAI-compatible API")
+    preset: Preset = setting("quality", "FUSION_PRESET")
+    configured_panel: tuple[str, ...] | None = setting(
+        None, "FUSION_ANALYSIS_MODELS", rule=f"{PANEL_RULE}, comma-separated"
     )
-    allowed_origins: tuple[str, ...] = Field(
+    configured_analyst: str | None = setting(None, "FUSION_MODEL", rule=MODEL_ID_RULE)
+    max_tool_calls: int = setting(8, "FUSION_MAX_TOOL_CALLS", ge=MIN_TOOL_CALLS, le=MAX_TOOL_CALLS)
+    max_completion_tokens: int = setting(16000, "FUSION_MAX_COMPLETION_TOKENS", ge=1, le=MAX_COMPLETION_TOKENS)
+    enabled: bool = setting(True, "FUSION_ENABLED")
+    stream: bool = setting(True, "FUSION_STREAM")
+    temperature: float | None = setting(None, "FUSION_TEMPERATURE", ge=0, le=2, empty="the provider's default")
+    deadline_s: float = setting(55.0, "FUSION_DEADLINE_S", ge=MIN_DEADLINE_S, le=MAX_DEADLINE_S, unit="seconds")
+    analyst_reserve_s: float | None = setting(
+        None,
+        "FUSION_ANALYST_RESERVE_S",
+        ge=0,
+        unit="seconds",
+        rule="a number of seconds >= 0 and below FUSION_DEADLINE_S",
+    )
+    depth: int = setting(0, "FUSION_DEPTH", ge=0, rule="a whole number >= 0 (set by a parent fusion run)")
+    home: Path | None = setting(None, "FUSION_HOME", rule="a directory for the cache and run history")
+    cache: bool = setting(True, "FUSION_CACHE", rule="on or off")
+    cache_ttl_s: float = setting(3600.0, "FUSION_CACHE_TTL_S", ge=0, le=604800, unit="seconds")
+    history_max_runs: int = setting(1000, "FUSION_HISTORY_MAX_RUNS", ge=1, le=1_000_000, unit="runs")
+    history_max_days: float = setting(30.0, "FUSION_HISTORY_MAX_DAYS", ge=0.01, le=3650, unit="days")
+    max_output_chars: int = setting(24000, "FUSION_MAX_OUTPUT_CHARS", ge=2000, le=1_000_000, unit="characters")
+    max_cost_usd: float | None = setting(None, "FUSION_MAX_COST_USD", gt=0, unit="US dollars", empty="no cap")
+    http_token: SecretStr | None = setting(None, "FUSION_HTTP_TOKEN", rule="a bearer token of at least 16 characters")
+    allowed_hosts: tuple[str, ...] = setting(
+        tuple(f"{h}:*" for h in LOOPBACK_NAMES) + LOOPBACK_NAMES,
+        "FUSION_ALLOWED_HOSTS",
+        rule="comma-separated Host values (host or host:port, host:* for any port)",
+    )
+    allowed_origins: tuple[str, ...] = setting(
         tuple(f"{scheme}://{h}:*" for scheme in ("http", "https") for h in LOOPBACK_NAMES),
-        alias="FUSION_ALLOWED_ORIGINS",
+        "FUSION_ALLOWED_ORIGINS",
+        rule="comma-separated origins (scheme://host:port, port may be *)",
     )
-    max_concurrent: int = Field(8, ge=1, le=256, alias="FUSION_MAX_CONCURRENT")
-    queue_timeout_s: float = Field(10.0, ge=0, le=600, alias="FUSION_QUEUE_TIMEOUT_S")
-    app_url: str = Field("https://pypi.org/project/fusion-mcp/", alias="FUSION_APP_URL")
-    app_title: str = Field("fusion-mcp", min_length=1, max_length=100, alias="FUSION_APP_TITLE")
-    log_level: str = Field("INFO", alias="FUSION_LOG_LEVEL")
-    web_tools: str = Field("auto", alias="FUSION_WEB_TOOLS")
-    searxng_url: str | None = Field(None, alias="FUSION_SEARXNG_URL")
-    brave_api_key: SecretStr | None = Field(None, alias="BRAVE_API_KEY")
-    tavily_api_key: SecretStr | None = Field(None, alias="TAVILY_API_KEY")
-    brave_url: str = Field("https://api.search.brave.com/res/v1/web/search", alias="FUSION_BRAVE_URL")
-    tavily_url: str = Field("https://api.tavily.com/search", alias="FUSION_TAVILY_URL")
-    search: str = Field("auto", alias="FUSION_SEARCH")  # after the backends: its check reads them
-    fetch_any_url: bool = Field(False, alias="FUSION_FETCH_ANY_URL")
-    fetch_ports: tuple[int, ...] = Field((80, 443), alias="FUSION_FETCH_PORTS")
-    fetch_max_chars: int = Field(20000, ge=1000, le=200_000, alias="FUSION_FETCH_MAX_CHARS")
-    web_max_chars: int = Field(400_000, ge=10_000, le=10_000_000, alias="FUSION_WEB_MAX_CHARS")
+    max_concurrent: int = setting(8, "FUSION_MAX_CONCURRENT", ge=1, le=256, unit="fusion runs")
+    queue_timeout_s: float = setting(10.0, "FUSION_QUEUE_TIMEOUT_S", ge=0, le=600, unit="seconds")
+    app_url: str = setting(
+        "https://pypi.org/project/fusion-mcp/", "FUSION_APP_URL", rule=f"{_URL_RULE} sent as HTTP-Referer"
+    )
+    app_title: str = setting(
+        "fusion-mcp", "FUSION_APP_TITLE", min_length=1, max_length=100, rule="a short name sent as X-OpenRouter-Title"
+    )
+    log_level: LogLevel = setting("INFO", "FUSION_LOG_LEVEL")
+    web_tools: WebTools = setting("auto", "FUSION_WEB_TOOLS")
+    searxng_url: str | None = setting(
+        None,
+        "FUSION_SEARXNG_URL",
+        rule="the http:// or https:// base URL of a SearXNG instance with JSON output enabled",
+    )
+    brave_api_key: SecretStr | None = setting(None, "BRAVE_API_KEY", rule="a non-empty Brave Search API key")
+    tavily_api_key: SecretStr | None = setting(None, "TAVILY_API_KEY", rule="a non-empty Tavily API key")
+    brave_url: str = setting(
+        "https://api.search.brave.com/res/v1/web/search", "FUSION_BRAVE_URL", rule=f"{_URL_RULE} of Brave's web search"
+    )
+    tavily_url: str = setting(
+        "https://api.tavily.com/search", "FUSION_TAVILY_URL", rule=f"{_URL_RULE} of Tavily's search"
+    )
+    # After the backends: its check reads them.
+    search: SearchBackend = setting(
+        "auto", "FUSION_SEARCH", rule="one of auto, searxng, brave, tavily, ddgs (the chosen one must be configured)"
+    )
+    fetch_any_url: bool = setting(False, "FUSION_FETCH_ANY_URL")
+    fetch_ports: tuple[int, ...] = setting(
+        (80, 443), "FUSION_FETCH_PORTS", rule="comma-separated TCP ports from 1 to 65535"
+    )
+    fetch_max_chars: int = setting(20000, "FUSION_FETCH_MAX_CHARS", ge=1000, le=200_000, unit="characters")
+    web_max_chars: int = setting(400_000, "FUSION_WEB_MAX_CHARS", ge=10_000, le=10_000_000, unit="characters")
 
     @field_validator("cache", mode="before")
     @classmethod
     def _on_off(cls, v: Any) -> Any:
         return {"on": True, "off": False}.get(v.strip().lower(), v) if isinstance(v, str) else v
 
-    @field_validator("web_tools", "search", mode="before")
+    @field_validator("web_tools", "search", "preset", mode="before")
     @classmethod
-    def _choice(cls, v: Any, info: ValidationInfo) -> str:
-        name = str(v).strip().lower()
-        if name not in (WEB_MODES if info.field_name == "web_tools" else SEARCH_BACKENDS):
-            raise ValueError("unknown choice")
-        return name
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.strip().upper() if isinstance(v, str) else v
 
     @field_validator("fetch_ports", mode="before")
     @classmethod
@@ -200,9 +191,11 @@ class Settings(BaseModel):
             raise ValueError("not configured")
         return v
 
-    @field_validator("api_key", "http_token", "brave_api_key", "tavily_api_key", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _key(cls, v: Any) -> Any:
+    def _key(cls, v: Any, info: ValidationInfo) -> Any:
+        if info.field_name not in SECRET_FIELDS:
+            return v
         if isinstance(v, str) and not v.strip():
             raise ValueError("empty")
         return v.strip() if isinstance(v, str) else v
@@ -240,29 +233,6 @@ class Settings(BaseModel):
     def _analyst(cls, v: Any) -> str:
         return check_model_id(v)
 
-    @field_validator("preset", mode="before")
-    @classmethod
-    def _preset(cls, v: Any) -> str:
-        name = str(v).strip().lower()
-        if name not in PRESETS:
-            raise ValueError("unknown preset")
-        return name
-
-    def models_for(self, preset: str | None = None) -> tuple[tuple[str, ...], str]:
-        """(panel, analyst): a call's preset, else FUSION_ANALYSIS_MODELS / FUSION_MODEL, else FUSION_PRESET."""
-        if preset is not None:
-            return PRESETS[preset]
-        panel, analyst = PRESETS[self.preset]
-        return self.configured_panel or panel, self.configured_analyst or analyst
-
-    @property
-    def analysis_models(self) -> tuple[str, ...]:
-        return self.models_for()[0]
-
-    @property
-    def model(self) -> str:
-        return self.models_for()[1]
-
     @field_validator("temperature", "deadline_s", "analyst_reserve_s")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
@@ -278,13 +248,20 @@ class Settings(BaseModel):
             raise ValueError("not below the deadline")
         return v
 
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _level(cls, v: Any) -> str:
-        level = str(v).strip().upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ValueError("unknown level")
-        return level
+    def models_for(self, preset: Preset | None = None) -> tuple[tuple[str, ...], str]:
+        """(panel, analyst): a call's preset, else FUSION_ANALYSIS_MODELS / FUSION_MODEL, else FUSION_PRESET."""
+        if preset is not None:
+            return PRESETS[preset]
+        panel, analyst = PRESETS[self.preset]
+        return self.configured_panel or panel, self.configured_analyst or analyst
+
+    @property
+    def analysis_models(self) -> tuple[str, ...]:
+        return self.models_for()[0]
+
+    @property
+    def model(self) -> str:
+        return self.models_for()[1]
 
     @property
     def is_openrouter(self) -> bool:
@@ -292,18 +269,22 @@ class Settings(BaseModel):
         return self.base_url.startswith("https://openrouter.ai/")
 
     @property
-    def web_mode(self) -> str:
+    def web_mode(self) -> WebMode:
         """The web tools in force: ``auto`` is OpenRouter's server tools on OpenRouter, ours elsewhere."""
         if self.web_tools == "auto":
             return "openrouter" if self.is_openrouter else "local"
         return self.web_tools
 
     @property
-    def search_backend(self) -> str:
+    def search_backend(self) -> SearchBackend:
         """``FUSION_SEARCH``, or the first backend configured (SearXNG, Brave, Tavily), else ddgs."""
         if self.search != "auto":
             return self.search
-        configured = (("searxng", self.searxng_url), ("brave", self.brave_api_key), ("tavily", self.tavily_api_key))
+        configured: tuple[tuple[SearchBackend, object], ...] = (
+            ("searxng", self.searxng_url),
+            ("brave", self.brave_api_key),
+            ("tavily", self.tavily_api_key),
+        )
         for name, value in configured:
             if value is not None:
                 return name
@@ -312,8 +293,55 @@ class Settings(BaseModel):
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in force, for redaction."""
-        values = (self.api_key, self.http_token, self.brave_api_key, self.tavily_api_key)
-        return tuple(s.get_secret_value() for s in values if s is not None)
+        values = (getattr(self, name) for name in SECRET_FIELDS)
+        return tuple(s.get_secret_value() for s in values if isinstance(s, SecretStr))
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return SecretStr in (field.annotation, *get_args(field.annotation))
+
+
+SECRET_FIELDS = frozenset(name for name, f in Settings.model_fields.items() if _is_secret(f))
+"""Settings whose values are secrets: never echoed in an error, redacted from every log, result and record."""
+_BY_NAME: dict[str, tuple[str, FieldInfo]] = {str(f.alias): (n, f) for n, f in Settings.model_fields.items()}
+SETTING_NAMES: tuple[str, ...] = tuple(_BY_NAME)
+"""Every setting's name (its environment variable), in declaration order."""
+assert set(get_args(Preset)) == set(PRESETS), "every preset name needs a panel"
+
+
+def is_secret(name: str) -> bool:
+    return _BY_NAME[name][0] in SECRET_FIELDS
+
+
+def rule(name: str) -> str:
+    """The sentence that says what ``name`` (an environment variable) accepts, from its field's metadata."""
+    field = _BY_NAME[name][1]
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    text = str(extra["rule"]) if "rule" in extra else _derived(field, extra.get("unit"))
+    return f"{text}, or empty for {extra['empty']}" if "empty" in extra else text
+
+
+def _derived(field: FieldInfo, unit: object) -> str:
+    kinds = [a for a in (get_args(field.annotation) or (field.annotation,)) if a is not type(None)]
+    if typing.get_origin(field.annotation) is Literal:
+        kinds = [field.annotation]
+    kind = kinds[0] if len(kinds) == 1 else None
+    if typing.get_origin(kind) is Literal:
+        return f"one of {', '.join(map(str, get_args(kind)))}"
+    if kind is bool:
+        return "true or false"
+    if kind in (int, float):
+        noun = "a whole number" if kind is int else "a number"
+        noun += f" of {unit}" if unit else ""
+        low = next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
+        high = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+        above = next((m.gt for m in field.metadata if isinstance(m, annotated_types.Gt)), None)
+        if low is not None and high is not None:
+            return f"{noun} from {number(low)} to {number(high)}"
+        if above is not None:
+            return f"{noun} > {number(above)}"
+        return f"{noun} >= {number(low)}" if low is not None else noun
+    raise TypeError(f"setting {field.alias} needs a rule: its type {field.annotation} says none")  # pragma: no cover
 
 
 def load_settings(
@@ -323,7 +351,7 @@ def load_settings(
     environ = os.environ if environ is None else environ
     path = config_path if config_path is not None else environ.get("FUSION_CONFIG") or None
     values: dict[str, Any] = _read_toml(Path(path)) if path else {}
-    for name in RULES:
+    for name in SETTING_NAMES:
         raw = environ.get(name)
         # An empty variable means "not set", as a host config often writes "" for an unused key.
         if raw is not None and raw.strip() != "":
@@ -346,8 +374,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in data.items():
         name = key.upper()
-        if name not in RULES:
-            raise ConfigError(f"config file {path}: unknown setting {key!r} (known: {', '.join(RULES)})")
+        if name not in _BY_NAME:
+            raise ConfigError(f"config file {path}: unknown setting {key!r} (known: {', '.join(SETTING_NAMES)})")
         values[name] = value
     return values
 
@@ -355,7 +383,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _first_error(exc: ValidationError, values: Mapping[str, Any]) -> str:
     error = exc.errors()[0]
     name = str(error["loc"][0]) if error["loc"] else "configuration"
-    if name not in RULES:
+    if name not in _BY_NAME:
         return f"invalid configuration: {error['msg']}"
-    shown = "" if name in SECRET_SETTINGS else f"={str(values.get(name))[:80]!r}"
-    return f"invalid setting {name}{shown}: must be {RULES[name]}"
+    shown = "" if is_secret(name) else f"={str(values.get(name))[:80]!r}"
+    return f"invalid setting {name}{shown}: must be {rule(name)}"

@@ -10,7 +10,7 @@ import httpx2
 
 from .catalogue import CatalogueClient, without_tools
 from .config import Settings
-from .provider import new_http_client
+from .provider import auth_headers, new_http_client
 from .service import open_store
 from .store import default_home
 
@@ -45,9 +45,7 @@ async def _key(http: httpx2.AsyncClient, settings: Settings) -> Check:
         return Check("key", True, "no key set (fine for a local server that needs none)")
     try:
         with anyio.fail_after(15):
-            response = await http.get(
-                f"{settings.base_url}/key", headers={"Authorization": f"Bearer {settings.api_key.get_secret_value()}"}
-            )
+            response = await http.get(f"{settings.base_url}/key", headers=auth_headers(settings))
     except (httpx2.HTTPError, TimeoutError) as exc:
         return Check("key", False, f"could not ask {settings.base_url}/key: {type(exc).__name__}", "see 'reach'")
     if response.status_code in (401, 403):

@@ -16,6 +16,9 @@ from .errors import BadResponse, EmptyAnswer, UpstreamError
 from .models import TokenUsage
 from .provider import Completion, Provider
 
+ToolReporter = Callable[[str, int, int], Awaitable[None]]
+"""Told of each tool call as it starts: (tool name, calls used including this one, the budget)."""
+
 BUDGET_SPENT = (
     "The tool budget for this answer is spent. Do not call any more tools: answer now, completely, "
     "with what you already have."
@@ -65,7 +68,7 @@ async def run_member(
     toolbox: ToolBox | None = None,
     stream: bool = True,
     extra: dict[str, Any] | None = None,
-    on_tool: Callable[[str, int, int], Awaitable[None]] | None = None,
+    on_tool: ToolReporter | None = None,
     outcome: MemberOutcome | None = None,
     deadline: float | None = None,
 ) -> MemberOutcome:

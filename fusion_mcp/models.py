@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
+from .limits import MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
+
+RESULT_SCHEMA = 2
+"""Version of :class:`FusionResult`'s shape. Stored results carry it; a stored result of another version
+is never served (bump it whenever a field is added, removed or changes meaning)."""
+
+WebMode = Literal["openrouter", "local", "off"]
 FailureReason = Literal[
+    "invalid_arguments",
     "all_panels_failed",
     "insufficient_credits",
     "rate_limited",
@@ -33,14 +41,33 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FusionArgs(_Model):
+    """One call as a front end received it (tool arguments, ``ask`` flags, a chat request's plugin).
+
+    Nothing here is checked yet: :func:`fusion_mcp.admission.prepare` applies every rule and names the
+    argument that breaks one, the same way for every front end. Unset arguments take the settings'.
+    """
+
+    prompt: str
+    context: str | None = None
+    analysis_models: list[str] | None = None
+    model: str | None = None
+    max_tool_calls: int | None = None
+    preset: str | None = None
+    final_answer: bool = False
+    """Also have the analyst write the final answer (``fusion-mcp ask``; a host model does it otherwise)."""
+    deadline_s: float | None = None
+    """Seconds the run may take; None runs until every member and the analyst are done."""
+
+
 class FusionRequest(_Model):
     """One fusion run, fully resolved: arguments merged with settings, ready for the pipeline."""
 
     prompt: str = Field(min_length=1)
     context: str | None = None
-    analysis_models: tuple[str, ...] = Field(min_length=1, max_length=8)
+    analysis_models: tuple[str, ...] = Field(min_length=1, max_length=MAX_PANEL)
     model: str
-    max_tool_calls: int = Field(ge=1, le=16)
+    max_tool_calls: int = Field(ge=MIN_TOOL_CALLS, le=MAX_TOOL_CALLS)
     max_completion_tokens: int = Field(ge=1)
     temperature: float | None = None
     stream: bool = True
@@ -51,7 +78,7 @@ class FusionRequest(_Model):
     """Seconds kept for the analyst before the deadline; None picks :func:`analyst_reserve`."""
     final_answer: bool = False
     """Also have the analyst write a final answer (``fusion-mcp ask``; the host model does it otherwise)."""
-    web_tools: Literal["openrouter", "local", "off"] = "off"
+    web_tools: WebMode = "off"
     """Which web tools panel and analyst get: OpenRouter's server tools, ours, or none."""
     no_tools: tuple[str, ...] = ()
     """Models the catalogue says cannot call tools: they answer without web tools."""
@@ -151,6 +178,9 @@ class ModelUsage(TokenUsage):
     model: str
     role: Literal["panel", "analyst"]
     requests: int = 0
+    served_by: str | None = None
+    """The concrete model the provider reports having run (an alias such as ``~openai/gpt-latest`` names a
+    dated model there); None when it named none."""
 
 
 class Usage(_Model):
@@ -177,12 +207,19 @@ class FusionResult(_Model):
     sources: list[Source] = Field(default_factory=list)
     analyst_model: str | None = None
     final_answer: str | None = None
+    final_answer_error: str | None = None
+    """Why the final answer asked for is missing (its request failed); the analysis is still there."""
     usage: Usage = Field(default_factory=Usage)
     timings: Timings = Field(default_factory=Timings)
     cached: bool = False
     """Served from the cache: an identical call succeeded within ``FUSION_CACHE_TTL_S``; nothing was sent."""
     error: str | None = None
     failure_reason: FailureReason | None = None
+
+    @classmethod
+    def failure(cls, run_id: str, reason: FailureReason, message: str) -> FusionResult:
+        """An error result with nothing else to report (a refusal before the run, an interruption)."""
+        return cls(status="error", run_id=run_id, error=message, failure_reason=reason)
 
     def to_json(self) -> dict[str, Any]:
         """The wire form: unset top-level optional fields are omitted rather than sent as null."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .models import FusionResult, TokenUsage
+from .text import plural
 
 MIN_SHARE = 400
 """Characters every answer keeps however tight the budget: enough to tell what it says."""
@@ -30,8 +31,7 @@ def _render(result: FusionResult, share: int | None) -> str:
         return "\n".join(lines)
 
     lines: list[str] = []
-    n = len(result.responses)
-    lines.append(f"# Fusion analysis: {n} answer{'s' if n != 1 else ''}, analyst {result.analyst_model}")
+    lines.append(f"# Fusion analysis: {plural(len(result.responses), 'answer')}, analyst {result.analyst_model}")
     if result.analysis is not None:
         a = result.analysis
         lines.append("\n## Consensus")
@@ -54,6 +54,8 @@ def _render(result: FusionResult, share: int | None) -> str:
     if result.final_answer:
         lines.append("\n## Final answer (written by the analyst)\n")
         lines.append(result.final_answer)
+    elif result.final_answer_error:
+        lines.append(f"\n**No final answer**: {result.final_answer_error}. The analysis above stands.")
     lines.append("\n# Panel answers")
     for r in result.responses:
         seconds = result.timings.members.get(r.model)

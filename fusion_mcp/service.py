@@ -1,21 +1,35 @@
-"""One fusion as the tool and ``fusion-mcp ask`` run it: the cache, the run, the record.
+"""The fusion service every front end shares: one per process, from prepared request to recorded result.
 
-Between the MCP layer and the pipeline: it knows the store, not the protocol.
+It owns what lives as long as the process — the provider connection pool, the model catalogue, the web
+tools, the store (cache and run history) and the run slots (``FUSION_MAX_CONCURRENT``) — and runs one call
+the same way whoever asked: :meth:`FusionService.prepare` applies the rules of
+:mod:`~fusion_mcp.admission`, :meth:`FusionService.run` takes a run slot, checks the catalogue, then
+answers from the cache or runs the pipeline and records the run. It knows the store, not the protocol.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx2
 
+from .admission import FusionRefused, check_catalogue, prepare
+from .catalogue import CatalogueClient
 from .config import Settings
-from .models import FusionRequest, FusionResult
-from .pipeline import EventSink, run_fusion
-from .provider import Provider
+from .errors import redact
+from .limits import MAX_PANEL
+from .models import FusionArgs, FusionRequest, FusionResult
+from .pipeline import run_fusion
+from .progress import EventSink
+from .provider import Provider, new_http_client
+from .run import new_run_id
 from .store import Store, cache_key, default_home
-from .web.tools import WebTools
+from .web.fetch import SYSTEM_NETWORK, Network
+from .web.tools import WebTools, open_web_tools
 
 log = logging.getLogger(__name__)
 
@@ -36,36 +50,152 @@ def open_store(settings: Settings) -> Store | None:
         return None
 
 
-async def fuse(
-    request: FusionRequest,
-    provider: Provider,
-    store: Store | None,
-    settings: Settings,
-    *,
-    run_id: str,
-    on_event: EventSink | None = None,
-    web: WebTools | None = None,
-) -> FusionResult:
-    """Answer from the cache when an identical call succeeded recently; otherwise run and record."""
-    key = cache_key(request)
-    if store is not None and settings.cache:
-        hit = await store.cached(key)
-        if hit is not None:
-            log.info("run %s answered from the cache (first run %s)", run_id, hit.run_id)
-            result = hit.model_copy(update={"run_id": run_id, "cached": True})
-            await _record(store, request, result, {"cached_from": [{"run_id": hit.run_id}]})
-            return result
-    transcripts: dict[str, list[dict[str, Any]]] = {}
-    result = await run_fusion(request, provider, on_event=on_event, run_id=run_id, transcripts=transcripts, web=web)
-    spent = result.usage.total.cost
-    if settings.max_cost_usd is not None and spent is not None and spent > settings.max_cost_usd:
-        # The estimate is a worst case, so this means prices or usage differ from the catalogue's.
-        log.warning("run %s cost $%.4f, over FUSION_MAX_COST_USD=$%g", run_id, spent, settings.max_cost_usd)
-    if store is not None:
-        if settings.cache:
-            await store.remember(key, result)
-        await _record(store, request, result, transcripts)
-    return result
+class FusionService:
+    """Runs fusions for every front end of one process; open it with :meth:`open`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx2.AsyncClient,
+        web: WebTools | None,
+        store: Store | None,
+    ) -> None:
+        self.settings = settings
+        self.http = http
+        self.catalogue = CatalogueClient(http, settings)
+        self.web = web
+        self.store = store
+        self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, settings: Settings, network: Network = SYSTEM_NETWORK, *, check_models: bool = False
+    ) -> AsyncIterator[FusionService]:
+        """Open the pool, web tools and store; close them on exit.
+
+        ``check_models`` logs, in the background, the configured model ids the provider does not know
+        (what a long-running server does at start). ``network`` is how web fetches resolve and connect.
+        """
+        store = open_store(settings)
+        # The pool holds a connection for every member and the analyst of every run allowed at once.
+        connections = settings.max_concurrent * (MAX_PANEL + 1)
+        try:
+            async with (
+                new_http_client(max_connections=connections) as http,
+                open_web_tools(settings, network) as web,
+                anyio.create_task_group() as tg,
+            ):
+                service = cls(settings, http, web, store)
+                if check_models:
+                    tg.start_soon(service._check_configured_models)
+                try:
+                    yield service
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            if store is not None:
+                store.close()
+
+    def prepare(self, args: FusionArgs, *, depth: int) -> FusionRequest:
+        """The call's request, or :class:`~fusion_mcp.admission.FusionRefused` (see :func:`admission.prepare`)."""
+        return prepare(args, self.settings, depth=depth)
+
+    async def run(
+        self, request: FusionRequest, *, run_id: str | None = None, on_event: EventSink | None = None
+    ) -> FusionResult:
+        """Run a prepared request within a run slot; every outcome is a result, only cancellation propagates.
+
+        Waits up to ``FUSION_QUEUE_TIMEOUT_S`` for a slot (else ``server_busy``), then checks the catalogue
+        (``invalid_model``, ``cost_limit``). Time spent waiting counts against the request's deadline: the
+        caller's clock started with the call.
+        """
+        run_id = run_id or new_run_id()
+        arrived = anyio.current_time()
+        if not await self._acquire(run_id):
+            return FusionRefused(
+                "server_busy",
+                f"server busy: {self.limiter.borrowed_tokens} fusion runs are in progress (FUSION_MAX_CONCURRENT) "
+                f"and none finished within {self.settings.queue_timeout_s:g} s; try again shortly",
+            ).result(run_id)
+        try:
+            request = await check_catalogue(self.catalogue, request, self.settings.max_cost_usd)
+            result = await self._fuse(_less_waiting(request, anyio.current_time() - arrived), run_id, on_event)
+        except FusionRefused as refused:
+            log.info("run %s refused before spending: %s", run_id, refused.message)
+            return refused.result(run_id)
+        except anyio.get_cancelled_exc_class():
+            log.info("run %s cancelled by the client", run_id)
+            raise
+        except Exception as exc:
+            log.exception("run %s failed unexpectedly", run_id)
+            message = redact(f"unexpected error: {type(exc).__name__}: {exc}", self.settings.secrets)
+            result = FusionRefused("unexpected_error", message).result(run_id)
+        finally:
+            self.limiter.release()
+        log.info("run %s finished: %s in %.1f s", run_id, result.status, result.timings.total)
+        return result
+
+    async def _acquire(self, run_id: str) -> bool:
+        """Take a run slot, waiting up to ``FUSION_QUEUE_TIMEOUT_S``; False when none came free."""
+        try:
+            self.limiter.acquire_nowait()
+            return True
+        except anyio.WouldBlock:
+            log.info("run %s queued: %d fusion runs in progress", run_id, self.limiter.borrowed_tokens)
+        with anyio.move_on_after(self.settings.queue_timeout_s):
+            await self.limiter.acquire()
+            return True
+        log.warning("run %s refused: %d runs in progress", run_id, self.limiter.borrowed_tokens)
+        return False
+
+    async def _fuse(self, request: FusionRequest, run_id: str, on_event: EventSink | None) -> FusionResult:
+        """Answer from the cache when an identical call succeeded recently; otherwise run and record."""
+        store = self.store
+        key = cache_key(request)
+        if store is not None and self.settings.cache:
+            hit = await store.cached(key)
+            if hit is not None:
+                log.info("run %s answered from the cache (first run %s)", run_id, hit.run_id)
+                result = hit.model_copy(update={"run_id": run_id, "cached": True})
+                await _record(store, request, result, {"cached_from": [{"run_id": hit.run_id}]})
+                return result
+        transcripts: dict[str, list[dict[str, Any]]] = {}
+        provider = Provider(self.http, self.settings)
+        result = await run_fusion(
+            request, provider, on_event=on_event, run_id=run_id, transcripts=transcripts, web=self.web
+        )
+        spent, cap = result.usage.total.cost, self.settings.max_cost_usd
+        if cap is not None and spent is not None and spent > cap:
+            # The estimate is a worst case, so this means prices or usage differ from the catalogue's.
+            log.warning("run %s cost $%.4f, over FUSION_MAX_COST_USD=$%g", run_id, spent, cap)
+        if store is not None:
+            if self.settings.cache:
+                await store.remember(key, result)
+            await _record(store, request, result, transcripts)
+        return result
+
+    async def _check_configured_models(self) -> None:
+        """Say in the log which configured model ids the provider does not know."""
+        if self.settings.api_key is None and self.settings.is_openrouter:
+            return
+        for model in dict.fromkeys((*self.settings.analysis_models, self.settings.model)):
+            known, _, found = await self.catalogue.lookup(model)
+            if not known:
+                close = found.closest(model)
+                hint = f" (closest: {', '.join(close)})" if close else ""
+                log.warning("configured model %r is not in the provider's catalogue%s", model, hint)
+
+
+def _less_waiting(request: FusionRequest, waited: float) -> FusionRequest:
+    """``request`` with the time already spent taken off its deadline (and its reserve kept within it)."""
+    if request.deadline_s is None or waited <= 0:
+        return request
+    left = max(1.0, request.deadline_s - waited)
+    reserve = request.analyst_reserve_s
+    return request.model_copy(
+        update={"deadline_s": left, "analyst_reserve_s": None if reserve is None else min(reserve, left / 2)}
+    )
 
 
 async def _record(store: Store, request: FusionRequest, result: FusionResult, transcripts: dict[str, Any]) -> None:

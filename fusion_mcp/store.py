@@ -5,6 +5,10 @@ temperature) within its TTL with the stored result, marked ``cached``, and no up
 successful runs are cached. The history keeps every run's full record — request, result and each model's
 transcript — bounded by count and age, with every secret redacted before it is written.
 
+Stored results carry the version of the result's shape (``RESULT_SCHEMA``), in the cache key and in
+each row: a result of another version, or one that no longer validates, is a cache miss (the row is
+dropped), never an error, so an upgrade cannot break a call.
+
 SQLite calls are short and run in a worker thread so the event loop never waits on the disk.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -20,30 +25,37 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 
 from .errors import redact
-from .models import FusionRequest, FusionResult
+from .models import RESULT_SCHEMA, FusionRequest, FusionResult
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    created REAL NOT NULL,
-    prompt_head TEXT NOT NULL,
-    panel TEXT NOT NULL,
-    status TEXT NOT NULL,
-    cost REAL,
-    seconds REAL NOT NULL,
-    cached INTEGER NOT NULL DEFAULT 0,
-    record TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
-CREATE TABLE IF NOT EXISTS cache (
-    key TEXT PRIMARY KEY,
-    created REAL NOT NULL,
-    result TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS cache_created ON cache(created);
-"""
+log = logging.getLogger(__name__)
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        prompt_head TEXT NOT NULL,
+        panel TEXT NOT NULL,
+        status TEXT NOT NULL,
+        cost REAL,
+        seconds REAL NOT NULL,
+        cached INTEGER NOT NULL DEFAULT 0,
+        record TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS runs_created ON runs(created)",
+    "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, created REAL NOT NULL, result TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS cache_created ON cache(created)",
+)
+"""The first release's tables (``PRAGMA user_version`` 0, which it never set, counts as version 1)."""
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1 -> 2: each stored result says which shape of FusionResult it has.
+    (
+        "ALTER TABLE runs ADD COLUMN schema INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE cache ADD COLUMN schema INTEGER NOT NULL DEFAULT 1",
+    ),
+)
+"""Applied in order, each in one transaction with the version it reaches."""
 
 
 def default_home() -> Path:
@@ -55,6 +67,7 @@ def default_home() -> Path:
 def cache_key(request: FusionRequest) -> str:
     """Everything that changes what a run would answer, and nothing else."""
     material = {
+        "schema": RESULT_SCHEMA,
         "prompt": request.prompt,
         "context": request.context,
         "panel": list(request.analysis_models),
@@ -109,7 +122,7 @@ class Store:
         if self._conn is None:
             self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(SCHEMA)
+            _migrate(self._conn)
         return self._conn
 
     def close(self) -> None:
@@ -126,9 +139,20 @@ class Store:
     def _cached(self, key: str) -> FusionResult | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT result FROM cache WHERE key = ? AND created >= ?", (key, time.time() - self._ttl)
+                "SELECT result, schema FROM cache WHERE key = ? AND created >= ?", (key, time.time() - self._ttl)
             ).fetchone()
-        return FusionResult.model_validate_json(row[0]) if row else None
+        if row is None:
+            return None
+        try:
+            if row[1] != RESULT_SCHEMA:
+                raise ValueError(f"schema {row[1]}, not {RESULT_SCHEMA}")
+            return FusionResult.model_validate_json(row[0])
+        except (ValueError, ValidationError) as exc:
+            # Written by another release: a miss, and the row goes so it is not read again.
+            log.debug("cache entry %s dropped: %s", key[:12], str(exc).splitlines()[0])
+            with self._lock:
+                self._db.execute("DELETE FROM cache WHERE key = ?", (key,))
+            return None
 
     async def remember(self, key: str, result: FusionResult) -> None:
         if not is_complete(result):
@@ -139,7 +163,10 @@ class Store:
         text = redact(result.model_dump_json(), self._secrets)
         now = time.time()
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)", (key, now, text))
+            self._db.execute(
+                "INSERT OR REPLACE INTO cache (key, created, result, schema) VALUES (?, ?, ?, ?)",
+                (key, now, text, RESULT_SCHEMA),
+            )
             self._db.execute("DELETE FROM cache WHERE created < ?", (now - self._ttl,))
             self._db.execute(
                 "DELETE FROM cache WHERE key NOT IN (SELECT key FROM cache ORDER BY created DESC LIMIT ?)",
@@ -157,6 +184,7 @@ class Store:
         self, request: FusionRequest, result: FusionResult, transcripts: dict[str, list[dict[str, Any]]]
     ) -> None:
         record = {
+            "schema": RESULT_SCHEMA,
             "run_id": result.run_id,
             "created": time.time(),
             "request": request.model_dump(mode="json"),
@@ -167,7 +195,8 @@ class Store:
         now = record["created"]
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO runs (run_id, created, prompt_head, panel, status, cost, seconds, cached, "
+                "record, schema) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     result.run_id,
                     now,
@@ -178,6 +207,7 @@ class Store:
                     result.timings.total,
                     int(result.cached),
                     text,
+                    RESULT_SCHEMA,
                 ),
             )
             self._db.execute("DELETE FROM runs WHERE created < ?", (now - self._max_age_s,))
@@ -206,3 +236,25 @@ class Store:
         with self._lock:
             row = self._db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return json.loads(row[0]) if row else None
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the tables, or bring an older database up to this release's version, atomically.
+
+    ``BEGIN IMMEDIATE`` takes the write lock first, so two processes opening one new file do not both
+    migrate it; the version is read again under the lock.
+    """
+    latest = 1 + len(MIGRATIONS)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = max(1, conn.execute("PRAGMA user_version").fetchone()[0])
+        for statement in TABLES:
+            conn.execute(statement)
+        for steps in MIGRATIONS[version - 1 :]:
+            for statement in steps:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {latest}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

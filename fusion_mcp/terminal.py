@@ -11,7 +11,7 @@ from typing import TextIO
 
 import anyio
 
-from .pipeline import ProgressEvent
+from .progress import ProgressEvent
 
 CLEAR = "\x1b[2K"
 
@@ -32,22 +32,22 @@ class LiveProgress:
     async def on_event(self, event: ProgressEvent) -> None:
         model = event.model or ""
         now = time.monotonic() - self._started
-        if event.kind == "tool":
-            # "model: web_search 2/8" -> the tool activity, on the analyst's row once the panel is done
-            row = self._analyst if self._analysing else model
-            self._rows[row] = event.message.rsplit(": ", 1)[-1]
-        elif event.kind == "member_answered":
-            self._rows[model], self._done[model] = "answered", now
-        elif event.kind == "member_failed":
-            self._rows[model], self._done[model] = f"failed: {event.message.split(': ', 1)[-1][:80]}", now
-        elif event.kind == "member_cut":
-            self._rows[model], self._done[model] = "cut off at the deadline", now
-        elif event.kind == "analyst_started":
-            self._analysing = True
-            self._rows[self._analyst] = "comparing the answers"
-        elif event.kind == "analyst_done":
-            self._rows[self._analyst] = event.message
-            self._done[self._analyst] = now
+        match event.kind:
+            case "tool":
+                # Tool activity shows on the analyst's row once the panel is done (it may share a member's id).
+                self._rows[self._analyst if self._analysing else model] = f"{event.tool} {event.used}/{event.budget}"
+            case "member_answered":
+                self._rows[model], self._done[model] = "answered", now
+            case "member_failed":
+                self._rows[model], self._done[model] = f"failed: {(event.error or '')[:80]}", now
+            case "member_cut":
+                self._rows[model], self._done[model] = "cut off at the deadline", now
+            case "analyst_started":
+                self._analysing = True
+                self._rows[self._analyst] = "comparing the answers"
+            case "analyst_done":
+                done = "analysis ready" if event.error is None else f"analysis failed: {event.error[:80]}"
+                self._rows[self._analyst], self._done[self._analyst] = done, now
         self.draw()
 
     def draw(self) -> None:

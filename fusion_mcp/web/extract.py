@@ -16,6 +16,8 @@ from urllib.parse import urljoin
 import lxml.html
 from lxml import etree
 
+from ..text import one_line
+
 INVISIBLE = re.compile(
     "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
     "\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e007f\U000e0100-\U000e01ef]"
@@ -94,7 +96,7 @@ def _html(body: bytes, url: str | None, encoding: str | None) -> Page:
     )
     if not text:
         text = trafilatura.html2txt(tree)
-    title = " ".join(strip_invisible(title).split())[:300] if title else None
+    title = one_line(strip_invisible(title), 300, "") if title else None
     return Page(title or None, _tidy(text or ""), tuple(links))
 
 

@@ -19,7 +19,8 @@ import http.cookiejar
 import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -108,18 +109,91 @@ class GuardedBackend(httpcore2.AsyncNetworkBackend):
         await anyio.sleep(seconds)
 
 
-class _GuardedTransport(httpx2.AsyncHTTPTransport):
+_ERRORS: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
+    # Most specific first: the first match wins.
+    (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
+    (httpcore2.ReadTimeout, httpx2.ReadTimeout),
+    (httpcore2.WriteTimeout, httpx2.WriteTimeout),
+    (httpcore2.PoolTimeout, httpx2.PoolTimeout),
+    (httpcore2.TimeoutException, httpx2.TimeoutException),
+    (httpcore2.ConnectError, httpx2.ConnectError),
+    (httpcore2.ReadError, httpx2.ReadError),
+    (httpcore2.WriteError, httpx2.WriteError),
+    (httpcore2.NetworkError, httpx2.NetworkError),
+    (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
+    (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
+    (httpcore2.ProtocolError, httpx2.ProtocolError),
+    (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
+)
+
+
+@contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    """httpcore2's exceptions as httpx2's, as httpx2's own transport maps them (others pass through)."""
+    try:
+        yield
+    except Exception as exc:
+        for source, target in _ERRORS:
+            if isinstance(exc, source):
+                raise target(str(exc)) from exc
+        raise
+
+
+class _Body(httpx2.AsyncByteStream):
+    def __init__(self, stream: AsyncIterable[bytes]) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _as_httpx_errors():
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class GuardedTransport(httpx2.AsyncBaseTransport):
+    """An httpx2 transport over an httpcore2 pool whose network backend is :class:`GuardedBackend`.
+
+    httpx2's own transport takes no network backend, so this is the small part of it we need, written on
+    the two libraries' public interfaces: no proxy, no retries, HTTP/1.1.
+    """
+
     def __init__(self, network: Network, max_connections: int) -> None:
-        super().__init__(trust_env=False, retries=0)
-        backend = GuardedBackend(network.resolve, network.connect)
-        # httpx2's transport takes no network backend, so its pool is rebuilt with ours (same SSL context).
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=network.ssl_context or self._pool._ssl_context,
+            ssl_context=network.ssl_context or httpx2.create_ssl_context(trust_env=False),
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             retries=0,
-            network_backend=backend,
+            network_backend=GuardedBackend(network.resolve, network.connect),
         )
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        assert isinstance(request.stream, httpx2.AsyncByteStream)
+        url = httpcore2.URL(
+            scheme=request.url.raw_scheme, host=request.url.raw_host, port=request.url.port, target=request.url.raw_path
+        )
+        core = httpcore2.Request(
+            method=request.method,
+            url=url,
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors():
+            response = await self._pool.handle_async_request(core)
+        assert isinstance(response.stream, AsyncIterable)
+        return httpx2.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_Body(response.stream),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
 
 
 @dataclass
@@ -154,7 +228,7 @@ class Fetcher:
         self.deadline_s = deadline_s
         self.max_redirects = max_redirects
         self._client = httpx2.AsyncClient(
-            transport=_GuardedTransport(network, max_connections=16),
+            transport=GuardedTransport(network, max_connections=16),
             trust_env=False,
             follow_redirects=False,
             # No cookies kept: one client serves every run and every user, and a cookie one page set must not

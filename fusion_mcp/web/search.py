@@ -23,6 +23,7 @@ import httpx2
 
 from ..config import Settings
 from ..errors import redact
+from ..text import one_line
 
 log = logging.getLogger(__name__)
 MAX_RESULTS = 10
@@ -135,7 +136,7 @@ class DDGS:
             return client.text(query, max_results=max_results, backend=self._engine)
         except DDGSException as exc:
             # "No results found." is how ddgs reports both an empty answer and a blocked one.
-            raise SearchUnavailable(f"ddgs: {_short(str(exc))}") from None
+            raise SearchUnavailable(f"ddgs: {one_line(str(exc), 200)}") from None
 
 
 class Search:
@@ -257,10 +258,5 @@ def _list(value: Any) -> list[dict[str, Any]]:
 
 
 def _plain(value: Any, limit: int) -> str:
-    text = " ".join(html.unescape(_TAGS.sub("", str(value))).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= 200 else text[:200] + "..."
+    """Markup-free, single-line text of at most ``limit`` characters."""
+    return one_line(html.unescape(_TAGS.sub("", str(value))), limit - 1, "…")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import Source
+from ..text import one_line
 from .extract import strip_invisible
 
 
@@ -36,6 +37,6 @@ def cited_sources(annotations: list[dict[str, Any]]) -> list[Source]:
         url = cited.get("url")
         if isinstance(url, str) and url.startswith(("http://", "https://")) and url not in sources:
             title = cited.get("title")
-            title = " ".join(strip_invisible(title).split())[:300] if isinstance(title, str) else None
+            title = one_line(strip_invisible(title), 300, "") if isinstance(title, str) else None
             sources[url] = Source(url=url, title=title or None)
     return list(sources.values())

@@ -1,0 +1,70 @@
+"""What a run reports while it works: structured :class:`ProgressEvent` values, and their one wording.
+
+The pipeline sends events to an :data:`EventSink`; the MCP layer forwards them as progress notifications
+(``message`` as their text), the terminal draws rows from their fields. Nobody parses the text back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from .text import plural
+
+ProgressKind = Literal[
+    "started", "tool", "member_answered", "member_failed", "member_cut", "analyst_started", "analyst_done"
+]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of a run. ``progress`` rises with every event and reaches ``total`` at the end."""
+
+    kind: ProgressKind
+    progress: float
+    """Whole steps, plus a fraction for each tool call so far (MCP wants every notification to rise)."""
+    total: int
+    elapsed: float
+    """Seconds since the run started."""
+    model: str | None = None
+    """The member or analyst the event is about (``started``: the analyst)."""
+    panel: tuple[str, ...] = ()
+    """The run's panel, in every event."""
+    tool: str | None = None
+    """``tool``: the tool's name; ``used`` of ``budget`` calls are spent, this one included."""
+    used: int = 0
+    budget: int = 0
+    answered: int = 0
+    """``member_answered``: members answered so far; ``analyst_started``: answers to compare."""
+    error: str | None = None
+    """``member_failed`` and a failed ``analyst_done``: what went wrong."""
+    kept: int = 0
+    """``member_cut``: characters of its answer kept."""
+    duration: float = 0.0
+    """``analyst_done``: seconds the analysis took."""
+
+    @property
+    def message(self) -> str:
+        """The event as one line a person reads (the progress notification's text)."""
+        seconds = f"{self.elapsed:.1f} s"
+        match self.kind:
+            case "started":
+                return f"fusion started: panel of {len(self.panel)} ({', '.join(self.panel)}), analyst {self.model}"
+            case "tool":
+                return f"{self.model}: {self.tool} {self.used}/{self.budget}"
+            case "member_answered":
+                return f"{self.answered}/{len(self.panel)} answered: {self.model} in {seconds}"
+            case "member_failed":
+                return f"{self.model} failed after {seconds}: {self.error}"
+            case "member_cut":
+                kept = f"kept {plural(self.kept, 'character')}" if self.kept else "nothing to keep"
+                return f"{self.model} cut off at the deadline after {seconds} ({kept})"
+            case "analyst_started":
+                return f"analyst {self.model} is comparing {plural(self.answered, 'answer')}"
+            case "analyst_done":
+                done = "analysis ready" if self.error is None else f"analysis failed: {self.error}"
+                return f"{done} ({self.duration:.1f} s)"
+
+
+EventSink = Callable[[ProgressEvent], Awaitable[None]]
