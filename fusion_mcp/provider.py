@@ -22,6 +22,7 @@ from .config import Settings
 from .errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
 from .models import TokenUsage
 from .text import one_line
+from .tls import default_tls
 
 log = logging.getLogger(__name__)
 DEPTH_HEADER = "x-openrouter-fusion-depth"
@@ -52,6 +53,7 @@ def new_http_client(max_connections: int = 64) -> httpx2.AsyncClient:
         timeout=httpx2.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0),
         limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         follow_redirects=False,
+        verify=default_tls(),
     )
 
 
@@ -246,7 +248,8 @@ async def _sse_events(response: httpx2.Response) -> AsyncIterator[str]:
     """The ``data`` of each event of an SSE stream, through httpx2's parser (multi-line ``data:``, ``event:``,
     ``id:``, comments, CRLF and events split across reads are its business), within the size cap.
 
-    Comment lines (``: OPENROUTER PROCESSING``) are keep-alives and never become events.
+    Comment lines (``: OPENROUTER PROCESSING``) are keep-alives and never become events; an event with no
+    data (a lone ``retry:`` or ``id:``) carries nothing for us and is skipped, as the SSE standard says.
     """
     size = 0
     try:
@@ -255,7 +258,8 @@ async def _sse_events(response: httpx2.Response) -> AsyncIterator[str]:
             size += len(event.data)
             if max(size, response.num_bytes_downloaded) > MAX_RESPONSE_BYTES:
                 raise BadResponse(f"the stream was longer than {MAX_RESPONSE_BYTES // 2**20} MiB and was cut")
-            yield event.data
+            if event.data:
+                yield event.data
     except httpx2.SSEError as exc:
         raise BadResponse(f"the stream broke the SSE format: {one_line(str(exc), 200)}") from None
 

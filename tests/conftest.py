@@ -6,6 +6,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,3 +116,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def _http_server(_sim: ProviderSim) -> Iterator[Any]:
+    from tests import servers  # it imports this module's helpers
+
+    with servers.http_server(sim_env(_sim)) as running:
+        yield running
+
+
+@pytest.fixture
+def http_server(sim: ProviderSim, _http_server: Any) -> Iterator[str]:
+    """The base URL of ``fusion-mcp serve --transport http`` against the simulator.
+
+    One server for the session (starting one costs ~1.5 s); each test checks what the server logged while
+    it ran: never the key, never a traceback.
+    """
+    logged = len(_http_server.stderr)
+    yield _http_server.base
+    new = _http_server.stderr[logged:]
+    assert API_KEY not in new
+    assert "Traceback" not in new, new

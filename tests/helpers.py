@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,14 @@ def text(result: CallToolResult) -> str:
 def dump(result: CallToolResult) -> str:
     """Everything a host could see, for secret checks."""
     return text(result) + json.dumps(result.structured_content or {})
+
+
+def wait_for(predicate: Callable[[], bool], limit_s: float = 10.0) -> None:
+    """Blocking :func:`wait_until`, for tests that drive subprocesses: fails (not carries on) at the limit."""
+    end = time.monotonic() + limit_s
+    while not predicate():
+        assert time.monotonic() < end, f"condition not reached within {limit_s:g} s"
+        time.sleep(0.02)
 
 
 async def wait_until(predicate: Callable[[], bool], limit_s: float = 10.0) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx2
 
@@ -24,36 +26,47 @@ def free_port() -> int:
 class Running:
     base: str
     """``http://127.0.0.1:PORT``; the MCP endpoint is ``base + "/mcp"``."""
-    proc: subprocess.Popen[str]
-    stderr: str = ""
+    proc: subprocess.Popen[bytes]
+    log: Path
+    """Where the server's stderr goes: readable while it runs, so a test shared by many can check its part."""
+    final: str | None = None
+    """Everything it wrote, once it has stopped (the log file is gone by then)."""
+
+    @property
+    def stderr(self) -> str:
+        return self.final if self.final is not None else self.log.read_text(errors="replace")
 
 
 @contextmanager
 def http_server(env: dict[str, str], *args: str, host: str = "127.0.0.1") -> Iterator[Running]:
     port = free_port()
-    with subprocess.Popen(
-        [console_script(), "serve", "--transport", "http", "--host", host, "--port", str(port), *args],
-        env=child_env(**env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        running = Running(f"http://127.0.0.1:{port}", proc)
-        deadline = time.monotonic() + 20
-        while True:
+    with tempfile.TemporaryDirectory(prefix="fusion-http-") as scratch:
+        log = Path(scratch) / "stderr.log"
+        with (
+            log.open("wb") as sink,
+            subprocess.Popen(
+                [console_script(), "serve", "--transport", "http", "--host", host, "--port", str(port), *args],
+                env=child_env(**env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+            ) as proc,
+        ):
+            running = Running(f"http://127.0.0.1:{port}", proc, log)
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if httpx2.get(f"{running.base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError(f"server did not start: {running.stderr}")
+                time.sleep(0.05)
             try:
-                if httpx2.get(f"{running.base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.05)
-        try:
-            yield running
-        finally:
-            proc.terminate()
-            running.stderr = proc.stderr.read() if proc.stderr else ""
-            proc.wait(timeout=15)
+                yield running
+            finally:
+                proc.terminate()
+                proc.wait(timeout=15)
+                running.final = running.stderr

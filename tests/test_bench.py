@@ -20,6 +20,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow  # ~45 s for the five: CI runs them, a developer's default run does not
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_benchmark_runs(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.json"

@@ -130,3 +130,25 @@ def test_doctor_fails_on_a_rejected_key_and_an_unreachable_provider(sim: Provide
     assert out.returncode == 1 and "FAIL key: the key was rejected (HTTP 401)" in out.stdout
     down = doctor(sim, OPENROUTER_BASE_URL="http://127.0.0.1:9/v1")
     assert down.returncode == 1 and "FAIL reach: cannot reach http://127.0.0.1:9/v1" in down.stdout
+
+
+def test_the_worst_case_estimate_counts_every_member_the_analyst_and_its_repair() -> None:
+    from fusion_mcp.catalogue import ModelInfo, estimate_cost
+    from fusion_mcp.models import FusionRequest
+
+    request = FusionRequest(
+        prompt="p" * 2000, analysis_models=("a/x", "b/y"), model="j/z", max_tool_calls=1, max_completion_tokens=1000
+    )
+    infos = {
+        "a/x": ModelInfo("a/x", prompt_price=1e-6, completion_price=2e-6),
+        "b/y": ModelInfo("b/y", prompt_price=3e-6, completion_price=4e-6),
+        "j/z": ModelInfo("j/z", prompt_price=5e-6, completion_price=6e-6),
+    }
+    question = (2000 + 1500) / 3.5  # prompt and system text at 3.5 characters a token
+    members = question * 1e-6 + 1000 * 2e-6 + question * 3e-6 + 1000 * 4e-6
+    analyst = question + 2 * 1000  # it reads the question and both full answers
+    assert estimate_cost(request, infos) == pytest.approx(members + 2 * (analyst * 5e-6 + 1000 * 6e-6))
+    with_answer = request.model_copy(update={"final_answer": True})
+    assert estimate_cost(with_answer, infos) == pytest.approx(members + 3 * (analyst * 5e-6 + 1000 * 6e-6))
+    assert estimate_cost(request, {k: v for k, v in infos.items() if k != "b/y"}) is None
+    assert estimate_cost(request, infos | {"j/z": ModelInfo("j/z")}) is None

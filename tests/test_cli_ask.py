@@ -7,6 +7,7 @@ import subprocess
 
 from tests.conftest import ANALYST, API_KEY, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
+from tests.helpers import wait_for
 
 
 def ask(sim: ProviderSim, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -54,7 +55,6 @@ def test_ask_exits_non_zero_on_an_error_result_and_on_bad_arguments(sim: Provide
 
 def test_ask_interrupted_prints_a_cancelled_result(sim: ProviderSim) -> None:
     import signal
-    import time
 
     for model in PANEL:
         sim.script(model, Reply(latency=30))
@@ -66,16 +66,12 @@ def test_ask_interrupted_prints_a_cancelled_result(sim: ProviderSim) -> None:
         stdin=subprocess.DEVNULL,
         text=True,
     ) as proc:
-        deadline = time.monotonic() + 20
-        while len(sim.requests) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: len(sim.requests) == 3, 20)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 130
     assert json.loads(out)["failure_reason"] == "cancelled"
-    deadline = time.monotonic() + 10
-    while len(sim.disconnects) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: len(sim.disconnects) == 3)
     assert sorted(sim.disconnects) == sorted(PANEL)
 
 

@@ -334,11 +334,11 @@ async def test_truncated_answers_reach_the_analyst_marked_and_the_text_names_the
 
 
 async def test_short_deadline_still_analyses_fast_members(sim: ProviderSim) -> None:
-    """With FUSION_DEADLINE_S=6, members answering within a few seconds reach the analysis."""
-    sim.script(A, Reply(latency=1.5))
-    sim.script(B, Reply(latency=2.5))
+    """With FUSION_DEADLINE_S=3 (the panel gets 2 s), members answering within a second reach the analysis."""
+    sim.script(A, Reply(latency=0.5))
+    sim.script(B, Reply(latency=1.0))
     sim.script(C, Reply(latency=30))
-    server = create_server(load_settings(environ=sim_env(sim, FUSION_DEADLINE_S="6")))
+    server = create_server(load_settings(environ=sim_env(sim, FUSION_DEADLINE_S="3")))
     async with Client(server) as client:
         data = structured(await client.call_tool(TOOL, {"prompt": "q"}))
     assert [r["model"] for r in data["responses"]] == [A, B]

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -141,3 +142,75 @@ async def test_the_text_block_keeps_to_the_output_budget(sim: ProviderSim, tmp_p
     assert rendered.count("more characters trimmed to fit the output budget") == 4
     assert f"fusion://runs/{structured(result)['run_id']}" in rendered
     assert all(len(r["content"]) == 6000 for r in structured(result)["responses"])  # kept whole
+
+
+FIRST_RELEASE_TABLES = """
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, created REAL NOT NULL, prompt_head TEXT NOT NULL, panel TEXT NOT NULL,
+    status TEXT NOT NULL, cost REAL, seconds REAL NOT NULL, cached INTEGER NOT NULL DEFAULT 0, record TEXT NOT NULL);
+CREATE INDEX runs_created ON runs(created);
+CREATE TABLE cache (key TEXT PRIMARY KEY, created REAL NOT NULL, result TEXT NOT NULL);
+CREATE INDEX cache_created ON cache(created);
+"""
+OLDER_RESULT = {
+    # The first release's shape: no served_by in usage rows, and a field this release no longer has.
+    "status": "ok",
+    "run_id": "fus_old",
+    "analysis": {
+        "consensus": ["old"],
+        "contradictions": [],
+        "partial_coverage": [],
+        "unique_insights": [],
+        "blind_spots": [],
+    },
+    "responses": [{"model": "a/x", "content": "an answer from an older release"}],
+    "judge_model": "a/judge",
+}
+
+
+async def test_results_stored_by_another_release_are_misses_never_errors(
+    sim: ProviderSim, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import sqlite3
+    import time
+
+    from fusion_mcp.admission import prepare
+    from fusion_mcp.models import RESULT_SCHEMA, FusionArgs
+    from fusion_mcp.store import cache_key
+
+    settings = load_settings(environ=env(sim, tmp_path))
+    key = cache_key(prepare(FusionArgs(prompt="q", deadline_s=settings.deadline_s), settings, depth=0))
+    # A database the first release wrote (no schema column, no user_version), holding an older result under
+    # this release's key: the upgrade must read it as a miss.
+    with sqlite3.connect(tmp_path / "fusion.sqlite3") as db:
+        db.executescript(FIRST_RELEASE_TABLES)
+        db.execute("INSERT INTO cache VALUES (?, ?, ?)", (key, time.time(), json.dumps(OLDER_RESULT)))
+        record = {"run_id": "fus_old", "result": OLDER_RESULT, "transcripts": {}}
+        db.execute(
+            "INSERT INTO runs VALUES ('fus_old', ?, 'q', 'a/x', 'ok', NULL, 1.0, 0, ?)",
+            (time.time() - 60, json.dumps(record)),
+        )
+    caplog.set_level(logging.DEBUG, logger="fusion_mcp.store")
+    (first,) = await calls(sim, tmp_path, {"prompt": "q"})
+    assert structured(first)["status"] == "ok" and structured(first).get("cached") is not True
+    assert len(sim.requests) == 4
+    assert f"cache entry {key[:12]} dropped: schema 1, not {RESULT_SCHEMA}" in caplog.text
+    # A row of this release's version whose result no longer validates (a hand edit, a downgrade): a miss too.
+    with sqlite3.connect(tmp_path / "fusion.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        db.execute("UPDATE cache SET result = ? WHERE key = ?", (json.dumps(OLDER_RESULT), key))
+    (second,) = await calls(sim, tmp_path, {"prompt": "q"})
+    assert structured(second)["status"] == "ok" and structured(second).get("cached") is not True
+    assert len(sim.requests) == 8
+    assert f"cache entry {key[:12]} dropped: " in caplog.text.split("schema 1, not")[-1]
+    # The run now cached is served again; the older release's run still reads, as a resource and in `runs show`.
+    (third,) = await calls(sim, tmp_path, {"prompt": "q"})
+    assert structured(third)["cached"] is True and len(sim.requests) == 8
+    server = create_server(settings)
+    async with Client(server) as client:
+        old = json.loads((await client.read_resource("fusion://runs/fus_old")).contents[0].text)
+    assert old["result"]["judge_model"] == "a/judge"
+    shown = await anyio.run_process(
+        [console_script(), "runs", "show", "fus_old"], env=child_env(**env(sim, tmp_path)), check=False
+    )
+    assert shown.returncode == 0 and json.loads(shown.stdout)["result"] == OLDER_RESULT

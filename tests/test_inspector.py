@@ -17,7 +17,6 @@ from tests import servers
 from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim
 from tests.helpers import ANALYSIS_KEYS
-from tests.test_server_http import http_server  # noqa: F401 - fixture
 
 INSPECTOR = os.environ.get("FUSION_INSPECTOR", "")
 pytestmark = pytest.mark.inspector
@@ -65,7 +64,7 @@ def test_inspector_calls_the_tool_over_stdio(sim: ProviderSim) -> None:
     assert API_KEY not in json.dumps(result)
 
 
-def test_inspector_over_http_with_and_without_a_depth_header(sim: ProviderSim, http_server: str) -> None:  # noqa: F811
+def test_inspector_over_http_with_and_without_a_depth_header(sim: ProviderSim, http_server: str) -> None:
     url = f"{http_server}/mcp"
     call = [
         "--transport",

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from fusion_mcp.provider import DEPTH_HEADER
-from tests import servers
-from tests.conftest import API_KEY, PANEL, sim_env
+from tests.conftest import API_KEY, PANEL
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.helpers import TOOL, dump, structured
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def http_server(sim: ProviderSim) -> Iterator[str]:
-    with servers.http_server(sim_env(sim)) as running:
-        yield running.base
-    assert API_KEY not in running.stderr
-    assert "Traceback" not in running.stderr, running.stderr
 
 
 def test_healthz_says_only_liveness_and_version(http_server: str) -> None:

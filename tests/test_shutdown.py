@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 
 import anyio
 import pytest
@@ -13,9 +12,8 @@ from mcp.shared.exceptions import MCPError
 
 from tests.conftest import PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import TOOL, wait_until
+from tests.helpers import TOOL, wait_for, wait_until
 from tests.servers import free_port
-from tests.test_server_http import http_server  # noqa: F401 - fixture
 
 BAD_SIGNS = ("Traceback", "unclosed", "Task was destroyed", "never awaited", "Exception ignored")
 INIT = (
@@ -26,13 +24,6 @@ INIT = (
 CALL = (
     '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"openrouter_fusion","arguments":{"prompt":"q"}}}\n'
 )
-
-
-def wait_for(predicate, limit_s: float = 10.0) -> None:
-    end = time.monotonic() + limit_s
-    while not predicate():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_closing_stdin_mid_run_exits_cleanly_and_closes_upstream(sim: ProviderSim) -> None:
@@ -107,7 +98,7 @@ def test_stopping_the_http_server_mid_run_exits_cleanly(sim: ProviderSim) -> Non
 @pytest.mark.anyio
 async def test_cancelling_over_http_mid_panel_closes_every_upstream_request(
     sim: ProviderSim,
-    http_server: str,  # noqa: F811
+    http_server: str,
 ) -> None:
     for model in PANEL:
         sim.script(model, Reply(latency=30))

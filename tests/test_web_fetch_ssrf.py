@@ -11,21 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fusion_mcp.web.fetch import Fetcher, FetchFailed, FetchRefused, Network
-from tests.fakes.web import PUBLIC_SITE, Canary, FakeResolver, Site, TlsSite, router
+from tests.fakes.hostile import HOSTILE
+from tests.fakes.web import NAMES, PUBLIC_SITE, Canary, FakeResolver, Site, TlsSite, router
 
 pytestmark = pytest.mark.anyio
-
-NAMES = {
-    "example.test": [PUBLIC_SITE],
-    "localhost": ["127.0.0.1"],
-    "metadata.google.internal": ["169.254.169.254"],
-    "internal.test": ["10.0.0.5"],
-    "v6-loopback.test": ["::1"],
-    "mapped.test": ["::ffff:10.0.0.5"],
-    "mixed.test": [PUBLIC_SITE, "10.0.0.5"],
-    "rebind.test": [[PUBLIC_SITE], ["127.0.0.1"]],  # public on the first lookup, loopback after
-    "empty.test": [],
-}
 
 
 @pytest.fixture
@@ -34,82 +23,6 @@ async def fetcher(site: Site, canary: Canary) -> AsyncIterator[Fetcher]:
     yield f
     await f.aclose()
     assert canary.connections == 0, "a refused fetch reached the network"
-
-
-HOSTILE = {
-    # loopback in every spelling
-    "http://127.0.0.1/": "address is not public (127.0.0.1)",
-    "http://localhost/": "address is not public (127.0.0.1)",
-    "http://2130706433/": "address is not public (127.0.0.1)",
-    "http://0x7f000001/": "address is not public (127.0.0.1)",
-    "http://0x7f.1/": "address is not public (127.0.0.1)",
-    "http://0177.0.0.1/": "is not a valid URL",  # httpx2's parser already rejects leading-zero octets
-    "http://017700000001/": "address is not public (127.0.0.1)",
-    "http://127.1/": "address is not public (127.0.0.1)",
-    "http://127.0.0.1./": "address is not public (127.0.0.1)",
-    "http://[::1]/": "address is not public",
-    "http://[::ffff:127.0.0.1]/": "carries 127.0.0.1",
-    "http://[::ffff:7f00:1]/": "carries 127.0.0.1",
-    "http://[::127.0.0.1]/": "carries 127.0.0.1",
-    "http://[0:0:0:0:0:ffff:7f00:0001]/": "carries 127.0.0.1",
-    "http://0.0.0.0/": "address is not public (0.0.0.0)",
-    "http://0/": "address is not public (0.0.0.0)",
-    # cloud metadata
-    "http://169.254.169.254/latest/meta-data/": "address is not public (169.254.169.254)",
-    "http://metadata.google.internal/computeMetadata/v1/": "address is not public (169.254.169.254)",
-    "http://100.100.100.200/latest/meta-data/": "address is not public (100.100.100.200)",
-    "http://168.63.129.16/": "address is not public (168.63.129.16)",
-    "http://[fd00:ec2::254]/": "address is not public",
-    # private and reserved ranges
-    "http://10.0.0.1/": "address is not public (10.0.0.1)",
-    "http://172.16.0.1/": "address is not public (172.16.0.1)",
-    "http://172.31.255.255/": "address is not public (172.31.255.255)",
-    "http://192.168.1.1/": "address is not public (192.168.1.1)",
-    "http://100.64.0.1/": "address is not public (100.64.0.1)",
-    "http://192.0.0.192/": "address is not public (192.0.0.192)",
-    "http://198.18.0.1/": "address is not public (198.18.0.1)",
-    "http://224.0.0.1/": "address is not public (224.0.0.1)",
-    "http://240.0.0.1/": "address is not public (240.0.0.1)",
-    "http://255.255.255.255/": "address is not public (255.255.255.255)",
-    "http://[fe80::1]/": "address is not public",
-    "http://[fc00::1]/": "address is not public",
-    "http://[fec0::1]/": "address is not public",
-    "http://[ff02::1]/": "address is not public",
-    "http://[2002:7f00:1::1]/": "carries 127.0.0.1",
-    "http://[64:ff9b::a00:1]/": "carries 10.0.0.1",
-    "http://[64:ff9b:1::a00:1]/": "carries 10.0.0.1",
-    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/": "address is not public",
-    # names that resolve to private addresses, mixed answers, errors
-    "http://internal.test/": "address is not public (10.0.0.5)",
-    "http://v6-loopback.test/": "address is not public",
-    "http://mapped.test/": "carries 10.0.0.5",
-    "http://mixed.test/": "address is not public (10.0.0.5)",
-    "http://no-such-host.test/": "could not be resolved",
-    "http://empty.test/": "has no address",
-    # redirects to private addresses, other schemes, odd ports, userinfo; chains and loops
-    "http://example.test/to-private": "address is not public (127.0.0.1)",
-    "http://example.test/to-metadata": "address is not public (169.254.169.254)",
-    "http://example.test/to-file": "only http and https URLs may be fetched, not file",
-    "http://example.test/to-gopher": "only http and https URLs may be fetched, not gopher",
-    "http://example.test/to-port": "port 6379 is not allowed",
-    "http://example.test/to-userinfo": "URLs with a user name or password are not fetched",
-    "http://example.test/chain/0": "more than 5 redirects",
-    "http://example.test/loop": "more than 5 redirects",
-    # userinfo and fragment tricks, schemes, ports
-    "http://user:pass@example.test/page": "URLs with a user name or password are not fetched",
-    "http://example.test@127.0.0.1/": "URLs with a user name or password are not fetched",
-    "http://127.0.0.1#@example.test/": "address is not public (127.0.0.1)",
-    "http://127.0.0.1\\@example.test/": "",
-    "file:///etc/passwd": "only http and https URLs may be fetched, not file",
-    "ftp://example.test/": "only http and https URLs may be fetched, not ftp",
-    "gopher://example.test:70/": "only http and https URLs may be fetched, not gopher",
-    "data:text/plain,hello": "only http and https URLs may be fetched",
-    "javascript:alert(1)": "only http and https URLs may be fetched",
-    "http://example.test:22/": "port 22 is not allowed",
-    "http://example.test:8080/page": "port 8080 is not allowed",
-    "http://example.test:6379/": "port 6379 is not allowed",
-    "http:///page": "",
-}
 
 
 @pytest.mark.parametrize("url", list(HOSTILE))

@@ -22,9 +22,8 @@ from fusion_mcp.web.fetch import Network
 from tests.conftest import ANALYST, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply, analysis_for, priced, schema_labels
 from tests.fakes.search_apis import TAVILY_KEY, SearchApis
-from tests.fakes.web import Canary, FakeResolver, Site, router
+from tests.fakes.web import NAMES, Canary, FakeResolver, Site, router
 from tests.helpers import TOOL, structured, text
-from tests.test_web_fetch_ssrf import NAMES
 
 pytestmark = pytest.mark.anyio
 READER = PANEL[1]

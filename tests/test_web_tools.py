@@ -25,10 +25,10 @@ from fusion_mcp.web.search import DDGS, Hit, Search, SearchUnavailable, SearXNG,
 from fusion_mcp.web.tools import RunWeb, normalise_url, open_web_tools, urls_in
 from tests.conftest import sim_env
 from tests.fakes.ddg import ddg_fake
+from tests.fakes.hostile import HOSTILE
 from tests.fakes.provider_sim import ProviderSim
 from tests.fakes.search_apis import BRAVE_KEY, TAVILY_KEY, SearchApis
-from tests.fakes.web import Canary, FakeResolver, Site, router
-from tests.test_web_fetch_ssrf import HOSTILE, NAMES
+from tests.fakes.web import NAMES, Canary, FakeResolver, Site, router
 
 pytestmark = pytest.mark.anyio
 ARTICLE = "http://example.test/article"

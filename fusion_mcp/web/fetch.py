@@ -27,6 +27,7 @@ import anyio
 import httpcore2
 import httpx2
 
+from ..tls import default_tls
 from .addresses import refusal
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -163,7 +164,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
 
     def __init__(self, network: Network, max_connections: int) -> None:
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=network.ssl_context or httpx2.create_ssl_context(trust_env=False),
+            ssl_context=network.ssl_context or default_tls(),
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             retries=0,

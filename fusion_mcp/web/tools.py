@@ -27,6 +27,7 @@ import httpx2
 
 from ..config import Settings
 from ..models import Source
+from ..tls import default_tls
 from .extract import Page, strip_invisible, to_text
 from .fence import Fence
 from .fetch import SYSTEM_NETWORK, Fetched, Fetcher, FetchFailed, FetchRefused, Network
@@ -155,7 +156,7 @@ async def open_web_tools(settings: Settings, network: Network = SYSTEM_NETWORK) 
         return
     # The search client is an ordinary one (a configured backend may live on the local network or behind
     # the environment's proxy); only fetches of model-chosen URLs go through the guard.
-    search_http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0), follow_redirects=False)
+    search_http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0), follow_redirects=False, verify=default_tls())
     fetcher = Fetcher(network=network, allowed_ports=settings.fetch_ports)
     try:
         yield WebTools(settings, make_search(settings, search_http), fetcher)

@@ -47,6 +47,9 @@ class Reply:
     retry_after: str | None = None
     raw: bytes | None = None
     """Send these bytes as the body, as is (malformed JSON, HTML...)."""
+    raw_parts: list[bytes] | None = None
+    """Send the body in these pieces, each written and flushed on its own a moment after the last, so the
+    client reads them separately (an SSE event split across reads)."""
     content_type: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     usage: dict[str, Any] | None = field(default_factory=lambda: dict(DEFAULT_USAGE))
@@ -198,6 +201,8 @@ class ProviderSim:
             return Response(content, status_code=reply.status, headers=headers, media_type="application/json")
         if reply.raw is not None:
             return Response(reply.raw, media_type=reply.content_type or "application/json")
+        if reply.raw_parts is not None:
+            return StreamingResponse(_parts(reply.raw_parts), media_type=reply.content_type or "text/event-stream")
         content = reply.content if reply.content is not None else _default_content(model, body)
         concrete = model.lstrip("~").replace("-latest", "-20261101")
         if body.get("stream"):
@@ -272,6 +277,12 @@ def _default_content(model: str, body: dict[str, Any]) -> str:
     if isinstance(body.get("response_format"), dict):
         return json.dumps(analysis_for(schema_labels(body)))
     return f"Answer from {model}: the answer is 42."
+
+
+async def _parts(parts: list[bytes]):
+    for part in parts:
+        yield part
+        await asyncio.sleep(0.005)
 
 
 async def _sse(reply: Reply, model: str, content: str):

@@ -255,3 +255,17 @@ def router(site: Site, canary: Canary) -> Any:
         return await backend.connect_tcp("127.0.0.1", target, timeout=timeout)
 
     return connect
+
+
+# The fake DNS of every web test: names to answers (a list of lists answers differently on each lookup).
+NAMES = {
+    "example.test": [PUBLIC_SITE],
+    "localhost": ["127.0.0.1"],
+    "metadata.google.internal": ["169.254.169.254"],
+    "internal.test": ["10.0.0.5"],
+    "v6-loopback.test": ["::1"],
+    "mapped.test": ["::ffff:10.0.0.5"],
+    "mixed.test": [PUBLIC_SITE, "10.0.0.5"],
+    "rebind.test": [[PUBLIC_SITE], ["127.0.0.1"]],  # public on the first lookup, loopback after
+    "empty.test": [],
+}
