@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DEPTH_HEADER = "x-openrouter-fusion-depth"
 MAX_RETRIES = 2
 MAX_RETRY_AFTER_S = 20.0
+DRAIN_S = 1.0
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 """No honest chat completion is this large; past it the answer is cut and the member fails."""
 
@@ -264,15 +265,28 @@ async def _sse_events(response: httpx2.Response) -> AsyncIterator[str]:
         raise BadResponse(f"the stream broke the SSE format: {one_line(str(exc), 200)}") from None
 
 
+async def _drain(events: AsyncIterator[str]) -> None:
+    """Read what is left of a finished stream (its closing chunk), so the connection goes back to the pool.
+
+    Leaving a response unread closes its connection: every streamed request would then pay a new TCP (and
+    TLS) handshake. A server that keeps the stream open after ``[DONE]`` gets a moment, not more.
+    """
+    with anyio.move_on_after(DRAIN_S):
+        async for _ in events:
+            pass
+
+
 async def _parse_sse(response: httpx2.Response, on_text: TextSink | None, secrets: tuple[str, ...]) -> Completion:
     out = Completion(model="", content="")
     parts: list[str] = []
     calls: dict[int, ToolCall] = {}
     done = False
+    events = _sse_events(response)
     try:
-        async for data in _sse_events(response):
+        async for data in events:
             if data.strip() == "[DONE]":
                 done = True
+                await _drain(events)
                 break
             try:
                 chunk = json.loads(data)

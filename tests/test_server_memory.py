@@ -332,3 +332,16 @@ async def test_older_clients_get_run_events_as_log_messages_at_their_level(
         await client.call_tool(TOOL, {"prompt": "q"})
     assert sorted(lv for lv, _ in got) == sorted(expected)
     assert all(data.startswith("run fus_") for _, data in got)
+
+
+def test_the_one_reach_into_the_sdk_finds_its_low_level_server_or_says_so(sim: ProviderSim) -> None:
+    """If an mcp release moves MCPServer's low-level server, this fails here, not silently in production."""
+    from mcp.server.lowlevel.server import Server
+
+    from fusion_mcp.mcp_logging import lowlevel_server
+
+    server = create_server(load_settings(environ=sim_env(sim)))
+    inner = lowlevel_server(server)
+    assert isinstance(inner, Server) and inner.get_request_handler("logging/setLevel") is not None
+    with pytest.raises(RuntimeError, match="cannot serve logging/setLevel"):
+        lowlevel_server(object())  # type: ignore[arg-type]

@@ -113,3 +113,14 @@ async def test_a_member_streaming_multi_line_events_answers_in_full_through_the_
     async with Client(create_server(load_settings(environ=sim_env(sim)))) as client:
         data = structured(await client.call_tool(TOOL, {"prompt": "q"}))
     assert data["status"] == "ok" and data["responses"][0] == {"model": PANEL[0], "content": "a multi-line answer"}
+
+
+async def test_streamed_requests_reuse_one_connection(sim: ProviderSim, settings: Settings) -> None:
+    """A stream read to its end hands its connection back: no new TCP (and, upstream, TLS) handshake per member."""
+    request = {"model": M, "messages": [{"role": "user", "content": "q"}], "stream": True}
+    async with new_http_client() as http:
+        provider = Provider(http, settings)
+        for _ in range(3):
+            assert (await provider.complete(request)).content == f"Answer from {M}: the answer is 42."
+    peers = {r.peer for r in sim.requests}
+    assert len(sim.requests) == 3 and len(peers) == 1, peers

@@ -70,6 +70,8 @@ class Recorded:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float
+    peer: tuple[str, int] | None = None
+    """The client's address and port: two requests with one peer came over one connection."""
 
 
 Script = list[Reply] | Callable[[dict[str, Any]], Reply]
@@ -185,7 +187,8 @@ class ProviderSim:
             return JSONResponse({"error": {"code": 400, "message": "body is not JSON"}}, status_code=400)
         model = str(body.get("model"))
         with self._lock:
-            self.requests.append(Recorded(model, body, dict(request.headers), time.monotonic()))
+            peer = (request.client.host, request.client.port) if request.client else None
+            self.requests.append(Recorded(model, body, dict(request.headers), time.monotonic(), peer))
         reply = self._next(model, body)
         if reply.latency and not await self._think(request, model, reply.latency):
             return Response(status_code=499)
