@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -47,6 +48,12 @@ WebTools = Literal["auto", "openrouter", "local", "off"]
 SearchBackend = Literal["auto", "searxng", "brave", "tavily", "ddgs"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+LOCAL_PRINCIPAL = "local"
+"""Who calls when no token is asked for: the stdio host, ``ask``, an HTTP client of a server without tokens."""
+DEFAULT_PRINCIPAL = "default"
+"""Who holds ``FUSION_HTTP_TOKEN`` (the one unnamed token)."""
+MIN_TOKEN_CHARS = 16
+_PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _URL_RULE = "an http:// or https:// URL"
 
 
@@ -113,6 +120,12 @@ class Settings(BaseModel):
     max_output_chars: int = setting(24000, "FUSION_MAX_OUTPUT_CHARS", ge=2000, le=1_000_000, unit="characters")
     max_cost_usd: float | None = setting(None, "FUSION_MAX_COST_USD", gt=0, unit="US dollars", empty="no cap")
     http_token: SecretStr | None = setting(None, "FUSION_HTTP_TOKEN", rule="a bearer token of at least 16 characters")
+    http_tokens: dict[str, SecretStr] = setting(
+        {},
+        "FUSION_HTTP_TOKENS",
+        rule="named bearer tokens, NAME:TOKEN[,NAME:TOKEN...] or @FILE with one NAME:TOKEN a line; names of "
+        "letters, digits and . _ - (not 'local' or 'default'), unique; tokens of at least 16 characters, unique",
+    )
     allowed_hosts: tuple[str, ...] = setting(
         tuple(f"{h}:*" for h in LOOPBACK_NAMES) + LOOPBACK_NAMES,
         "FUSION_ALLOWED_HOSTS",
@@ -203,9 +216,14 @@ class Settings(BaseModel):
     @field_validator("http_token")
     @classmethod
     def _long_token(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 16:
+        if v is not None and len(v.get_secret_value()) < MIN_TOKEN_CHARS:
             raise ValueError("too short")
         return v
+
+    @field_validator("http_tokens", mode="before")
+    @classmethod
+    def _named_tokens(cls, v: Any) -> dict[str, str]:
+        return parse_tokens(v)
 
     @field_validator("allowed_hosts", "allowed_origins", mode="before")
     @classmethod
@@ -293,8 +311,49 @@ class Settings(BaseModel):
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in force, for redaction."""
-        values = (getattr(self, name) for name in SECRET_FIELDS)
-        return tuple(s.get_secret_value() for s in values if isinstance(s, SecretStr))
+        found: list[str] = []
+        for name in SECRET_FIELDS:
+            value = getattr(self, name)
+            for secret in value.values() if isinstance(value, dict) else (value,):
+                if isinstance(secret, SecretStr):
+                    found.append(secret.get_secret_value())
+        return tuple(found)
+
+    @property
+    def principals(self) -> dict[str, str]:
+        """Bearer token -> principal name, for every token in force (empty: the HTTP server takes no token)."""
+        tokens = {t.get_secret_value(): name for name, t in self.http_tokens.items()}
+        if self.http_token is not None:
+            tokens[self.http_token.get_secret_value()] = DEFAULT_PRINCIPAL
+        return tokens
+
+
+def parse_tokens(value: Any) -> dict[str, str]:
+    """``FUSION_HTTP_TOKENS``: ``alice:TOKEN1,bob:TOKEN2``, a TOML table, or ``@PATH`` to a file of such lines.
+
+    Raises ``ValueError`` without ever quoting a token.
+    """
+    if isinstance(value, dict):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("@"):
+            try:
+                text = Path(text[1:]).expanduser().read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"cannot read {text[1:]!r} ({type(exc).__name__})") from None
+        entries = [e.strip() for e in re.split(r"[,\n]", text) if e.strip() and not e.strip().startswith("#")]
+        pairs = [(e.partition(":")[0].strip(), e.partition(":")[2].strip()) for e in entries]
+    else:
+        raise ValueError("not a list of NAME:TOKEN")
+    tokens: dict[str, str] = {}
+    for name, token in pairs:
+        if not _PRINCIPAL_NAME.fullmatch(name) or name in (LOCAL_PRINCIPAL, DEFAULT_PRINCIPAL) or name in tokens:
+            raise ValueError(f"bad or repeated principal name {name[:64]!r}")
+        if len(token) < MIN_TOKEN_CHARS or token in tokens.values():
+            raise ValueError(f"the token of {name!r} is shorter than {MIN_TOKEN_CHARS} characters or repeated")
+        tokens[name] = token
+    return tokens
 
 
 def _is_secret(field: FieldInfo) -> bool:

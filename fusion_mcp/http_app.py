@@ -3,6 +3,10 @@
 Order of checks for a request to ``/mcp``: body size (413, before anything is parsed), bearer token
 (401), then the SDK's Host (421) and Origin (403) allow-lists, which we switch on whatever the bind
 address (the SDK leaves them off on 0.0.0.0). ``/healthz`` is open and says only liveness and version.
+
+The token a request presents names its principal (``FUSION_HTTP_TOKENS``; ``default`` for
+``FUSION_HTTP_TOKEN``; ``local`` when the server takes no token). The guard puts the name in the ASGI
+scope under :data:`PRINCIPAL_KEY`, where the handlers read it (:func:`principal_of`); a client cannot set it.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from typing import Any
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .config import ConfigError, Settings
-from .server import create_server
+from .config import LOCAL_PRINCIPAL, ConfigError, Settings
+from .server import PRINCIPAL_KEY, create_server
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
@@ -35,11 +39,11 @@ def is_loopback(host: str) -> bool:
 
 def check_bind(settings: Settings, host: str) -> None:
     """Refuse to listen beyond this machine without a token: anyone reaching the port could spend the key."""
-    if not is_loopback(host) and settings.http_token is None:
+    if not is_loopback(host) and not settings.principals:
         raise ConfigError(
             f"refusing to listen on {host} without FUSION_HTTP_TOKEN: anyone who can reach this port could run "
-            "fusions on your API key. Set FUSION_HTTP_TOKEN (clients send 'Authorization: Bearer <token>') "
-            "or bind 127.0.0.1"
+            "fusions on your API key. Set FUSION_HTTP_TOKEN or FUSION_HTTP_TOKENS (clients send "
+            "'Authorization: Bearer <token>') or bind 127.0.0.1"
         )
 
 
@@ -69,9 +73,9 @@ class Guard:
     stop at once.
     """
 
-    def __init__(self, app: ASGIApp, token: str | None, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, principals: dict[str, str], max_body: int = MAX_BODY_BYTES) -> None:
         self.app = app
-        self.token = token.encode() if token else None
+        self.principals = [(token.encode(), name) for token, name in principals.items()]
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,14 +87,11 @@ class Guard:
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await _refuse(send, 413, f"request body over {self.max_body} bytes")
             return
-        if self.token is not None:
-            given = headers.get(b"authorization", b"")
-            scheme, _, credential = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.token):
-                await _refuse(
-                    send, 401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="fusion-mcp"'}
-                )
-                return
+        principal = self._principal(headers.get(b"authorization", b""))
+        if principal is None:
+            await _refuse(send, 401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="fusion-mcp"'})
+            return
+        scope = dict(scope, **{PRINCIPAL_KEY: principal})
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -115,6 +116,18 @@ class Guard:
             await send(message)
 
         await self.app(scope, _replay(body, after_body), watch)
+
+    def _principal(self, authorization: bytes) -> str | None:
+        """The principal whose token ``authorization`` carries; ``local`` when no token is configured."""
+        if not self.principals:
+            return LOCAL_PRINCIPAL
+        scheme, _, credential = authorization.partition(b" ")
+        found = None
+        # Every token is compared, in constant time, so the timing says nothing about which one nearly matched.
+        for token, name in self.principals:
+            if hmac.compare_digest(credential.strip(), token):
+                found = name
+        return found if scheme.lower() == b"bearer" else None
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body (chunked or not), or None past the cap: it is never handed on in part."""
@@ -188,8 +201,7 @@ def build_app(settings: Settings, *, stateless: bool = False) -> ASGIApp:
         max_request_body_size=MAX_BODY_BYTES,
         transport_security=transport_security(settings),
     )
-    token = settings.http_token.get_secret_value() if settings.http_token else None
-    return Guard(app, token)
+    return Guard(app, settings.principals)
 
 
 async def serve_http(settings: Settings, host: str, port: int, *, stateless: bool = False) -> None:

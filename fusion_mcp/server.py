@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 import anyio
@@ -25,7 +26,7 @@ from starlette.responses import JSONResponse
 
 from . import __version__
 from .admission import ARGUMENT_RULES, FusionRefused
-from .config import Preset, Settings
+from .config import LOCAL_PRINCIPAL, Preset, Settings
 from .limits import MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
 from .mcp_logging import SessionLogLevels
 from .models import FusionArgs, FusionResult
@@ -58,6 +59,27 @@ INSTRUCTIONS = (
 )
 
 
+PRINCIPAL_KEY = "fusion.principal"
+"""Where the HTTP guard puts the caller's principal in the ASGI scope (stdio and in-memory callers are local)."""
+_caller: ContextVar[str] = ContextVar("fusion_caller", default=LOCAL_PRINCIPAL)
+
+
+def principal_of(request: object | None) -> str:
+    """The principal the HTTP guard found for this request; ``local`` without one (stdio, in memory)."""
+    scope = getattr(request, "scope", None)
+    name = scope.get(PRINCIPAL_KEY) if isinstance(scope, Mapping) else None
+    return name if isinstance(name, str) else LOCAL_PRINCIPAL
+
+
+async def _remember_caller(ctx: Any, call_next: Any) -> Any:
+    """Every MCP request runs knowing its caller, including handlers the SDK gives no Context (static resources)."""
+    token = _caller.set(principal_of(ctx.request))
+    try:
+        return await call_next(ctx)
+    finally:
+        _caller.reset(token)
+
+
 class _Running:
     """The service while the server runs; the static resource gets no Context to find it through."""
 
@@ -77,6 +99,7 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
         version=__version__,
         lifespan=_lifespan(settings, network, running),
         log_level=settings.log_level,
+        middleware=[_remember_caller],
     )
     log_levels = SessionLogLevels()
     log_levels.install(server)
@@ -110,22 +133,22 @@ def _add_routes(server: MCPServer[FusionService], running: _Running) -> None:
     @server.resource(
         "fusion://runs",
         name="recent fusion runs",
-        description="The 50 most recent runs: time, prompt head, panel, status, cost, seconds.",
+        description="Your 50 most recent runs: time, prompt head, panel, status, cost, seconds.",
         mime_type="application/json",
     )
     async def recent_runs() -> str:
         store = running.service.store if running.service is not None else None
-        return json.dumps(await store.recent(50) if store else [], indent=1)
+        return json.dumps(await store.recent(50, _caller.get()) if store else [], indent=1)
 
     @server.resource(
         "fusion://runs/{run_id}",
         name="one fusion run",
-        description="A run in full: request, result, every model's transcript with its tool calls.",
+        description="One of your runs in full: request, result, every model's transcript with its tool calls.",
         mime_type="application/json",
     )
     async def one_run(run_id: str, ctx: Context[FusionService]) -> str:
         store = ctx.request_context.lifespan_context.store
-        record = await store.run(run_id) if store else None
+        record = await store.run(run_id, _caller.get()) if store else None
         if record is None:
             raise ResourceError(f"no run {run_id!r} in the history (it may have expired)")
         return json.dumps(record, indent=1)
@@ -184,12 +207,14 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
             preset=preset,
             deadline_s=settings.deadline_s,
         )
+        principal = _caller.get()
         try:
             request = service.prepare(args, depth=incoming_depth(ctx.headers, settings))
         except FusionRefused as refused:
-            log.info("run %s refused: %s", run_id, refused.message)
+            log.info("run %s for %s refused: %s", run_id, principal, refused.message)
             return as_tool_result(refused.result(run_id))
-        result = await service.run(request, run_id=run_id, on_event=_progress(ctx, run_id, log_levels))
+        forward = _progress(ctx, run_id, log_levels)
+        result = await service.run(request, run_id=run_id, on_event=forward, principal=principal)
         return as_tool_result(result, settings.max_output_chars)
 
     return openrouter_fusion

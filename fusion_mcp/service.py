@@ -9,6 +9,7 @@ answers from the cache or runs the pipeline and records the run. It knows the st
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ import httpx2
 
 from .admission import FusionRefused, check_catalogue, prepare
 from .catalogue import CatalogueClient
-from .config import Settings
+from .config import LOCAL_PRINCIPAL, Settings
 from .errors import redact
 from .limits import MAX_PANEL
 from .models import FusionArgs, FusionRequest, FusionResult
@@ -50,6 +51,15 @@ def open_store(settings: Settings) -> Store | None:
         return None
 
 
+def provider_identity(settings: Settings) -> str:
+    """Which provider and account answer: the base URL and a fingerprint of the key (never the key itself).
+
+    A cached result is served only for the same ones: another account may see other models or prices.
+    """
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    return f"{settings.base_url} {hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
 class FusionService:
     """Runs fusions for every front end of one process; open it with :meth:`open`."""
 
@@ -66,6 +76,7 @@ class FusionService:
         self.web = web
         self.store = store
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
+        self._provider_identity = provider_identity(settings)
 
     @classmethod
     @asynccontextmanager
@@ -102,13 +113,19 @@ class FusionService:
         return prepare(args, self.settings, depth=depth)
 
     async def run(
-        self, request: FusionRequest, *, run_id: str | None = None, on_event: EventSink | None = None
+        self,
+        request: FusionRequest,
+        *,
+        run_id: str | None = None,
+        on_event: EventSink | None = None,
+        principal: str = LOCAL_PRINCIPAL,
     ) -> FusionResult:
         """Run a prepared request within a run slot; every outcome is a result, only cancellation propagates.
 
         Waits up to ``FUSION_QUEUE_TIMEOUT_S`` for a slot (else ``server_busy``), then checks the catalogue
         (``invalid_model``, ``cost_limit``). Time spent waiting counts against the request's deadline: the
-        caller's clock started with the call.
+        caller's clock started with the call. ``principal`` owns the run: it is recorded with it, and the
+        cache serves a principal only what was computed for it.
         """
         run_id = run_id or new_run_id()
         arrived = anyio.current_time()
@@ -120,7 +137,8 @@ class FusionService:
             ).result(run_id)
         try:
             request = await check_catalogue(self.catalogue, request, self.settings.max_cost_usd)
-            result = await self._fuse(_less_waiting(request, anyio.current_time() - arrived), run_id, on_event)
+            request = _less_waiting(request, anyio.current_time() - arrived)
+            result = await self._fuse(request, run_id, on_event, principal)
         except FusionRefused as refused:
             log.info("run %s refused before spending: %s", run_id, refused.message)
             return refused.result(run_id)
@@ -133,7 +151,7 @@ class FusionService:
             result = FusionRefused("unexpected_error", message).result(run_id)
         finally:
             self.limiter.release()
-        log.info("run %s finished: %s in %.1f s", run_id, result.status, result.timings.total)
+        log.info("run %s for %s finished: %s in %.1f s", run_id, principal, result.status, result.timings.total)
         return result
 
     async def _acquire(self, run_id: str) -> bool:
@@ -149,16 +167,18 @@ class FusionService:
         log.warning("run %s refused: %d runs in progress", run_id, self.limiter.borrowed_tokens)
         return False
 
-    async def _fuse(self, request: FusionRequest, run_id: str, on_event: EventSink | None) -> FusionResult:
+    async def _fuse(
+        self, request: FusionRequest, run_id: str, on_event: EventSink | None, principal: str
+    ) -> FusionResult:
         """Answer from the cache when an identical call succeeded recently; otherwise run and record."""
         store = self.store
-        key = cache_key(request)
+        key = cache_key(request, principal=principal, provider=self._provider_identity)
         if store is not None and self.settings.cache:
             hit = await store.cached(key)
             if hit is not None:
                 log.info("run %s answered from the cache (first run %s)", run_id, hit.run_id)
                 result = hit.model_copy(update={"run_id": run_id, "cached": True})
-                await _record(store, request, result, {"cached_from": [{"run_id": hit.run_id}]})
+                await _record(store, request, result, {"cached_from": [{"run_id": hit.run_id}]}, principal)
                 return result
         transcripts: dict[str, list[dict[str, Any]]] = {}
         provider = Provider(self.http, self.settings)
@@ -172,7 +192,7 @@ class FusionService:
         if store is not None:
             if self.settings.cache:
                 await store.remember(key, result)
-            await _record(store, request, result, transcripts)
+            await _record(store, request, result, transcripts, principal)
         return result
 
     async def _check_configured_models(self) -> None:
@@ -198,10 +218,12 @@ def _less_waiting(request: FusionRequest, waited: float) -> FusionRequest:
     )
 
 
-async def _record(store: Store, request: FusionRequest, result: FusionResult, transcripts: dict[str, Any]) -> None:
+async def _record(
+    store: Store, request: FusionRequest, result: FusionResult, transcripts: dict[str, Any], principal: str
+) -> None:
     # A full disk must not lose the answer the caller is waiting for.
     with anyio.CancelScope(shield=True):
         try:
-            await store.save_run(request, result, transcripts)
+            await store.save_run(request, result, transcripts, principal)
         except Exception as exc:
             log.warning("run %s not recorded: %s", result.run_id, exc)

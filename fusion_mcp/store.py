@@ -54,6 +54,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN schema INTEGER NOT NULL DEFAULT 1",
         "ALTER TABLE cache ADD COLUMN schema INTEGER NOT NULL DEFAULT 1",
     ),
+    # 2 -> 3: each run belongs to the principal that asked (runs recorded before belong to the local one).
+    (
+        "ALTER TABLE runs ADD COLUMN principal TEXT NOT NULL DEFAULT 'local'",
+        "CREATE INDEX IF NOT EXISTS runs_principal ON runs(principal, created)",
+    ),
 )
 """Applied in order, each in one transaction with the version it reaches."""
 
@@ -64,10 +69,16 @@ def default_home() -> Path:
     return Path(base) / "fusion-mcp"
 
 
-def cache_key(request: FusionRequest) -> str:
-    """Everything that changes what a run would answer, and nothing else."""
+def cache_key(request: FusionRequest, *, principal: str, provider: str) -> str:
+    """Everything that changes what a run would answer or who may see it, and nothing else.
+
+    ``provider`` names the base URL and a fingerprint of the key (another account may see other models);
+    ``principal`` keeps one client's answers from another, and from telling what another asked.
+    """
     material = {
         "schema": RESULT_SCHEMA,
+        "principal": principal,
+        "provider": provider,
         "prompt": request.prompt,
         "context": request.context,
         "panel": list(request.analysis_models),
@@ -176,16 +187,25 @@ class Store:
     # -- history -------------------------------------------------------------------------------------
 
     async def save_run(
-        self, request: FusionRequest, result: FusionResult, transcripts: dict[str, list[dict[str, Any]]]
+        self,
+        request: FusionRequest,
+        result: FusionResult,
+        transcripts: dict[str, list[dict[str, Any]]],
+        principal: str = "local",
     ) -> None:
-        await anyio.to_thread.run_sync(self._save_run, request, result, transcripts)
+        await anyio.to_thread.run_sync(self._save_run, request, result, transcripts, principal)
 
     def _save_run(
-        self, request: FusionRequest, result: FusionResult, transcripts: dict[str, list[dict[str, Any]]]
+        self,
+        request: FusionRequest,
+        result: FusionResult,
+        transcripts: dict[str, list[dict[str, Any]]],
+        principal: str,
     ) -> None:
         record = {
             "schema": RESULT_SCHEMA,
             "run_id": result.run_id,
+            "principal": principal,
             "created": time.time(),
             "request": request.model_dump(mode="json"),
             "result": result.to_json(),
@@ -196,7 +216,7 @@ class Store:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO runs (run_id, created, prompt_head, panel, status, cost, seconds, cached, "
-                "record, schema) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "record, schema, principal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     result.run_id,
                     now,
@@ -208,6 +228,7 @@ class Store:
                     int(result.cached),
                     text,
                     RESULT_SCHEMA,
+                    principal,
                 ),
             )
             self._db.execute("DELETE FROM runs WHERE created < ?", (now - self._max_age_s,))
@@ -216,25 +237,30 @@ class Store:
                 (self._max_runs,),
             )
 
-    async def recent(self, limit: int = 20) -> list[dict[str, Any]]:
-        return await anyio.to_thread.run_sync(self._recent, limit)
+    async def recent(self, limit: int = 20, principal: str | None = None) -> list[dict[str, Any]]:
+        """The latest runs, newest first: ``principal``'s only, or everyone's when None (the operator's view)."""
+        return await anyio.to_thread.run_sync(self._recent, limit, principal)
 
-    def _recent(self, limit: int) -> list[dict[str, Any]]:
+    def _recent(self, limit: int, principal: str | None) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT run_id, created, prompt_head, panel, status, cost, seconds, cached FROM runs "
-                "ORDER BY created DESC LIMIT ?",
-                (limit,),
+                "WHERE ? IS NULL OR principal = ? ORDER BY created DESC LIMIT ?",
+                (principal, principal, limit),
             ).fetchall()
         keys = ("run_id", "created", "prompt_head", "panel", "status", "cost", "seconds", "cached")
         return [dict(zip(keys, row, strict=True)) | {"cached": bool(row[7])} for row in rows]
 
-    async def run(self, run_id: str) -> dict[str, Any] | None:
-        return await anyio.to_thread.run_sync(self._run, run_id)
+    async def run(self, run_id: str, principal: str | None = None) -> dict[str, Any] | None:
+        """One run's record; another principal's run is None, exactly as a run that does not exist."""
+        return await anyio.to_thread.run_sync(self._run, run_id, principal)
 
-    def _run(self, run_id: str) -> dict[str, Any] | None:
+    def _run(self, run_id: str, principal: str | None) -> dict[str, Any] | None:
         with self._lock:
-            row = self._db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT record FROM runs WHERE run_id = ? AND (? IS NULL OR principal = ?)",
+                (run_id, principal, principal),
+            ).fetchone()
         return json.loads(row[0]) if row else None
 
 

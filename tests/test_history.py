@@ -176,10 +176,12 @@ async def test_results_stored_by_another_release_are_misses_never_errors(
 
     from fusion_mcp.admission import prepare
     from fusion_mcp.models import RESULT_SCHEMA, FusionArgs
+    from fusion_mcp.service import provider_identity
     from fusion_mcp.store import cache_key
 
     settings = load_settings(environ=env(sim, tmp_path))
-    key = cache_key(prepare(FusionArgs(prompt="q", deadline_s=settings.deadline_s), settings, depth=0))
+    request = prepare(FusionArgs(prompt="q", deadline_s=settings.deadline_s), settings, depth=0)
+    key = cache_key(request, principal="local", provider=provider_identity(settings))
     # A database the first release wrote (no schema column, no user_version), holding an older result under
     # this release's key: the upgrade must read it as a miss.
     with sqlite3.connect(tmp_path / "fusion.sqlite3") as db:
@@ -197,7 +199,7 @@ async def test_results_stored_by_another_release_are_misses_never_errors(
     assert f"cache entry {key[:12]} dropped: schema 1, not {RESULT_SCHEMA}" in caplog.text
     # A row of this release's version whose result no longer validates (a hand edit, a downgrade): a miss too.
     with sqlite3.connect(tmp_path / "fusion.sqlite3") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         db.execute("UPDATE cache SET result = ? WHERE key = ?", (json.dumps(OLDER_RESULT), key))
     (second,) = await calls(sim, tmp_path, {"prompt": "q"})
     assert structured(second)["status"] == "ok" and structured(second).get("cached") is not True

@@ -279,7 +279,8 @@ async def test_every_hostile_url_is_a_readable_refusal_through_the_tool(
 
 def test_the_web_mode_is_part_of_the_cache_key() -> None:
     base = FusionRequest(prompt="q", analysis_models=("a/b",), model="a/b", max_tool_calls=8, max_completion_tokens=9)
-    keys = {cache_key(base.model_copy(update={"web_tools": mode})) for mode in ("off", "local", "openrouter")}
+    modes = ("off", "local", "openrouter")
+    keys = {cache_key(base.model_copy(update={"web_tools": m}), principal="p", provider="x") for m in modes}
     assert len(keys) == 3
 
 
