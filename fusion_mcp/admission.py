@@ -18,9 +18,11 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from .catalogue import CatalogueClient, ModelInfo, estimate_cost, without_tools
-from .config import PRESETS, Settings
-from .limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
+from .config import PRESETS, Preset, Settings
+from .limits import MAX_DEADLINE_S, MAX_PANEL, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
 from .model_ids import MODEL_ID_RULE, PANEL_RULE, check_model_id, check_model_ids
 from .models import FailureReason, FusionArgs, FusionRequest, FusionResult
 from .text import number
@@ -29,7 +31,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ARGUMENT_RULES: dict[str, str] = {
-    "prompt": "a non-empty, self-contained question",
+    "prompt": "a non-empty, self-contained question, at most FUSION_MAX_PROMPT_CHARS characters with the context",
+    "context": "the material the panel needs, at most FUSION_MAX_PROMPT_CHARS characters with the prompt",
     "analysis_models": PANEL_RULE,
     "model": MODEL_ID_RULE,
     "max_tool_calls": f"a whole number from {MIN_TOOL_CALLS} to {MAX_TOOL_CALLS}",
@@ -66,6 +69,70 @@ class FusionRefused(Exception):
         return FusionResult.failure(run_id, self.reason, self.message)
 
 
+class ToolArguments(BaseModel):
+    """The arguments of ``openrouter_fusion`` as a caller sends them (JSON), before the rules of :func:`prepare`.
+
+    The types and bounds match the tool's published input schema; an argument not listed here is refused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    context: str | None = None
+    analysis_models: list[str] | None = Field(None, min_length=1, max_length=MAX_PANEL)
+    model: str | None = None
+    max_tool_calls: int | None = Field(None, ge=MIN_TOOL_CALLS, le=MAX_TOOL_CALLS)
+    preset: Preset | None = None
+
+    @field_validator("max_tool_calls", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        # JSON true is not a number of calls, whatever Python's bool-is-int says.
+        if isinstance(value, bool):
+            raise ValueError("a boolean")
+        return value
+
+
+def parse_arguments(raw: Any) -> FusionArgs:
+    """``raw`` tool arguments as :class:`FusionArgs`, or :class:`FusionRefused` naming the first argument at fault.
+
+    Every front end that takes the tool's arguments as JSON uses this, so a wrong type, a missing prompt and
+    a misspelt argument name are refused in the same words as every other rule.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise FusionRefused("invalid_arguments", "invalid arguments: must be a JSON object of named arguments")
+    try:
+        parsed = ToolArguments.model_validate(raw)
+    except ValidationError as exc:
+        raise _refusal(exc.errors()[0], raw) from None
+    return FusionArgs(**parsed.model_dump())
+
+
+def _refusal(error: Any, raw: dict[str, Any]) -> FusionRefused:
+    name = str(error["loc"][0]) if error["loc"] else "arguments"
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(ToolArguments.model_fields)
+        return FusionRefused(
+            "invalid_arguments", f"unknown argument {name[:60]!r}: the arguments are {known}", argument=name
+        )
+    if error["type"] == "missing":
+        return FusionRefused.bad_argument(name, "missing")
+    return FusionRefused.bad_argument(name, f"got {_shown(raw.get(name))}")
+
+
+def _shown(value: Any) -> str:
+    """A short description of a value a caller sent (never a long echo of it)."""
+    if isinstance(value, str):
+        return repr(value[:40] + ("..." if len(value) > 40 else ""))
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return "an object"
+    return "null" if value is None else repr(value)[:40]
+
+
 def argument_rule(name: str, detail: str = "") -> str:
     """``name``'s rule, with what was wrong with the value given (``detail``) when there is something to say."""
     return f"{ARGUMENT_RULES[name]} ({detail})" if detail else ARGUMENT_RULES[name]
@@ -79,6 +146,10 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int) -> FusionReques
     prompt = args.prompt.strip()
     if not prompt:
         raise FusionRefused.bad_argument("prompt")
+    size = len(args.prompt) + len(args.context or "")
+    if size > settings.max_prompt_chars:
+        detail = f"{size:,} characters given, FUSION_MAX_PROMPT_CHARS is {settings.max_prompt_chars:,}"
+        raise FusionRefused.bad_argument("context" if args.context else "prompt", detail)
     preset = next((name for name in PRESETS if name == args.preset), None)
     if args.preset is not None and preset is None:
         raise FusionRefused.bad_argument("preset")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import difflib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx2
@@ -34,13 +36,24 @@ class ModelInfo:
     supported_parameters: frozenset[str] = frozenset()
 
 
+MAX_ALIASES = 256
+"""Alias look-ups remembered per catalogue: callers choose the ids, so the memory must not grow with them."""
+
+
 @dataclass
 class Catalogue:
     """What ``/models`` said (``models`` is None when the provider has no catalogue)."""
 
     models: dict[str, ModelInfo] | None
     fetched: float = field(default_factory=time.monotonic)
-    aliases: dict[str, ModelInfo | None] = field(default_factory=dict)
+    aliases: OrderedDict[str, ModelInfo | None] = field(default_factory=OrderedDict)
+    """``GET /model/{id}`` answers, least recently used first, at most :data:`MAX_ALIASES`."""
+
+    def remember(self, model: str, info: ModelInfo | None) -> None:
+        self.aliases[model] = info
+        self.aliases.move_to_end(model)
+        while len(self.aliases) > MAX_ALIASES:
+            self.aliases.popitem(last=False)
 
     def closest(self, model: str, n: int = 3) -> list[str]:
         """Known ids that look like ``model`` (with or without an alias's ``~``), best first."""
@@ -105,16 +118,23 @@ class CatalogueClient:
             return True, None, catalogue
         if model in catalogue.models:
             return True, catalogue.models[model], catalogue
-        if model not in catalogue.aliases:
-            catalogue.aliases[model] = await self._resolve(model)
+        if model in catalogue.aliases:
+            catalogue.aliases.move_to_end(model)
+        else:
+            catalogue.remember(model, await self._resolve(model))
         info = catalogue.aliases[model]
         return info is not None, info, catalogue
 
     async def _resolve(self, model: str) -> ModelInfo | None:
-        """``GET {base}/model/{id}``: how OpenRouter answers for aliases it does not list."""
+        """``GET {base}/model/{id}``: how OpenRouter answers for aliases it does not list.
+
+        The id goes into the path escaped (its slashes kept, as the endpoint wants them), on top of the id
+        grammar that already keeps ``..``, ``?``, ``#`` and ``%`` out of it.
+        """
+        path = quote(model, safe="/~:@+")
         try:
             with anyio.fail_after(15):
-                response = await self._http.get(f"{self._base}/model/{model}", headers=self._headers)
+                response = await self._http.get(f"{self._base}/model/{path}", headers=self._headers)
             if response.status_code != 200:
                 return None
             data = response.json()

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from . import __version__
 from .admission import FusionRefused, argument_rule, prepare
 from .config import ConfigError, Settings, load_settings
+from .errors import MIN_SECRET_CHARS, redact
 from .limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
 from .models import FusionArgs, FusionResult
 from .progress import ProgressEvent
@@ -44,14 +45,11 @@ class _Redact(logging.Filter):
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         super().__init__()
-        self._secrets = [s for s in secrets if s]
+        self._secrets = secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self._secrets:
-            message = record.getMessage()
-            for secret in self._secrets:
-                message = message.replace(secret, "[redacted]")
-            record.msg, record.args = message, None
+            record.msg, record.args = redact(record.getMessage(), self._secrets), None
         return True
 
 
@@ -64,6 +62,13 @@ def _setup_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     for noisy in ("httpx2", "httpcore2", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in settings.short_secrets:
+        logging.getLogger("fusion_mcp").warning(
+            "%s is shorter than %d characters: it looks wrong, and a secret that short is not redacted from "
+            "logs and results",
+            name,
+            MIN_SECRET_CHARS,
+        )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
+from .errors import MIN_SECRET_CHARS
 from .limits import MAX_COMPLETION_TOKENS, MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
 from .model_ids import MODEL_ID_RULE, PANEL_RULE, check_model_id, check_model_ids
 from .models import WebMode
@@ -117,6 +118,10 @@ class Settings(BaseModel):
     cache_ttl_s: float = setting(3600.0, "FUSION_CACHE_TTL_S", ge=0, le=604800, unit="seconds")
     history_max_runs: int = setting(1000, "FUSION_HISTORY_MAX_RUNS", ge=1, le=1_000_000, unit="runs")
     history_max_days: float = setting(30.0, "FUSION_HISTORY_MAX_DAYS", ge=0.01, le=3650, unit="days")
+    history_max_mb: float = setting(500.0, "FUSION_HISTORY_MAX_MB", ge=1, le=1_000_000, unit="megabytes")
+    max_prompt_chars: int = setting(
+        200_000, "FUSION_MAX_PROMPT_CHARS", ge=1000, le=10_000_000, unit="characters (prompt and context together)"
+    )
     max_output_chars: int = setting(24000, "FUSION_MAX_OUTPUT_CHARS", ge=2000, le=1_000_000, unit="characters")
     max_cost_usd: float | None = setting(None, "FUSION_MAX_COST_USD", gt=0, unit="US dollars", empty="no cap")
     http_token: SecretStr | None = setting(None, "FUSION_HTTP_TOKEN", rule="a bearer token of at least 16 characters")
@@ -137,6 +142,19 @@ class Settings(BaseModel):
         rule="comma-separated origins (scheme://host:port, port may be *)",
     )
     max_concurrent: int = setting(8, "FUSION_MAX_CONCURRENT", ge=1, le=256, unit="fusion runs")
+    max_connections: int = setting(1024, "FUSION_MAX_CONNECTIONS", ge=16, le=1_000_000, unit="HTTP connections")
+    header_timeout_s: float = setting(10.0, "FUSION_HEADER_TIMEOUT_S", ge=0.5, le=600, unit="seconds")
+    body_timeout_s: float = setting(30.0, "FUSION_BODY_TIMEOUT_S", ge=0.5, le=600, unit="seconds")
+    max_sessions: int = setting(256, "FUSION_MAX_SESSIONS", ge=1, le=100_000, unit="MCP sessions")
+    max_sessions_per_principal: int | None = setting(
+        None,
+        "FUSION_MAX_SESSIONS_PER_PRINCIPAL",
+        ge=1,
+        le=100_000,
+        unit="MCP sessions",
+        empty="half of FUSION_MAX_SESSIONS",
+    )
+    session_idle_s: float = setting(600.0, "FUSION_SESSION_IDLE_S", ge=10, le=86_400, unit="seconds")
     queue_timeout_s: float = setting(10.0, "FUSION_QUEUE_TIMEOUT_S", ge=0, le=600, unit="seconds")
     app_url: str = setting(
         "https://pypi.org/project/fusion-mcp/", "FUSION_APP_URL", rule=f"{_URL_RULE} sent as HTTP-Referer"
@@ -168,6 +186,7 @@ class Settings(BaseModel):
         (80, 443), "FUSION_FETCH_PORTS", rule="comma-separated TCP ports from 1 to 65535"
     )
     fetch_max_chars: int = setting(20000, "FUSION_FETCH_MAX_CHARS", ge=1000, le=200_000, unit="characters")
+    fetch_page_links: int = setting(4, "FUSION_FETCH_PAGE_LINKS", ge=0, le=100, unit="links per model and run")
     web_max_chars: int = setting(400_000, "FUSION_WEB_MAX_CHARS", ge=10_000, le=10_000_000, unit="characters")
 
     @field_validator("cache", mode="before")
@@ -318,6 +337,21 @@ class Settings(BaseModel):
                 if isinstance(secret, SecretStr):
                     found.append(secret.get_secret_value())
         return tuple(found)
+
+    @property
+    def short_secrets(self) -> tuple[str, ...]:
+        """Names of the secret settings whose value is too short to be a real secret (and to redact)."""
+        short = []
+        for name, field in Settings.model_fields.items():
+            value = getattr(self, name)
+            values = value.values() if isinstance(value, dict) else (value,)
+            if name in SECRET_FIELDS and any(isinstance(v, SecretStr) and len(v) < MIN_SECRET_CHARS for v in values):
+                short.append(str(field.alias))
+        return tuple(short)
+
+    @property
+    def sessions_per_principal(self) -> int:
+        return self.max_sessions_per_principal or max(1, self.max_sessions // 2)
 
     @property
     def principals(self) -> dict[str, str]:

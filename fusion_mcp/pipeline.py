@@ -95,6 +95,7 @@ async def analyse(run: Run, responses: list[PanelResponse]) -> AnalystOutcome:
             reason="deadline", message=f"the analyst did not finish within the {request.deadline_s:g} s deadline"
         )
     verdict.seconds = round(anyio.current_time() - started, 3)
+    run.transcripts["analyst:labels"] = [{"label": label, "model": model} for label, model in verdict.labels.items()]
     error = verdict.error.message if verdict.error is not None else None
     await run.progress.emit("analyst_done", model=request.model, error=error, duration=verdict.seconds)
     return verdict

@@ -18,7 +18,7 @@ from .models import FusionRequest, Source, analyst_reserve
 from .progress import EventSink, ProgressEvent, ProgressKind
 from .provider import Provider
 from .web.server_tools import cited_sources, server_tools
-from .web.tools import MemberWeb, RunWeb, WebTools
+from .web.tools import MemberWeb, Origin, RunWeb, WebTools
 
 
 def new_run_id() -> str:
@@ -120,7 +120,13 @@ class RunTools:
         """The analyst checks contradictions against what the panel saw: it may fetch any URL a member could."""
         if self._web is None or not self.offered(self._request.model):
             return None
-        self.analyst = self._web.toolbox(self._seed, set().union(*(b.known for b in self.boxes.values())))
+        known: dict[str, Origin] = {}
+        for box in self.boxes.values():
+            for url, origin in box.known.items():
+                # The most trusted origin wins: a URL one member searched for is not a page's pick.
+                if known.get(url) in (None, "page"):
+                    known[url] = origin
+        self.analyst = self._web.toolbox(self._seed, known)
         return self.analyst
 
     def sources(self, box: MemberWeb | None, annotations: list[dict[str, Any]]) -> list[Source]:

@@ -17,15 +17,16 @@ from contextvars import ContextVar
 from typing import Annotated, Any
 
 import anyio
+from mcp.server.extension import Extension
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import CallToolRequestParams, CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import __version__
-from .admission import ARGUMENT_RULES, FusionRefused
+from .admission import ARGUMENT_RULES, FusionRefused, parse_arguments
 from .config import LOCAL_PRINCIPAL, Preset, Settings
 from .limits import MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
 from .mcp_logging import SessionLogLevels
@@ -75,9 +76,33 @@ async def _remember_caller(ctx: Any, call_next: Any) -> Any:
     """Every MCP request runs knowing its caller, including handlers the SDK gives no Context (static resources)."""
     token = _caller.set(principal_of(ctx.request))
     try:
-        return await call_next(ctx)
+        result = await call_next(ctx)
     finally:
         _caller.reset(token)
+    if ctx.method == "tools/list" and isinstance(result, dict):
+        # The SDK lets unknown arguments through silently; ours are refused, and the schema says so.
+        for tool in result.get("tools", ()):
+            if tool.get("name") == TOOL_NAME:
+                tool.get("inputSchema", {})["additionalProperties"] = False
+    return result
+
+
+class StrictArguments(Extension):
+    """Checks ``openrouter_fusion``'s arguments before the SDK does, so a wrong one gets the same error result
+    as every other refusal (``invalid_arguments``, naming the argument and its rule) rather than the SDK's
+    validation text, and an unknown one is refused instead of silently dropped."""
+
+    identifier = "io.github.fusion-mcp/strict-arguments"
+
+    async def intercept_tool_call(self, params: CallToolRequestParams, ctx: Any, call_next: Any) -> Any:
+        if params.name == TOOL_NAME:
+            try:
+                parse_arguments(params.arguments)
+            except FusionRefused as refused:
+                run_id = new_run_id()
+                log.info("run %s for %s refused: %s", run_id, _caller.get(), refused.message)
+                return as_tool_result(refused.result(run_id))
+        return await call_next(ctx)
 
 
 class _Running:
@@ -100,6 +125,7 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
         lifespan=_lifespan(settings, network, running),
         log_level=settings.log_level,
         middleware=[_remember_caller],
+        extensions=[StrictArguments()],
     )
     log_levels = SessionLogLevels()
     log_levels.install(server)
@@ -223,16 +249,21 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
 def incoming_depth(headers: Mapping[str, str] | None, settings: Settings) -> int:
     """The caller's fusion depth: the HTTP header when there is one, else ``FUSION_DEPTH`` (stdio).
 
-    A header that is not a whole number counts as nested: refusing a confused caller is cheaper than
-    letting a loop of servers fan out.
+    Every copy of the header counts and the highest wins (a proxy may add one, or merge them with commas);
+    a value that is not a whole number counts as nested: refusing a confused caller is cheaper than letting
+    a loop of servers fan out.
     """
     depth = settings.depth
-    raw = headers.get(DEPTH_HEADER) if headers is not None else None
-    if raw is not None:
-        try:
-            depth = max(depth, int(raw.strip()))
-        except ValueError:
-            depth = max(depth, 1)
+    if headers is None:
+        return depth
+    getlist = getattr(headers, "getlist", None)
+    values = getlist(DEPTH_HEADER) if callable(getlist) else [headers.get(DEPTH_HEADER)]
+    for value in values:
+        for part in str(value).split(",") if value is not None else ():
+            try:
+                depth = max(depth, int(part.strip()))
+            except ValueError:
+                depth = max(depth, 1)
     return depth
 
 

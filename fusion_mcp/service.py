@@ -21,7 +21,7 @@ import httpx2
 from .admission import FusionRefused, check_catalogue, prepare
 from .catalogue import CatalogueClient
 from .config import LOCAL_PRINCIPAL, Settings
-from .errors import redact
+from .errors import redact, redact_value
 from .limits import MAX_PANEL
 from .models import FusionArgs, FusionRequest, FusionResult
 from .pipeline import run_fusion
@@ -45,6 +45,7 @@ def open_store(settings: Settings) -> Store | None:
             cache_ttl_s=settings.cache_ttl_s,
             max_runs=settings.history_max_runs,
             max_age_days=settings.history_max_days,
+            max_bytes=int(settings.history_max_mb * 2**20),
         )
     except Exception as exc:
         log.warning("no cache or run history: cannot open %s (%s)", home, exc)
@@ -152,7 +153,7 @@ class FusionService:
         finally:
             self.limiter.release()
         log.info("run %s for %s finished: %s in %.1f s", run_id, principal, result.status, result.timings.total)
-        return result
+        return _redacted(result, self.settings.secrets)
 
     async def _acquire(self, run_id: str) -> bool:
         """Take a run slot, waiting up to ``FUSION_QUEUE_TIMEOUT_S``; False when none came free."""
@@ -205,6 +206,14 @@ class FusionService:
                 close = found.closest(model)
                 hint = f" (closest: {', '.join(close)})" if close else ""
                 log.warning("configured model %r is not in the provider's catalogue%s", model, hint)
+
+
+def _redacted(result: FusionResult, secrets: tuple[str, ...]) -> FusionResult:
+    """``result`` with every secret removed from every value: a model or provider that echoes the key it was
+    sent (into an answer, an error message) must not hand it to the client."""
+    data = result.model_dump()
+    clean = redact_value(data, secrets)
+    return result if clean == data else FusionResult.model_validate(clean)
 
 
 def _less_waiting(request: FusionRequest, waited: float) -> FusionRequest:

@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
-from .errors import redact
+from .errors import redact, redact_value
 from .models import RESULT_SCHEMA, FusionRequest, FusionResult
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,51 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN schema INTEGER NOT NULL DEFAULT 1",
         "ALTER TABLE cache ADD COLUMN schema INTEGER NOT NULL DEFAULT 1",
     ),
-    # 2 -> 3: each run belongs to the principal that asked (runs recorded before belong to the local one).
+    # 2 -> 3: each run belongs to the principal that asked (runs recorded before belong to the local one),
+    # and its record's size is kept, so the history can be held to FUSION_HISTORY_MAX_MB.
     (
         "ALTER TABLE runs ADD COLUMN principal TEXT NOT NULL DEFAULT 'local'",
         "CREATE INDEX IF NOT EXISTS runs_principal ON runs(principal, created)",
+        "ALTER TABLE runs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
+        "UPDATE runs SET bytes = length(CAST(record AS BLOB))",
     ),
 )
 """Applied in order, each in one transaction with the version it reaches."""
+
+
+DB_NAME = "fusion.sqlite3"
+
+
+def _private_home(home: Path) -> None:
+    """``home`` exists and only its owner can list or enter it (0700), whatever the umask.
+
+    A directory that holds anything but our database (someone pointed ``FUSION_HOME`` at a shared place) is
+    not changed, only reported: its other contents are not ours to lock away. The database files are 0600
+    either way.
+    """
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = home.stat().st_mode & 0o777
+    if mode & 0o077 == 0:
+        return
+    if any(not p.name.startswith(DB_NAME) for p in home.iterdir()):
+        log.warning(
+            "%s is shared (mode %o): the run history files in it are private, the directory is left as is", home, mode
+        )
+        return
+    home.chmod(0o700)
+    log.warning("%s was readable by others (mode %o): tightened to 700", home, mode)
+
+
+def _private_file(path: Path, *, create: bool = True) -> None:
+    """``path`` readable and writable by its owner only (0600): created so if missing, tightened if looser."""
+    if create and not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    if not path.exists():
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        path.chmod(0o600)
+        log.warning("%s was readable by others (mode %o): tightened to 600", path, mode)
 
 
 def default_home() -> Path:
@@ -113,14 +151,16 @@ class Store:
         cache_ttl_s: float = 3600,
         max_runs: int = 1000,
         max_age_days: float = 30,
+        max_bytes: int = 500 * 2**20,
         max_cache_entries: int = 500,
     ) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        self.path = home / "fusion.sqlite3"
+        self.path = home / DB_NAME
+        _private_home(home)
         self._secrets = secrets
         self._ttl = cache_ttl_s
         self._max_runs = max_runs
         self._max_age_s = max_age_days * 86400
+        self._max_bytes = max_bytes
         self._max_cache = max_cache_entries
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -131,9 +171,12 @@ class Store:
     def _db(self) -> sqlite3.Connection:
         """The connection, opened on first use and again after :meth:`close` (callers hold the lock)."""
         if self._conn is None:
+            _private_file(self.path)
             self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             _migrate(self._conn)
+            for suffix in ("-wal", "-shm"):  # SQLite gives them the database's mode; older files may differ
+                _private_file(self.path.with_name(self.path.name + suffix), create=False)
         return self._conn
 
     def close(self) -> None:
@@ -171,7 +214,7 @@ class Store:
         await anyio.to_thread.run_sync(self._remember, key, result)
 
     def _remember(self, key: str, result: FusionResult) -> None:
-        text = redact(result.model_dump_json(), self._secrets)
+        text = json.dumps(redact_value(result.model_dump(mode="json"), self._secrets))
         now = time.time()
         with self._lock:
             self._db.execute(
@@ -183,6 +226,7 @@ class Store:
                 "DELETE FROM cache WHERE key NOT IN (SELECT key FROM cache ORDER BY created DESC LIMIT ?)",
                 (self._max_cache,),
             )
+            self._trim_to_size()
 
     # -- history -------------------------------------------------------------------------------------
 
@@ -202,6 +246,7 @@ class Store:
         transcripts: dict[str, list[dict[str, Any]]],
         principal: str,
     ) -> None:
+        shared, texts = share_texts(transcripts)
         record = {
             "schema": RESULT_SCHEMA,
             "run_id": result.run_id,
@@ -209,14 +254,15 @@ class Store:
             "created": time.time(),
             "request": request.model_dump(mode="json"),
             "result": result.to_json(),
-            "transcripts": transcripts,
+            "transcripts": shared,
+            "texts": texts,
         }
-        text = redact(json.dumps(record), self._secrets)
+        text = json.dumps(redact_value(record, self._secrets))
         now = record["created"]
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO runs (run_id, created, prompt_head, panel, status, cost, seconds, cached, "
-                "record, schema, principal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "record, schema, principal, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     result.run_id,
                     now,
@@ -229,6 +275,7 @@ class Store:
                     text,
                     RESULT_SCHEMA,
                     principal,
+                    len(text.encode()),
                 ),
             )
             self._db.execute("DELETE FROM runs WHERE created < ?", (now - self._max_age_s,))
@@ -236,6 +283,24 @@ class Store:
                 "DELETE FROM runs WHERE run_id NOT IN (SELECT run_id FROM runs ORDER BY created DESC LIMIT ?)",
                 (self._max_runs,),
             )
+            self._trim_to_size()
+
+    def _trim_to_size(self) -> None:
+        """Drop the oldest runs until the history's records fit ``max_bytes`` (callers hold the lock).
+
+        The cache is held to a tenth of it the same way; its entries are copies of recent results.
+        """
+        for table, column, share in (("runs", "bytes", 1.0), ("cache", "length(result)", 0.1)):
+            total = self._db.execute(f"SELECT COALESCE(SUM({column}), 0) FROM {table}").fetchone()[0]
+            if total <= self._max_bytes * share:
+                continue
+            kept = 0
+            for created, size in self._db.execute(f"SELECT created, {column} FROM {table} ORDER BY created DESC"):
+                kept += size
+                if kept > self._max_bytes * share:
+                    self._db.execute(f"DELETE FROM {table} WHERE created <= ?", (created,))
+                    break
+        self._db.execute("PRAGMA incremental_vacuum")
 
     async def recent(self, limit: int = 20, principal: str | None = None) -> list[dict[str, Any]]:
         """The latest runs, newest first: ``principal``'s only, or everyone's when None (the operator's view)."""
@@ -261,7 +326,47 @@ class Store:
                 "SELECT record FROM runs WHERE run_id = ? AND (? IS NULL OR principal = ?)",
                 (run_id, principal, principal),
             ).fetchone()
-        return json.loads(row[0]) if row else None
+        return expand_texts(json.loads(row[0])) if row else None
+
+
+SHARED_TEXT_CHARS = 256
+"""Message texts at least this long that recur across a run's transcripts (the question, with its context,
+in every member's conversation) are stored once."""
+
+
+def share_texts(transcripts: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """Transcripts with each long, repeated message text replaced by ``{"$text": i}``, and the texts."""
+    counts: dict[str, int] = {}
+    for messages in transcripts.values():
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, str) and len(content) >= SHARED_TEXT_CHARS:
+                counts[content] = counts.get(content, 0) + 1
+    texts = [text for text, n in counts.items() if n > 1]
+    index = {text: i for i, text in enumerate(texts)}
+    shared = {
+        name: [
+            m | {"content": {"$text": index[m["content"]]}}
+            if isinstance(m.get("content"), str) and m["content"] in index
+            else m
+            for m in messages
+        ]
+        for name, messages in transcripts.items()
+    }
+    return shared, texts
+
+
+def expand_texts(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record as it was written: shared texts put back into every message that had them."""
+    texts = record.pop("texts", None)
+    if not texts:
+        return record
+    for messages in record.get("transcripts", {}).values():
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, dict) and isinstance(content.get("$text"), int):
+                message["content"] = texts[content["$text"]]
+    return record
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -271,6 +376,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     migrate it; the version is read again under the lock.
     """
     latest = 1 + len(MIGRATIONS)
+    # Only a new, empty file takes this: pages freed by trimming then go back to the file system.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = max(1, conn.execute("PRAGMA user_version").fetchone()[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,3 +59,18 @@ async def call_then_cancel(client: Any, ready: Callable[[], bool], prompt: str =
         tg.start_soon(run_call)
         await wait_until(ready)
         tg.cancel_scope.cancel()
+
+
+_FENCED = re.compile(r'<(answer-[0-9a-f]{16}) model="(Model [A-Z])"( truncated="true")?>\n(.*?)\n</\1>', re.DOTALL)
+
+
+def fenced_answers(prompt: str) -> list[tuple[str, bool, str]]:
+    """The answers an analyst request shows: (label, truncated, text), in the order shown."""
+    return [(m.group(2), bool(m.group(3)), m.group(4)) for m in _FENCED.finditer(prompt)]
+
+
+def shown_labels(sim: Any) -> dict[str, str]:
+    """Label -> panel model, read from the analyst's request (answers the simulator wrote name their model)."""
+    request = next(r for r in sim.requests if "response_format" in r.body)
+    found = fenced_answers(request.body["messages"][1]["content"])
+    return {label: text.removeprefix("Answer from ").split(":", 1)[0] for label, _, text in found}

@@ -20,7 +20,7 @@ from fusion_mcp.config import load_settings
 from fusion_mcp.server import create_server
 from tests.conftest import ANALYST, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import ANALYSIS_KEYS, TOOL, call_then_cancel, structured, wait_until
+from tests.helpers import ANALYSIS_KEYS, TOOL, call_then_cancel, fenced_answers, structured, wait_until
 
 pytestmark = pytest.mark.anyio
 A, B, C = PANEL
@@ -328,7 +328,12 @@ async def test_truncated_answers_reach_the_analyst_marked_and_the_text_names_the
     async with Client(server) as client:
         result = await client.call_tool(TOOL, {"prompt": "q"})
     analysis_request = next(r for r in sim.requests if "response_format" in r.body)
-    assert '<answer model="Model C" truncated="true">' in analysis_request.body["messages"][1]["content"]
+    shown = fenced_answers(analysis_request.body["messages"][1]["content"])
+    assert sorted((cut, text.startswith(LONG[:40])) for _, cut, text in shown) == [
+        (False, False),
+        (False, False),
+        (True, True),
+    ]
     rendered = result.content[0].text
     assert f"## {C} (" in rendered and "TRUNCATED: cut off at the deadline" in rendered
 

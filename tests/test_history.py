@@ -100,7 +100,8 @@ async def test_runs_are_readable_as_resources_with_transcripts(sim: ProviderSim,
     assert record["request"]["prompt"] == "what is 6*7?" and record["request"]["context"] == "maths"
     assert record["result"]["run_id"] == run_id and record["result"]["failed_models"][0]["model"] == PANEL[2]
     transcripts = record["transcripts"]
-    assert set(transcripts) == {*PANEL, f"analyst:{PANEL[0]}"}
+    assert set(transcripts) == {*PANEL, f"analyst:{PANEL[0]}", "analyst:labels"}
+    assert sorted(e["model"] for e in transcripts["analyst:labels"]) == sorted(PANEL[:2])  # the answers shown
     assert transcripts[PANEL[0]][-1] == {"role": "assistant", "content": f"Answer from {PANEL[0]}: the answer is 42."}
     assert transcripts[f"analyst:{PANEL[0]}"][0]["role"] == "system"
     files = [tmp_path / "fusion.sqlite3", *tmp_path.glob("*-wal")]  # noqa: ASYNC240 - a test's own temp dir

@@ -167,8 +167,15 @@ def refused(settings: Settings, depth: int = 0, **args: Any) -> FusionRefused:
         (
             {"model": "two words"},
             "model",
-            "invalid argument model: must be one model id ('two words' is not a model id)",
+            "invalid argument model: must be one model id: up to 200 letters, digits and ~ / . _ - : @ + (no empty, "
+            ". or .. part between slashes) ('two words' has the character ' ', which no model id has)",
         ),
+        (
+            {"model": "~x/../../internal/admin?dump=1#"},
+            "model",
+            "invalid argument model: must be one model id: up to 200 letters",
+        ),
+        ({"model": "a/../b"}, "model", "invalid argument model: must be one model id"),
         (
             {"max_tool_calls": 17},
             "max_tool_calls",
@@ -221,3 +228,32 @@ def test_arguments_merge_over_settings_and_presets(sim: ProviderSim) -> None:
     assert (own.max_tool_calls, own.deadline_s, own.analyst_reserve_s, own.final_answer) == (2, 12, None, True)
     explicit = prepare(FusionArgs(prompt="q", preset="fast", analysis_models=[" x/a "], model="x/j"), settings, depth=0)
     assert (explicit.analysis_models, explicit.model, explicit.deadline_s) == (("x/a",), "x/j", None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("q", "invalid arguments: must be a JSON object of named arguments"),
+        ({"prompt": "q", "deadline_s": 3}, "unknown argument 'deadline_s': the arguments are prompt, context,"),
+        ({"prompt": ["q"]}, "invalid argument prompt: must be a non-empty, self-contained question, at most"),
+        ({"prompt": "q", "context": 3}, "invalid argument context: must be the material the panel needs"),
+        ({"prompt": "q", "max_tool_calls": True}, "invalid argument max_tool_calls: must be a whole number"),
+    ],
+)
+def test_raw_tool_arguments_are_checked_before_anything_else(raw: Any, message: str) -> None:
+    from fusion_mcp.admission import parse_arguments
+
+    with pytest.raises(FusionRefused) as info:
+        parse_arguments(raw)
+    assert info.value.reason == "invalid_arguments" and info.value.message.startswith(message), info.value.message
+
+
+def test_prompt_and_context_are_bounded_together(sim: ProviderSim) -> None:
+    settings = load_settings(environ=sim_env(sim, FUSION_MAX_PROMPT_CHARS="1000"))
+    assert prepare(FusionArgs(prompt="q" * 600, context="c" * 400), settings, depth=0).context == "c" * 400
+    error = refused(settings, prompt="q" * 600, context="c" * 401)
+    assert error.argument == "context" and error.message == (
+        "invalid argument context: must be the material the panel needs, at most FUSION_MAX_PROMPT_CHARS characters "
+        "with the prompt (1,001 characters given, FUSION_MAX_PROMPT_CHARS is 1,000)"
+    )
+    assert refused(settings, prompt="q" * 1001).argument == "prompt"

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 from mcp import Client
 
+from fusion_mcp.admission import ToolArguments
 from fusion_mcp.config import load_settings
 from fusion_mcp.provider import DEPTH_HEADER
 from fusion_mcp.server import create_server
 from tests.conftest import ANALYST, API_KEY, PANEL, sim_env
 from tests.fakes.provider_sim import DEFAULT_USAGE, GHOST_LABEL, ProviderSim, Reply
-from tests.helpers import ANALYSIS_KEYS, TOOL, call_then_cancel, dump, structured, text, wait_until
+from tests.helpers import (
+    ANALYSIS_KEYS,
+    TOOL,
+    call_then_cancel,
+    dump,
+    fenced_answers,
+    shown_labels,
+    structured,
+    text,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 A, B, C = PANEL
@@ -42,10 +54,15 @@ async def test_full_result_shape_in_both_protocol_eras(sim: ProviderSim, mode: s
     analysis = data["analysis"]
     assert set(analysis) == ANALYSIS_KEYS
     assert analysis["consensus"] == ["All answers agree on the core point."]
-    # Labels are mapped back to panel ids; the label naming nobody is dropped everywhere.
-    assert [s["model"] for s in analysis["contradictions"][0]["stances"]] == list(PANEL)
-    assert analysis["partial_coverage"] == [{"models": [A], "point": "edge cases"}]
-    assert analysis["unique_insights"] == [{"model": C, "insight": "a point only the last model made"}]
+    # Labels are mapped back to panel ids (the answers are shown in a shuffled order, labelled in that order);
+    # the label naming nobody is dropped everywhere.
+    model_of = shown_labels(sim)
+    assert sorted(model_of.values()) == sorted(PANEL)
+    assert [s["model"] for s in analysis["contradictions"][0]["stances"]] == [model_of[x] for x in sorted(model_of)]
+    assert analysis["partial_coverage"] == [{"models": [model_of["Model A"]], "point": "edge cases"}]
+    assert analysis["unique_insights"] == [
+        {"model": model_of["Model C"], "insight": "a point only the last model made"}
+    ]
     assert GHOST_LABEL not in json.dumps(data)
     assert [r["model"] for r in data["responses"]] == list(PANEL)
     assert data["responses"][1]["content"] == f"Answer from {B}: the answer is 42."
@@ -89,9 +106,13 @@ async def test_requests_carry_depth_tokens_attribution_and_temperature_rules(sim
     assert len(analyst) == 1 and analyst[0].body["temperature"] == 0
     fmt = analyst[0].body["response_format"]
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
-    # The analyst sees anonymous labels, never the panel's ids.
-    prompt = json.dumps(analyst[0].body["messages"])
-    assert '<answer model=\\"Model B\\">' in prompt and '<answer model=\\"~' not in prompt
+    # The analyst sees anonymous labels, never the panel's ids, each answer fenced with this run's nonce.
+    system, user = (m["content"] for m in analyst[0].body["messages"])
+    shown = fenced_answers(user)
+    assert [label for label, _, _ in shown] == ["Model A", "Model B", "Model C"]
+    assert sorted(text for _, _, text in shown) == sorted(f"Answer from {m}: the answer is 42." for m in PANEL)
+    tag = re.search(r"<(answer-[0-9a-f]{16}) model=", user).group(1)  # type: ignore[union-attr]
+    assert f"<{tag} model=" in system and 'model="~' not in user
     # Members never see each other's answers.
     for r in panel:
         assert "Answer from" not in json.dumps(r.body["messages"])
@@ -256,30 +277,68 @@ async def test_tool_metadata_tells_the_host_when_to_use_it(sim: ProviderSim) -> 
 
 
 @pytest.mark.parametrize(
-    ("args", "named", "rule"),
+    ("args", "message"),
     [
-        ({}, "prompt", "Field required"),
-        ({"prompt": ""}, "prompt", "at least 1 character"),
-        ({"prompt": "   "}, "prompt", "non-empty"),
-        ({"prompt": "q", "max_tool_calls": 0}, "max_tool_calls", "greater than or equal to 1"),
-        ({"prompt": "q", "max_tool_calls": 17}, "max_tool_calls", "less than or equal to 16"),
-        ({"prompt": "q", "max_tool_calls": "many"}, "max_tool_calls", "valid integer"),
-        ({"prompt": "q", "analysis_models": []}, "analysis_models", "at least 1 item"),
-        ({"prompt": "q", "analysis_models": [f"m/{i}" for i in range(9)]}, "analysis_models", "at most 8 items"),
-        ({"prompt": "q", "analysis_models": ["a/b", "a/b"]}, "analysis_models", "a/b appears more than once"),
-        ({"prompt": "q", "analysis_models": ["a/b", " "]}, "analysis_models", "a model id is empty"),
-        ({"prompt": "q", "model": ""}, "model", "a model id is empty"),
-        ({"prompt": "q", "model": "two words"}, "model", "is not a model id"),
+        ({}, "invalid argument prompt: must be a non-empty, self-contained question, at most"),
+        ({"prompt": ""}, "invalid argument prompt: must be a non-empty"),
+        ({"prompt": "   "}, "invalid argument prompt: must be a non-empty"),
+        (
+            {"prompt": "q", "max_tool_calls": 0},
+            "invalid argument max_tool_calls: must be a whole number from 1 to 16 (got 0)",
+        ),
+        (
+            {"prompt": "q", "max_tool_calls": 17},
+            "invalid argument max_tool_calls: must be a whole number from 1 to 16 (got 17)",
+        ),
+        (
+            {"prompt": "q", "max_tool_calls": "many"},
+            "invalid argument max_tool_calls: must be a whole number from 1 to 16 (got 'many')",
+        ),
+        (
+            {"prompt": "q", "analysis_models": []},
+            "invalid argument analysis_models: must be 1-8 unique model ids (got a list of 0)",
+        ),
+        (
+            {"prompt": "q", "analysis_models": [f"m/{i}" for i in range(9)]},
+            "invalid argument analysis_models: must be 1-8 unique model ids (got a list of 9)",
+        ),
+        (
+            {"prompt": "q", "analysis_models": ["a/b", "a/b"]},
+            "invalid argument analysis_models: must be 1-8 unique model ids (a/b appears more than once)",
+        ),
+        (
+            {"prompt": "q", "analysis_models": ["a/b", " "]},
+            "invalid argument analysis_models: must be 1-8 unique model ids (a model id is empty)",
+        ),
+        ({"prompt": "q", "model": ""}, "invalid argument model: must be one model id: up to 200 letters"),
+        ({"prompt": "q", "model": "two words"}, "invalid argument model: must be one model id: up to 200 letters"),
+        (
+            {"prompt": "q", "preset": "cheap"},
+            "invalid argument preset: must be one of quality, budget, fast (got 'cheap')",
+        ),
+        (
+            {"prompt": "q", "analysis_model": ["a/b"]},
+            "unknown argument 'analysis_model': the arguments are prompt, context, analysis_models, model, "
+            "max_tool_calls, preset",
+        ),
     ],
 )
-async def test_invalid_arguments_are_tool_errors_naming_the_argument(
-    sim: ProviderSim, args: dict[str, Any], named: str, rule: str
+async def test_invalid_arguments_are_error_results_naming_the_argument_and_its_rule(
+    sim: ProviderSim, args: Any, message: str
 ) -> None:
     result, _ = await call(sim, args)
-    assert result.is_error
-    message = text(result)
-    assert named in message and rule in message, message
+    data = structured(result)
+    assert result.is_error and data["status"] == "error" and data["failure_reason"] == "invalid_arguments"
+    assert data["error"].startswith(message), data["error"]
+    assert text(result).startswith(f"**Fusion failed** (invalid_arguments): {data['error']}")
     assert sim.requests == []
+
+
+async def test_the_input_schema_refuses_unknown_arguments(sim: ProviderSim) -> None:
+    async with Client(create_server(load_settings(environ=sim_env(sim)))) as client:
+        (tool,) = (await client.list_tools()).tools
+    assert tool.input_schema["additionalProperties"] is False
+    assert set(tool.input_schema["properties"]) == set(ToolArguments.model_fields)
 
 
 async def test_the_key_never_reaches_a_result_even_when_upstream_echoes_it(sim: ProviderSim) -> None:

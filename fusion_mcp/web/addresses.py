@@ -40,6 +40,7 @@ DENY_V6: Final = tuple(
         "::/96",  # unspecified, loopback and IPv4-compatible
         "::1/128",
         "::ffff:0:0/96",  # IPv4-mapped: judged by the IPv4 inside, then refused as a form anyway
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT): the same, in the translators' spelling
         "64:ff9b::/96",
         "64:ff9b:1::/48",
         "100::/64",
@@ -55,9 +56,11 @@ DENY_V6: Final = tuple(
 
 
 def embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, NAT64), if any."""
+    """The IPv4 address an IPv6 address carries (mapped, translated, compatible, 6to4, NAT64), if any."""
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
+    if ip in ipaddress.IPv6Network("::ffff:0:0:0/96"):
+        return ipaddress.IPv4Address(ip.packed[12:])
     if ip.sixtofour is not None:
         return ip.sixtofour
     packed = ip.packed

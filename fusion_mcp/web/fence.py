@@ -15,11 +15,15 @@ from .extract import strip_invisible
 
 
 class Fence:
-    """One run's delimiters. ``note`` goes into every system prompt of the run."""
+    """One run's delimiters. ``note`` goes into every system prompt of the run.
 
-    def __init__(self, nonce: str | None = None) -> None:
+    ``kind`` names what is fenced: ``untrusted`` (web pages and search results) or ``answer`` (panel
+    answers, for the analyst: a member steered by a page it read must not be able to forge another answer).
+    """
+
+    def __init__(self, nonce: str | None = None, kind: str = "untrusted") -> None:
         self.nonce = nonce or secrets.token_hex(8)
-        self.tag = f"untrusted-{self.nonce}"
+        self.tag = f"{kind}-{self.nonce}"
         self._nonce = re.compile(re.escape(self.nonce), re.IGNORECASE)
 
     @property

