@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import socket
 import subprocess
 import tempfile
@@ -38,8 +39,16 @@ class Running:
 
 
 @contextmanager
-def http_server(env: dict[str, str], *args: str, host: str = "127.0.0.1") -> Iterator[Running]:
+def http_server(
+    env: dict[str, str], *args: str, host: str = "127.0.0.1", fd_limit: int | None = None
+) -> Iterator[Running]:
+    """The server on a free port; ``fd_limit`` caps its file descriptors (soft and hard), as a small host would."""
     port = free_port()
+
+    def limit() -> None:
+        if fd_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
     with tempfile.TemporaryDirectory(prefix="fusion-http-") as scratch:
         log = Path(scratch) / "stderr.log"
         with (
@@ -50,6 +59,7 @@ def http_server(env: dict[str, str], *args: str, host: str = "127.0.0.1") -> Ite
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=sink,
+                preexec_fn=limit if fd_limit is not None else None,
             ) as proc,
         ):
             running = Running(f"http://127.0.0.1:{port}", proc, log)

@@ -59,7 +59,8 @@ class Reply:
     keepalives: int = 2
     finish_reason: str = "stop"
     echo_auth: bool = False
-    """Put the request's Authorization header into the error message (a provider echoing the key)."""
+    """Put the request's Authorization header into the error message, or into the answer of a successful
+    reply (a provider, or a model, echoing the key)."""
     annotations: list[dict[str, Any]] | None = None
     """``message.annotations`` (OpenRouter's server tools cite pages as ``url_citation``)."""
 
@@ -89,6 +90,8 @@ class ProviderSim:
         self.aliases: dict[str, dict[str, Any]] = {}
         """What ``GET /model/{id}`` resolves (OpenRouter's ``~...-latest`` aliases)."""
         self.valid_key: str | None = None
+        self.lookups: list[str] = []
+        """Every ``GET /model/...`` path, as the server sent it (before any decoding)."""
         """When set, ``GET /key`` answers 401 for any other bearer token."""
         self._app = Starlette(
             routes=[
@@ -122,6 +125,7 @@ class ProviderSim:
             self.catalogue = None
             self.aliases.clear()
             self.valid_key = None
+            self.lookups.clear()
 
     def script(self, model: str, *replies: Reply) -> None:
         """Answer ``model``'s requests with these replies in turn; the last one repeats."""
@@ -146,6 +150,8 @@ class ProviderSim:
         return JSONResponse({"data": self.catalogue})
 
     async def _model(self, request: Request) -> Response:
+        with self._lock:
+            self.lookups.append(request.scope.get("raw_path", b"").decode("latin-1"))
         found = self.aliases.get(request.path_params["model"])
         if found is None:
             return JSONResponse({"error": {"code": 404, "message": "model not found"}}, status_code=404)
@@ -207,6 +213,8 @@ class ProviderSim:
         if reply.raw_parts is not None:
             return StreamingResponse(_parts(reply.raw_parts), media_type=reply.content_type or "text/event-stream")
         content = reply.content if reply.content is not None else _default_content(model, body)
+        if reply.echo_auth:
+            content += f" (the request said: {request.headers.get('authorization')})"
         concrete = model.lstrip("~").replace("-latest", "-20261101")
         if body.get("stream"):
             return StreamingResponse(_sse(reply, concrete, content), media_type="text/event-stream")
