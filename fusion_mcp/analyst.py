@@ -83,10 +83,13 @@ def analyst_messages(
     named: list[tuple[str, PanelResponse]],
     fence_note: str | None = None,
     web: bool = False,
+    material: str | None = None,
 ) -> list[dict[str, Any]]:
     parts = [f"<question>\n{request.prompt}\n</question>"]
     if request.context:
         parts.append(f"<context>\n{request.context}\n</context>")
+    if material:
+        parts.append(material)
     for label, response in named:
         cut = ' truncated="true"' if response.truncated else ""
         parts.append(f'<answer model="{label}"{cut}>\n{response.content}\n</answer>')
@@ -182,6 +185,7 @@ async def run_analyst(
     extra: dict[str, Any] | None = None,
     fence_note: str | None = None,
     on_tool: ToolReporter | None = None,
+    material: str | None = None,
 ) -> AnalystOutcome:
     """Analyse the panel's answers; never raises for upstream or parsing trouble (see ``error``).
 
@@ -194,7 +198,7 @@ async def run_analyst(
     out = out if out is not None else AnalystOutcome()
     messages = out.transcript
     web = toolbox is not None or bool((extra or {}).get("tools"))
-    messages.extend(analyst_messages(request, list(zip(names, responses, strict=True)), fence_note, web))
+    messages.extend(analyst_messages(request, list(zip(names, responses, strict=True)), fence_note, web, material))
     analysis_options = {
         **(extra or {}),
         "temperature": 0,

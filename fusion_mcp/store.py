@@ -59,6 +59,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN principal TEXT NOT NULL DEFAULT 'local'",
         "CREATE INDEX IF NOT EXISTS runs_principal ON runs(principal, created)",
     ),
+    # 3 -> 4: a run that may outlive its call is recorded as running at its start; its process renews this.
+    ("ALTER TABLE runs ADD COLUMN heartbeat REAL",),
 )
 """Applied in order, each in one transaction with the version it reaches."""
 
@@ -88,6 +90,11 @@ def cache_key(request: FusionRequest, *, principal: str, provider: str) -> str:
         "temperature": request.temperature,
         "final_answer": request.final_answer,
         "web": request.web_tools,
+        "lenses": request.lenses,
+        "guests": [g.model_dump() for g in request.guests],
+        "min_answers": request.min_answers,
+        "files": [(a.path, a.sha256) for a in request.attachments],
+        "images": list(request.image_models),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
@@ -237,6 +244,51 @@ class Store:
                 (self._max_runs,),
             )
 
+    async def start_run(
+        self, request: FusionRequest, snapshot: FusionResult, principal: str, owner: dict[str, Any]
+    ) -> None:
+        """Record a run that may outlive its call as ``running`` (its final record replaces this one)."""
+        await anyio.to_thread.run_sync(self._start_run, request, snapshot, principal, owner)
+
+    def _start_run(self, request: FusionRequest, snapshot: FusionResult, principal: str, owner: dict[str, Any]) -> None:
+        now = time.time()
+        record = {
+            "schema": RESULT_SCHEMA,
+            "run_id": snapshot.run_id,
+            "principal": principal,
+            "created": now,
+            "request": request.model_dump(mode="json"),
+            "result": snapshot.to_json(),
+            "owner": owner,
+        }
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO runs (run_id, created, prompt_head, panel, status, cost, seconds, cached, "
+                "record, schema, principal, heartbeat) VALUES (?, ?, ?, ?, 'running', NULL, 0, 0, ?, ?, ?, ?)",
+                (
+                    snapshot.run_id,
+                    now,
+                    redact(request.prompt[:120], self._secrets),
+                    ",".join(request.analysis_models),
+                    redact(json.dumps(record), self._secrets),
+                    RESULT_SCHEMA,
+                    principal,
+                    now,
+                ),
+            )
+
+    async def heartbeat(self, run_ids: list[str]) -> None:
+        """Say these running runs are still being worked on (see :data:`fusion_mcp.live.LOST_AFTER_S`)."""
+        await anyio.to_thread.run_sync(self._heartbeat, run_ids)
+
+    def _heartbeat(self, run_ids: list[str]) -> None:
+        marks = ",".join("?" * len(run_ids))
+        with self._lock:
+            self._db.execute(
+                f"UPDATE runs SET heartbeat = ? WHERE status = 'running' AND run_id IN ({marks})",
+                (time.time(), *run_ids),
+            )
+
     async def recent(self, limit: int = 20, principal: str | None = None) -> list[dict[str, Any]]:
         """The latest runs, newest first: ``principal``'s only, or everyone's when None (the operator's view)."""
         return await anyio.to_thread.run_sync(self._recent, limit, principal)
@@ -258,10 +310,15 @@ class Store:
     def _run(self, run_id: str, principal: str | None) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT record FROM runs WHERE run_id = ? AND (? IS NULL OR principal = ?)",
+                "SELECT record, heartbeat FROM runs WHERE run_id = ? AND (? IS NULL OR principal = ?)",
                 (run_id, principal, principal),
             ).fetchone()
-        return json.loads(row[0]) if row else None
+        if row is None:
+            return None
+        record: dict[str, Any] = json.loads(row[0])
+        if row[1] is not None:
+            record["heartbeat"] = row[1]  # a running row: when its process last said it was at it
+        return record
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

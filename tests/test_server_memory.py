@@ -251,7 +251,16 @@ async def test_tool_metadata_tells_the_host_when_to_use_it(sim: ProviderSim) -> 
     assert tool.annotations.read_only_hint is True and tool.annotations.open_world_hint is True
     props = tool.input_schema["properties"]
     assert tool.input_schema["required"] == ["prompt"]
-    assert set(props) == {"prompt", "context", "analysis_models", "model", "max_tool_calls", "preset"}
+    assert set(props) == {
+        "prompt",
+        "context",
+        "analysis_models",
+        "model",
+        "max_tool_calls",
+        "preset",
+        "answers",
+        "files",
+    }
     assert tool.output_schema is not None and "analysis" in tool.output_schema["properties"]
 
 
