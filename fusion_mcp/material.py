@@ -115,7 +115,7 @@ def _read_all(paths: tuple[str, ...], roots: tuple[str, ...], max_bytes: int) ->
     total = 0
     for given in paths:
         path, root = _inside(given, real_roots)
-        data = _read(given, path, max_bytes - total)
+        data = _read(given, path, _checked(given, path, max_bytes - total), max_bytes - total)
         total += len(data)
         files.append(_material(path, path.relative_to(root).as_posix() or path.name, data, given))
     return tuple(files)
@@ -140,18 +140,23 @@ def _inside(given: str, roots: list[Path]) -> tuple[Path, Path]:
     raise _refuse(given, "outside the allowed roots")
 
 
-def _read(given: str, path: Path, budget: int) -> bytes:
-    """The file's bytes, if it is a regular file that fits ``budget``; the file opened must be the one checked."""
+def _checked(given: str, path: Path, budget: int) -> os.stat_result:
+    """The status of a path that was found inside a root: a regular file that fits ``budget``."""
     try:
-        before = os.stat(path)
+        found = os.stat(path)
     except FileNotFoundError:
         raise _refuse(given, "does not exist") from None
     except OSError as exc:
         raise _refuse(given, f"cannot be read ({type(exc).__name__})") from None
-    if not stat.S_ISREG(before.st_mode):
+    if not stat.S_ISREG(found.st_mode):
         raise _refuse(given, "not a regular file")
-    if before.st_size > budget:
-        raise _refuse(given, f"{number(before.st_size)} bytes: the files of a call must fit FUSION_FILES_MAX_BYTES")
+    if found.st_size > budget:
+        raise _refuse(given, f"{number(found.st_size)} bytes: the files of a call must fit FUSION_FILES_MAX_BYTES")
+    return found
+
+
+def _read(given: str, path: Path, before: os.stat_result, budget: int) -> bytes:
+    """The bytes of the file checked as ``before``: a symlink or another file put in its place since is refused."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
