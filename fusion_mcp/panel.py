@@ -120,7 +120,7 @@ async def sort(run: Run, outcomes: Iterable[MemberOutcome]) -> tuple[list[PanelR
         elif error is not None:
             failed.append(FailedModel(model=model, error=error.message, status_code=error.status_code))
         else:
-            length = f"{run.request.deadline_s:g} s run" if run.request.deadline_s is not None else "run"
+            length = f"{round(run.request.deadline_s, 1):g} s run" if run.request.deadline_s is not None else "run"
             why = f"no answer within the deadline ({outcome.seconds:.1f} s into a {length})"
             failed.append(FailedModel(model=model, error=why, status_code=None))
     return responses, failed

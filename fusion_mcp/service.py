@@ -174,12 +174,11 @@ class FusionService:
         if live is not None and live.principal == principal:
             done = await live.wait(wait_s, on_event, stop_with_caller=False)
             return live.result if done and live.result is not None else live.snapshot(self.settings.deadline_s)
+        found = await self._recorded(run_id, principal)
         with anyio.move_on_after(wait_s):
-            while True:
-                found = await self._recorded(run_id, principal)
-                if found.status != "running" or found.error is not None:
-                    return found
+            while found.status == "running":  # another process is at it: watch the history
                 await anyio.sleep(0.5)
+                found = await self._recorded(run_id, principal)
         return found
 
     def stop(self, run_id: str, principal: str, reason: str) -> bool:
@@ -351,7 +350,11 @@ class FusionService:
             return result
         why = lost_message(record)
         if why is not None:
-            return FusionResult.failure(run_id, "run_lost", why)
+            lost = FusionResult.failure(run_id, "run_lost", why)
+            request = FusionRequest.model_validate(record["request"])
+            if self.store is not None:  # so the history stops listing it as running
+                await _record(self.store, request, lost, {}, principal)
+            return lost
         return result.model_copy(
             update={
                 "instructions": "The run is going on in another server process. "
