@@ -31,6 +31,7 @@ from .admission import ARGUMENT_RULES, FusionRefused
 from .config import LOCAL_PRINCIPAL, Preset, Settings
 from .limits import MAX_DEADLINE_S, MAX_FILES, MAX_GUESTS, MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
 from .mcp_logging import SessionLogLevels
+from .mcp_tasks import FusionTasks, task_call
 from .models import FusionArgs, FusionResult, GuestAnswer
 from .progress import EventSink, ProgressEvent
 from .provider import DEPTH_HEADER
@@ -109,6 +110,8 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
     ``network`` is how web fetches resolve names and connect: the system's unless a test fakes it.
     """
     running = _Running()
+    # Long runs may be served as MCP tasks to clients that declare the extension (see mcp_tasks).
+    tasks = [_tasks(settings)] if settings.enabled and settings.long_runs else []
     server: MCPServer[FusionService] = MCPServer(
         "fusion-mcp",
         title="Fusion",
@@ -117,6 +120,7 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
         lifespan=_lifespan(settings, network, running),
         log_level=settings.log_level,
         middleware=[_remember_caller],
+        extensions=tasks,
     )
     log_levels = SessionLogLevels()
     log_levels.install(server)
@@ -136,6 +140,11 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
                 annotations=annotations,
             )
     return server
+
+
+def _tasks(settings: Settings) -> FusionTasks:
+    ttl_s = settings.history_max_days * 86400  # a task's result lives as long as its run in the history
+    return FusionTasks(TOOL_NAME, principal_of, lambda r: as_tool_result(r, settings.max_output_chars), ttl_s)
 
 
 def _lifespan(settings: Settings, network: Network, running: _Running) -> Any:
@@ -287,6 +296,11 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
         except FusionRefused as refused:
             log.info("run %s for %s refused: %s", run_id, principal, refused.message)
             return as_tool_result(refused.result(run_id))
+        task = task_call.get()
+        if task is not None:  # served as an MCP task: the client polls tasks/get
+            service.start(request, run_id=run_id, principal=principal)
+            task.run_id = run_id
+            return as_tool_result(FusionResult(status="running", run_id=run_id))
         forward = _progress(ctx, run_id, log_levels)
         # A run that may outlive its call is waited on for the call's deadline, then goes on in the background.
         wait_s = settings.deadline_s if settings.long_runs else None
