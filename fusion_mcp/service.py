@@ -210,7 +210,7 @@ class FusionService:
         try:
             with live.scope:
                 if live.durable and self.store is not None:
-                    await self.store.start_run(live.request, live.snapshot(0), live.principal, owner())
+                    await self.store.save_run(live.request, live.snapshot(0), {}, live.principal, owner())
                 live.result = await self._run_now(live, transcripts)
         finally:
             with anyio.CancelScope(shield=True):

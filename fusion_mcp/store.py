@@ -199,8 +199,11 @@ class Store:
         result: FusionResult,
         transcripts: dict[str, list[dict[str, Any]]],
         principal: str = "local",
+        owner: dict[str, Any] | None = None,
     ) -> None:
-        await anyio.to_thread.run_sync(self._save_run, request, result, transcripts, principal)
+        """Record a run. A ``running`` result (a run that may outlive its call, at its start) names its
+        ``owner`` process and gets a heartbeat; the run's final record replaces it."""
+        await anyio.to_thread.run_sync(self._save_run, request, result, transcripts, principal, owner)
 
     def _save_run(
         self,
@@ -208,6 +211,7 @@ class Store:
         result: FusionResult,
         transcripts: dict[str, list[dict[str, Any]]],
         principal: str,
+        owner: dict[str, Any] | None,
     ) -> None:
         record = {
             "schema": RESULT_SCHEMA,
@@ -218,63 +222,33 @@ class Store:
             "result": result.to_json(),
             "transcripts": transcripts,
         }
+        if owner is not None:
+            record["owner"] = owner
         text = redact(json.dumps(record), self._secrets)
         now = record["created"]
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO runs (run_id, created, prompt_head, panel, status, cost, seconds, cached, "
-                "record, schema, principal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "record, schema, principal, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     result.run_id,
                     now,
                     redact(request.prompt[:120], self._secrets),
                     ",".join(request.analysis_models),
-                    result.status if result.status == "ok" else f"error:{result.failure_reason}",
+                    result.status if result.status != "error" else f"error:{result.failure_reason}",
                     result.usage.total.cost,
                     result.timings.total,
                     int(result.cached),
                     text,
                     RESULT_SCHEMA,
                     principal,
+                    now if result.status == "running" else None,
                 ),
             )
             self._db.execute("DELETE FROM runs WHERE created < ?", (now - self._max_age_s,))
             self._db.execute(
                 "DELETE FROM runs WHERE run_id NOT IN (SELECT run_id FROM runs ORDER BY created DESC LIMIT ?)",
                 (self._max_runs,),
-            )
-
-    async def start_run(
-        self, request: FusionRequest, snapshot: FusionResult, principal: str, owner: dict[str, Any]
-    ) -> None:
-        """Record a run that may outlive its call as ``running`` (its final record replaces this one)."""
-        await anyio.to_thread.run_sync(self._start_run, request, snapshot, principal, owner)
-
-    def _start_run(self, request: FusionRequest, snapshot: FusionResult, principal: str, owner: dict[str, Any]) -> None:
-        now = time.time()
-        record = {
-            "schema": RESULT_SCHEMA,
-            "run_id": snapshot.run_id,
-            "principal": principal,
-            "created": now,
-            "request": request.model_dump(mode="json"),
-            "result": snapshot.to_json(),
-            "owner": owner,
-        }
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO runs (run_id, created, prompt_head, panel, status, cost, seconds, cached, "
-                "record, schema, principal, heartbeat) VALUES (?, ?, ?, ?, 'running', NULL, 0, 0, ?, ?, ?, ?)",
-                (
-                    snapshot.run_id,
-                    now,
-                    redact(request.prompt[:120], self._secrets),
-                    ",".join(request.analysis_models),
-                    redact(json.dumps(record), self._secrets),
-                    RESULT_SCHEMA,
-                    principal,
-                    now,
-                ),
             )
 
     async def heartbeat(self, run_ids: list[str]) -> None:
