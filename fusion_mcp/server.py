@@ -215,66 +215,75 @@ def root_paths(roots: ListRootsResult | None) -> list[str] | None:
     return paths or None
 
 
+# The tool's arguments as the host model sees them: each one's type, bounds and the sentence describing it.
+PromptArg = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="A complete, self-contained question or task; the panel does not see your conversation.",
+    ),
+]
+ContextArg = Annotated[
+    str | None, Field(description="Optional material the panel needs: code, excerpts, data, constraints.")
+]
+PanelArg = Annotated[
+    list[str] | None,
+    Field(
+        min_length=1,
+        max_length=MAX_PANEL,
+        description=f"Optional panel override: {ARGUMENT_RULES['analysis_models']}. Default: the configured panel.",
+    ),
+]
+AnalystArg = Annotated[str | None, Field(description="Optional analyst model id. Default: the configured analyst.")]
+ToolCallsArg = Annotated[
+    int | None,
+    Field(
+        ge=MIN_TOOL_CALLS,
+        le=MAX_TOOL_CALLS,
+        description=f"Optional tool-call budget per model: {ARGUMENT_RULES['max_tool_calls']}.",
+    ),
+]
+PresetArg = Annotated[
+    Preset | None,
+    Field(
+        description="Optional panel preset: quality (default: frontier models), budget (small models, strong "
+        "analyst), fast (two fast models), self (the analyst's model under three lenses, for an endpoint with one "
+        "model). analysis_models and model override it."
+    ),
+]
+AnswersArg = Annotated[
+    list[GuestAnswer] | None,
+    Field(
+        max_length=MAX_GUESTS,
+        description="Optional answers you already have (your own draft, another agent's), compared with the "
+        f"panel's under the same anonymous labels and named guest:<label> in the result: {ARGUMENT_RULES['answers']}. "
+        "Never sent to the panel; no cost.",
+    ),
+]
+FilesArg = Annotated[
+    list[str] | None,
+    Field(
+        max_length=MAX_FILES,
+        description=f"Optional files the panel reads as material: {ARGUMENT_RULES['files']}. Relative paths start "
+        "at the first root.",
+    ),
+]
+RootsArg = Annotated[ListRootsResult | None, CLIENT_ROOTS]
+"""Filled by the server (the client's MCP roots), never by the host model: not in the input schema."""
+
+
 def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
     async def openrouter_fusion(
-        prompt: Annotated[
-            str,
-            Field(
-                min_length=1,
-                description="A complete, self-contained question or task; the panel does not see your conversation.",
-            ),
-        ],
+        prompt: PromptArg,
         ctx: Context[FusionService],
-        context: Annotated[
-            str | None,
-            Field(description="Optional material the panel needs: code, excerpts, data, constraints."),
-        ] = None,
-        analysis_models: Annotated[
-            list[str] | None,
-            Field(
-                min_length=1,
-                max_length=MAX_PANEL,
-                description=f"Optional panel override: {ARGUMENT_RULES['analysis_models']}. "
-                "Default: the configured panel.",
-            ),
-        ] = None,
-        model: Annotated[
-            str | None, Field(description="Optional analyst model id. Default: the configured analyst.")
-        ] = None,
-        max_tool_calls: Annotated[
-            int | None,
-            Field(
-                ge=MIN_TOOL_CALLS,
-                le=MAX_TOOL_CALLS,
-                description=f"Optional tool-call budget per model: {ARGUMENT_RULES['max_tool_calls']}.",
-            ),
-        ] = None,
-        preset: Annotated[
-            Preset | None,
-            Field(
-                description="Optional panel preset: quality (default: frontier models), budget (small models, "
-                "strong analyst), fast (two fast models), self (the analyst's model under three lenses, for an "
-                "endpoint with one model). analysis_models and model override it."
-            ),
-        ] = None,
-        answers: Annotated[
-            list[GuestAnswer] | None,
-            Field(
-                max_length=MAX_GUESTS,
-                description="Optional answers you already have (your own draft, another agent's), compared with the "
-                f"panel's under the same anonymous labels and named guest:<label> in the result: "
-                f"{ARGUMENT_RULES['answers']}. Never sent to the panel; no cost.",
-            ),
-        ] = None,
-        files: Annotated[
-            list[str] | None,
-            Field(
-                max_length=MAX_FILES,
-                description=f"Optional files the panel reads as material: {ARGUMENT_RULES['files']}. Relative "
-                "paths start at the first root.",
-            ),
-        ] = None,
-        roots: Annotated[ListRootsResult | None, CLIENT_ROOTS] = None,
+        context: ContextArg = None,
+        analysis_models: PanelArg = None,
+        model: AnalystArg = None,
+        max_tool_calls: ToolCallsArg = None,
+        preset: PresetArg = None,
+        answers: AnswersArg = None,
+        files: FilesArg = None,
+        roots: RootsArg = None,
     ) -> Annotated[CallToolResult, FusionResult]:
         service = ctx.request_context.lifespan_context
         run_id = new_run_id()

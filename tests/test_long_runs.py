@@ -21,7 +21,7 @@ from fusion_mcp.config import load_settings
 from fusion_mcp.server import RESULT_TOOL_NAME, create_server
 from fusion_mcp.store import Store
 from tests import servers
-from tests.conftest import PANEL, sim_env
+from tests.conftest import API_KEY, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.helpers import TOOL, structured, text, wait_until
 
@@ -193,6 +193,9 @@ async def test_runs_are_found_only_by_their_principal_and_a_restarted_server_rep
         assert stopped["status"] == "running"
         second.proc.send_signal(signal.SIGTERM)  # a graceful stop records what it loses
         second.proc.wait(timeout=15)
+    for server in (first, second):  # neither the key nor a token in any log line, and no traceback
+        assert API_KEY not in server.stderr and ALICE not in server.stderr and BOB not in server.stderr
+        assert "Traceback" not in server.stderr, server.stderr
     assert crashed["status"] == "error" and crashed["failure_reason"] == "run_lost"
     assert crashed["error"].startswith(f"the server that was running it (process {first.proc.pid} on ")
     assert "stopped before it finished — a restart, a crash or a kill ends the runs in flight" in crashed["error"]
