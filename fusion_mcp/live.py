@@ -68,9 +68,10 @@ class LiveRun:
         for listener in list(self.listeners):
             await listener(event)
 
-    def snapshot(self, wait_s: float) -> FusionResult:
-        """The run as it stands: finished answers and failures, the entries still working, how to come back."""
-        result = so_far(self.request, self.outcomes, self.run_id, resume_instructions(self.run_id, wait_s))
+    def snapshot(self, call_wait_s: float) -> FusionResult:
+        """The run as it stands: finished answers and failures, the entries still working, and how to come
+        back for the rest (``openrouter_fusion_result`` waits up to ``call_wait_s`` a call)."""
+        result = so_far(self.request, self.outcomes, self.run_id, resume_instructions(self.run_id, call_wait_s))
         result.timings.total = round(time.time() - self.started, 3)
         return result
 

@@ -210,7 +210,9 @@ class FusionService:
         try:
             with live.scope:
                 if live.durable and self.store is not None:
-                    await self.store.save_run(live.request, live.snapshot(0), {}, live.principal, owner())
+                    await self.store.save_run(
+                        live.request, live.snapshot(self.settings.deadline_s), {}, live.principal, owner()
+                    )
                 live.result = await self._run_now(live, transcripts)
         finally:
             with anyio.CancelScope(shield=True):
@@ -223,7 +225,7 @@ class FusionService:
                 live.result = FusionResult.failure(live.run_id, "cancelled", f"the run was {live.stop_reason}")
             else:
                 elapsed = time.time() - live.started
-                lost = live.snapshot(0).model_copy(
+                lost = live.snapshot(self.settings.deadline_s).model_copy(
                     update={
                         "status": "error",
                         "failure_reason": "run_lost",
