@@ -17,7 +17,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -100,16 +100,20 @@ class LiveRun:
         return self.done.is_set()
 
 
+PROCESS = uuid.uuid4().hex
+"""This process, told apart from an earlier one with the same pid (a container's server is often pid 1)."""
+
+
 def owner() -> dict[str, Any]:
     """Who runs a run: this host and process (a running row names it, for the next process to judge)."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "process": PROCESS}
 
 
-def lost_message(record: dict[str, Any], alive: Callable[[int], bool] | None = None) -> str | None:
+def lost_message(record: dict[str, Any]) -> str | None:
     """Why a ``running`` row from the history will never finish, or None when its owner may still be at it.
 
-    Its owner is gone when its heartbeat is stale, or — on this host — when its process no longer exists
-    (or is this very process, which does not have it in memory).
+    Its owner is gone when its heartbeat is stale, or — on this host — when its process no longer exists, or
+    when its pid is this process's but the row was written by an earlier process that had it.
     """
     run_owner = record.get("owner") if isinstance(record.get("owner"), dict) else {}
     heartbeat = record.get("heartbeat")
@@ -118,7 +122,10 @@ def lost_message(record: dict[str, Any], alive: Callable[[int], bool] | None = N
     where = f"process {pid} on {run_owner.get('host', 'an unknown host')}"
     gone = not isinstance(heartbeat, int | float) or time.time() - heartbeat > LOST_AFTER_S
     if not gone and run_owner.get("host") == socket.gethostname() and isinstance(pid, int):
-        gone = pid == os.getpid() or not (alive or _alive)(pid)
+        if pid == os.getpid():
+            gone = run_owner.get("process") != PROCESS
+        else:
+            gone = not _alive(pid)
     if not gone:
         return None
     return (

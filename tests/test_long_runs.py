@@ -18,7 +18,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from fusion_mcp.config import load_settings
+from fusion_mcp.models import FusionArgs
 from fusion_mcp.server import RESULT_TOOL_NAME, create_server
+from fusion_mcp.service import FusionService
 from fusion_mcp.store import Store
 from tests import servers
 from tests.conftest import API_KEY, PANEL, sim_env
@@ -217,3 +219,48 @@ async def test_runs_are_found_only_by_their_principal_and_a_restarted_server_rep
         rows = dict(db.execute("SELECT run_id, status FROM runs").fetchall())
     # Found lost, the crashed run's row says so too (fusion-mcp runs no longer lists it as running).
     assert rows == {stopped["run_id"]: "error:run_lost", killed["run_id"]: "error:run_lost"}
+
+
+async def test_a_run_of_another_live_process_is_watched_through_the_history(sim: ProviderSim, tmp_path: Path) -> None:
+    """Two services on one FUSION_HOME (replicas of one machine): the one without the run waits for the
+    other to record it, then answers with its result."""
+    sim.script(B, Reply(latency=1.5))
+    settings = load_settings(environ=sim_env(sim, FUSION_HOME=str(tmp_path), **LONG))
+    async with FusionService.open(settings) as one, FusionService.open(settings) as other:
+        request = one.prepare(FusionArgs(prompt="q", deadline_s=30), depth=0)
+        running = await one.run(request, wait_s=0.2)
+        assert running.status == "running"
+        elsewhere = await other.result(running.run_id, "local", wait_s=0)
+        assert elsewhere.status == "running" and elsewhere.instructions is not None
+        assert elsewhere.instructions.startswith("The run is going on in another server process.")
+        done = await other.result(running.run_id, "local", wait_s=30)
+    assert done.status == "ok" and [r.model for r in done.responses] == list(PANEL)
+    with sqlite3.connect(tmp_path / "fusion.sqlite3") as db:
+        (status,) = db.execute("SELECT status FROM runs WHERE run_id = ?", (running.run_id,)).fetchone()
+    assert status == "ok"
+
+
+def test_a_running_row_is_lost_when_its_process_is_gone_or_silent() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from fusion_mcp.live import LOST_AFTER_S, PROCESS, lost_message
+
+    here, now = socket.gethostname(), time.time()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(ended.stdout)
+
+    def row(**owner: Any) -> dict[str, Any]:
+        return {"owner": {"host": here, "pid": os.getpid(), "process": PROCESS} | owner, "heartbeat": now}
+
+    assert lost_message(row()) is None  # this very process (another service in it) is alive
+    assert lost_message(row(pid=os.getppid())) is None  # a live process on this host
+    assert lost_message(row(host="elsewhere", pid=dead)) is None  # another host: its heartbeat decides
+    gone = lost_message(row(pid=dead))
+    assert gone is not None and gone.startswith(f"the server that was running it (process {dead} on {here}, last")
+    assert lost_message(row(process="an earlier process with this pid")) is not None  # e.g. pid 1 in a container
+    stale = row(host="elsewhere") | {"heartbeat": now - LOST_AFTER_S - 1}
+    assert lost_message(stale) is not None and lost_message(row() | {"heartbeat": None}) is not None
