@@ -210,9 +210,8 @@ class FusionService:
         try:
             with live.scope:
                 if live.durable and self.store is not None:
-                    await self.store.save_run(
-                        live.request, live.snapshot(self.settings.deadline_s), {}, live.principal, owner()
-                    )
+                    snapshot = live.snapshot(self.settings.deadline_s)
+                    await _record(self.store, live.request, snapshot, {}, live.principal, owner())
                 live.result = await self._run_now(live, transcripts)
         finally:
             with anyio.CancelScope(shield=True):
@@ -353,7 +352,10 @@ class FusionService:
         why = lost_message(record)
         if why is not None:
             lost = FusionResult.failure(run_id, "run_lost", why)
-            request = FusionRequest.model_validate(record["request"])
+            try:
+                request = FusionRequest.model_validate(record["request"])
+            except (KeyError, ValidationError):
+                return lost
             if self.store is not None:  # so the history stops listing it as running
                 await _record(self.store, request, lost, {}, principal)
             return lost
@@ -399,11 +401,16 @@ def _less_waiting(request: FusionRequest, waited: float) -> FusionRequest:
 
 
 async def _record(
-    store: Store, request: FusionRequest, result: FusionResult, transcripts: dict[str, Any], principal: str
+    store: Store,
+    request: FusionRequest,
+    result: FusionResult,
+    transcripts: dict[str, Any],
+    principal: str,
+    run_owner: dict[str, Any] | None = None,
 ) -> None:
-    # A full disk must not lose the answer the caller is waiting for.
+    # A full disk must not lose the answer the caller is waiting for (nor stop a run that is starting).
     with anyio.CancelScope(shield=True):
         try:
-            await store.save_run(request, result, transcripts, principal)
+            await store.save_run(request, result, transcripts, principal, run_owner)
         except Exception as exc:
             log.warning("run %s not recorded: %s", result.run_id, exc)
