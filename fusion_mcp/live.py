@@ -13,6 +13,7 @@ owner (host and process id) and a heartbeat the owner renews. After a restart th
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -29,6 +30,7 @@ from .models import FusionRequest, FusionResult
 from .pipeline import so_far
 from .progress import EventSink, ProgressEvent
 
+log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
 """How often a process renews the heartbeat of its runs in flight."""
 LOST_AFTER_S = 30.0
@@ -65,6 +67,8 @@ class LiveRun:
 
     async def emit(self, event: ProgressEvent) -> None:
         self.last_event = event
+        if not self.listeners:  # nobody waits (a task, or a run past its call): the log still tells its story
+            log.info("run %s: %s", self.run_id, event.message)
         for listener in list(self.listeners):
             await listener(event)
 
