@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 from . import __version__
 from .admission import ARGUMENT_RULES, FusionRefused
 from .config import LOCAL_PRINCIPAL, Preset, Settings
+from .lenses import BUILTIN
 from .limits import MAX_DEADLINE_S, MAX_FILES, MAX_GUESTS, MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
 from .mcp_logging import SessionLogLevels
 from .mcp_tasks import FusionTasks, task_call
@@ -59,8 +60,8 @@ The panel does NOT see this conversation: make `prompt` a complete, self-contain
 code, excerpts, constraints or other material it needs in `context`, or pass file paths in `files` (text \
 and images, read by the server inside the allowed roots). To have your own draft (or another agent's) \
 compared with the panel's, pass it in `answers` as {{label, content}}: it costs nothing and is never shown \
-to the panel. A panel entry `model#lens` (skeptic, pragmatist, researcher, contrarian, architect) runs a \
-model with that lens; preset `self` runs the analyst's model under three lenses."""
+to the panel. A panel entry `model#lens` ({", ".join(BUILTIN)}) runs a model with that lens; preset `self` \
+runs the analyst's model under three lenses."""
 
 LONG_RUNS = """
 
