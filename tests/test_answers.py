@@ -96,7 +96,7 @@ async def test_bad_answers_are_refused_before_anything_is_sent(
 
 async def test_one_answer_of_three_is_degraded_and_the_analyst_is_not_asked(sim: ProviderSim) -> None:
     sim.script(B, Reply(status=500, error_message="down"))
-    sim.script(C, Reply(status=502, error_message="gone"))
+    sim.script(C, Reply(status=403, error_message="gone"))
     result, progress = await call(sim, {"prompt": "q"})
     data = structured(result)
     assert not result.is_error and analyst_requests(sim) == []
@@ -111,7 +111,7 @@ async def test_one_answer_of_three_is_degraded_and_the_analyst_is_not_asked(sim:
         "responses": [{"model": A, "content": f"Answer from {A}: the answer is 42."}],
         "failed_models": [
             {"model": B, "error": "HTTP 500: down", "status_code": 500},
-            {"model": C, "error": "HTTP 502: gone", "status_code": 502},
+            {"model": C, "error": "HTTP 403: gone", "status_code": 403},
         ],
         "sources": [],
         "analyst_model": ANALYST,

@@ -101,7 +101,7 @@ async def test_the_background_run_is_bounded_by_the_run_deadline(sim: ProviderSi
 
 
 async def test_a_cancelled_call_leaves_its_run_going_and_findable(sim: ProviderSim, tmp_path: Path) -> None:
-    sim.script(A, Reply(latency=2))
+    sim.script(A, Reply(latency=1))
     async with client(sim, FUSION_HOME=str(tmp_path), **LONG) as c:
 
         async def start() -> None:
