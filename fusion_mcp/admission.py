@@ -15,16 +15,27 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .catalogue import CatalogueClient, ModelInfo, estimate_cost, without_tools
-from .config import PRESETS, Preset, Settings
-from .limits import MAX_DEADLINE_S, MAX_PANEL, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
-from .model_ids import MODEL_ID_RULE, PANEL_RULE, check_model_id, check_model_ids
-from .models import FailureReason, FusionArgs, FusionRequest, FusionResult
+from .catalogue import CatalogueClient, ModelInfo, estimate_cost, taking_images, without_tools
+from .config import PRESET_NAMES, Preset, Settings
+from .lenses import PANEL_ENTRIES_RULE, SEPARATOR, check_panel, split_entry
+from .limits import (
+    MAX_DEADLINE_S,
+    MAX_FILES,
+    MAX_GUEST_CHARS,
+    MAX_GUESTS,
+    MAX_PANEL,
+    MAX_TOOL_CALLS,
+    MIN_DEADLINE_S,
+    MIN_TOOL_CALLS,
+)
+from .model_ids import MODEL_ID_RULE, check_model_id
+from .models import FailureReason, FusionArgs, FusionRequest, FusionResult, GuestAnswer
 from .text import number
 
 log = logging.getLogger(__name__)
@@ -33,11 +44,15 @@ T = TypeVar("T")
 ARGUMENT_RULES: dict[str, str] = {
     "prompt": "a non-empty, self-contained question, at most FUSION_MAX_PROMPT_CHARS characters with the context",
     "context": "the material the panel needs, at most FUSION_MAX_PROMPT_CHARS characters with the prompt",
-    "analysis_models": PANEL_RULE,
-    "model": MODEL_ID_RULE,
+    "analysis_models": PANEL_ENTRIES_RULE,
+    "model": f"{MODEL_ID_RULE} (the analyst takes no lens)",
     "max_tool_calls": f"a whole number from {MIN_TOOL_CALLS} to {MAX_TOOL_CALLS}",
-    "preset": f"one of {', '.join(PRESETS)}",
+    "preset": f"one of {', '.join(PRESET_NAMES)}",
     "deadline_s": f"a number of seconds from {number(MIN_DEADLINE_S)} to {number(MAX_DEADLINE_S)}",
+    "answers": f"at most {MAX_GUESTS} answers, each a unique label (letters, digits, space, . _ -, up to 40 "
+    f"characters) and non-empty content of at most {MAX_GUEST_CHARS:,} characters",
+    "files": f"at most {MAX_FILES} paths of UTF-8 text files or PNG, JPEG, WebP or GIF images inside the allowed "
+    "roots (the client's MCP roots, else FUSION_FILES_ROOTS), together within FUSION_FILES_MAX_BYTES",
 }
 """What each call argument accepts, in the words every refusal and every schema description uses."""
 
@@ -83,6 +98,8 @@ class ToolArguments(BaseModel):
     model: str | None = None
     max_tool_calls: int | None = Field(None, ge=MIN_TOOL_CALLS, le=MAX_TOOL_CALLS)
     preset: Preset | None = None
+    answers: list[GuestAnswer] | None = Field(None, max_length=MAX_GUESTS)
+    files: list[str] | None = Field(None, max_length=MAX_FILES)
 
     @field_validator("max_tool_calls", mode="before")
     @classmethod
@@ -107,7 +124,7 @@ def parse_arguments(raw: Any) -> FusionArgs:
         parsed = ToolArguments.model_validate(raw)
     except ValidationError as exc:
         raise _refusal(exc.errors()[0], raw) from None
-    return FusionArgs(**parsed.model_dump())
+    return FusionArgs(**dict(parsed))
 
 
 def _refusal(error: Any, raw: dict[str, Any]) -> FusionRefused:
@@ -150,12 +167,24 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int) -> FusionReques
     if size > settings.max_prompt_chars:
         detail = f"{size:,} characters given, FUSION_MAX_PROMPT_CHARS is {settings.max_prompt_chars:,}"
         raise FusionRefused.bad_argument("context" if args.context else "prompt", detail)
-    preset = next((name for name in PRESETS if name == args.preset), None)
+    preset = next((name for name in PRESET_NAMES if name == args.preset), None)
     if args.preset is not None and preset is None:
         raise FusionRefused.bad_argument("preset")
-    default_panel, default_analyst = settings.models_for(preset)
-    panel = _checked("analysis_models", check_model_ids, args.analysis_models, default_panel)
-    analyst = _checked("model", check_model_id, args.model, default_analyst)
+    analyst = _checked("model", _analyst_id, args.model, settings.models_for(preset)[1])
+    lenses = settings.all_lenses
+    panel = _checked(
+        "analysis_models",
+        lambda v: check_panel(v, lenses),
+        args.analysis_models,
+        settings.models_for(preset, analyst)[0],
+    )
+    guests = _checked("answers", _guests, args.answers, ())
+    files = _checked("files", _files, args.files, ())
+    roots = tuple(args.file_roots) if args.file_roots else tuple(str(r) for r in settings.files_roots)
+    if files and not roots:
+        raise FusionRefused.bad_argument(
+            "files", "no roots: the client declared no MCP roots and FUSION_FILES_ROOTS is not set"
+        )
     tool_calls = settings.max_tool_calls if args.max_tool_calls is None else args.max_tool_calls
     if not MIN_TOOL_CALLS <= tool_calls <= MAX_TOOL_CALLS:
         raise FusionRefused.bad_argument("max_tool_calls", f"{tool_calls} given")
@@ -188,7 +217,55 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int) -> FusionReques
         analyst_reserve_s=settings.analyst_reserve_s if deadline == settings.deadline_s else None,
         final_answer=args.final_answer,
         web_tools=settings.web_mode,
+        lenses={lens: lenses[lens] for entry in panel if (lens := split_entry(entry)[1]) is not None},
+        guests=guests,
+        min_answers=settings.min_answers,
+        files=files,
+        file_roots=roots if files else (),
     )
+
+
+def _analyst_id(value: Any) -> str:
+    if isinstance(value, str) and SEPARATOR in value:
+        raise ValueError(f"{value[:60]!r} names a lens")
+    return check_model_id(value)
+
+
+def _guests(value: Any) -> tuple[GuestAnswer, ...]:
+    """The host's own answers: labelled, unique, within bounds; named ``guest:<label>`` from here on."""
+    if not isinstance(value, list | tuple):
+        raise ValueError("not a list of answers")
+    if len(value) > MAX_GUESTS:
+        raise ValueError(f"{len(value)} answers given")
+    guests: list[GuestAnswer] = []
+    for item in value:
+        try:
+            answer = item if isinstance(item, GuestAnswer) else GuestAnswer.model_validate(item)
+        except ValueError:
+            raise ValueError("each answer needs a label and content, both text") from None
+        label = answer.label.strip()
+        if not _GUEST_LABEL.fullmatch(label):
+            raise ValueError(f"label {label[:40]!r} is empty, too long or has other characters")
+        if not answer.content.strip() or len(answer.content) > MAX_GUEST_CHARS:
+            raise ValueError(f"the answer labelled {label!r} is empty or too long ({len(answer.content):,} characters)")
+        if any(g.label == label for g in guests):
+            raise ValueError(f"label {label!r} appears more than once")
+        guests.append(GuestAnswer(label=label, content=answer.content))
+    return tuple(guests)
+
+
+def _files(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError("not a list of paths")
+    if len(value) > MAX_FILES:
+        raise ValueError(f"{len(value)} files given")
+    paths = tuple(v.strip() for v in value)
+    if len(set(paths)) < len(paths):
+        raise ValueError("a path appears more than once")
+    return paths
+
+
+_GUEST_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,39}")
 
 
 def _checked(name: str, check: Callable[[Any], T], given: Any, default: T) -> T:
@@ -209,7 +286,7 @@ async def check_catalogue(
     a cap without catalogue prices cannot be estimated, so it is not enforced (logged).
     """
     infos: dict[str, ModelInfo] = {}
-    for model in dict.fromkeys((*request.analysis_models, request.model)):
+    for model in request_models(request):
         known, info, catalogue_now = await catalogue.lookup(model)
         if not known:
             close = catalogue_now.closest(model)
@@ -221,7 +298,15 @@ async def check_catalogue(
             infos[model] = info
     if max_cost_usd is not None:
         _check_cost(request, infos, max_cost_usd)
-    return await _mark_tool_support(catalogue, request)
+    request = await _mark_tool_support(catalogue, request)
+    if any(a.kind == "image" for a in request.attachments):
+        request = request.model_copy(update={"image_models": await taking_images(catalogue, request_models(request))})
+    return request
+
+
+def request_models(request: FusionRequest) -> tuple[str, ...]:
+    """Every model id a run asks (panel entries' models, then the analyst), each once."""
+    return tuple(dict.fromkeys((*(split_entry(e)[0] for e in request.analysis_models), request.model)))
 
 
 def _check_cost(request: FusionRequest, infos: dict[str, ModelInfo], max_cost_usd: float) -> None:
@@ -245,7 +330,7 @@ async def _mark_tool_support(catalogue: CatalogueClient, request: FusionRequest)
     """
     if request.web_tools == "off":
         return request
-    no_tools = await without_tools(catalogue, (*request.analysis_models, request.model))
+    no_tools = await without_tools(catalogue, request_models(request))
     if not no_tools:
         return request
     log.info("%s cannot call tools and will answer without the web", ", ".join(no_tools))

@@ -87,6 +87,7 @@ def analyst_messages(
     named: list[tuple[str, PanelResponse]],
     fence_note: str | None = None,
     web: bool = False,
+    material: str | None = None,
     fence: Fence | None = None,
 ) -> list[dict[str, Any]]:
     """The analyst's conversation: the question, then each answer under its label, fenced with a nonce."""
@@ -94,6 +95,8 @@ def analyst_messages(
     parts = [f"<question>\n{request.prompt}\n</question>"]
     if request.context:
         parts.append(f"<context>\n{request.context}\n</context>")
+    if material:
+        parts.append(material)
     for label, response in named:
         cut = ' truncated="true"' if response.truncated else ""
         parts.append(f'<{fence.tag} model="{label}"{cut}>\n{fence.clean(response.content)}\n</{fence.tag}>')
@@ -191,6 +194,7 @@ async def run_analyst(
     extra: dict[str, Any] | None = None,
     fence_note: str | None = None,
     on_tool: ToolReporter | None = None,
+    material: str | None = None,
 ) -> AnalystOutcome:
     """Analyse the panel's answers; never raises for upstream or parsing trouble (see ``error``).
 
@@ -207,7 +211,7 @@ async def run_analyst(
     out.labels = label_to_model
     messages = out.transcript
     web = toolbox is not None or bool((extra or {}).get("tools"))
-    messages.extend(analyst_messages(request, list(zip(names, shown, strict=True)), fence_note, web))
+    messages.extend(analyst_messages(request, list(zip(names, shown, strict=True)), fence_note, web, material))
     analysis_options = {
         **(extra or {}),
         "temperature": 0,

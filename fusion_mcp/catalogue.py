@@ -19,11 +19,14 @@ import anyio
 import httpx2
 
 from .config import Settings
+from .lenses import model_of
 from .models import FusionRequest
 from .provider import auth_headers
 
 log = logging.getLogger(__name__)
 TTL_S = 3600.0
+IMAGE_TOKENS = 1600
+"""Prompt tokens counted per image in the worst case (a large image costs providers about this many)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class ModelInfo:
     completion_price: float | None = None
     """USD per completion token."""
     supported_parameters: frozenset[str] = frozenset()
+    input_modalities: frozenset[str] = frozenset()
+    """What the model reads (``text``, ``image``, ``file``...); empty when the catalogue does not say."""
 
 
 MAX_ALIASES = 256
@@ -78,7 +83,21 @@ def _info(item: dict[str, Any]) -> ModelInfo:
         prompt_price=_price(pricing.get("prompt")),
         completion_price=_price(pricing.get("completion")),
         supported_parameters=frozenset(str(p) for p in params),
+        input_modalities=_inputs(item.get("architecture")),
     )
+
+
+def _inputs(architecture: Any) -> frozenset[str]:
+    """OpenRouter's ``architecture.input_modalities``, else the left side of its ``modality`` (``text+image->text``)."""
+    if not isinstance(architecture, dict):
+        return frozenset()
+    listed = architecture.get("input_modalities")
+    if isinstance(listed, list):
+        return frozenset(str(m) for m in listed)
+    modality = architecture.get("modality")
+    if isinstance(modality, str) and "->" in modality:
+        return frozenset(m.strip() for m in modality.split("->")[0].split("+") if m.strip())
+    return frozenset()
 
 
 class CatalogueClient:
@@ -148,24 +167,40 @@ def estimate_cost(request: FusionRequest, infos: dict[str, ModelInfo]) -> float 
     """Worst case in USD before the run, from catalogue prices and token caps; None without prices.
 
     Every member writes its full ``max_completion_tokens``; the analyst reads the question and every answer
-    and may need its one repair request (plus the final answer in ``ask``). Prompts are counted at 3.5
-    characters a token, a deliberately high count for English.
+    (the host's own answers too) and may need its one repair request (plus the final answer in ``ask``).
+    Prompts are counted at 3.5 characters a token, a deliberately high count for English; text files count
+    as text, each image as :data:`IMAGE_TOKENS`.
     """
-    question = (len(request.prompt) + len(request.context or "") + 1500) / 3.5
+    material = sum(a.chars for a in request.attachments) / 3.5
+    images = IMAGE_TOKENS * sum(1 for a in request.attachments if a.kind == "image")
+    guests = sum(len(g.content) for g in request.guests) / 3.5
+    question = (len(request.prompt) + len(request.context or "") + 1500) / 3.5 + material
     out_cap = request.max_completion_tokens
     total = 0.0
-    for model in request.analysis_models:
+    for entry in request.analysis_models:
+        model = model_of(entry)
         info = infos.get(model)
         if info is None or info.prompt_price is None or info.completion_price is None:
             return None
-        total += question * info.prompt_price + out_cap * info.completion_price
+        total += (question + (images if model in request.image_models else 0)) * info.prompt_price
+        total += out_cap * info.completion_price
     judge = infos.get(request.model)
     if judge is None or judge.prompt_price is None or judge.completion_price is None:
         return None
-    analyst_prompt = question + len(request.analysis_models) * out_cap
+    analyst_prompt = question + len(request.analysis_models) * out_cap + guests
     analyst_requests = 3 if request.final_answer else 2
     total += analyst_requests * (analyst_prompt * judge.prompt_price + out_cap * judge.completion_price)
     return total
+
+
+async def taking_images(client: CatalogueClient, models: tuple[str, ...]) -> tuple[str, ...]:
+    """The models whose catalogue entry says they read images (no entry, or one that does not say: no images)."""
+    found = []
+    for model in dict.fromkeys(models):
+        _, info, _ = await client.lookup(model)
+        if info is not None and "image" in info.input_modalities:
+            found.append(model)
+    return tuple(found)
 
 
 async def without_tools(client: CatalogueClient, models: tuple[str, ...]) -> tuple[str, ...]:

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 
 from . import __version__
 from .admission import FusionRefused, argument_rule, prepare
-from .config import ConfigError, Settings, load_settings
+from .config import PRESET_NAMES, ConfigError, Settings, load_settings
 from .errors import MIN_SECRET_CHARS, redact
 from .limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
-from .models import FusionArgs, FusionResult
+from .models import FusionArgs, FusionResult, GuestAnswer
 from .progress import ProgressEvent
 from .render import render
 from .run import new_run_id
@@ -36,6 +36,9 @@ ASK_FLAGS = {
     "model": "--model",
     "max_tool_calls": "--max-tool-calls",
     "deadline_s": "--deadline",
+    "preset": "--preset",
+    "answers": "--answer",
+    "files": "--file",
 }
 """The ``ask`` option that carries each call argument, for refusals worded in the command's terms."""
 
@@ -100,6 +103,24 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--context", help="supporting material; @FILE reads it from a file")
     ask.add_argument("--models", help="comma-separated panel model ids (default: FUSION_ANALYSIS_MODELS)")
     ask.add_argument("--model", help="analyst model id (default: FUSION_MODEL)")
+    ask.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        help="panel preset: quality, budget, fast, or self (the analyst's model under three lenses)",
+    )
+    ask.add_argument(
+        "--answer",
+        action="append",
+        metavar="LABEL=TEXT|@FILE",
+        help="an answer you already have, compared with the panel's as guest:LABEL (repeatable, up to 4)",
+    )
+    ask.add_argument(
+        "--file",
+        action="append",
+        metavar="PATH",
+        help="a text file or image the panel reads as material (repeatable); inside FUSION_FILES_ROOTS, or "
+        "the current directory when that is not set",
+    )
     ask.add_argument(
         "--max-tool-calls", type=int, help=f"tool-call budget per model, {MIN_TOOL_CALLS}-{MAX_TOOL_CALLS}"
     )
@@ -171,20 +192,48 @@ def main(argv: Sequence[str] | None = None) -> None:
         pass
 
 
+def _text_or_file(value: str, flag: str) -> str:
+    """``value``, or the text of the file it names as ``@FILE``; ``OSError`` names the flag."""
+    if not value.startswith("@"):
+        return value
+    try:
+        with open(value[1:], encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OSError(f"cannot read {flag} file {value[1:]!r}: {exc}") from None
+
+
+def _answers(values: list[str] | None) -> list[GuestAnswer] | None:
+    """``--answer LABEL=TEXT`` or ``LABEL=@FILE``, as the host's own answers."""
+    if values is None:
+        return None
+    answers = []
+    for value in values:
+        label, sep, content = value.partition("=")
+        if not sep:
+            raise OSError(f"--answer {value[:40]!r}: give it as LABEL=TEXT or LABEL=@FILE")
+        answers.append(GuestAnswer(label=label, content=_text_or_file(content, "--answer")))
+    return answers
+
+
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
-    context = args.context
-    if context and context.startswith("@"):
-        try:
-            context = open(context[1:], encoding="utf-8").read()  # noqa: ASYNC230 - one small read at start
-        except OSError as exc:
-            print(f"fusion-mcp: cannot read --context file: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+    try:
+        context = _text_or_file(args.context, "--context") if args.context else args.context
+        answers = _answers(args.answer)
+    except OSError as exc:
+        print(f"fusion-mcp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     call = FusionArgs(
         prompt=args.prompt,
         context=context,
         analysis_models=args.models.split(",") if args.models is not None else None,
         model=args.model,
         max_tool_calls=args.max_tool_calls,
+        preset=args.preset,
+        answers=answers,
+        files=args.file,
+        # A terminal user may name files where they are; FUSION_FILES_ROOTS narrows that when set.
+        file_roots=None if settings.files_roots else [os.getcwd()],
         # With no host model to write the final answer, the analyst writes one (as openrouter/fusion does).
         final_answer=not args.analysis_only,
         # A terminal user can wait: no deadline unless asked for, whatever FUSION_DEADLINE_S says.

@@ -25,15 +25,24 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 from pydantic.fields import FieldInfo
 
 from .errors import MIN_SECRET_CHARS
-from .limits import MAX_COMPLETION_TOKENS, MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
-from .model_ids import MODEL_ID_RULE, PANEL_RULE, check_model_id, check_model_ids
+from .lenses import BUILTIN, LENSES_RULE, PANEL_ENTRIES_RULE, check_lenses, check_panel, self_panel
+from .limits import (
+    MAX_COMPLETION_TOKENS,
+    MAX_DEADLINE_S,
+    MAX_PANEL,
+    MAX_TOOL_CALLS,
+    MIN_DEADLINE_S,
+    MIN_TOOL_CALLS,
+)
+from .model_ids import MODEL_ID_RULE, check_model_id
 from .models import WebMode
 from .text import number
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
-Preset = Literal["quality", "budget", "fast"]
+Preset = Literal["quality", "budget", "fast", "self"]
+FixedPreset = Literal["quality", "budget", "fast"]
 QUALITY_PANEL = ("~anthropic/claude-opus-latest", "~openai/gpt-latest", "~google/gemini-pro-latest")
-PRESETS: dict[Preset, tuple[tuple[str, ...], str]] = {
+PRESETS: dict[FixedPreset, tuple[tuple[str, ...], str]] = {
     # OpenRouter's Quality panel: three frontier families, the strongest analyst.
     "quality": (QUALITY_PANEL, "~anthropic/claude-opus-latest"),
     # Small models of the same three families cost a fraction; a frontier analyst still does the comparing,
@@ -45,6 +54,9 @@ PRESETS: dict[Preset, tuple[tuple[str, ...], str]] = {
     # Latency-homogeneous: two fast models (a run waits for its slowest member) and a fast strong analyst.
     "fast": (("~google/gemini-flash-latest", "~anthropic/claude-haiku-latest"), "~anthropic/claude-sonnet-latest"),
 }
+"""The presets with a fixed panel. ``self`` has none: it is the analyst's model under three lenses, for an
+endpoint that serves one model (see :mod:`fusion_mcp.lenses`)."""
+PRESET_NAMES: tuple[Preset, ...] = get_args(Preset)
 WebTools = Literal["auto", "openrouter", "local", "off"]
 SearchBackend = Literal["auto", "searxng", "brave", "tavily", "ddgs"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -95,8 +107,10 @@ class Settings(BaseModel):
     api_key: SecretStr | None = setting(None, "OPENROUTER_API_KEY", rule="a non-empty API key")
     base_url: str = setting(OPENROUTER_BASE_URL, "OPENROUTER_BASE_URL", rule=f"{_URL_RULE} of an OpenAI-compatible API")
     preset: Preset = setting("quality", "FUSION_PRESET")
+    # Before the panel: its entries may name these lenses.
+    lenses: dict[str, str] = setting({}, "FUSION_LENSES", rule=LENSES_RULE)
     configured_panel: tuple[str, ...] | None = setting(
-        None, "FUSION_ANALYSIS_MODELS", rule=f"{PANEL_RULE}, comma-separated"
+        None, "FUSION_ANALYSIS_MODELS", rule=f"{PANEL_ENTRIES_RULE}, comma-separated"
     )
     configured_analyst: str | None = setting(None, "FUSION_MODEL", rule=MODEL_ID_RULE)
     max_tool_calls: int = setting(8, "FUSION_MAX_TOOL_CALLS", ge=MIN_TOOL_CALLS, le=MAX_TOOL_CALLS)
@@ -105,6 +119,15 @@ class Settings(BaseModel):
     stream: bool = setting(True, "FUSION_STREAM")
     temperature: float | None = setting(None, "FUSION_TEMPERATURE", ge=0, le=2, empty="the provider's default")
     deadline_s: float = setting(55.0, "FUSION_DEADLINE_S", ge=MIN_DEADLINE_S, le=MAX_DEADLINE_S, unit="seconds")
+    run_deadline_s: float | None = setting(
+        None,
+        "FUSION_RUN_DEADLINE_S",
+        ge=MIN_DEADLINE_S,
+        le=MAX_DEADLINE_S,
+        rule=f"a number of seconds from FUSION_DEADLINE_S to {MAX_DEADLINE_S:,.0f}",
+        empty="FUSION_DEADLINE_S (runs end with the call)",
+    )
+    min_answers: int = setting(2, "FUSION_MIN_ANSWERS", ge=1, le=MAX_PANEL, unit="panel answers")
     analyst_reserve_s: float | None = setting(
         None,
         "FUSION_ANALYST_RESERVE_S",
@@ -188,6 +211,12 @@ class Settings(BaseModel):
     fetch_max_chars: int = setting(20000, "FUSION_FETCH_MAX_CHARS", ge=1000, le=200_000, unit="characters")
     fetch_page_links: int = setting(4, "FUSION_FETCH_PAGE_LINKS", ge=0, le=100, unit="links per model and run")
     web_max_chars: int = setting(400_000, "FUSION_WEB_MAX_CHARS", ge=10_000, le=10_000_000, unit="characters")
+    files_roots: tuple[Path, ...] = setting(
+        (),
+        "FUSION_FILES_ROOTS",
+        rule="comma-separated absolute paths of existing directories",
+    )
+    files_max_bytes: int = setting(2_000_000, "FUSION_FILES_MAX_BYTES", ge=1000, le=50_000_000, unit="bytes")
 
     @field_validator("cache", mode="before")
     @classmethod
@@ -260,10 +289,26 @@ class Settings(BaseModel):
     def _url(cls, v: str | None) -> str | None:
         return _check_url(v) if v is not None else None
 
+    @field_validator("lenses", mode="before")
+    @classmethod
+    def _lenses(cls, v: Any) -> dict[str, str]:
+        return check_lenses(v)
+
     @field_validator("configured_panel", mode="before")
     @classmethod
-    def _panel(cls, v: Any) -> tuple[str, ...]:
-        return check_model_ids(v)
+    def _panel(cls, v: Any, info: ValidationInfo) -> tuple[str, ...]:
+        return check_panel(v, {**BUILTIN, **(info.data.get("lenses") or {})})
+
+    @field_validator("files_roots", mode="before")
+    @classmethod
+    def _roots(cls, v: Any) -> tuple[Path, ...]:
+        items = v.split(",") if isinstance(v, str) else v
+        if not isinstance(items, list | tuple):
+            raise ValueError("not a list")
+        roots = tuple(Path(str(i).strip()).expanduser() for i in items if str(i).strip())
+        if not all(r.is_absolute() and r.is_dir() for r in roots):
+            raise ValueError("not existing absolute directories")
+        return roots
 
     @field_validator("configured_analyst", mode="before")
     @classmethod
@@ -277,6 +322,14 @@ class Settings(BaseModel):
             raise ValueError("not finite")
         return v
 
+    @field_validator("run_deadline_s")
+    @classmethod
+    def _not_below_deadline(cls, v: float | None, info: ValidationInfo) -> float | None:
+        deadline = info.data.get("deadline_s")
+        if v is not None and (not math.isfinite(v) or (deadline is not None and v < deadline)):
+            raise ValueError("below the call's deadline")
+        return v
+
     @field_validator("analyst_reserve_s")
     @classmethod
     def _below_deadline(cls, v: float | None, info: ValidationInfo) -> float | None:
@@ -285,12 +338,18 @@ class Settings(BaseModel):
             raise ValueError("not below the deadline")
         return v
 
-    def models_for(self, preset: Preset | None = None) -> tuple[tuple[str, ...], str]:
-        """(panel, analyst): a call's preset, else FUSION_ANALYSIS_MODELS / FUSION_MODEL, else FUSION_PRESET."""
+    def models_for(self, preset: Preset | None = None, analyst: str | None = None) -> tuple[tuple[str, ...], str]:
+        """(panel, analyst): a call's preset, else FUSION_ANALYSIS_MODELS / FUSION_MODEL, else FUSION_PRESET.
+
+        ``analyst`` is the call's own analyst: the ``self`` preset's panel is that model under three lenses.
+        """
+        if preset == "self" or (preset is None and self.preset == "self" and self.configured_panel is None):
+            judge = analyst or self.configured_analyst or PRESETS["quality"][1]
+            return self_panel(judge), judge
         if preset is not None:
             return PRESETS[preset]
-        panel, analyst = PRESETS[self.preset]
-        return self.configured_panel or panel, self.configured_analyst or analyst
+        panel, judge = PRESETS[self.preset] if self.preset != "self" else PRESETS["quality"]
+        return self.configured_panel or panel, self.configured_analyst or judge
 
     @property
     def analysis_models(self) -> tuple[str, ...]:
@@ -299,6 +358,21 @@ class Settings(BaseModel):
     @property
     def model(self) -> str:
         return self.models_for()[1]
+
+    @property
+    def run_deadline(self) -> float:
+        """Seconds a run may take in all: ``FUSION_RUN_DEADLINE_S``, else the call's ``FUSION_DEADLINE_S``."""
+        return self.run_deadline_s if self.run_deadline_s is not None else self.deadline_s
+
+    @property
+    def long_runs(self) -> bool:
+        """Runs may outlive the call that started it (``running`` results, ``openrouter_fusion_result``)."""
+        return self.run_deadline > self.deadline_s
+
+    @property
+    def all_lenses(self) -> dict[str, str]:
+        """Built-in lenses, then the configured ones (which may redefine a built-in)."""
+        return {**BUILTIN, **self.lenses}
 
     @property
     def is_openrouter(self) -> bool:
@@ -399,7 +473,7 @@ SECRET_FIELDS = frozenset(name for name, f in Settings.model_fields.items() if _
 _BY_NAME: dict[str, tuple[str, FieldInfo]] = {str(f.alias): (n, f) for n, f in Settings.model_fields.items()}
 SETTING_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 """Every setting's name (its environment variable), in declaration order."""
-assert set(get_args(Preset)) == set(PRESETS), "every preset name needs a panel"
+assert set(get_args(Preset)) == {*PRESETS, "self"}, "every preset but self needs a panel"
 
 
 def is_secret(name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import httpx2
 
 from .catalogue import CatalogueClient, without_tools
 from .config import Settings
+from .lenses import model_of
 from .provider import auth_headers, new_http_client
 from .service import open_store
 from .store import default_home
@@ -35,7 +37,34 @@ async def run_checks(settings: Settings) -> list[Check]:
         checks.append(_web(settings))
         checks += await _tool_support(http, settings)
     checks.append(await _store(settings))
+    checks += [_files(settings), _runs(settings)]
     return checks
+
+
+def _files(settings: Settings) -> Check:
+    if not settings.files_roots:
+        return Check(
+            "files",
+            True,
+            "only inside the client's MCP roots (a stdio host that declares them); set FUSION_FILES_ROOTS for "
+            "HTTP clients and hosts without roots",
+        )
+    roots = ", ".join(str(r) for r in settings.files_roots)
+    unreadable = [str(r) for r in settings.files_roots if not os.access(r, os.R_OK | os.X_OK)]
+    if unreadable:
+        return Check("files", False, f"cannot read {', '.join(unreadable)}", "fix FUSION_FILES_ROOTS or permissions")
+    return Check("files", True, f"roots {roots}; {settings.files_max_bytes:,} bytes a call (FUSION_FILES_MAX_BYTES)")
+
+
+def _runs(settings: Settings) -> Check:
+    if not settings.long_runs:
+        return Check("runs", True, f"end with their call ({settings.deadline_s:g} s, FUSION_DEADLINE_S)")
+    return Check(
+        "runs",
+        True,
+        f"may outlive their call: {settings.deadline_s:g} s a call, {settings.run_deadline:g} s a run "
+        "(FUSION_RUN_DEADLINE_S); openrouter_fusion_result and MCP tasks serve the rest",
+    )
 
 
 async def _key(http: httpx2.AsyncClient, settings: Settings) -> Check:
@@ -91,7 +120,9 @@ async def _models(http: httpx2.AsyncClient, settings: Settings) -> list[Check]:
         return [Check("models", True, "the provider publishes no catalogue: model ids are checked on the first call")]
     checks = []
     panel, analyst = settings.models_for()
-    for role, model in [*(("panel", m) for m in panel), ("analyst", analyst)]:
+    # A model under several lenses is one model to check.
+    roles = dict.fromkeys([*(("panel", model_of(m)) for m in panel), ("analyst", analyst)])
+    for role, model in roles:
         known, _, _ = await client.lookup(model)
         if known:
             checks.append(Check(f"model {model}", True, f"known ({role})"))
@@ -132,7 +163,7 @@ async def _tool_support(http: httpx2.AsyncClient, settings: Settings) -> list[Ch
     if settings.web_mode == "off":
         return []
     panel, analyst = settings.models_for()
-    silent = await without_tools(CatalogueClient(http, settings), (*panel, analyst))
+    silent = await without_tools(CatalogueClient(http, settings), (*map(model_of, panel), analyst))
     return [
         Check(
             f"tools {model}",

@@ -16,3 +16,11 @@ MAX_DEADLINE_S = 3600.0
 """Seconds a run may be given."""
 MAX_COMPLETION_TOKENS = 1_000_000
 MAX_MODEL_ID_CHARS = 200
+MAX_GUESTS = 4
+"""Answers the host may seat beside the panel (``answers``)."""
+MAX_GUEST_CHARS = 100_000
+"""Characters of one such answer: a long draft, not a corpus (files are for material)."""
+MAX_FILES = 16
+"""Files one call may attach."""
+MAX_ANSWERS = MAX_PANEL + MAX_GUESTS
+"""Answers the analyst may be shown at once (labels ``Model A`` to ``Model L``)."""

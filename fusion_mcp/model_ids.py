@@ -12,13 +12,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .limits import MAX_MODEL_ID_CHARS, MAX_PANEL
+from .limits import MAX_MODEL_ID_CHARS
 
 MODEL_ID_RULE = (
     f"one model id: up to {MAX_MODEL_ID_CHARS} letters, digits and ~ / . _ - : @ + (no empty, . or .. part "
     "between slashes)"
 )
-PANEL_RULE = f"1-{MAX_PANEL} unique model ids"
 _ID = re.compile(r"[A-Za-z0-9~/._:@+-]+")
 
 
@@ -37,18 +36,3 @@ def check_model_id(value: Any) -> str:
     if any(part in ("", ".", "..") for part in value.split("/")):
         raise ValueError(f"{shown} has an empty, '.' or '..' part between slashes")
     return value
-
-
-def check_model_ids(value: Any) -> tuple[str, ...]:
-    """Validate a panel: 1-8 unique model ids, from a list or a comma-separated string."""
-    if isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, list | tuple):
-        raise ValueError("not a list of model ids")
-    ids = tuple(check_model_id(v) for v in value)
-    if not 1 <= len(ids) <= MAX_PANEL:
-        raise ValueError(f"{len(ids)} model ids given")
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"{', '.join(duplicates)} appears more than once")
-    return ids

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from .limits import MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
+from .limits import MAX_GUESTS, MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
 
-RESULT_SCHEMA = 2
+RESULT_SCHEMA = 3
 """Version of :class:`FusionResult`'s shape. Stored results carry it; a stored result of another version
 is never served (bump it whenever a field is added, removed or changes meaning)."""
 
@@ -30,15 +30,36 @@ FailureReason = Literal[
     "missing_api_key",
     "server_busy",
     "cost_limit",
+    "run_lost",
+    "run_not_found",
     "unexpected_error",
 ]
 AnalysisErrorReason = Literal[
-    "judge_upstream_error", "judge_empty_completion", "judge_not_valid_json", "judge_schema_mismatch", "deadline"
+    "judge_upstream_error",
+    "judge_empty_completion",
+    "judge_not_valid_json",
+    "judge_schema_mismatch",
+    "deadline",
+    "too_few_answers",
 ]
+GUEST_PREFIX = "guest:"
+"""How the host's own answers are named wherever a model id would be (``guest:draft``)."""
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class GuestAnswer(_Model):
+    """An answer the host already has (its own draft, another agent's), compared with the panel's at no cost."""
+
+    label: str
+    content: str
+
+    @property
+    def name(self) -> str:
+        """How this answer is named wherever a model id would be: ``guest:<label>``."""
+        return f"{GUEST_PREFIX}{self.label}"
 
 
 class FusionArgs(_Model):
@@ -58,6 +79,25 @@ class FusionArgs(_Model):
     """Also have the analyst write the final answer (``fusion-mcp ask``; a host model does it otherwise)."""
     deadline_s: float | None = None
     """Seconds the run may take; None runs until every member and the analyst are done."""
+    answers: list[GuestAnswer] | None = None
+    """The host's own answers, seated beside the panel's (never sent to the panel)."""
+    files: list[str] | None = None
+    """Paths of files to give the panel as material."""
+    file_roots: list[str] | None = None
+    """Directories the caller declared (MCP roots); None: the front end has none, so ``FUSION_FILES_ROOTS`` apply."""
+
+
+class Attachment(_Model):
+    """One file given as material: what it was, for the run history and the cache key (its bytes stay out)."""
+
+    path: str
+    """The file's real path (symlinks resolved), inside one of the call's roots."""
+    kind: Literal["text", "image"]
+    media_type: str
+    bytes: int
+    chars: int = 0
+    """Text files: characters of text."""
+    sha256: str
 
 
 class FusionRequest(_Model):
@@ -82,6 +122,19 @@ class FusionRequest(_Model):
     """Which web tools panel and analyst get: OpenRouter's server tools, ours, or none."""
     no_tools: tuple[str, ...] = ()
     """Models the catalogue says cannot call tools: they answer without web tools."""
+    lenses: dict[str, str] = Field(default_factory=dict)
+    """The instructions of each lens the panel's ``model#lens`` entries use."""
+    guests: tuple[GuestAnswer, ...] = Field((), max_length=MAX_GUESTS)
+    """The host's own answers, compared with the panel's under the same anonymous labels."""
+    min_answers: int = Field(1, ge=1)
+    """Panel answers needed for an analysis (a panel of one is always analysed)."""
+    files: tuple[str, ...] = ()
+    """Paths of material files, as the caller gave them (read at run time, inside ``file_roots``)."""
+    file_roots: tuple[str, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+    """The files read for this run (filled in when they are read)."""
+    image_models: tuple[str, ...] = ()
+    """Models the catalogue says take image input: only they get the images among the attachments."""
 
 
 # --- the analysis, exactly as OpenRouter shapes it ---------------------------------------------------
@@ -198,7 +251,7 @@ class Timings(_Model):
 class FusionResult(_Model):
     """What ``openrouter_fusion`` returns as ``structuredContent``."""
 
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "running"]
     run_id: str
     analysis: Analysis | None = None
     analysis_error: AnalysisError | None = None
@@ -213,6 +266,12 @@ class FusionResult(_Model):
     timings: Timings = Field(default_factory=Timings)
     cached: bool = False
     """Served from the cache: an identical call succeeded within ``FUSION_CACHE_TTL_S``; nothing was sent."""
+    degraded: bool = False
+    """Fewer panel members answered than ``FUSION_MIN_ANSWERS``: no analysis, just the answers and failures."""
+    pending: list[str] | None = None
+    """``running``: the panel entries still working (empty once only the analyst is)."""
+    instructions: str | None = None
+    """``running``: what the host should do next (call ``openrouter_fusion_result`` with the run id)."""
     error: str | None = None
     failure_reason: FailureReason | None = None
 

@@ -9,6 +9,8 @@ from typing import Any
 import anyio
 
 from .errors import HTTPStatusError, UpstreamError
+from .lenses import LENS_NOTE, split_entry
+from .material import Material
 from .member import MemberOutcome, run_member
 from .models import FailedModel, FailureReason, FusionRequest, PanelResponse
 from .run import Run
@@ -22,15 +24,31 @@ WEB_NOTE = """You can search the web and read pages: do so when the question dep
 not sure of, recent events, or documents you have not seen, and name the pages you relied on."""
 
 
-def panel_messages(request: FusionRequest, fence_note: str | None = None, web: bool = False) -> list[dict[str, Any]]:
-    user = request.prompt
+def panel_messages(
+    request: FusionRequest,
+    fence_note: str | None = None,
+    web: bool = False,
+    *,
+    entry: str | None = None,
+    material: Material | None = None,
+    images: bool = False,
+) -> list[dict[str, Any]]:
+    """A member's opening messages. ``entry`` (``model#lens``) adds its lens to the system prompt; ``material``
+    comes first in the user message, the same for every member (see :mod:`fusion_mcp.material`)."""
+    question = request.prompt
     if request.context:
-        user = f"<context>\n{request.context}\n</context>\n\n{request.prompt}"
+        question = f"<context>\n{request.context}\n</context>\n\n{request.prompt}"
     system = PANEL_SYSTEM.format(today=datetime.now(UTC).date().isoformat())
+    lens = split_entry(entry)[1] if entry is not None else None
+    if lens is not None:
+        system += "\n" + LENS_NOTE.format(name=lens, text=request.lenses[lens])
     if web:
         system += "\n" + WEB_NOTE
     if fence_note:
         system += "\n" + fence_note
+    user: str | list[dict[str, Any]] = question
+    if material is not None and material.files:
+        user = [*material.parts(images), {"type": "text", "text": question}]
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -40,14 +58,22 @@ async def collect(run: Run) -> dict[str, MemberOutcome]:
     A member cut off keeps, in its outcome, the text it had streamed (``finished`` stays False).
     """
     request = run.request
-    outcomes = {model: MemberOutcome(model=model) for model in request.analysis_models}
+    outcomes = run.outcomes
+    outcomes.update({model: MemberOutcome(model=model) for model in request.analysis_models})
 
     async def member(model: str) -> None:
         outcome = outcomes[model]
-        run.transcripts[model] = panel_messages(request, run.tools.fence_note(model), run.tools.offered(model))
+        run.transcripts[model] = panel_messages(
+            request,
+            run.tools.fence_note(model),
+            run.tools.offered(model),
+            entry=model,
+            material=run.material,
+            images=split_entry(model)[0] in request.image_models,
+        )
         await run_member(
             run.provider,
-            model,
+            split_entry(model)[0],
             run.transcripts[model],
             max_tool_calls=request.max_tool_calls,
             max_completion_tokens=request.max_completion_tokens,
@@ -94,7 +120,7 @@ async def sort(run: Run, outcomes: Iterable[MemberOutcome]) -> tuple[list[PanelR
         elif error is not None:
             failed.append(FailedModel(model=model, error=error.message, status_code=error.status_code))
         else:
-            length = f"{run.request.deadline_s:g} s run" if run.request.deadline_s is not None else "run"
+            length = f"{round(run.request.deadline_s, 1):g} s run" if run.request.deadline_s is not None else "run"
             why = f"no answer within the deadline ({outcome.seconds:.1f} s into a {length})"
             failed.append(FailedModel(model=model, error=why, status_code=None))
     return responses, failed

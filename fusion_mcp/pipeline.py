@@ -13,6 +13,7 @@ import anyio
 
 from . import panel
 from .analyst import AnalystOutcome, run_analyst
+from .material import Material
 from .member import MemberOutcome
 from .models import (
     AnalysisError,
@@ -41,11 +42,19 @@ async def run_fusion(
     run_id: str | None = None,
     transcripts: dict[str, list[dict[str, Any]]] | None = None,
     web: WebTools | None = None,
+    material: Material | None = None,
+    outcomes: dict[str, MemberOutcome] | None = None,
 ) -> FusionResult:
     """Run one fusion. Upstream failures become result fields; only cancellation propagates.
 
     Web tools follow ``request.web_tools`` (see :class:`~fusion_mcp.run.RunTools`). ``transcripts``, when
-    given, receives every model's full conversation, tool calls included, for the run history.
+    given, receives every model's full conversation, tool calls included, for the run history; ``outcomes``
+    receives each member's outcome as it works (what a run still going has finished, see :func:`so_far`).
+    ``material`` is the call's files, read already.
+
+    The host's own answers (``request.guests``) join the panel's for the analyst, named ``guest:<label>``.
+    With fewer panel answers than the quorum (``min_answers``, at most the panel's size) the analyst is not
+    asked: the result is ``degraded`` with the answers there are.
 
     With ``request.deadline_s``, members still running at the deadline minus the analyst's reserve are
     cancelled and keep what they had streamed as a truncated answer; an analyst still running at the
@@ -60,14 +69,36 @@ async def run_fusion(
         progress=Progress(request, on_event, clock),
         tools=RunTools(request, web),
         transcripts=transcripts if transcripts is not None else {},
+        material=material,
+        outcomes=outcomes if outcomes is not None else {},
     )
     await run.progress.emit("started", model=request.model)
-    outcomes = await panel.collect(run)
-    responses, failed = await panel.sort(run, outcomes.values())
+    collected = list((await panel.collect(run)).values())
+    responses, failed = await panel.sort(run, collected)
     if not responses:
-        return panel_failed(run, list(outcomes.values()), failed)
-    verdict = await analyse(run, responses)
-    return assemble(run, list(outcomes.values()), responses, failed, verdict)
+        return panel_failed(run, collected, failed)
+    answers = [*responses, *(PanelResponse(model=g.name, content=g.content) for g in request.guests)]
+    if len(responses) < quorum(request):
+        verdict = await skip_analysis(run, len(responses))
+        return assemble(run, collected, answers, failed, verdict, degraded=True)
+    verdict = await analyse(run, answers)
+    return assemble(run, collected, answers, failed, verdict)
+
+
+def quorum(request: FusionRequest) -> int:
+    """Panel answers needed for an analysis: ``min_answers``, but never more than the panel has members."""
+    return min(request.min_answers, len(request.analysis_models))
+
+
+async def skip_analysis(run: Run, answered: int) -> AnalystOutcome:
+    """No analysis of too few answers: a lone survivor compared with nothing is one model dressed up as a panel."""
+    size, needed = len(run.request.analysis_models), quorum(run.request)
+    message = (
+        f"only {answered} of {size} panel models answered and at least {needed} are needed (FUSION_MIN_ANSWERS): "
+        "the analyst was not asked to compare them"
+    )
+    await run.progress.emit("analysis_skipped", model=run.request.model, answered=answered, error=message)
+    return AnalystOutcome(error=AnalysisError(reason="too_few_answers", message=message))
 
 
 async def analyse(run: Run, responses: list[PanelResponse]) -> AnalystOutcome:
@@ -88,6 +119,7 @@ async def analyse(run: Run, responses: list[PanelResponse]) -> AnalystOutcome:
             extra=run.tools.extra(request.model),
             fence_note=run.tools.fence_note(request.model),
             on_tool=run.progress.tool_reporter(request.model),
+            material=run.material.text_block() if run.material is not None else None,
         )
     if scope.cancelled_caught:
         verdict.analysis = None
@@ -107,10 +139,14 @@ def assemble(
     responses: list[PanelResponse],
     failed: list[FailedModel],
     verdict: AnalystOutcome,
+    *,
+    degraded: bool = False,
 ) -> FusionResult:
-    """The result of a run that had at least one answer."""
+    """The result of a run that had at least one answer (the analyst's row only when it was asked)."""
     analyst_read = run.tools.sources(run.tools.analyst, [a for turn in verdict.runs for a in turn.annotations])
     rows = [_usage_row(o.model, "panel", [o]) for o in outcomes]
+    if verdict.runs:
+        rows.append(_usage_row(run.request.model, "analyst", verdict.runs))
     return FusionResult(
         status="ok",
         run_id=run.run_id,
@@ -122,10 +158,13 @@ def assemble(
         analyst_model=run.request.model,
         final_answer=verdict.final_answer,
         final_answer_error=verdict.final_answer_error,
-        usage=_usage([*rows, _usage_row(run.request.model, "analyst", verdict.runs)]),
+        usage=_usage(rows),
         timings=Timings(
-            members={o.model: o.seconds for o in outcomes}, analyst=verdict.seconds, total=round(run.clock.elapsed(), 3)
+            members={o.model: o.seconds for o in outcomes},
+            analyst=verdict.seconds if verdict.runs else None,
+            total=round(run.clock.elapsed(), 3),
         ),
+        degraded=degraded,
     )
 
 
@@ -140,6 +179,34 @@ def panel_failed(run: Run, outcomes: list[MemberOutcome], failed: list[FailedMod
         failed_models=failed,
         usage=_usage([_usage_row(o.model, "panel", [o]) for o in outcomes]),
         timings=Timings(members={o.model: o.seconds for o in outcomes}, total=round(run.clock.elapsed(), 3)),
+    )
+
+
+def so_far(request: FusionRequest, outcomes: dict[str, MemberOutcome], run_id: str, instructions: str) -> FusionResult:
+    """A run still going: the members that finished (answers whole, failures named), those still working."""
+    responses: list[PanelResponse] = []
+    failed: list[FailedModel] = []
+    pending: list[str] = []
+    for entry in request.analysis_models:
+        outcome = outcomes.get(entry)
+        if outcome is None or not outcome.finished:
+            pending.append(entry)
+        elif outcome.error is None:
+            responses.append(PanelResponse(model=entry, content=outcome.content))
+        elif outcome.content.strip():
+            why = outcome.error.message
+            responses.append(PanelResponse(model=entry, content=outcome.content, truncated=True, truncated_reason=why))
+        else:
+            failed.append(FailedModel(model=entry, error=outcome.error.message, status_code=outcome.error.status_code))
+    return FusionResult(
+        status="running",
+        run_id=run_id,
+        responses=responses,
+        failed_models=failed,
+        analyst_model=request.model,
+        pending=pending,
+        instructions=instructions,
+        timings=Timings(members={o.model: o.seconds for o in outcomes.values() if o.finished}),
     )
 
 

@@ -13,7 +13,14 @@ from typing import Literal
 from .text import plural
 
 ProgressKind = Literal[
-    "started", "tool", "member_answered", "member_failed", "member_cut", "analyst_started", "analyst_done"
+    "started",
+    "tool",
+    "member_answered",
+    "member_failed",
+    "member_cut",
+    "analyst_started",
+    "analyst_done",
+    "analysis_skipped",
 ]
 
 
@@ -36,9 +43,10 @@ class ProgressEvent:
     used: int = 0
     budget: int = 0
     answered: int = 0
-    """``member_answered``: members answered so far; ``analyst_started``: answers to compare."""
+    """``member_answered``: members answered so far; ``analyst_started``: answers to compare;
+    ``analysis_skipped``: panel answers, fewer than the quorum."""
     error: str | None = None
-    """``member_failed`` and a failed ``analyst_done``: what went wrong."""
+    """``member_failed``, a failed ``analyst_done`` and ``analysis_skipped``: what went wrong."""
     kept: int = 0
     """``member_cut``: characters of its answer kept."""
     duration: float = 0.0
@@ -65,6 +73,8 @@ class ProgressEvent:
             case "analyst_done":
                 done = "analysis ready" if self.error is None else f"analysis failed: {self.error}"
                 return f"{done} ({self.duration:.1f} s)"
+            case "analysis_skipped":
+                return f"no analysis: {self.error}"
 
 
 EventSink = Callable[[ProgressEvent], Awaitable[None]]

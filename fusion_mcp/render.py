@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .models import FusionResult, TokenUsage
+from .models import GUEST_PREFIX, FusionResult, TokenUsage
 from .text import plural
 
 MIN_SHARE = 400
@@ -26,12 +26,23 @@ def render(result: FusionResult, max_chars: int | None = None) -> str:
 def _render(result: FusionResult, share: int | None) -> str:
     if result.status == "error":
         lines = [f"**Fusion failed** ({result.failure_reason}): {result.error}"]
+        if result.responses:  # a run lost midway keeps the answers it had
+            lines.append("\n# Answers finished before the run ended")
+            lines += _answers(result, share)
         lines += _failures(result)
         lines.append(f"\n_run {result.run_id}_")
         return "\n".join(lines)
 
     lines: list[str] = []
-    lines.append(f"# Fusion analysis: {plural(len(result.responses), 'answer')}, analyst {result.analyst_model}")
+    if result.status == "running":
+        lines += _running(result)
+    elif result.degraded:
+        e = result.analysis_error
+        lines.append(f"**Degraded: {e.message if e is not None else 'too few answers'}.** Read the answers below as ")
+        lines[-1] += "single opinions, not as a panel's."
+        lines.append("")
+    if result.status != "running":
+        lines.append(f"# Fusion analysis: {plural(len(result.responses), 'answer')}, analyst {result.analyst_model}")
     if result.analysis is not None:
         a = result.analysis
         lines.append("\n## Consensus")
@@ -48,7 +59,7 @@ def _render(result: FusionResult, share: int | None) -> str:
         lines += [f"- {u.model}: {u.insight}" for u in a.unique_insights] or ["- (none)"]
         lines.append("\n## Blind spots")
         lines += [f"- {b}" for b in a.blind_spots] or ["- (none)"]
-    elif result.analysis_error is not None:
+    elif result.analysis_error is not None and not result.degraded:
         e = result.analysis_error
         lines.append(f"\n**No analysis** ({e.reason}): {e.message}. The panel's answers follow unanalysed.")
     if result.final_answer:
@@ -56,22 +67,42 @@ def _render(result: FusionResult, share: int | None) -> str:
         lines.append(result.final_answer)
     elif result.final_answer_error:
         lines.append(f"\n**No final answer**: {result.final_answer_error}. The analysis above stands.")
-    lines.append("\n# Panel answers")
+    lines.append("\n# Panel answers" if result.status != "running" else "\n# Answers finished so far")
+    lines += _answers(result, share)
+    if result.sources:
+        lines.append("\n# Sources read by the panel and the analyst")
+        lines += [f"- {s.title} <{s.url}>" if s.title else f"- <{s.url}>" for s in result.sources]
+    lines += _failures(result)
+    if result.status != "running":
+        lines.append("\n" + cost_line(result))
+    return "\n".join(lines)
+
+
+def _answers(result: FusionResult, share: int | None) -> list[str]:
+    lines = []
     for r in result.responses:
         seconds = result.timings.members.get(r.model)
         notes = [f"{seconds:.1f} s"] if seconds is not None else []
+        if r.model.startswith(GUEST_PREFIX):
+            notes.append("your own answer, compared with the panel's")
         if r.truncated:
             notes.append(f"TRUNCATED: {r.truncated_reason}")
         lines.append(f"\n## {r.model}" + (f" ({', '.join(notes)})" if notes else ""))
         lines.append(
             _answer(r.content, share, result.run_id) + ("\n\n[... answer cut off here]" if r.truncated else "")
         )
-    if result.sources:
-        lines.append("\n# Sources read by the panel and the analyst")
-        lines += [f"- {s.title} <{s.url}>" if s.title else f"- <{s.url}>" for s in result.sources]
-    lines += _failures(result)
-    lines.append("\n" + cost_line(result))
-    return "\n".join(lines)
+    return lines
+
+
+def _running(result: FusionResult) -> list[str]:
+    finished = len(result.responses) + len(result.failed_models)
+    waiting = ", ".join(result.pending or []) or f"the analyst {result.analyst_model}"
+    return [
+        f"**Fusion still running** (run {result.run_id}, {result.timings.total:.0f} s so far): "
+        f"{finished} of {finished + len(result.pending or [])} panel members finished; still working: {waiting}.",
+        "",
+        result.instructions or "",
+    ]
 
 
 def _answer(content: str, share: int | None, run_id: str) -> str:

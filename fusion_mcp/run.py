@@ -13,7 +13,9 @@ from typing import Any
 
 import anyio
 
-from .member import ToolReporter
+from .lenses import model_of
+from .material import Material
+from .member import MemberOutcome, ToolReporter
 from .models import FusionRequest, Source, analyst_reserve
 from .progress import EventSink, ProgressEvent, ProgressKind
 from .provider import Provider
@@ -69,7 +71,11 @@ class Progress:
             self._tools += 1
         elif kind != "started":
             self._steps += 1
-        value = self.total if kind == "analyst_done" else round(self._steps + self._tools * self._tool_step, 6)
+        value = (
+            self.total
+            if kind in ("analyst_done", "analysis_skipped")
+            else round(self._steps + self._tools * self._tool_step, 6)
+        )
         if self._sink is not None:
             event = ProgressEvent(kind, value, self.total, self._clock.elapsed(), panel=self._panel, **fields)
             await self._sink(event)
@@ -99,7 +105,8 @@ class RunTools:
         self.analyst: MemberWeb | None = None
 
     def offered(self, model: str) -> bool:
-        return model not in self._request.no_tools and (self._web is not None or self._extra is not None)
+        """Whether ``model`` (a panel entry or the analyst) gets web tools."""
+        return model_of(model) not in self._request.no_tools and (self._web is not None or self._extra is not None)
 
     def fence_note(self, model: str) -> str | None:
         """The system prompt's note on fenced web text, for a model that gets our tools."""
@@ -157,3 +164,7 @@ class Run:
     tools: RunTools
     transcripts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Every model's conversation (the analyst's under ``analyst:<id>``), for the run history."""
+    material: Material | None = None
+    """The call's files, placed first in every member's request."""
+    outcomes: dict[str, MemberOutcome] = field(default_factory=dict)
+    """Each panel entry's outcome, filled in as members work (a run still going reports what has finished)."""

@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
 
 import anyio
 from mcp.server.extension import Extension
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, ListRoots, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ResourceError
-from mcp_types import CallToolRequestParams, CallToolResult, TextContent, ToolAnnotations
+from mcp_types import CallToolRequestParams, CallToolResult, ListRootsResult, TextContent, ToolAnnotations
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -28,9 +30,11 @@ from starlette.responses import JSONResponse
 from . import __version__
 from .admission import ARGUMENT_RULES, FusionRefused, parse_arguments
 from .config import LOCAL_PRINCIPAL, Preset, Settings
-from .limits import MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
+from .lenses import BUILTIN
+from .limits import MAX_DEADLINE_S, MAX_FILES, MAX_GUESTS, MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
 from .mcp_logging import SessionLogLevels
-from .models import FusionArgs, FusionResult
+from .mcp_tasks import FusionTasks, task_call
+from .models import FusionArgs, FusionResult, GuestAnswer
 from .progress import EventSink, ProgressEvent
 from .provider import DEPTH_HEADER
 from .render import render
@@ -41,6 +45,8 @@ from .web.fetch import SYSTEM_NETWORK, Network
 log = logging.getLogger("fusion_mcp")
 TOOL_NAME = "openrouter_fusion"
 TOOL_TITLE = "Fusion: ask a panel of models and compare their answers"
+RESULT_TOOL_NAME = "openrouter_fusion_result"
+RESULT_TOOL_TITLE = "Fusion: the result of a run still going"
 
 DESCRIPTION = f"""Ask a panel of {MAX_PANEL} or fewer AI models the same question in parallel and get an \
 analyst's structured comparison of their answers: consensus, contradictions, partial coverage, unique \
@@ -52,7 +58,20 @@ comparing options). Do not use it for short tactical prompts, chit-chat, or anyt
 well: a run costs several completions and takes as long as the slowest model plus the analysis.
 
 The panel does NOT see this conversation: make `prompt` a complete, self-contained question, and put \
-code, excerpts, constraints or other material it needs in `context`."""
+code, excerpts, constraints or other material it needs in `context`, or pass file paths in `files` (text \
+and images, read by the server inside the allowed roots). To have your own draft (or another agent's) \
+compared with the panel's, pass it in `answers` as {{label, content}}: it costs nothing and is never shown \
+to the panel. A panel entry `model#lens` ({", ".join(BUILTIN)}) runs a model with that lens; preset `self` \
+runs the analyst's model under three lenses."""
+
+LONG_RUNS = """
+
+A run may take longer than this call: then the result has `status: "running"`, a `run_id` and the answers \
+finished so far; call `openrouter_fusion_result` with that run_id to wait for the rest."""
+
+RESULT_DESCRIPTION = """Get the result of an openrouter_fusion run that was still going when its call \
+returned (`status: "running"`). Waits up to `wait_s` seconds (default: as long as a call may) and returns \
+the finished result, or `running` again with the answers finished so far: then call it again."""
 
 INSTRUCTIONS = (
     "fusion-mcp offers one tool, openrouter_fusion, that asks several models at once and returns an "
@@ -117,6 +136,8 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
     ``network`` is how web fetches resolve names and connect: the system's unless a test fakes it.
     """
     running = _Running()
+    # Long runs may be served as MCP tasks to clients that declare the extension (see mcp_tasks).
+    tasks = [_tasks(settings)] if settings.enabled and settings.long_runs else []
     server: MCPServer[FusionService] = MCPServer(
         "fusion-mcp",
         title="Fusion",
@@ -125,7 +146,7 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
         lifespan=_lifespan(settings, network, running),
         log_level=settings.log_level,
         middleware=[_remember_caller],
-        extensions=[StrictArguments()],
+        extensions=[StrictArguments(), *tasks],
     )
     log_levels = SessionLogLevels()
     log_levels.install(server)
@@ -133,8 +154,23 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
     if settings.enabled:
         annotations = ToolAnnotations(title=TOOL_TITLE, read_only_hint=True, open_world_hint=True)
         tool = _fusion_tool(settings, log_levels)
-        server.add_tool(tool, name=TOOL_NAME, title=TOOL_TITLE, description=DESCRIPTION, annotations=annotations)
+        description = DESCRIPTION + (LONG_RUNS if settings.long_runs else "")
+        server.add_tool(tool, name=TOOL_NAME, title=TOOL_TITLE, description=description, annotations=annotations)
+        if settings.long_runs:
+            annotations = ToolAnnotations(title=RESULT_TOOL_TITLE, read_only_hint=True, open_world_hint=False)
+            server.add_tool(
+                _result_tool(settings, log_levels),
+                name=RESULT_TOOL_NAME,
+                title=RESULT_TOOL_TITLE,
+                description=RESULT_DESCRIPTION,
+                annotations=annotations,
+            )
     return server
+
+
+def _tasks(settings: Settings) -> FusionTasks:
+    ttl_s = settings.history_max_days * 86400  # a task's result lives as long as its run in the history
+    return FusionTasks(TOOL_NAME, principal_of, lambda r: as_tool_result(r, settings.max_output_chars), ttl_s)
 
 
 def _lifespan(settings: Settings, network: Network, running: _Running) -> Any:
@@ -180,47 +216,100 @@ def _add_routes(server: MCPServer[FusionService], running: _Running) -> None:
         return json.dumps(record, indent=1)
 
 
+async def _client_roots(files: list[str] | None, ctx: Context[FusionService]) -> ListRoots | None:
+    """Ask for the client's MCP roots when the call has files, the client declared roots, and it runs here.
+
+    A client on this machine (stdio, in memory) names directories of this machine. Over HTTP (a request
+    with headers) the client's directories are its own, not ours: only ``FUSION_FILES_ROOTS`` apply.
+    """
+    capabilities = ctx.client_capabilities
+    if not files or ctx.headers is not None or capabilities is None or capabilities.roots is None:
+        return None
+    return ListRoots()
+
+
+CLIENT_ROOTS = Resolve(_client_roots)
+
+
+def root_paths(roots: ListRootsResult | None) -> list[str] | None:
+    """The local directories of a client's ``file://`` roots; None when it declared none."""
+    paths = []
+    for root in roots.roots if roots is not None else []:
+        uri = urlparse(str(root.uri))
+        if uri.scheme == "file" and uri.netloc in ("", "localhost"):
+            paths.append(url2pathname(unquote(uri.path)))
+    return paths or None
+
+
+# The tool's arguments as the host model sees them: each one's type, bounds and the sentence describing it.
+PromptArg = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="A complete, self-contained question or task; the panel does not see your conversation.",
+    ),
+]
+ContextArg = Annotated[
+    str | None, Field(description="Optional material the panel needs: code, excerpts, data, constraints.")
+]
+PanelArg = Annotated[
+    list[str] | None,
+    Field(
+        min_length=1,
+        max_length=MAX_PANEL,
+        description=f"Optional panel override: {ARGUMENT_RULES['analysis_models']}. Default: the configured panel.",
+    ),
+]
+AnalystArg = Annotated[str | None, Field(description="Optional analyst model id. Default: the configured analyst.")]
+ToolCallsArg = Annotated[
+    int | None,
+    Field(
+        ge=MIN_TOOL_CALLS,
+        le=MAX_TOOL_CALLS,
+        description=f"Optional tool-call budget per model: {ARGUMENT_RULES['max_tool_calls']}.",
+    ),
+]
+PresetArg = Annotated[
+    Preset | None,
+    Field(
+        description="Optional panel preset: quality (default: frontier models), budget (small models, strong "
+        "analyst), fast (two fast models), self (the analyst's model under three lenses, for an endpoint with one "
+        "model). analysis_models and model override it."
+    ),
+]
+AnswersArg = Annotated[
+    list[GuestAnswer] | None,
+    Field(
+        max_length=MAX_GUESTS,
+        description="Optional answers you already have (your own draft, another agent's), compared with the "
+        f"panel's under the same anonymous labels and named guest:<label> in the result: {ARGUMENT_RULES['answers']}. "
+        "Never sent to the panel; no cost.",
+    ),
+]
+FilesArg = Annotated[
+    list[str] | None,
+    Field(
+        max_length=MAX_FILES,
+        description=f"Optional files the panel reads as material: {ARGUMENT_RULES['files']}. Relative paths start "
+        "at the first root.",
+    ),
+]
+RootsArg = Annotated[ListRootsResult | None, CLIENT_ROOTS]
+"""Filled by the server (the client's MCP roots), never by the host model: not in the input schema."""
+
+
 def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
     async def openrouter_fusion(
-        prompt: Annotated[
-            str,
-            Field(
-                min_length=1,
-                description="A complete, self-contained question or task; the panel does not see your conversation.",
-            ),
-        ],
+        prompt: PromptArg,
         ctx: Context[FusionService],
-        context: Annotated[
-            str | None,
-            Field(description="Optional material the panel needs: code, excerpts, data, constraints."),
-        ] = None,
-        analysis_models: Annotated[
-            list[str] | None,
-            Field(
-                min_length=1,
-                max_length=MAX_PANEL,
-                description=f"Optional panel override: {ARGUMENT_RULES['analysis_models']}. "
-                "Default: the configured panel.",
-            ),
-        ] = None,
-        model: Annotated[
-            str | None, Field(description="Optional analyst model id. Default: the configured analyst.")
-        ] = None,
-        max_tool_calls: Annotated[
-            int | None,
-            Field(
-                ge=MIN_TOOL_CALLS,
-                le=MAX_TOOL_CALLS,
-                description=f"Optional tool-call budget per model: {ARGUMENT_RULES['max_tool_calls']}.",
-            ),
-        ] = None,
-        preset: Annotated[
-            Preset | None,
-            Field(
-                description="Optional panel preset: quality (default: frontier models), budget (small models, "
-                "strong analyst), fast (two fast models). analysis_models and model override it."
-            ),
-        ] = None,
+        context: ContextArg = None,
+        analysis_models: PanelArg = None,
+        model: AnalystArg = None,
+        max_tool_calls: ToolCallsArg = None,
+        preset: PresetArg = None,
+        answers: AnswersArg = None,
+        files: FilesArg = None,
+        roots: RootsArg = None,
     ) -> Annotated[CallToolResult, FusionResult]:
         service = ctx.request_context.lifespan_context
         run_id = new_run_id()
@@ -231,7 +320,10 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
             model=model,
             max_tool_calls=max_tool_calls,
             preset=preset,
-            deadline_s=settings.deadline_s,
+            deadline_s=settings.run_deadline,
+            answers=answers,
+            files=files,
+            file_roots=root_paths(roots),
         )
         principal = _caller.get()
         try:
@@ -239,11 +331,45 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
         except FusionRefused as refused:
             log.info("run %s for %s refused: %s", run_id, principal, refused.message)
             return as_tool_result(refused.result(run_id))
+        task = task_call.get()
+        if task is not None:  # served as an MCP task: the client polls tasks/get
+            service.start(request, run_id=run_id, principal=principal)
+            task.run_id = run_id
+            return as_tool_result(FusionResult(status="running", run_id=run_id))
         forward = _progress(ctx, run_id, log_levels)
-        result = await service.run(request, run_id=run_id, on_event=forward, principal=principal)
+        # A run that may outlive its call is waited on for the call's deadline, then goes on in the background.
+        wait_s = settings.deadline_s if settings.long_runs else None
+        result = await service.run(request, run_id=run_id, on_event=forward, principal=principal, wait_s=wait_s)
         return as_tool_result(result, settings.max_output_chars)
 
     return openrouter_fusion
+
+
+def _result_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
+    async def openrouter_fusion_result(
+        run_id: Annotated[
+            str,
+            Field(min_length=1, max_length=64, description="The run_id of a result whose status was running."),
+        ],
+        ctx: Context[FusionService],
+        wait_s: Annotated[
+            float | None,
+            Field(
+                ge=0,
+                le=MAX_DEADLINE_S,
+                description="Seconds to wait for the run to finish (default, and at most: as long as one call may "
+                "take, FUSION_DEADLINE_S).",
+            ),
+        ] = None,
+    ) -> Annotated[CallToolResult, FusionResult]:
+        service = ctx.request_context.lifespan_context
+        run_id = run_id.strip()
+        wait = settings.deadline_s if wait_s is None else min(wait_s, settings.deadline_s)
+        forward = _progress(ctx, run_id, log_levels)
+        result = await service.result(run_id, _caller.get(), wait_s=wait, on_event=forward)
+        return as_tool_result(result, settings.max_output_chars)
+
+    return openrouter_fusion_result
 
 
 def incoming_depth(headers: Mapping[str, str] | None, settings: Settings) -> int:

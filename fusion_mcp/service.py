@@ -1,28 +1,36 @@
 """The fusion service every front end shares: one per process, from prepared request to recorded result.
 
 It owns what lives as long as the process — the provider connection pool, the model catalogue, the web
-tools, the store (cache and run history) and the run slots (``FUSION_MAX_CONCURRENT``) — and runs one call
-the same way whoever asked: :meth:`FusionService.prepare` applies the rules of
-:mod:`~fusion_mcp.admission`, :meth:`FusionService.run` takes a run slot, checks the catalogue, then
-answers from the cache or runs the pipeline and records the run. It knows the store, not the protocol.
+tools, the store (cache and run history), the run slots (``FUSION_MAX_CONCURRENT``) and the runs
+themselves, which live in its task group rather than in the caller's — and runs one call the same way
+whoever asked: :meth:`FusionService.prepare` applies the rules of :mod:`~fusion_mcp.admission`,
+:meth:`FusionService.run` takes a run slot, reads the call's files, checks the catalogue, then answers
+from the cache or runs the pipeline and records the run; :meth:`FusionService.result` finds a run again
+(see :mod:`~fusion_mcp.live`). It knows the store, not the protocol.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import httpx2
+from anyio.abc import TaskGroup
+from pydantic import ValidationError
 
 from .admission import FusionRefused, check_catalogue, prepare
 from .catalogue import CatalogueClient
 from .config import LOCAL_PRINCIPAL, Settings
 from .errors import redact, redact_value
+from .lenses import model_of
 from .limits import MAX_PANEL
+from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
+from .material import Material, read_material, without_image_data
 from .models import FusionArgs, FusionRequest, FusionResult
 from .pipeline import run_fusion
 from .progress import EventSink
@@ -70,6 +78,7 @@ class FusionService:
         http: httpx2.AsyncClient,
         web: WebTools | None,
         store: Store | None,
+        runs: TaskGroup,
     ) -> None:
         self.settings = settings
         self.http = http
@@ -78,6 +87,9 @@ class FusionService:
         self.store = store
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
         self._provider_identity = provider_identity(settings)
+        self._runs = runs
+        """Where every run lives: as long as the service, not as long as the call that started it."""
+        self._live: dict[str, LiveRun] = {}
 
     @classmethod
     @asynccontextmanager
@@ -88,6 +100,8 @@ class FusionService:
 
         ``check_models`` logs, in the background, the configured model ids the provider does not know
         (what a long-running server does at start). ``network`` is how web fetches resolve and connect.
+        Runs still going when the service closes are stopped, and those that had outlived their call are
+        recorded as lost, with what they had finished.
         """
         store = open_store(settings)
         # The pool holds a connection for every member and the analyst of every run allowed at once.
@@ -98,9 +112,10 @@ class FusionService:
                 open_web_tools(settings, network) as web,
                 anyio.create_task_group() as tg,
             ):
-                service = cls(settings, http, web, store)
+                service = cls(settings, http, web, store, tg)
                 if check_models:
                     tg.start_soon(service._check_configured_models)
+                tg.start_soon(service._heartbeat)
                 try:
                     yield service
                 finally:
@@ -120,40 +135,154 @@ class FusionService:
         run_id: str | None = None,
         on_event: EventSink | None = None,
         principal: str = LOCAL_PRINCIPAL,
+        wait_s: float | None = None,
     ) -> FusionResult:
-        """Run a prepared request within a run slot; every outcome is a result, only cancellation propagates.
+        """Run a prepared request; every outcome is a result, only cancellation propagates.
 
-        Waits up to ``FUSION_QUEUE_TIMEOUT_S`` for a slot (else ``server_busy``), then checks the catalogue
-        (``invalid_model``, ``cost_limit``). Time spent waiting counts against the request's deadline: the
-        caller's clock started with the call. ``principal`` owns the run: it is recorded with it, and the
-        cache serves a principal only what was computed for it.
+        Takes a run slot (waiting up to ``FUSION_QUEUE_TIMEOUT_S``, else ``server_busy``), reads the call's
+        files, checks the catalogue (``invalid_model``, ``cost_limit``), then answers from the cache or runs.
+        Time spent waiting counts against the request's deadline. ``principal`` owns the run: it is recorded
+        with it, the cache serves a principal only what was computed for it, and only it finds the run again.
+
+        Without ``wait_s`` the caller waits for the result, and cancelling the caller stops the run. With
+        ``wait_s`` (a run that may outlive its call) the run is recorded as running at once; a run not done
+        after ``wait_s`` comes back as a ``running`` result with what has finished, and goes on in the
+        background — its caller's cancellation does not stop it — until :meth:`result` finds it done.
         """
-        run_id = run_id or new_run_id()
+        live = self._start(request, run_id or new_run_id(), principal, durable=wait_s is not None, on_event=on_event)
+        try:
+            done = await live.wait(wait_s, on_event, stop_with_caller=wait_s is None)
+        except anyio.get_cancelled_exc_class():
+            log.info("run %s: its caller was cancelled%s", live.run_id, "" if wait_s is None else "; it goes on")
+            raise
+        found = live.result if done and live.result is not None else live.snapshot(self.settings.deadline_s)
+        return _redacted(found, self.settings.secrets)
+
+    def start(self, request: FusionRequest, *, run_id: str, principal: str) -> None:
+        """Start a run nobody waits on yet (an MCP task): recorded as running, found with :meth:`result`."""
+        self._start(request, run_id, principal, durable=True, on_event=None)
+
+    async def result(
+        self, run_id: str, principal: str, *, wait_s: float, on_event: EventSink | None = None
+    ) -> FusionResult:
+        """A run's result, waiting up to ``wait_s`` for one still going; ``running`` again if it is not done.
+
+        Runs of this process are waited on (their progress goes to ``on_event``); the history answers for the
+        rest: a finished run's result, a run another process is still working on (watched until done or
+        ``wait_s``), or ``run_lost`` when the process that ran it is gone. Another principal's run, like one
+        that never existed or has expired, is ``run_not_found``.
+        """
+        live = self._live.get(run_id)
+        if live is not None and live.principal == principal:
+            done = await live.wait(wait_s, on_event, stop_with_caller=False)
+            found = live.result if done and live.result is not None else live.snapshot(self.settings.deadline_s)
+            return _redacted(found, self.settings.secrets)
+        found = await self._recorded(run_id, principal)
+        with anyio.move_on_after(wait_s):
+            while found.status == "running":  # another process is at it: watch the history
+                await anyio.sleep(0.5)
+                found = await self._recorded(run_id, principal)
+        return found  # from the history, redacted when it was written
+
+    def stop(self, run_id: str, principal: str, reason: str) -> bool:
+        """Stop one of ``principal``'s runs of this process; False when there is no such run going."""
+        live = self._live.get(run_id)
+        if live is None or live.principal != principal or live.done.is_set():
+            return False
+        live.stop(reason)
+        return True
+
+    def live(self, run_id: str, principal: str) -> LiveRun | None:
+        """``principal``'s run ``run_id`` if this process has it (running or recently finished)."""
+        live = self._live.get(run_id)
+        return live if live is not None and live.principal == principal else None
+
+    def _start(
+        self, request: FusionRequest, run_id: str, principal: str, *, durable: bool, on_event: EventSink | None
+    ) -> LiveRun:
+        live = LiveRun(run_id, principal, request, durable)
+        if on_event is not None:
+            live.listeners.append(on_event)  # before it starts: the caller sees every event
+        self._live[run_id] = live
+        self._runs.start_soon(self._background, live, name=f"fusion run {run_id}")
+        return live
+
+    async def _background(self, live: LiveRun) -> None:
+        """One run, start to record, in the service's task group."""
+        transcripts: dict[str, list[dict[str, Any]]] = {}
+        try:
+            with live.scope:
+                if live.durable and self.store is not None:
+                    snapshot = live.snapshot(self.settings.deadline_s)
+                    await _record(self.store, live.request, snapshot, {}, live.principal, owner())
+                live.result = await self._run_now(live, transcripts)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._settle(live, transcripts)
+
+    async def _settle(self, live: LiveRun, transcripts: dict[str, list[dict[str, Any]]]) -> None:
+        """Record a run's end: its result, or — stopped from outside, or by the service closing — why it ended."""
+        if live.result is None:
+            if live.stop_reason:
+                live.result = FusionResult.failure(live.run_id, "cancelled", f"the run was {live.stop_reason}")
+            else:
+                elapsed = time.time() - live.started
+                lost = live.snapshot(self.settings.deadline_s).model_copy(
+                    update={
+                        "status": "error",
+                        "failure_reason": "run_lost",
+                        "error": f"the server shut down {elapsed:.0f} s into the run, before it finished; what had "
+                        "finished is kept here; run the call again for the rest",
+                        "pending": None,
+                        "instructions": None,
+                    }
+                )
+                live.result = lost
+            if live.durable and self.store is not None:
+                await _record(self.store, live.request, live.result, transcripts, live.principal)
+        live.done.set()
+        finished = [k for k, v in self._live.items() if v.done.is_set()]
+        for run_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self._live[run_id]
+
+    async def _run_now(self, live: LiveRun, transcripts: dict[str, list[dict[str, Any]]]) -> FusionResult:
+        run_id, request = live.run_id, live.request
         arrived = anyio.current_time()
         if not await self._acquire(run_id):
-            return FusionRefused(
+            result = FusionRefused(
                 "server_busy",
                 f"server busy: {self.limiter.borrowed_tokens} fusion runs are in progress (FUSION_MAX_CONCURRENT) "
                 f"and none finished within {self.settings.queue_timeout_s:g} s; try again shortly",
             ).result(run_id)
+            return await self._refused(live, result)
         try:
+            material = None
+            if request.files:
+                material = await read_material(
+                    request, self.settings.files_max_bytes, cache_marker=self.settings.is_openrouter
+                )
+                request = request.model_copy(update={"attachments": material.attachments})
             request = await check_catalogue(self.catalogue, request, self.settings.max_cost_usd)
             request = _less_waiting(request, anyio.current_time() - arrived)
-            result = await self._fuse(request, run_id, on_event, principal)
+            live.request = request
+            result = await self._fuse(live, material, transcripts)
         except FusionRefused as refused:
             log.info("run %s refused before spending: %s", run_id, refused.message)
-            return refused.result(run_id)
-        except anyio.get_cancelled_exc_class():
-            log.info("run %s cancelled by the client", run_id)
-            raise
+            return await self._refused(live, refused.result(run_id))
         except Exception as exc:
             log.exception("run %s failed unexpectedly", run_id)
             message = redact(f"unexpected error: {type(exc).__name__}: {exc}", self.settings.secrets)
-            result = FusionRefused("unexpected_error", message).result(run_id)
+            result = await self._refused(live, FusionRefused("unexpected_error", message).result(run_id))
         finally:
             self.limiter.release()
-        log.info("run %s for %s finished: %s in %.1f s", run_id, principal, result.status, result.timings.total)
-        return _redacted(result, self.settings.secrets)
+        log.info("run %s for %s finished: %s in %.1f s", run_id, live.principal, result.status, result.timings.total)
+        return result
+
+    async def _refused(self, live: LiveRun, result: FusionResult) -> FusionResult:
+        """A run that never got going: recorded only when its running row needs replacing."""
+        if live.durable and self.store is not None:
+            await _record(self.store, live.request, result, {}, live.principal)
+        return result
 
     async def _acquire(self, run_id: str) -> bool:
         """Take a run slot, waiting up to ``FUSION_QUEUE_TIMEOUT_S``; False when none came free."""
@@ -169,10 +298,10 @@ class FusionService:
         return False
 
     async def _fuse(
-        self, request: FusionRequest, run_id: str, on_event: EventSink | None, principal: str
+        self, live: LiveRun, material: Material | None, transcripts: dict[str, list[dict[str, Any]]]
     ) -> FusionResult:
         """Answer from the cache when an identical call succeeded recently; otherwise run and record."""
-        store = self.store
+        store, request, run_id, principal = self.store, live.request, live.run_id, live.principal
         key = cache_key(request, principal=principal, provider=self._provider_identity)
         if store is not None and self.settings.cache:
             hit = await store.cached(key)
@@ -181,10 +310,16 @@ class FusionService:
                 result = hit.model_copy(update={"run_id": run_id, "cached": True})
                 await _record(store, request, result, {"cached_from": [{"run_id": hit.run_id}]}, principal)
                 return result
-        transcripts: dict[str, list[dict[str, Any]]] = {}
         provider = Provider(self.http, self.settings)
         result = await run_fusion(
-            request, provider, on_event=on_event, run_id=run_id, transcripts=transcripts, web=self.web
+            request,
+            provider,
+            on_event=live.emit,
+            run_id=run_id,
+            transcripts=transcripts,
+            web=self.web,
+            material=material,
+            outcomes=live.outcomes,
         )
         spent, cap = result.usage.total.cost, self.settings.max_cost_usd
         if cap is not None and spent is not None and spent > cap:
@@ -193,14 +328,63 @@ class FusionService:
         if store is not None:
             if self.settings.cache:
                 await store.remember(key, result)
-            await _record(store, request, result, transcripts, principal)
+            await _record(store, request, result, without_image_data(transcripts), principal)
         return result
+
+    async def _recorded(self, run_id: str, principal: str) -> FusionResult:
+        """What the history says of a run this process does not have."""
+        record = await self.store.run(run_id, principal) if self.store is not None else None
+        if record is None:
+            return FusionResult.failure(
+                run_id,
+                "run_not_found",
+                f"no run {run_id!r} of yours is known here: it may never have existed, have expired from the run "
+                "history (FUSION_HISTORY_MAX_RUNS, FUSION_HISTORY_MAX_DAYS), or belong to another client",
+            )
+        try:
+            result = FusionResult.model_validate(record["result"])
+        except (KeyError, ValidationError):
+            return FusionResult.failure(
+                run_id,
+                "run_not_found",
+                f"run {run_id!r} was recorded by another release of fusion-mcp; read it with "
+                f"'fusion-mcp runs show {run_id} --json'",
+            )
+        if result.status != "running":
+            return result
+        why = lost_message(record)
+        if why is not None:
+            lost = FusionResult.failure(run_id, "run_lost", why)
+            try:
+                request = FusionRequest.model_validate(record["request"])
+            except (KeyError, ValidationError):
+                return lost
+            if self.store is not None:  # so the history stops listing it as running
+                await _record(self.store, request, lost, {}, principal)
+            return lost
+        return result.model_copy(
+            update={
+                "instructions": "The run is going on in another server process. "
+                + resume_instructions(run_id, self.settings.deadline_s)
+            }
+        )
+
+    async def _heartbeat(self) -> None:
+        """Tell the history, now and then, that this process is still working on its durable runs."""
+        while True:
+            await anyio.sleep(HEARTBEAT_S)
+            going = [r.run_id for r in self._live.values() if r.durable and not r.done.is_set()]
+            if going and self.store is not None:
+                try:
+                    await self.store.heartbeat(going)
+                except Exception as exc:  # a busy or full disk must not stop the runs themselves
+                    log.warning("could not renew the heartbeat of runs in flight: %s", exc)
 
     async def _check_configured_models(self) -> None:
         """Say in the log which configured model ids the provider does not know."""
         if self.settings.api_key is None and self.settings.is_openrouter:
             return
-        for model in dict.fromkeys((*self.settings.analysis_models, self.settings.model)):
+        for model in dict.fromkeys((*map(model_of, self.settings.analysis_models), self.settings.model)):
             known, _, found = await self.catalogue.lookup(model)
             if not known:
                 close = found.closest(model)
@@ -228,11 +412,16 @@ def _less_waiting(request: FusionRequest, waited: float) -> FusionRequest:
 
 
 async def _record(
-    store: Store, request: FusionRequest, result: FusionResult, transcripts: dict[str, Any], principal: str
+    store: Store,
+    request: FusionRequest,
+    result: FusionResult,
+    transcripts: dict[str, Any],
+    principal: str,
+    run_owner: dict[str, Any] | None = None,
 ) -> None:
-    # A full disk must not lose the answer the caller is waiting for.
+    # A full disk must not lose the answer the caller is waiting for (nor stop a run that is starting).
     with anyio.CancelScope(shield=True):
         try:
-            await store.save_run(request, result, transcripts, principal)
+            await store.save_run(request, result, transcripts, principal, run_owner)
         except Exception as exc:
             log.warning("run %s not recorded: %s", result.run_id, exc)

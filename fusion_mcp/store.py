@@ -62,6 +62,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
         "UPDATE runs SET bytes = length(CAST(record AS BLOB))",
     ),
+    # 3 -> 4: a run that may outlive its call is recorded as running at its start; its process renews this.
+    ("ALTER TABLE runs ADD COLUMN heartbeat REAL",),
 )
 """Applied in order, each in one transaction with the version it reaches."""
 
@@ -126,6 +128,11 @@ def cache_key(request: FusionRequest, *, principal: str, provider: str) -> str:
         "temperature": request.temperature,
         "final_answer": request.final_answer,
         "web": request.web_tools,
+        "lenses": request.lenses,
+        "guests": [g.model_dump() for g in request.guests],
+        "min_answers": request.min_answers,
+        "files": [(a.path, a.sha256) for a in request.attachments],
+        "images": list(request.image_models),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
@@ -236,8 +243,11 @@ class Store:
         result: FusionResult,
         transcripts: dict[str, list[dict[str, Any]]],
         principal: str = "local",
+        owner: dict[str, Any] | None = None,
     ) -> None:
-        await anyio.to_thread.run_sync(self._save_run, request, result, transcripts, principal)
+        """Record a run. A ``running`` result (a run that may outlive its call, at its start) names its
+        ``owner`` process and gets a heartbeat; the run's final record replaces it."""
+        await anyio.to_thread.run_sync(self._save_run, request, result, transcripts, principal, owner)
 
     def _save_run(
         self,
@@ -245,6 +255,7 @@ class Store:
         result: FusionResult,
         transcripts: dict[str, list[dict[str, Any]]],
         principal: str,
+        owner: dict[str, Any] | None,
     ) -> None:
         shared, texts = share_texts(transcripts)
         record = {
@@ -257,18 +268,20 @@ class Store:
             "transcripts": shared,
             "texts": texts,
         }
+        if owner is not None:
+            record["owner"] = owner
         text = json.dumps(redact_value(record, self._secrets))
         now = record["created"]
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO runs (run_id, created, prompt_head, panel, status, cost, seconds, cached, "
-                "record, schema, principal, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "record, schema, principal, bytes, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     result.run_id,
                     now,
                     redact(request.prompt[:120], self._secrets),
                     ",".join(request.analysis_models),
-                    result.status if result.status == "ok" else f"error:{result.failure_reason}",
+                    result.status if result.status != "error" else f"error:{result.failure_reason}",
                     result.usage.total.cost,
                     result.timings.total,
                     int(result.cached),
@@ -276,6 +289,7 @@ class Store:
                     RESULT_SCHEMA,
                     principal,
                     len(text.encode()),
+                    now if result.status == "running" else None,
                 ),
             )
             self._db.execute("DELETE FROM runs WHERE created < ?", (now - self._max_age_s,))
@@ -302,6 +316,18 @@ class Store:
                     break
         self._db.execute("PRAGMA incremental_vacuum")
 
+    async def heartbeat(self, run_ids: list[str]) -> None:
+        """Say these running runs are still being worked on (see :data:`fusion_mcp.live.LOST_AFTER_S`)."""
+        await anyio.to_thread.run_sync(self._heartbeat, run_ids)
+
+    def _heartbeat(self, run_ids: list[str]) -> None:
+        marks = ",".join("?" * len(run_ids))
+        with self._lock:
+            self._db.execute(
+                f"UPDATE runs SET heartbeat = ? WHERE status = 'running' AND run_id IN ({marks})",
+                (time.time(), *run_ids),
+            )
+
     async def recent(self, limit: int = 20, principal: str | None = None) -> list[dict[str, Any]]:
         """The latest runs, newest first: ``principal``'s only, or everyone's when None (the operator's view)."""
         return await anyio.to_thread.run_sync(self._recent, limit, principal)
@@ -323,10 +349,15 @@ class Store:
     def _run(self, run_id: str, principal: str | None) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT record FROM runs WHERE run_id = ? AND (? IS NULL OR principal = ?)",
+                "SELECT record, heartbeat FROM runs WHERE run_id = ? AND (? IS NULL OR principal = ?)",
                 (run_id, principal, principal),
             ).fetchone()
-        return expand_texts(json.loads(row[0])) if row else None
+        if row is None:
+            return None
+        record: dict[str, Any] = expand_texts(json.loads(row[0]))
+        if row[1] is not None:
+            record["heartbeat"] = row[1]  # a running row: when its process last said it was at it
+        return record
 
 
 SHARED_TEXT_CHARS = 256

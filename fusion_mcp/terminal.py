@@ -48,6 +48,8 @@ class LiveProgress:
             case "analyst_done":
                 done = "analysis ready" if event.error is None else f"analysis failed: {event.error[:80]}"
                 self._rows[self._analyst], self._done[self._analyst] = done, now
+            case "analysis_skipped":
+                self._rows[self._analyst], self._done[self._analyst] = "not asked: too few answers", now
         self.draw()
 
     def draw(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,7 +100,28 @@ def test_doctor_passes_on_a_good_setup(sim: ProviderSim) -> None:
     assert "ok   key: accepted, used $1.25 of a $10 limit" in out.stdout
     assert f"ok   model {PANEL[1]}: known (panel)" in out.stdout and "0 failed" in out.stdout
     assert "ok   web tools: local: search via ddgs, best effort" in out.stdout
+    assert "ok   files: only inside the client's MCP roots" in out.stdout
+    assert "ok   runs: end with their call (55 s, FUSION_DEADLINE_S)" in out.stdout
     assert API_KEY not in out.stdout + out.stderr
+
+
+def test_doctor_checks_a_lens_panel_once_per_model_and_names_roots_and_long_runs(
+    sim: ProviderSim, tmp_path: Path
+) -> None:
+    sim.catalogue = [priced("llama3")]
+    out = doctor(
+        sim,
+        FUSION_PRESET="self",
+        FUSION_ANALYSIS_MODELS="",
+        FUSION_MODEL="llama3",
+        FUSION_FILES_ROOTS=str(tmp_path),
+        FUSION_RUN_DEADLINE_S="600",
+    )
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.count("ok   model llama3: known") == 2  # once as the panel's model, once as the analyst
+    assert "#skeptic" not in out.stdout
+    assert f"ok   files: roots {tmp_path}; 2,000,000 bytes a call (FUSION_FILES_MAX_BYTES)" in out.stdout
+    assert "ok   runs: may outlive their call: 55 s a call, 600 s a run (FUSION_RUN_DEADLINE_S)" in out.stdout
 
 
 def test_doctor_reports_the_web_tools_and_models_that_cannot_use_them(sim: ProviderSim) -> None:

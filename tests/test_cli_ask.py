@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 from tests.conftest import ANALYST, API_KEY, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.helpers import wait_for
 
 
-def ask(sim: ProviderSim, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def ask(sim: ProviderSim, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [console_script(), "ask", *args],
         env=child_env(**sim_env(sim, **env)),
@@ -18,6 +19,7 @@ def ask(sim: ProviderSim, *args: str, **env: str) -> subprocess.CompletedProcess
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
+        cwd=cwd,
     )
 
 
@@ -107,3 +109,45 @@ def test_ask_draws_live_progress_when_stderr_is_a_terminal(sim: ProviderSim) -> 
     assert "\x1b[2K" in text and "\x1b[4F" in text  # lines redrawn in place: 3 members + the analyst
     assert f"{PANEL[2]}" in text and "answered" in text and "analysis ready" in text
     assert "[1/5]" not in text  # not the plain lines
+
+
+def test_ask_takes_answers_files_and_the_self_preset(sim: ProviderSim, tmp_path: Path) -> None:
+    (tmp_path / "notes.md").write_text("The TTL is 42 s.", encoding="utf-8")
+    (tmp_path / "draft.txt").write_text("My draft says 60 s.", encoding="utf-8")
+    out = ask(
+        sim,
+        "What TTL?",
+        "--preset",
+        "self",
+        "--model",
+        "llama3",
+        "--answer",
+        "draft=@draft.txt",
+        "--answer",
+        "colleague=Use 30 s.",
+        "--file",
+        "notes.md",
+        "--analysis-only",
+        "--json",
+        cwd=tmp_path,  # without FUSION_FILES_ROOTS, ask reads files under the current directory
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert [r["model"] for r in data["responses"]] == [
+        "llama3#skeptic",
+        "llama3#pragmatist",
+        "llama3#researcher",
+        "guest:draft",
+        "guest:colleague",
+    ]
+    assert data["responses"][3]["content"] == "My draft says 60 s."
+    members = [r for r in sim.requests if "response_format" not in r.body]
+    assert len(members) == 3 and all("The TTL is 42 s." in json.dumps(r.body) for r in members)
+    assert all("My draft" not in json.dumps(r.body) for r in members)
+    bad = ask(sim, "q", "--answer", "no-equals-sign")
+    assert bad.returncode == 2 and "--answer 'no-equals-sign': give it as LABEL=TEXT or LABEL=@FILE" in bad.stderr
+    dup = ask(sim, "q", "--answer", "a=x", "--answer", "a=y")
+    assert dup.returncode == 2 and "--answer: must be at most 4 answers" in dup.stderr
+    escape = ask(sim, "q", "--file", "/etc/hostname", cwd=tmp_path)
+    assert escape.returncode == 1 and "invalid argument files" in escape.stdout
+    assert "(/etc/hostname: outside the allowed roots)" in escape.stdout

@@ -62,7 +62,8 @@ def test_toml_file_with_environment_winning(tmp_path: Path) -> None:
         ({"FUSION_MAX_TOOL_CALLS": "eight"}, "invalid setting FUSION_MAX_TOOL_CALLS='eight'"),
         (
             {"FUSION_ANALYSIS_MODELS": "a,b,c,d,e,f,g,h,i"},
-            "invalid setting FUSION_ANALYSIS_MODELS='a,b,c,d,e,f,g,h,i': must be 1-8 unique model ids, comma-separated",
+            "invalid setting FUSION_ANALYSIS_MODELS='a,b,c,d,e,f,g,h,i': must be 1-8 unique panel entries, each a "
+            "model id or model#lens (a model under a lens), comma-separated",
         ),
         ({"FUSION_ANALYSIS_MODELS": "a,a"}, "invalid setting FUSION_ANALYSIS_MODELS='a,a'"),
         ({"FUSION_ANALYSIS_MODELS": "a,,b"}, "invalid setting FUSION_ANALYSIS_MODELS='a,,b'"),

@@ -159,6 +159,7 @@ SCENARIOS = [
         {B: [Reply(status=502)], C: [Reply(raw=b"nope", content_type="text/plain")]},
         ok=[A],
         failed={B: (502, "HTTP 502"), C: (None, "the provider answered with text/plain that is not JSON")},
+        analysis_error="too_few_answers",
     ),
     S(
         "retries_recover_after_two_503s",
@@ -198,6 +199,7 @@ SCENARIOS = [
         },
         ok=[A],
         failed={B: (529, "HTTP 529"), C: (429, "HTTP 429: rate limited")},
+        analysis_error="too_few_answers",
     ),
     S(
         "all_429_is_rate_limited",
@@ -309,6 +311,10 @@ async def test_fault_scenario(sim: ProviderSim, scenario: Scenario) -> None:
     assert sorted(whole + list(cut) + list(failed)) == sorted(PANEL)
     if scenario.failure_reason:
         return
+    # Below the quorum (FUSION_MIN_ANSWERS=2) the run is degraded and the analyst is never asked.
+    assert data["degraded"] is (scenario.analysis_error == "too_few_answers")
+    if scenario.analysis_error == "too_few_answers":
+        assert not any("response_format" in r.body for r in sim.requests)
     if scenario.analysis_error:
         assert "analysis" not in data and data["analysis_error"]["reason"] == scenario.analysis_error
     else:

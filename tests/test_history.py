@@ -200,7 +200,7 @@ async def test_results_stored_by_another_release_are_misses_never_errors(
     assert f"cache entry {key[:12]} dropped: schema 1, not {RESULT_SCHEMA}" in caplog.text
     # A row of this release's version whose result no longer validates (a hand edit, a downgrade): a miss too.
     with sqlite3.connect(tmp_path / "fusion.sqlite3") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
         db.execute("UPDATE cache SET result = ? WHERE key = ?", (json.dumps(OLDER_RESULT), key))
     (second,) = await calls(sim, tmp_path, {"prompt": "q"})
     assert structured(second)["status"] == "ok" and structured(second).get("cached") is not True

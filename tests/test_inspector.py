@@ -15,7 +15,7 @@ import pytest
 
 from tests import servers
 from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
-from tests.fakes.provider_sim import ProviderSim
+from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.helpers import ANALYSIS_KEYS
 
 INSPECTOR = os.environ.get("FUSION_INSPECTOR", "")
@@ -41,8 +41,8 @@ def inspector(*args: str, exit_code: int = 0) -> dict:
     return json.loads(out.stdout)
 
 
-def stdio_target(sim: ProviderSim) -> list[str]:
-    pairs = [f"{k}={v}" for k, v in sim_env(sim).items()]
+def stdio_target(sim: ProviderSim, **env: str) -> list[str]:
+    pairs = [f"{k}={v}" for k, v in sim_env(sim, **env).items()]
     return [console_script(), *[a for p in pairs for a in ("-e", p)]]
 
 
@@ -116,3 +116,18 @@ def test_inspector_over_http_with_a_token(sim: ProviderSim) -> None:
         # Without the token the Inspector is told to authenticate (it reads the 401 + WWW-Authenticate).
         assert refused.returncode != 0 and "auth_required" in refused.stdout + refused.stderr
     assert token not in running.stderr
+
+
+def test_inspector_settles_a_long_run_served_as_an_mcp_task(sim: ProviderSim) -> None:
+    """A 2026-era client declaring the tasks extension gets a task and polls it to the end: the whole
+    result, though the slow member took longer than one call may (1 s), where other clients get running."""
+    sim.script(PANEL[1], Reply(latency=3))
+    target = stdio_target(sim, FUSION_DEADLINE_S="1", FUSION_RUN_DEADLINE_S="30")
+    call = ["--method", "tools/call", "--tool-name", "openrouter_fusion", "--tool-arg", "prompt=q"]
+    data = inspector(*target, "--protocol-era", "modern", *call)["structuredContent"]
+    assert data["status"] == "ok" and [r["model"] for r in data["responses"]] == list(PANEL)
+    assert not any(r.get("truncated") for r in data["responses"]) and set(data["analysis"]) == ANALYSIS_KEYS
+    sim.reset()
+    sim.script(PANEL[1], Reply(latency=3))
+    legacy = inspector(*target, "--protocol-era", "legacy", *call)["structuredContent"]
+    assert legacy["status"] == "running" and legacy["pending"] == [PANEL[1]]

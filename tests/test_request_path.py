@@ -14,6 +14,7 @@ from mcp import Client
 
 from fusion_mcp.admission import ARGUMENT_RULES, FusionRefused, prepare
 from fusion_mcp.config import PRESETS, Settings, load_settings
+from fusion_mcp.lenses import PANEL_ENTRIES_RULE
 from fusion_mcp.models import FusionArgs
 from fusion_mcp.server import create_server
 from tests.conftest import ANALYST, PANEL, child_env, console_script, sim_env
@@ -110,6 +111,7 @@ async def test_depth_and_key_refusals_are_worded_alike(
         "usage": {"models": [], "total": dict.fromkeys(TOKEN_COUNTS, 0) | {"cost": None}},
         "timings": {"members": {}, "analyst": None, "total": 0.0},
         "cached": False,
+        "degraded": False,
     }
     by_tool = await tool(sim, {"prompt": "q"}, **env)
     assert (by_tool["failure_reason"], by_tool["error"]) == (reason, message)
@@ -152,23 +154,28 @@ def refused(settings: Settings, depth: int = 0, **args: Any) -> FusionRefused:
     ("args", "argument", "message"),
     [
         ({"prompt": "  \n"}, "prompt", "invalid argument prompt: must be a non-empty, self-contained question"),
-        ({"preset": "cheap"}, "preset", "invalid argument preset: must be one of quality, budget, fast"),
+        ({"preset": "cheap"}, "preset", "invalid argument preset: must be one of quality, budget, fast, self"),
         (
             {"analysis_models": ["a/x", "a/x"]},
             "analysis_models",
-            "invalid argument analysis_models: must be 1-8 unique model ids (a/x appears more than once)",
+            f"invalid argument analysis_models: must be {PANEL_ENTRIES_RULE} (a/x appears more than once)",
         ),
         (
             {"analysis_models": [f"m/{i}" for i in range(9)]},
             "analysis_models",
-            "invalid argument analysis_models: must be 1-8 unique model ids (9 model ids given)",
+            f"invalid argument analysis_models: must be {PANEL_ENTRIES_RULE} (9 entries given)",
         ),
-        ({"analysis_models": []}, "analysis_models", "invalid argument analysis_models: must be 1-8 unique model ids"),
+        (
+            {"analysis_models": []},
+            "analysis_models",
+            f"invalid argument analysis_models: must be {PANEL_ENTRIES_RULE}",
+        ),
         (
             {"model": "two words"},
             "model",
             "invalid argument model: must be one model id: up to 200 letters, digits and ~ / . _ - : @ + (no empty, "
-            ". or .. part between slashes) ('two words' has the character ' ', which no model id has)",
+            ". or .. part between slashes) (the analyst takes no lens) ('two words' has the character ' ', which no "
+            "model id has)",
         ),
         (
             {"model": "~x/../../internal/admin?dump=1#"},

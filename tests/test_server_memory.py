@@ -11,6 +11,7 @@ from mcp import Client
 
 from fusion_mcp.admission import ToolArguments
 from fusion_mcp.config import load_settings
+from fusion_mcp.lenses import PANEL_ENTRIES_RULE
 from fusion_mcp.provider import DEPTH_HEADER
 from fusion_mcp.server import create_server
 from tests.conftest import ANALYST, API_KEY, PANEL, sim_env
@@ -272,7 +273,16 @@ async def test_tool_metadata_tells_the_host_when_to_use_it(sim: ProviderSim) -> 
     assert tool.annotations.read_only_hint is True and tool.annotations.open_world_hint is True
     props = tool.input_schema["properties"]
     assert tool.input_schema["required"] == ["prompt"]
-    assert set(props) == {"prompt", "context", "analysis_models", "model", "max_tool_calls", "preset"}
+    assert set(props) == {
+        "prompt",
+        "context",
+        "analysis_models",
+        "model",
+        "max_tool_calls",
+        "preset",
+        "answers",
+        "files",
+    }
     assert tool.output_schema is not None and "analysis" in tool.output_schema["properties"]
 
 
@@ -296,25 +306,25 @@ async def test_tool_metadata_tells_the_host_when_to_use_it(sim: ProviderSim) -> 
         ),
         (
             {"prompt": "q", "analysis_models": []},
-            "invalid argument analysis_models: must be 1-8 unique model ids (got a list of 0)",
+            f"invalid argument analysis_models: must be {PANEL_ENTRIES_RULE} (got a list of 0)",
         ),
         (
             {"prompt": "q", "analysis_models": [f"m/{i}" for i in range(9)]},
-            "invalid argument analysis_models: must be 1-8 unique model ids (got a list of 9)",
+            f"invalid argument analysis_models: must be {PANEL_ENTRIES_RULE} (got a list of 9)",
         ),
         (
             {"prompt": "q", "analysis_models": ["a/b", "a/b"]},
-            "invalid argument analysis_models: must be 1-8 unique model ids (a/b appears more than once)",
+            f"invalid argument analysis_models: must be {PANEL_ENTRIES_RULE} (a/b appears more than once)",
         ),
         (
             {"prompt": "q", "analysis_models": ["a/b", " "]},
-            "invalid argument analysis_models: must be 1-8 unique model ids (a model id is empty)",
+            f"invalid argument analysis_models: must be {PANEL_ENTRIES_RULE}",
         ),
         ({"prompt": "q", "model": ""}, "invalid argument model: must be one model id: up to 200 letters"),
         ({"prompt": "q", "model": "two words"}, "invalid argument model: must be one model id: up to 200 letters"),
         (
             {"prompt": "q", "preset": "cheap"},
-            "invalid argument preset: must be one of quality, budget, fast (got 'cheap')",
+            "invalid argument preset: must be one of quality, budget, fast, self (got 'cheap')",
         ),
         (
             {"prompt": "q", "analysis_model": ["a/b"]},
