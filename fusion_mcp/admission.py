@@ -19,11 +19,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .catalogue import CatalogueClient, ModelInfo, estimate_cost, without_tools
-from .config import PRESETS, Settings
+from .config import KEYS_PAGE, LOCAL_SERVER_HINT, PRESETS, Settings
 from .limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
 from .model_ids import MODEL_ID_RULE, PANEL_RULE, check_model_id, check_model_ids
 from .models import FailureReason, FusionArgs, FusionRequest, FusionResult
-from .text import number
+from .text import number, plural
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,8 +99,9 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int) -> FusionReques
     if settings.api_key is None and settings.is_openrouter:
         raise FusionRefused(
             "missing_api_key",
-            "OPENROUTER_API_KEY is not set: add it to this server's environment (for a host, in the env of its "
-            "MCP config entry)",
+            f"OPENROUTER_API_KEY is not set: create a key at {KEYS_PAGE} and add it to this server's environment "
+            "(for a host, in the env of its MCP config entry; `fusion-mcp host-config HOST` prints one), or "
+            f"point the server at a local OpenAI-compatible server, which needs no key: {LOCAL_SERVER_HINT}",
         )
     return FusionRequest(
         prompt=prompt,
@@ -161,7 +162,7 @@ def _check_cost(request: FusionRequest, infos: dict[str, ModelInfo], max_cost_us
         raise FusionRefused(
             "cost_limit",
             f"estimated worst-case cost ${estimate:.4f} exceeds FUSION_MAX_COST_USD=${max_cost_usd:g} "
-            f"({len(request.analysis_models)} members x {request.max_completion_tokens} tokens + analyst); "
+            f"({plural(len(request.analysis_models), 'member')} x {request.max_completion_tokens} tokens + analyst); "
             "use a cheaper preset or fewer models, or raise the cap",
         )
 

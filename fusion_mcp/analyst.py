@@ -90,7 +90,10 @@ def analyst_messages(
     for label, response in named:
         cut = ' truncated="true"' if response.truncated else ""
         parts.append(f'<answer model="{label}"{cut}>\n{response.content}\n</answer>')
-    parts.append(f"Compare these {len(named)} answers and reply with the JSON analysis only.")
+    parts.append(
+        f"Compare {'this answer' if len(named) == 1 else f'these {len(named)} answers'} and reply with the "
+        "JSON analysis only."
+    )
     system = SYSTEM
     if web:
         system += "\n" + WEB

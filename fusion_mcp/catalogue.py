@@ -41,6 +41,9 @@ class Catalogue:
     models: dict[str, ModelInfo] | None
     fetched: float = field(default_factory=time.monotonic)
     aliases: dict[str, ModelInfo | None] = field(default_factory=dict)
+    problem: str | None = None
+    """Why there is no catalogue when the provider could not be asked (unreachable, a server error), as
+    opposed to a provider that simply publishes none (many local servers answer 404)."""
 
     def closest(self, model: str, n: int = 3) -> list[str]:
         """Known ids that look like ``model`` (with or without an alias's ``~``), best first."""
@@ -85,16 +88,29 @@ class CatalogueClient:
             return self._cached
 
     async def _fetch(self) -> Catalogue:
+        url = f"{self._base}/models"
         try:
             with anyio.fail_after(15):
-                response = await self._http.get(f"{self._base}/models", headers=self._headers)
+                response = await self._http.get(url, headers=self._headers)
             data = response.json() if response.status_code == 200 else None
-        except (httpx2.HTTPError, ValueError, TimeoutError) as exc:
-            log.info("no model catalogue at %s/models: %s", self._base, type(exc).__name__)
-            return Catalogue(models=None)
+        except (httpx2.HTTPError, TimeoutError) as exc:
+            # Not "no catalogue": the provider could not be asked, and every call will fail the same way.
+            problem = f"the provider at {self._base} is unreachable ({type(exc).__name__})"
+            log.warning("model ids not checked: %s", problem)
+            return Catalogue(models=None, problem=problem)
+        except ValueError:
+            data = None
+        if response.status_code >= 500:
+            problem = f"{url} answered HTTP {response.status_code}"
+            log.warning("model ids not checked: %s", problem)
+            return Catalogue(models=None, problem=problem)
         items = data.get("data") if isinstance(data, dict) else None
         if not isinstance(items, list):
-            log.info("no model catalogue at %s/models (HTTP %s)", self._base, response.status_code)
+            log.info(
+                "no model catalogue at %s (HTTP %s): model ids are checked by the first request",
+                url,
+                response.status_code,
+            )
             return Catalogue(models=None)
         return Catalogue(models={m.id: m for m in (_info(i) for i in items if isinstance(i, dict) and i.get("id"))})
 

@@ -29,6 +29,7 @@ from .progress import EventSink
 from .provider import Provider, new_http_client
 from .run import new_run_id
 from .store import Store, cache_key, default_home
+from .text import plural
 from .web.fetch import SYSTEM_NETWORK, Network
 from .web.tools import WebTools, open_web_tools
 
@@ -132,8 +133,9 @@ class FusionService:
         if not await self._acquire(run_id):
             return FusionRefused(
                 "server_busy",
-                f"server busy: {self.limiter.borrowed_tokens} fusion runs are in progress (FUSION_MAX_CONCURRENT) "
-                f"and none finished within {self.settings.queue_timeout_s:g} s; try again shortly",
+                f"server busy: {plural(self.limiter.borrowed_tokens, 'fusion run')} in progress "
+                f"(FUSION_MAX_CONCURRENT) and none finished within {self.settings.queue_timeout_s:g} s; "
+                "try again shortly",
             ).result(run_id)
         try:
             request = await check_catalogue(self.catalogue, request, self.settings.max_cost_usd)
@@ -160,11 +162,11 @@ class FusionService:
             self.limiter.acquire_nowait()
             return True
         except anyio.WouldBlock:
-            log.info("run %s queued: %d fusion runs in progress", run_id, self.limiter.borrowed_tokens)
+            log.info("run %s queued: %s in progress", run_id, plural(self.limiter.borrowed_tokens, "fusion run"))
         with anyio.move_on_after(self.settings.queue_timeout_s):
             await self.limiter.acquire()
             return True
-        log.warning("run %s refused: %d runs in progress", run_id, self.limiter.borrowed_tokens)
+        log.warning("run %s refused: %s in progress", run_id, plural(self.limiter.borrowed_tokens, "run"))
         return False
 
     async def _fuse(
