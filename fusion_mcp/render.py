@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-from .models import FusionResult, TokenUsage
+from .budget import fit
+from .models import FusionResult, PanelResponse, TokenUsage
 from .text import plural
-
-MIN_SHARE = 400
-"""Characters every answer keeps however tight the budget: enough to tell what it says."""
 
 
 def render(result: FusionResult, max_chars: int | None = None) -> str:
     """Analysis first, then each panel answer, then failures and a one-line cost summary.
 
-    Within ``max_chars`` the answers are trimmed, evenly, with a pointer to the whole text (structured
-    content keeps every answer whole; the run resource keeps the transcripts).
+    Within ``max_chars`` the answers are trimmed, evenly, each with a pointer to the run resource that
+    keeps it whole (see :mod:`~fusion_mcp.budget`).
     """
-    text = _render(result, None)
-    if max_chars is None or len(text) <= max_chars or not result.responses:
-        return text
-    fixed = len(_render(result, 0)) + len(_trim_note(10**9, result.run_id)) * len(result.responses)
-    share = max(MIN_SHARE, (max_chars - fixed) // len(result.responses))
-    return _render(result, share)
+    return _render(fit(result, max_chars, lambda r: len(_render(r))))
 
 
-def _render(result: FusionResult, share: int | None) -> str:
+def _render(result: FusionResult) -> str:
     if result.status == "error":
         lines = [f"**Fusion failed** ({result.failure_reason}): {result.error}"]
         lines += _failures(result)
@@ -63,9 +56,7 @@ def _render(result: FusionResult, share: int | None) -> str:
         if r.truncated:
             notes.append(f"TRUNCATED: {r.truncated_reason}")
         lines.append(f"\n## {r.model}" + (f" ({', '.join(notes)})" if notes else ""))
-        lines.append(
-            _answer(r.content, share, result.run_id) + ("\n\n[... answer cut off here]" if r.truncated else "")
-        )
+        lines.append(r.content + _trim_note(r) + ("\n\n[... answer cut off here]" if r.truncated else ""))
     if result.sources:
         lines.append("\n# Sources read by the panel and the analyst")
         lines += [f"- {s.title} <{s.url}>" if s.title else f"- <{s.url}>" for s in result.sources]
@@ -74,19 +65,13 @@ def _render(result: FusionResult, share: int | None) -> str:
     return "\n".join(lines)
 
 
-def _answer(content: str, share: int | None, run_id: str) -> str:
-    if share is None or len(content) <= share:
-        return content
-    if share == 0:
+def _trim_note(response: PanelResponse) -> str:
+    if not response.trimmed:
         return ""
-    kept = content[:share].rsplit(" ", 1)[0] if " " in content[:share] else content[:share]
-    return kept + _trim_note(len(content) - len(kept), run_id)
-
-
-def _trim_note(trimmed: int, run_id: str) -> str:
+    more = (response.full_chars or 0) - len(response.content)
     return (
-        f"\n\n[... {trimmed:,} more characters trimmed to fit the output budget; the whole answer is in the "
-        f"structured result and in resource fusion://runs/{run_id}]"
+        f"\n\n[... {more:,} more characters trimmed to fit the output budget; the whole answer is in resource "
+        f"{response.full_answer_at}]"
     )
 
 

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse
 
 from . import __version__
 from .admission import ARGUMENT_RULES, FusionRefused
+from .budget import fit_json
 from .config import LOCAL_PRINCIPAL, Preset, Settings
 from .limits import MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
 from .mcp_logging import SessionLogLevels
@@ -254,8 +255,9 @@ def _progress(ctx: Context[FusionService], run_id: str, log_levels: SessionLogLe
 
 
 def as_tool_result(result: FusionResult, max_chars: int | None = None) -> CallToolResult:
+    """Both blocks within ``max_chars`` (``FUSION_MAX_OUTPUT_CHARS``): hosts pass one or the other to their model."""
     return CallToolResult(
         content=[TextContent(type="text", text=render(result, max_chars))],
-        structured_content=result.to_json(),
+        structured_content=fit_json(result, max_chars).to_json(),
         is_error=result.status == "error",
     )

@@ -134,14 +134,29 @@ def test_runs_command_lists_and_shows(sim: ProviderSim, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no run 'fus_nope'" in missing.stderr
 
 
-async def test_the_text_block_keeps_to_the_output_budget(sim: ProviderSim, tmp_path: Path) -> None:
-    panel = [f"x/m{i}-len6000" for i in range(4)]
-    (result,) = await calls(sim, tmp_path, {"prompt": "q", "analysis_models": panel}, FUSION_MAX_OUTPUT_CHARS="8000")
+async def test_both_blocks_keep_to_the_output_budget_and_the_run_keeps_every_answer_whole(
+    sim: ProviderSim, tmp_path: Path
+) -> None:
+    """8 members with 6,000-character answers: what Codex and Claude Code pass to their model is bounded too."""
+    panel = [f"x/m{i}-len6000" for i in range(8)]
+    server = create_server(load_settings(environ=env(sim, tmp_path)))
+    async with Client(server) as client:
+        result = await client.call_tool(TOOL, {"prompt": "q", "analysis_models": panel})
+        data = structured(result)  # validates against the contract, as the SDK did against the outputSchema
+        run_id = data["run_id"]
+        record = json.loads((await client.read_resource(f"fusion://runs/{run_id}")).contents[0].text)
+    budget = 24_000
     rendered = text(result)
-    assert len(rendered) <= 8000
-    assert rendered.count("more characters trimmed to fit the output budget") == 4
-    assert f"fusion://runs/{structured(result)['run_id']}" in rendered
-    assert all(len(r["content"]) == 6000 for r in structured(result)["responses"])  # kept whole
+    assert len(rendered) <= budget
+    assert rendered.count(f"the whole answer is in resource fusion://runs/{run_id}]") == 8
+    assert len(json.dumps(result.structured_content, ensure_ascii=False, separators=(",", ":"))) <= budget
+    assert [r["trimmed"] for r in data["responses"]] == [True] * 8
+    assert {r["full_chars"] for r in data["responses"]} == {6000}
+    assert {r["full_answer_at"] for r in data["responses"]} == {f"fusion://runs/{run_id}"}
+    assert "analysis" in data and data["analysis"]["consensus"]
+    # The run history keeps every answer whole, unmarked.
+    assert [len(r["content"]) for r in record["result"]["responses"]] == [6000] * 8
+    assert not any("trimmed" in r for r in record["result"]["responses"])
 
 
 FIRST_RELEASE_TABLES = """
