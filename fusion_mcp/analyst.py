@@ -28,7 +28,7 @@ from .models import (
     Stance,
     UniqueInsight,
 )
-from .provider import Provider
+from .provider import Provider, RetryListener
 
 SYSTEM = """You are the analyst of a panel of AI models that answered the same question independently.
 Compare their answers; do not merge them into one answer and do not answer the question yourself.
@@ -185,6 +185,7 @@ async def run_analyst(
     extra: dict[str, Any] | None = None,
     fence_note: str | None = None,
     on_tool: ToolReporter | None = None,
+    on_retry: RetryListener | None = None,
 ) -> AnalystOutcome:
     """Analyse the panel's answers; never raises for upstream or parsing trouble (see ``error``).
 
@@ -223,6 +224,7 @@ async def run_analyst(
             on_tool=_offset(on_tool, used, request.max_tool_calls),
             outcome=turn,
             deadline=deadline,
+            on_retry=on_retry,
         )
 
     # OpenRouter's server tools are counted per request and no count comes back, so only the first request

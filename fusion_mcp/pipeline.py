@@ -88,6 +88,7 @@ async def analyse(run: Run, responses: list[PanelResponse]) -> AnalystOutcome:
             extra=run.tools.extra(request.model),
             fence_note=run.tools.fence_note(request.model),
             on_tool=run.progress.tool_reporter(request.model),
+            on_retry=run.progress.retry_reporter(request.model),
         )
     if scope.cancelled_caught:
         verdict.analysis = None

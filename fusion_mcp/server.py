@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any
@@ -87,10 +87,14 @@ class _Running:
     service: FusionService | None = None
 
 
-def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPServer[FusionService]:
+def create_server(
+    settings: Settings, network: Network = SYSTEM_NETWORK, *, on_stopped: Callable[[], None] | None = None
+) -> MCPServer[FusionService]:
     """Build the server without running it, so tests and every transport share one construction.
 
     ``network`` is how web fetches resolve names and connect: the system's unless a test fakes it.
+    ``on_stopped`` is called once the service has closed (its runs cancelled, its connections and store
+    closed), which is when a process stopping on a signal may exit.
     """
     running = _Running()
     server: MCPServer[FusionService] = MCPServer(
@@ -98,7 +102,7 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
         title="Fusion",
         instructions=INSTRUCTIONS,
         version=__version__,
-        lifespan=_lifespan(settings, network, running),
+        lifespan=_lifespan(settings, network, running, on_stopped),
         log_level=settings.log_level,
         middleware=[_remember_caller],
     )
@@ -112,16 +116,20 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
     return server
 
 
-def _lifespan(settings: Settings, network: Network, running: _Running) -> Any:
+def _lifespan(settings: Settings, network: Network, running: _Running, on_stopped: Callable[[], None] | None) -> Any:
     @asynccontextmanager
     async def lifespan(_: MCPServer[FusionService]) -> AsyncIterator[FusionService]:
         # Entered once per process, whatever the transport: one pool, one store, one set of run slots.
-        async with FusionService.open(settings, network, check_models=True) as service:
-            running.service = service
-            try:
-                yield service
-            finally:
-                running.service = None
+        try:
+            async with FusionService.open(settings, network, check_models=True) as service:
+                running.service = service
+                try:
+                    yield service
+                finally:
+                    running.service = None
+        finally:
+            if on_stopped is not None:
+                on_stopped()
 
     return lifespan
 

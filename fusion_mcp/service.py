@@ -120,13 +120,15 @@ class FusionService:
         run_id: str | None = None,
         on_event: EventSink | None = None,
         principal: str = LOCAL_PRINCIPAL,
+        fresh: bool = False,
     ) -> FusionResult:
         """Run a prepared request within a run slot; every outcome is a result, only cancellation propagates.
 
         Waits up to ``FUSION_QUEUE_TIMEOUT_S`` for a slot (else ``server_busy``), then checks the catalogue
         (``invalid_model``, ``cost_limit``). Time spent waiting counts against the request's deadline: the
         caller's clock started with the call. ``principal`` owns the run: it is recorded with it, and the
-        cache serves a principal only what was computed for it.
+        cache serves a principal only what was computed for it. ``fresh`` runs even when the cache holds an
+        answer (and then caches the new one).
         """
         run_id = run_id or new_run_id()
         arrived = anyio.current_time()
@@ -140,7 +142,7 @@ class FusionService:
         try:
             request = await check_catalogue(self.catalogue, request, self.settings.max_cost_usd)
             request = _less_waiting(request, anyio.current_time() - arrived)
-            result = await self._fuse(request, run_id, on_event, principal)
+            result = await self._fuse(request, run_id, on_event, principal, fresh)
         except FusionRefused as refused:
             log.info("run %s refused before spending: %s", run_id, refused.message)
             return refused.result(run_id)
@@ -170,12 +172,12 @@ class FusionService:
         return False
 
     async def _fuse(
-        self, request: FusionRequest, run_id: str, on_event: EventSink | None, principal: str
+        self, request: FusionRequest, run_id: str, on_event: EventSink | None, principal: str, fresh: bool
     ) -> FusionResult:
         """Answer from the cache when an identical call succeeded recently; otherwise run and record."""
         store = self.store
         key = cache_key(request, principal=principal, provider=self._provider_identity)
-        if store is not None and self.settings.cache:
+        if store is not None and self.settings.cache and not fresh:
             hit = await store.cached(key)
             if hit is not None:
                 log.info("run %s answered from the cache (first run %s)", run_id, hit.run_id)

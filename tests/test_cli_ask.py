@@ -107,3 +107,68 @@ def test_ask_draws_live_progress_when_stderr_is_a_terminal(sim: ProviderSim) -> 
     assert "\x1b[2K" in text and "\x1b[4F" in text  # lines redrawn in place: 3 members + the analyst
     assert f"{PANEL[2]}" in text and "answered" in text and "analysis ready" in text
     assert "[1/5]" not in text  # not the plain lines
+
+
+def screen_of(sim: ProviderSim, *args: str, columns: int = 80, lines: int = 30) -> tuple[list[str], str]:
+    """Run ``ask`` with stderr on a pseudo-terminal of ``columns`` x ``lines``; the final screen (as a real
+    VT100 emulator renders everything written) and stdout."""
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    import pyte
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    try:
+        with subprocess.Popen(
+            [console_script(), "ask", *args],
+            env=child_env(**sim_env(sim)),
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        ) as proc:
+            os.close(slave)
+            written = b""
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed its end
+                    break
+                if not chunk:
+                    break
+                written += chunk
+            out = proc.stdout.read() if proc.stdout else ""
+            assert proc.wait(timeout=60) == 0, written.decode(errors="replace")
+    finally:
+        os.close(master)
+    screen = pyte.Screen(columns, lines)
+    pyte.ByteStream(screen).feed(written)
+    return [line.rstrip() for line in screen.display], out
+
+
+def test_the_live_block_fits_80_columns_with_a_long_failure_a_retry_and_log_lines(sim: ProviderSim) -> None:
+    slow, failing, retried = PANEL  # the first is also the analyst: it must not fail
+    sim.script(failing, Reply(status=400, error_message="the provider rejected this request because " + "x " * 150))
+    sim.script(retried, Reply(status=502, error_message="upstream down", retry_after="0.2"), Reply())
+    sim.script(slow, Reply(latency=1.2))
+    screen, out = screen_of(sim, "q", "--analysis-only")
+    assert out.startswith("# Fusion analysis: 2 answers")
+    rows = {name: [i for i, line in enumerate(screen) if line.startswith(f"  {name} ")] for name in PANEL}
+    rows["analyst"] = [i for i, line in enumerate(screen) if line.startswith(f"  analyst {ANALYST} ")]
+    # Exactly one row per member and the analyst: nothing wrapped, nothing left behind by a redraw.
+    assert all(len(found) == 1 for found in rows.values()), "\n".join(screen)
+    block = sorted(found[0] for found in rows.values())
+    assert block == list(range(block[0], block[0] + 4))
+    assert [line for line in screen[block[-1] + 1 :] if line] == []
+    failed = screen[rows[failing][0]]
+    assert "  failed: HTTP 400: the pro" in failed and failed.endswith("...")
+    assert len(failed) == 79
+    assert not any("x x x" in line for line in screen)  # the long message did not spill onto other lines
+    assert "answered after 1 retry" in screen[rows[retried][0]]
+    assert "answered" in screen[rows[slow][0]] and "analysis ready" in screen[rows["analyst"][0]]
+    # Log lines written while the block was live sit above it, whole.
+    logs = [i for i, line in enumerate(screen) if " INFO fusion_mcp" in line]
+    assert logs and max(logs) < block[0], "\n".join(screen)

@@ -122,16 +122,43 @@ def test_runs_command_lists_and_shows(sim: ProviderSim, tmp_path: Path) -> None:
         )
 
     assert run("runs").stdout.strip() == "no runs yet"
-    asked = run("ask", "the question", "--json", "--analysis-only")
+    asked = run("ask", "the question " + "and more " * 30, "--json", "--analysis-only")
     run_id = json.loads(asked.stdout)["run_id"]
     listing = run("runs")
-    assert listing.returncode == 0 and run_id in listing.stdout and "'the question'" in listing.stdout
-    shown = run("runs", "show", run_id)
+    assert listing.returncode == 0 and listing.stdout.startswith(f"{run_id}  ")
+    (line,) = listing.stdout.splitlines()
+    assert len(line) == 100 and "3 models  ok  the question and more" in line and line.endswith("...")
+    shown = run("runs", run_id)
     assert shown.returncode == 0 and shown.stdout.startswith("# Fusion analysis: 3 answers")
+    assert shown.stdout == run("runs", "show", run_id).stdout  # the long form still works
+    assert f"(full record with transcripts: fusion-mcp runs {run_id} --json)" in shown.stdout
+    two = run("runs", run_id, "fus_other")
+    assert two.returncode == 2 and "runs takes one run id" in two.stderr
     full = json.loads(run("runs", "show", run_id, "--json").stdout)
     assert full["run_id"] == run_id and set(full["transcripts"]) >= set(PANEL)
     missing = run("runs", "show", "fus_nope")
     assert missing.returncode == 1 and "no run 'fus_nope'" in missing.stderr
+
+
+def test_runs_lines_stay_within_100_columns_whatever_they_hold() -> None:
+    from fusion_mcp.cli import run_line
+
+    row = {
+        "run_id": "fus_0123456789abcdef",
+        "created": 1_790_000_000.0,
+        "prompt_head": "a question\nwith a newline and " + "many words " * 20,
+        "panel": ",".join(f"vendor/model-{i}" for i in range(8)),
+        "status": "error:insufficient_credits",
+        "cost": None,
+        "seconds": 1234.5,
+        "cached": True,
+    }
+    line = run_line(row)
+    assert len(line) == 100 and "\n" not in line
+    assert "8 models  insufficient_credits (cached)  a ..." in line and line.endswith("...")
+    assert run_line(row | {"prompt_head": "short", "panel": "a/x", "status": "ok", "cached": False}).endswith(
+        "1 model   ok  short"
+    )
 
 
 async def test_both_blocks_keep_to_the_output_budget_and_the_run_keeps_every_answer_whole(

@@ -1,4 +1,5 @@
-"""Clean endings: a host closing stdin, an HTTP server stopped, an HTTP client cancelling mid-panel."""
+"""Clean endings: a host closing stdin or signalling the stdio server, an HTTP server stopped, an HTTP client
+cancelling mid-panel."""
 
 from __future__ import annotations
 
@@ -47,6 +48,40 @@ def test_closing_stdin_mid_run_exits_cleanly_and_closes_upstream(sim: ProviderSi
     assert returncode == 0
     assert not [s for s in BAD_SIGNS if s in stderr], stderr
     wait_for(lambda: len(sim.disconnects) == 3)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_call_stops_the_stdio_server_promptly_and_closes_upstream(
+    sim: ProviderSim, stop: signal.Signals
+) -> None:
+    """Hosts stop a server with SIGINT, then SIGTERM after a wait (Claude Code does); either must end it."""
+    for model in PANEL:
+        sim.script(model, Reply(latency=30))
+    with subprocess.Popen(
+        [console_script()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(**sim_env(sim, PYTHONWARNINGS="always", PYTHONDEVMODE="1")),
+        text=True,
+    ) as proc:
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write(INIT + CALL)
+        proc.stdin.flush()  # stdin stays open, as a host keeps it: only the signal may end the server
+        wait_for(lambda: len(sim.requests) == 3)
+        proc.send_signal(stop)
+        try:
+            returncode = proc.wait(timeout=10)  # a hang detector, not a timing: before this fix it never exited
+        finally:
+            proc.kill()
+        stderr = proc.stderr.read()
+    assert returncode == 0, stderr
+    # It exited because its service had closed, not because the grace period (STOP_GRACE_S) ran out.
+    assert "did not close within" not in stderr, stderr
+    assert not [s for s in BAD_SIGNS if s in stderr], stderr
+    assert f"stopping on {stop.name}: runs in progress are cancelled" in stderr
+    wait_for(lambda: len(sim.disconnects) == 3)
+    assert sorted(sim.disconnects) == sorted(PANEL)
 
 
 def test_stopping_the_http_server_mid_run_exits_cleanly(sim: ProviderSim) -> None:
