@@ -100,8 +100,14 @@ def _plain_stdio(launch: Launch) -> dict[str, Any]:
     return {"command": launch.command, "args": launch.args, "env": launch.env}
 
 
-def _plain_http(launch: Launch) -> dict[str, Any]:
-    return {"url": launch.url} | ({"headers": _bearer(TOKEN_PLACEHOLDER)} if launch.token else {})
+def _http(token: str, typed: dict[str, Any] | None = None) -> Callable[[Launch], dict[str, Any]]:
+    """An HTTP entry whose ``Authorization`` header (when the server asks for a token) carries ``token``."""
+    return lambda ln: (typed or {}) | {"url": ln.url} | ({"headers": _bearer(token)} if ln.token else {})
+
+
+def _typed_stdio(key: str) -> Callable[[Launch], dict[str, Any]]:
+    """A ``"type": "stdio"`` entry whose key is ``key``: an expansion the host makes, not a placeholder."""
+    return lambda ln: {"type": "stdio"} | _plain_stdio(ln) | {"env": _with_env(ln, key)}
 
 
 def _vscode_inputs(launch: Launch) -> dict[str, Any]:
@@ -121,19 +127,19 @@ HOSTS: dict[str, Host] = {
         "mcpServers",
         lambda: Path.cwd() / ".mcp.json",
         # A project's .mcp.json is often committed: the key comes from the environment Claude Code runs in.
-        lambda ln: {"type": "stdio"} | _plain_stdio(ln) | {"env": _with_env(ln, "${OPENROUTER_API_KEY}")},
-        lambda ln: {"type": "http", "url": ln.url} | ({"headers": _bearer("${FUSION_HTTP_TOKEN}")} if ln.token else {}),
+        _typed_stdio("${OPENROUTER_API_KEY}"),
+        _http("${FUSION_HTTP_TOKEN}", {"type": "http"}),
     ),
-    "cursor": Host("Cursor", "json", "mcpServers", lambda: _home() / ".cursor/mcp.json", _plain_stdio, _plain_http),
+    "cursor": Host(
+        "Cursor", "json", "mcpServers", lambda: _home() / ".cursor/mcp.json", _plain_stdio, _http(TOKEN_PLACEHOLDER)
+    ),
     "vscode": Host(
         "VS Code",
         "json",
         "servers",
         lambda: Path.cwd() / ".vscode/mcp.json",
-        lambda ln: {"type": "stdio"} | _plain_stdio(ln) | {"env": _with_env(ln, "${input:openrouter-key}")},
-        lambda ln: (
-            {"type": "http", "url": ln.url} | ({"headers": _bearer("${input:fusion-token}")} if ln.token else {})
-        ),
+        _typed_stdio("${input:openrouter-key}"),
+        _http("${input:fusion-token}", {"type": "http"}),
         _vscode_inputs,
     ),
     "codex": Host(

@@ -86,12 +86,17 @@ def test_bad_values_name_the_setting_and_rule(environ: dict[str, str], message: 
     assert "\n" not in str(info.value)
 
 
-def test_secret_values_are_never_echoed(tmp_path: Path) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text('openrouter_api_key = ["sk-secret-in-a-list"]\n')
+def file_error(path: Path, content: str) -> str:
+    """The one-line error loading a config file of ``content`` gives."""
+    path.write_text(content)
     with pytest.raises(ConfigError) as info:
         load_settings(environ={}, config_path=path)
-    assert str(info.value) == (
+    return str(info.value)
+
+
+def test_secret_values_are_never_echoed(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    assert file_error(path, 'openrouter_api_key = ["sk-secret-in-a-list"]\n') == (
         f"invalid setting OPENROUTER_API_KEY (config file {path}, key 'openrouter_api_key'): "
         "must be a non-empty API key"
     )
@@ -138,10 +143,7 @@ def test_short_lowercase_keys_and_a_fusion_table(tmp_path: Path) -> None:
 
 def test_a_bad_value_from_a_file_names_the_file_and_the_key(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text("[fusion]\nmax_tool_calls = 0\n")
-    with pytest.raises(ConfigError) as info:
-        load_settings(environ={}, config_path=path)
-    assert str(info.value) == (
+    assert file_error(path, "[fusion]\nmax_tool_calls = 0\n") == (
         f"invalid setting FUSION_MAX_TOOL_CALLS='0' (config file {path}, key 'fusion.max_tool_calls'): "
         "must be a whole number from 1 to 16"
     )

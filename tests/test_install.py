@@ -83,8 +83,10 @@ def test_each_readme_install_line_gives_a_working_command(
         UV_PYTHON_DOWNLOADS="never",
         FUSION_WEB_TOOLS="off",
     )
-    # pip's own configuration (indexes, constraints) on this machine, as a user's would apply.
-    env |= {k: v for k, v in os.environ.items() if k.startswith("PIP_")}
+    # This machine's package configuration, as a user's would apply: pip's (indexes, certificates), and the
+    # system's certificate store for uv (it bundles its own by default).
+    env |= {k: v for k, v in os.environ.items() if k.startswith(("PIP_", "UV_", "SSL_CERT"))}
+    env.setdefault("UV_NATIVE_TLS", "1")
     ran = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     installed = {
