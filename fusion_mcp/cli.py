@@ -22,6 +22,7 @@ import anyio
 from pydantic import ValidationError
 
 from . import __version__
+from .about import HOMEPAGE
 from .admission import FusionRefused, argument_rule, prepare
 from .config import PRESETS, ConfigError, Settings, load_settings
 from .limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
@@ -85,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="fusion-mcp",
         description="An MCP server that asks a panel of models and has an analyst compare their answers. "
         "With no command it serves MCP over stdio, which is what an MCP host launches.",
+        epilog=f'First steps: fusion-mcp doctor; fusion-mcp ask "a question"; fusion-mcp host-config HOST --write. '
+        f"Settings: environment variables or --config FILE (fusion-mcp.example.toml). More: {HOMEPAGE}",
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"fusion-mcp {__version__}")

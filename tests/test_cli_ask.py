@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 from tests.conftest import ANALYST, API_KEY, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
@@ -51,6 +52,26 @@ def test_ask_exits_non_zero_on_an_error_result_and_on_bad_arguments(sim: Provide
     budget = ask(sim, "q", "--max-tool-calls", "99")
     assert budget.returncode == 2
     assert "--max-tool-calls: must be a whole number from 1 to 16 (99 given)" in budget.stderr
+
+
+def test_ask_takes_a_preset_and_says_when_an_answer_came_from_the_cache(sim: ProviderSim, tmp_path: Path) -> None:
+    from fusion_mcp.config import PRESETS
+
+    fast_panel, fast_analyst = PRESETS["fast"]
+    home = {"FUSION_CACHE": "on", "FUSION_HOME": str(tmp_path)}
+    first = ask(sim, "q", "--preset", "fast", "--json", "--analysis-only", **home)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert [r["model"] for r in data["responses"]] == list(fast_panel) and data["analyst_model"] == fast_analyst
+    asked = len(sim.requests)
+    again = ask(sim, "q", "--preset", "fast", "--json", "--analysis-only", **home)
+    assert json.loads(again.stdout)["cached"] is True and len(sim.requests) == asked
+    assert "answered from the cache (an identical question ran recently; no new cost). --no-cache" in again.stderr
+    fresh = ask(sim, "q", "--preset", "fast", "--json", "--analysis-only", "--no-cache", **home)
+    assert json.loads(fresh.stdout).get("cached") is not True and len(sim.requests) == 2 * asked
+    assert "answered from the cache" not in fresh.stderr
+    bad = ask(sim, "q", "--preset", "slow")
+    assert bad.returncode == 2 and "argument --preset: invalid choice: 'slow'" in bad.stderr
 
 
 def test_ask_interrupted_prints_a_cancelled_result(sim: ProviderSim) -> None:
@@ -109,7 +130,7 @@ def test_ask_draws_live_progress_when_stderr_is_a_terminal(sim: ProviderSim) -> 
     assert "[1/5]" not in text  # not the plain lines
 
 
-def screen_of(sim: ProviderSim, *args: str, columns: int = 80, lines: int = 30) -> tuple[list[str], str]:
+def screen_of(sim: ProviderSim, *args: str, columns: int = 80, lines: int = 30, **env: str) -> tuple[list[str], str]:
     """Run ``ask`` with stderr on a pseudo-terminal of ``columns`` x ``lines``; the final screen (as a real
     VT100 emulator renders everything written) and stdout."""
     import fcntl
@@ -124,7 +145,7 @@ def screen_of(sim: ProviderSim, *args: str, columns: int = 80, lines: int = 30) 
     try:
         with subprocess.Popen(
             [console_script(), "ask", *args],
-            env=child_env(**sim_env(sim)),
+            env=child_env(**sim_env(sim, **env)),
             stdout=subprocess.PIPE,
             stderr=slave,
             stdin=subprocess.DEVNULL,
@@ -172,3 +193,12 @@ def test_the_live_block_fits_80_columns_with_a_long_failure_a_retry_and_log_line
     # Log lines written while the block was live sit above it, whole.
     logs = [i for i, line in enumerate(screen) if " INFO fusion_mcp" in line]
     assert logs and max(logs) < block[0], "\n".join(screen)
+
+
+def test_the_live_block_says_when_the_answer_came_from_the_cache(sim: ProviderSim, tmp_path: Path) -> None:
+    home = {"FUSION_CACHE": "on", "FUSION_HOME": str(tmp_path)}
+    screen_of(sim, "q", "--analysis-only", **home)
+    screen, out = screen_of(sim, "q", "--analysis-only", **home)
+    rows = [line for line in screen if line.startswith(("  ~", "  analyst "))]
+    assert len(rows) == 4 and all(row.endswith("from the cache") for row in rows), "\n".join(screen)
+    assert "answered from the cache" in "\n".join(screen) and "from the cache, no new cost" in out
