@@ -22,6 +22,8 @@ from .provider import auth_headers
 
 log = logging.getLogger(__name__)
 TTL_S = 3600.0
+PROBLEM_TTL_S = 60.0
+"""A provider that could not be asked is asked again this soon: it may have been a moment's outage."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ class CatalogueClient:
 
     async def get(self) -> Catalogue:
         async with self._lock:
-            if self._cached is None or time.monotonic() - self._cached.fetched > TTL_S:
+            ttl = TTL_S if self._cached is None or self._cached.problem is None else PROBLEM_TTL_S
+            if self._cached is None or time.monotonic() - self._cached.fetched > ttl:
                 self._cached = await self._fetch()
             return self._cached
 

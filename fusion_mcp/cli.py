@@ -312,15 +312,15 @@ def _print_result(result: FusionResult, as_json: bool) -> None:
 
 
 async def _runs(settings: Settings, args: argparse.Namespace) -> int:
-    store = open_store(settings)
-    if store is None:
-        print("fusion-mcp: the run history cannot be opened (see the warning above)", file=sys.stderr)
-        return 1
     target = args.target[1:] if args.target[:1] == ["show"] else args.target
     if len(target) > 1 or (args.target[:1] == ["show"] and not target):
         print("fusion-mcp: runs takes one run id: 'fusion-mcp runs ID' (see 'fusion-mcp runs')", file=sys.stderr)
         return EXIT_CONFIG
     run_id = target[0] if target else None
+    store = open_store(settings)
+    if store is None:
+        print("fusion-mcp: the run history cannot be opened (see the warning above)", file=sys.stderr)
+        return 1
     try:
         if run_id is not None:
             record = await store.run(run_id)
