@@ -53,7 +53,7 @@ def test_every_host_has_an_entry_format() -> None:
 
 @pytest.mark.parametrize("host", list(SERVERS))
 def test_each_stdio_entry_parses_and_names_an_existing_absolute_executable(host: str) -> None:
-    out = host_config(host)
+    out = host_config(host, OPENROUTER_API_KEY=API_KEY)  # a key in force here is never copied into the entry
     assert out.returncode == 0, out.stderr
     document = parse(host, out.stdout)
     entry = document[SERVERS[host]]["fusion"]
@@ -73,7 +73,7 @@ def test_each_stdio_entry_parses_and_names_an_existing_absolute_executable(host:
         )
     else:
         assert key == "sk-or-v1-..." and "replace sk-or-v1-... with your OpenRouter API key" in out.stderr
-    assert API_KEY not in out.stdout
+    assert API_KEY not in out.stdout + out.stderr
 
 
 def test_the_entry_carries_a_local_base_url_and_the_config_file_in_use(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The README's install lines, run as written against a git repository of this tree: each gives a working
 ``fusion-mcp`` in a fresh environment (``doctor`` passes against the provider simulator).
 
-Slow (each line installs every dependency into a new environment): runs in CI, or with FUSION_SLOW=1.
+The install runs are slow (each line installs every dependency into a new environment): they run in CI, or
+with FUSION_SLOW=1.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from fusion_mcp.about import DISTRIBUTION, HOMEPAGE, VERSION
 from tests.conftest import REPO, child_env, sim_env
 from tests.fakes.provider_sim import ProviderSim
 
-pytestmark = pytest.mark.slow
-
 
 def readme_install_lines() -> list[str]:
     """Every command line in the README's code blocks that installs from the project's address."""
@@ -28,9 +27,14 @@ def readme_install_lines() -> list[str]:
 
 
 def test_the_readme_has_the_three_install_lines_and_they_name_our_address() -> None:
+    from fusion_mcp.config import load_settings
+
     lines = readme_install_lines()
     assert [line.split()[0] for line in lines] == ["uvx", "pipx", "git"], lines
-    assert HOMEPAGE in (REPO / "pyproject.toml").read_text()
+    assert all(f"git+{HOMEPAGE}" in line for line in lines[:2]) and lines[2].startswith(f"git clone {HOMEPAGE} ")
+    # One address everywhere: pyproject's [project.urls] (read back from the installed metadata), the
+    # attribution header's default, the README.
+    assert HOMEPAGE.startswith("https://github.com/") and load_settings(environ={}).app_url == HOMEPAGE
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +67,7 @@ def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["uvx", "pipx", "git"])
 def test_each_readme_install_line_gives_a_working_command(
     tool: str, origin: Path, tools: Path, tmp_path: Path, sim: ProviderSim
