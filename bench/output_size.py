@@ -1,9 +1,10 @@
-"""Output size: characters (and estimated tokens) of the text block for typical 3- and 8-member runs.
+"""Output size: characters (and estimated tokens) of both blocks of the result for typical 3- and 8-member runs.
 
-The text block is what a host that ignores structured content puts into its model's context, so its size
-is a cost paid on every call. Answers are ~3,000 characters each (about 750 tokens, a typical thorough
-answer); tokens are estimated at 4 characters each. The budget is the ~24,000 characters of a typical
-host's tool-output limit (``FUSION_MAX_OUTPUT_CHARS`` in the run-history work).
+A host puts one of them into its model's context — the text block (opencode), or ``structuredContent`` as
+JSON (Codex, Claude Code) — so each size is a cost paid on every call. Answers are ~3,000 characters each
+(about 750 tokens, a typical thorough answer); tokens are estimated at 4 characters each. The budget is
+``FUSION_MAX_OUTPUT_CHARS`` (24,000 by default), which bounds both blocks; structured content is measured
+as compact JSON, as hosts serialise it.
 
     python -m bench.output_size [--answer-chars 3000] [--quick] [--out FILE]
 """
@@ -11,6 +12,7 @@ host's tool-output limit (``FUSION_MAX_OUTPUT_CHARS`` in the run-history work).
 from __future__ import annotations
 
 import argparse
+import json
 
 import anyio
 from mcp import Client
@@ -34,7 +36,7 @@ async def measure(base: str, sizes: list[int], answer_chars: int) -> list[dict]:
             }
             result = await client.call_tool("openrouter_fusion", args)
             text = result.content[0].text
-            structured = len(str(result.structured_content))
+            structured = len(json.dumps(result.structured_content, ensure_ascii=False, separators=(",", ":")))
             rows.append(
                 {
                     "members": n,
@@ -43,12 +45,13 @@ async def measure(base: str, sizes: list[int], answer_chars: int) -> list[dict]:
                     "text_tokens_est": len(text) // 4,
                     "structured_chars": structured,
                     "budget_chars": BUDGET_CHARS,
-                    "within_budget": len(text) <= BUDGET_CHARS,
+                    "within_budget": len(text) <= BUDGET_CHARS and structured <= BUDGET_CHARS,
                 }
             )
             print(
-                f"{n} members: text block {len(text):,} chars (~{len(text) // 4:,} tokens), "
-                f"{'within' if len(text) <= BUDGET_CHARS else 'OVER'} the {BUDGET_CHARS:,}-char budget",
+                f"{n} members: text block {len(text):,} chars (~{len(text) // 4:,} tokens), structured content "
+                f"{structured:,} chars; {'within' if rows[-1]['within_budget'] else 'OVER'} the "
+                f"{BUDGET_CHARS:,}-char budget",
                 flush=True,
             )
     return rows

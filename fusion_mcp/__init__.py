@@ -4,15 +4,14 @@ The package's public surface is the contract (``FusionArgs``, ``FusionRequest``,
 settings, and :func:`run_fusion` for running one without MCP.
 """
 
-from importlib.metadata import version as _dist_version
-
+from .about import VERSION
 from .config import ConfigError, Settings, load_settings
 from .models import Analysis, FusionArgs, FusionRequest, FusionResult
 from .pipeline import run_fusion
 from .progress import ProgressEvent
 from .provider import Provider, new_http_client
 
-__version__ = _dist_version("fusion-mcp")
+__version__ = VERSION
 
 __all__ = [
     "Analysis",

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .catalogue import CatalogueClient, ModelInfo, estimate_cost, taking_images, without_tools
-from .config import PRESET_NAMES, Preset, Settings
+from .config import KEYS_PAGE, LOCAL_SERVER_HINT, PRESET_NAMES, Preset, Settings
 from .lenses import PANEL_ENTRIES_RULE, SEPARATOR, check_panel, split_entry
 from .limits import (
     MAX_DEADLINE_S,
@@ -36,7 +36,7 @@ from .limits import (
 )
 from .model_ids import MODEL_ID_RULE, check_model_id
 from .models import FailureReason, FusionArgs, FusionRequest, FusionResult, GuestAnswer
-from .text import number
+from .text import number, plural
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -199,8 +199,9 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int) -> FusionReques
     if settings.api_key is None and settings.is_openrouter:
         raise FusionRefused(
             "missing_api_key",
-            "OPENROUTER_API_KEY is not set: add it to this server's environment (for a host, in the env of its "
-            "MCP config entry)",
+            f"OPENROUTER_API_KEY is not set: create a key at {KEYS_PAGE} and add it to this server's environment "
+            "(for a host, in the env of its MCP config entry; `fusion-mcp host-config HOST` prints one), or "
+            f"point the server at a local OpenAI-compatible server, which needs no key: {LOCAL_SERVER_HINT}",
         )
     return FusionRequest(
         prompt=prompt,
@@ -317,7 +318,7 @@ def _check_cost(request: FusionRequest, infos: dict[str, ModelInfo], max_cost_us
         raise FusionRefused(
             "cost_limit",
             f"estimated worst-case cost ${estimate:.4f} exceeds FUSION_MAX_COST_USD=${max_cost_usd:g} "
-            f"({len(request.analysis_models)} members x {request.max_completion_tokens} tokens + analyst); "
+            f"({plural(len(request.analysis_models), 'member')} x {request.max_completion_tokens} tokens + analyst); "
             "use a cheaper preset or fewer models, or raise the cap",
         )
 

@@ -29,7 +29,7 @@ from .models import (
     Stance,
     UniqueInsight,
 )
-from .provider import Provider
+from .provider import Provider, RetryListener
 from .web.fence import Fence
 
 SYSTEM = """You are the analyst of a panel of AI models that answered the same question independently.
@@ -100,7 +100,10 @@ def analyst_messages(
     for label, response in named:
         cut = ' truncated="true"' if response.truncated else ""
         parts.append(f'<{fence.tag} model="{label}"{cut}>\n{fence.clean(response.content)}\n</{fence.tag}>')
-    parts.append(f"Compare these {len(named)} answers and reply with the JSON analysis only.")
+    parts.append(
+        f"Compare {'this answer' if len(named) == 1 else f'these {len(named)} answers'} and reply with the "
+        "JSON analysis only."
+    )
     system = SYSTEM.format(tag=fence.tag)
     if web:
         system += "\n" + WEB
@@ -195,6 +198,7 @@ async def run_analyst(
     fence_note: str | None = None,
     on_tool: ToolReporter | None = None,
     material: str | None = None,
+    on_retry: RetryListener | None = None,
 ) -> AnalystOutcome:
     """Analyse the panel's answers; never raises for upstream or parsing trouble (see ``error``).
 
@@ -237,6 +241,7 @@ async def run_analyst(
             on_tool=_offset(on_tool, used, request.max_tool_calls),
             outcome=turn,
             deadline=deadline,
+            on_retry=on_retry,
         )
 
     # OpenRouter's server tools are counted per request and no count comes back, so only the first request

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 TTL_S = 3600.0
 IMAGE_TOKENS = 1600
 """Prompt tokens counted per image in the worst case (a large image costs providers about this many)."""
+PROBLEM_TTL_S = 60.0
+"""A provider that could not be asked is asked again this soon: it may have been a moment's outage."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class Catalogue:
     fetched: float = field(default_factory=time.monotonic)
     aliases: OrderedDict[str, ModelInfo | None] = field(default_factory=OrderedDict)
     """``GET /model/{id}`` answers, least recently used first, at most :data:`MAX_ALIASES`."""
+    problem: str | None = None
+    """Why there is no catalogue when the provider could not be asked (unreachable, a server error), as
+    opposed to a provider that simply publishes none (many local servers answer 404)."""
 
     def remember(self, model: str, info: ModelInfo | None) -> None:
         self.aliases[model] = info
@@ -112,21 +117,36 @@ class CatalogueClient:
 
     async def get(self) -> Catalogue:
         async with self._lock:
-            if self._cached is None or time.monotonic() - self._cached.fetched > TTL_S:
+            ttl = TTL_S if self._cached is None or self._cached.problem is None else PROBLEM_TTL_S
+            if self._cached is None or time.monotonic() - self._cached.fetched > ttl:
                 self._cached = await self._fetch()
             return self._cached
 
     async def _fetch(self) -> Catalogue:
+        url = f"{self._base}/models"
         try:
             with anyio.fail_after(15):
-                response = await self._http.get(f"{self._base}/models", headers=self._headers)
+                response = await self._http.get(url, headers=self._headers)
+        except (httpx2.HTTPError, TimeoutError) as exc:
+            # Not "no catalogue": the provider could not be asked, and every call will fail the same way.
+            problem = f"the provider at {self._base} is unreachable ({type(exc).__name__})"
+            log.warning("model ids not checked: %s", problem)
+            return Catalogue(models=None, problem=problem)
+        try:
             data = response.json() if response.status_code == 200 else None
-        except (httpx2.HTTPError, ValueError, TimeoutError) as exc:
-            log.info("no model catalogue at %s/models: %s", self._base, type(exc).__name__)
-            return Catalogue(models=None)
+        except ValueError:
+            data = None
+        if response.status_code >= 500:
+            problem = f"{url} answered HTTP {response.status_code}"
+            log.warning("model ids not checked: %s", problem)
+            return Catalogue(models=None, problem=problem)
         items = data.get("data") if isinstance(data, dict) else None
         if not isinstance(items, list):
-            log.info("no model catalogue at %s/models (HTTP %s)", self._base, response.status_code)
+            log.info(
+                "no model catalogue at %s (HTTP %s): model ids are checked by the first request",
+                url,
+                response.status_code,
+            )
             return Catalogue(models=None)
         return Catalogue(models={m.id: m for m in (_info(i) for i in items if isinstance(i, dict) and i.get("id"))})
 

@@ -1,4 +1,5 @@
-"""The ``fusion-mcp`` command: the stdio server (default), ``serve``, ``ask``, ``doctor`` and ``runs``.
+"""The ``fusion-mcp`` command: the stdio server (default), ``serve``, ``ask``, ``doctor``, ``runs`` and
+``host-config``.
 
 Stdout belongs to JSON-RPC when serving stdio, so everything human goes to stderr. Only the server
 commands import the MCP SDK: ``ask`` goes through the same request path without it.
@@ -10,33 +11,42 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import anyio
 from pydantic import ValidationError
 
 from . import __version__
+from .about import HOMEPAGE
 from .admission import FusionRefused, argument_rule, prepare
 from .config import PRESET_NAMES, ConfigError, Settings, load_settings
 from .errors import MIN_SECRET_CHARS, redact
 from .limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
-from .models import FusionArgs, FusionResult, GuestAnswer
+from .models import FusionArgs, FusionRequest, FusionResult, GuestAnswer
 from .progress import ProgressEvent
 from .render import render
 from .run import new_run_id
 from .service import FusionService, open_store
 from .terminal import LiveProgress
+from .text import plural
 
 EXIT_CONFIG = 2
+STOP_GRACE_S = 1.5
+"""After SIGINT or SIGTERM, how long the stdio server may take to close its runs before it exits anyway."""
+RUNS_WIDTH = 100
+"""``fusion-mcp runs`` lines stay within this many columns."""
 ASK_FLAGS = {
     "prompt": "PROMPT",
     "analysis_models": "--models",
     "model": "--model",
     "max_tool_calls": "--max-tool-calls",
-    "deadline_s": "--deadline",
     "preset": "--preset",
+    "deadline_s": "--deadline",
     "answers": "--answer",
     "files": "--file",
 }
@@ -83,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="fusion-mcp",
         description="An MCP server that asks a panel of models and has an analyst compare their answers. "
         "With no command it serves MCP over stdio, which is what an MCP host launches.",
+        epilog=f'First steps: fusion-mcp doctor; fusion-mcp ask "a question"; fusion-mcp host-config HOST --write. '
+        f"Settings: environment variables or --config FILE (fusion-mcp.example.toml). More: {HOMEPAGE}",
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"fusion-mcp {__version__}")
@@ -106,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "--preset",
         choices=PRESET_NAMES,
-        help="panel preset: quality, budget, fast, or self (the analyst's model under three lenses)",
+        help="panel and analyst preset (default: FUSION_PRESET): quality, budget, fast, or self (the analyst's "
+        "model under three lenses); --models and --model override it",
     )
     ask.add_argument(
         "--answer",
@@ -135,15 +148,31 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "--analysis-only", action="store_true", help="skip the analyst's final answer; print the analysis only"
     )
+    ask.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run even if an identical question was answered recently (the cache is refreshed with this run)",
+    )
     commands.add_parser(
         "doctor", parents=[common], help="check key, provider, model ids, web tools and cache before spending anything"
     )
 
-    runs = commands.add_parser("runs", parents=[common], help="list recent runs, or show one (runs show ID)")
-    runs.add_argument("action", nargs="?", choices=["show"], help="show one run in full")
-    runs.add_argument("run_id", nargs="?", help="the run to show")
+    runs = commands.add_parser("runs", parents=[common], help="list recent runs, or show one (runs ID)")
+    runs.add_argument("target", nargs="*", metavar="ID", help="the run to show in full ('runs show ID' works too)")
     runs.add_argument("--limit", type=int, default=20, help="how many recent runs to list (default: 20)")
     runs.add_argument("--json", action="store_true", help="print JSON")
+
+    from .host_config import HOSTS, add_arguments
+
+    host = commands.add_parser(
+        "host-config",
+        parents=[common],
+        help=f"print (or --write) the config entry of an MCP host: {', '.join(HOSTS)}",
+        description="Print the entry that makes an MCP host start this server, for that host's config format, "
+        "with the absolute path of this fusion-mcp and the settings it needs (the API key as a placeholder). "
+        "--write merges it into the host's config file, keeping a backup and every other server.",
+    )
+    add_arguments(host)
     return parser
 
 
@@ -171,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(anyio.run(_doctor, settings))
     if args.command == "runs":
         raise SystemExit(anyio.run(_runs, settings, args))
+    if args.command == "host-config":
+        from .host_config import main as host_config
+
+        raise SystemExit(host_config(args, settings))
     if args.command == "serve" and args.transport == "http":
         from .http_app import check_bind, serve_http
 
@@ -184,10 +217,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         except KeyboardInterrupt:
             pass
         return
+    _serve_stdio(settings)
+
+
+def _serve_stdio(settings: Settings) -> None:
+    """The stdio server until the host closes stdin, or until SIGINT or SIGTERM (hosts send one, then the other).
+
+    On a signal every run is cancelled (its upstream requests closed) and the service closes; then the
+    process exits. It exits rather than unwinding further because the SDK reads stdin in a worker thread
+    that nothing can interrupt until the host writes or closes the pipe (the SDK's issue #3551).
+    """
     from .server import create_server
 
+    stopped = threading.Event()
+    server = create_server(settings, on_stopped=stopped.set)
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            if sys.platform != "win32":  # asyncio on Windows has no signal handlers; Ctrl-C stays KeyboardInterrupt
+                tg.start_soon(_stop_on_signal, tg.cancel_scope, stopped)
+            await server.run_stdio_async()
+            tg.cancel_scope.cancel()
+
     try:
-        anyio.run(create_server(settings).run_stdio_async)
+        anyio.run(serve)
     except KeyboardInterrupt:
         pass
 
@@ -214,6 +267,25 @@ def _answers(values: list[str] | None) -> list[GuestAnswer] | None:
             raise OSError(f"--answer {value[:40]!r}: give it as LABEL=TEXT or LABEL=@FILE")
         answers.append(GuestAnswer(label=label, content=_text_or_file(content, "--answer")))
     return answers
+
+
+async def _stop_on_signal(scope: anyio.CancelScope, stopped: threading.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for number in signals:
+            logging.getLogger("fusion_mcp").info(
+                "stopping on %s: runs in progress are cancelled", signal.Signals(number).name
+            )
+            threading.Thread(target=_exit_when_stopped, args=(stopped,), daemon=True).start()
+            scope.cancel()
+            return
+
+
+def _exit_when_stopped(stopped: threading.Event) -> None:
+    if not stopped.wait(STOP_GRACE_S):
+        logging.getLogger("fusion_mcp").warning("the service did not close within %g s; exiting", STOP_GRACE_S)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
@@ -254,14 +326,33 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
         print(f"[{int(event.progress)}/{event.total}] {event.message}", file=sys.stderr, flush=True)
 
     live = LiveProgress(sys.stderr, request.analysis_models, request.model) if sys.stderr.isatty() else None
-    async with FusionService.open(settings) as service, anyio.create_task_group() as tg:
-        if live is not None:
-            live.draw()
-            tg.start_soon(live.tick)
-        result = await service.run(request, run_id=run_id, on_event=live.on_event if live is not None else plain)
-        tg.cancel_scope.cancel()
+    async with FusionService.open(settings) as service:
+        if live is None:
+            result = await service.run(request, run_id=run_id, on_event=plain, fresh=args.no_cache)
+        else:
+            with live.logging_above():
+                result = await _run_live(service, request, run_id, live, fresh=args.no_cache)
+    if result.cached:
+        print(
+            "fusion-mcp: answered from the cache (an identical question ran recently; no new cost). "
+            "--no-cache runs it again.",
+            file=sys.stderr,
+        )
     _print_result(result, args.json)
     return 0 if result.status == "ok" else 1
+
+
+async def _run_live(
+    service: FusionService, request: FusionRequest, run_id: str, live: LiveProgress, *, fresh: bool
+) -> FusionResult:
+    async with anyio.create_task_group() as tg:
+        live.draw()
+        tg.start_soon(live.tick)
+        result = await service.run(request, run_id=run_id, on_event=live.on_event, fresh=fresh)
+        if result.cached:
+            live.cached()
+        tg.cancel_scope.cancel()
+    return result
 
 
 def _print_result(result: FusionResult, as_json: bool) -> None:
@@ -269,18 +360,20 @@ def _print_result(result: FusionResult, as_json: bool) -> None:
 
 
 async def _runs(settings: Settings, args: argparse.Namespace) -> int:
+    target = args.target[1:] if args.target[:1] == ["show"] else args.target
+    if len(target) > 1 or (args.target[:1] == ["show"] and not target):
+        print("fusion-mcp: runs takes one run id: 'fusion-mcp runs ID' (see 'fusion-mcp runs')", file=sys.stderr)
+        return EXIT_CONFIG
+    run_id = target[0] if target else None
     store = open_store(settings)
     if store is None:
         print("fusion-mcp: the run history cannot be opened (see the warning above)", file=sys.stderr)
         return 1
     try:
-        if args.action == "show":
-            if not args.run_id:
-                print("fusion-mcp: runs show needs a run id (see 'fusion-mcp runs')", file=sys.stderr)
-                return EXIT_CONFIG
-            record = await store.run(args.run_id)
+        if run_id is not None:
+            record = await store.run(run_id)
             if record is None:
-                print(f"fusion-mcp: no run {args.run_id!r} in the history (it may have expired)", file=sys.stderr)
+                print(f"fusion-mcp: no run {run_id!r} in the history (it may have expired)", file=sys.stderr)
                 return 1
             try:
                 shown = render(FusionResult.model_validate(record["result"])) if not args.json else None
@@ -288,7 +381,7 @@ async def _runs(settings: Settings, args: argparse.Namespace) -> int:
                 shown = None  # recorded by a release with another result shape: the JSON still says it all
             print(json.dumps(record, indent=2) if shown is None else shown)
             if shown is not None:
-                print(f"\n(full record with transcripts: fusion-mcp runs show {args.run_id} --json)")
+                print(f"\n(full record with transcripts: fusion-mcp runs {run_id} --json)")
             return 0
         rows = await store.recent(args.limit)
         if args.json:
@@ -297,16 +390,25 @@ async def _runs(settings: Settings, args: argparse.Namespace) -> int:
         if not rows:
             print("no runs yet")
         for row in rows:
-            when = datetime.fromtimestamp(row["created"]).strftime("%Y-%m-%d %H:%M")
-            cost = f"${row['cost']:.4f}" if row["cost"] is not None else "-"
-            cached = " (cached)" if row["cached"] else ""
-            print(
-                f"{row['run_id']}  {when}  {row['status']:<24} {cost:>9} {row['seconds']:6.1f} s  "
-                f"{row['panel']}  {row['prompt_head'][:60]!r}{cached}"
-            )
+            print(run_line(row))
         return 0
     finally:
         store.close()
+
+
+def run_line(row: dict[str, Any], width: int = RUNS_WIDTH) -> str:
+    """One run of ``fusion-mcp runs``: id, time, cost, seconds, panel size, status, then as much of the prompt
+    as fits in ``width`` columns (``runs ID`` shows the rest)."""
+    when = datetime.fromtimestamp(row["created"]).strftime("%m-%d %H:%M")
+    cost = f"${row['cost']:.4f}" if row["cost"] is not None else "-"
+    status = str(row["status"]).removeprefix("error:") + (" (cached)" if row["cached"] else "")
+    members = plural(len(str(row["panel"]).split(",")), "model")
+    head = f"{row['run_id']}  {when}  {cost:>8} {row['seconds']:6.1f} s  {members:<8}  {status}  "
+    prompt = " ".join(str(row["prompt_head"]).split())
+    room = width - len(head)
+    if len(prompt) > room:
+        prompt = prompt[: max(0, room - 3)] + "..."
+    return (head + prompt)[:width]
 
 
 async def _doctor(settings: Settings) -> int:

@@ -1,9 +1,12 @@
 """Settings from the environment and an optional TOML file.
 
-Every setting has one name, the environment variable's (``FUSION_MODEL``); a TOML file given by
-``--config PATH`` or ``FUSION_CONFIG`` uses the same keys, in any case. The environment wins over the
-file, the file over the defaults. A bad value raises :class:`ConfigError` with one line that names the
-setting and its rule, so the command line can print it and exit non-zero.
+Every setting has one name, the environment variable's (``FUSION_MODEL``), and a short one for files
+(``model``: the name without ``FUSION_`` or ``OPENROUTER_``, in lower case). A TOML file given by
+``--config PATH`` or ``FUSION_CONFIG`` takes either, in any case, at the top level or in a ``[fusion]``
+table (``fusion-mcp.example.toml`` lists them all). The environment wins over the file, the file over the
+defaults. A bad value raises :class:`ConfigError` with one line that names the setting and its rule (and,
+for a value from a file, the file and the key as written there), so the command line can print it and
+exit non-zero. An obviously placeholder secret (``sk-or-v1-...``) is refused the same way.
 
 Each setting is declared once, as a field: its type and bounds say the rule, and :func:`rule` turns them
 into the sentence every error uses. Only rules no type can state (URLs, lists) are written as prose.
@@ -11,6 +14,7 @@ into the sentence every error uses. Only rules no type can state (URLs, lists) a
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -24,6 +28,7 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
+from .about import HOMEPAGE
 from .errors import MIN_SECRET_CHARS
 from .lenses import BUILTIN, LENSES_RULE, PANEL_ENTRIES_RULE, check_lenses, check_panel, self_panel
 from .limits import (
@@ -68,10 +73,28 @@ DEFAULT_PRINCIPAL = "default"
 MIN_TOKEN_CHARS = 16
 _PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _URL_RULE = "an http:// or https:// URL"
+KEYS_PAGE = "https://openrouter.ai/keys"
+"""Where an OpenRouter key is created (named in every message about a missing or placeholder key)."""
+LOCAL_SERVER_HINT = "OPENROUTER_BASE_URL=http://localhost:11434/v1 for Ollama"
+"""How to use a local OpenAI-compatible server instead, which needs no key."""
+_PLACEHOLDER = re.compile(
+    r"\.\.\.|\u2026|<[^>]*>|\$\{[^}]*\}|\byour[-_ ]|\b(change|replace)[-_ ]?me\b|^(sk-or-v1-|sk-|x+|\*+)$",
+    re.IGNORECASE,
+)
 
 
 class ConfigError(ValueError):
     """A setting is missing or breaks its rule; ``str()`` is one line that names it."""
+
+
+class Placeholder(ValueError):
+    """A secret that is a placeholder from an example (``sk-or-v1-...``), not a real one."""
+
+
+def is_placeholder(secret: str) -> bool:
+    """True for the values examples and snippets show in place of a key: ``sk-or-v1-...``, ``<token>``,
+    ``${OPENROUTER_API_KEY}`` left unexpanded, ``your-key-here``. Real keys and tokens never look like these."""
+    return bool(_PLACEHOLDER.search(secret))
 
 
 def setting(
@@ -104,7 +127,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
 
-    api_key: SecretStr | None = setting(None, "OPENROUTER_API_KEY", rule="a non-empty API key")
+    api_key: SecretStr | None = setting(None, "OPENROUTER_API_KEY", rule="a non-empty API key (printable ASCII)")
     base_url: str = setting(OPENROUTER_BASE_URL, "OPENROUTER_BASE_URL", rule=f"{_URL_RULE} of an OpenAI-compatible API")
     preset: Preset = setting("quality", "FUSION_PRESET")
     # Before the panel: its entries may name these lenses.
@@ -179,9 +202,7 @@ class Settings(BaseModel):
     )
     session_idle_s: float = setting(600.0, "FUSION_SESSION_IDLE_S", ge=10, le=86_400, unit="seconds")
     queue_timeout_s: float = setting(10.0, "FUSION_QUEUE_TIMEOUT_S", ge=0, le=600, unit="seconds")
-    app_url: str = setting(
-        "https://pypi.org/project/fusion-mcp/", "FUSION_APP_URL", rule=f"{_URL_RULE} sent as HTTP-Referer"
-    )
+    app_url: str = setting(HOMEPAGE, "FUSION_APP_URL", rule=f"{_URL_RULE} sent as HTTP-Referer")
     app_title: str = setting(
         "fusion-mcp", "FUSION_APP_TITLE", min_length=1, max_length=100, rule="a short name sent as X-OpenRouter-Title"
     )
@@ -259,6 +280,11 @@ class Settings(BaseModel):
             return v
         if isinstance(v, str) and not v.strip():
             raise ValueError("empty")
+        if isinstance(v, str) and is_placeholder(v.strip()):
+            raise Placeholder("a placeholder")
+        if isinstance(v, str) and not all(" " < c < "\x7f" for c in v.strip()):
+            # It travels in an HTTP header, which carries printable ASCII only: no real key has anything else.
+            raise ValueError("not printable ASCII")
         return v.strip() if isinstance(v, str) else v
 
     @field_validator("http_token")
@@ -283,6 +309,11 @@ class Settings(BaseModel):
         if not out or any(c.isspace() for i in out for c in i):
             raise ValueError("empty or malformed")
         return out
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
 
     @field_validator("base_url", "app_url", "searxng_url", "brave_url", "tavily_url")
     @classmethod
@@ -473,6 +504,17 @@ SECRET_FIELDS = frozenset(name for name, f in Settings.model_fields.items() if _
 _BY_NAME: dict[str, tuple[str, FieldInfo]] = {str(f.alias): (n, f) for n, f in Settings.model_fields.items()}
 SETTING_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 """Every setting's name (its environment variable), in declaration order."""
+
+
+def short_name(name: str) -> str:
+    """A setting's key in a config file: ``FUSION_MAX_TOOL_CALLS`` -> ``max_tool_calls``, ``OPENROUTER_API_KEY`` ->
+    ``api_key``, ``BRAVE_API_KEY`` -> ``brave_api_key``."""
+    return re.sub(r"^(FUSION_|OPENROUTER_)", "", name).lower()
+
+
+SHORT_NAMES: dict[str, str] = {short_name(name): name for name in SETTING_NAMES}
+"""Short config-file key -> the setting's name."""
+assert len(SHORT_NAMES) == len(SETTING_NAMES), "two settings share a short name"
 assert set(get_args(Preset)) == {*PRESETS, "self"}, "every preset but self needs a panel"
 
 
@@ -517,19 +559,21 @@ def load_settings(
     """Build :class:`Settings` from a TOML file (optional) and the environment; raise :class:`ConfigError`."""
     environ = os.environ if environ is None else environ
     path = config_path if config_path is not None else environ.get("FUSION_CONFIG") or None
-    values: dict[str, Any] = _read_toml(Path(path)) if path else {}
+    values, origins = _read_toml(Path(path)) if path else ({}, {})
     for name in SETTING_NAMES:
         raw = environ.get(name)
         # An empty variable means "not set", as a host config often writes "" for an unused key.
         if raw is not None and raw.strip() != "":
             values[name] = raw
+            origins.pop(name, None)
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc, values)) from None
+        raise ConfigError(_first_error(exc, values, origins)) from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The file's settings by name, and where each came from (``file, key 'fusion.model'``)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -538,19 +582,31 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read: {exc.__class__.__name__}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.pop("fusion", None) if isinstance(data.get("fusion"), dict) else None
+    entries = [(key, key, value) for key, value in data.items()]
+    entries += [(key, f"fusion.{key}", value) for key, value in (table or {}).items()]
     values: dict[str, Any] = {}
-    for key, value in data.items():
-        name = key.upper()
-        if name not in _BY_NAME:
-            raise ConfigError(f"config file {path}: unknown setting {key!r} (known: {', '.join(SETTING_NAMES)})")
-        values[name] = value
-    return values
+    origins: dict[str, str] = {}
+    for key, written, value in entries:
+        name = key.upper() if key.upper() in _BY_NAME else SHORT_NAMES.get(key.lower())
+        if name is None:
+            close = difflib.get_close_matches(key.lower(), [*SHORT_NAMES, *map(str.lower, SETTING_NAMES)], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else " (fusion-mcp.example.toml lists every setting)"
+            raise ConfigError(f"config file {path}: unknown setting {written!r}{hint}")
+        if name in origins:
+            raise ConfigError(f"config file {path}: {name} is set twice, as {origins[name]!r} and {written!r}")
+        values[name], origins[name] = value, written
+    return values, {name: f"config file {path}, key {written!r}" for name, written in origins.items()}
 
 
-def _first_error(exc: ValidationError, values: Mapping[str, Any]) -> str:
+def _first_error(exc: ValidationError, values: Mapping[str, Any], origins: Mapping[str, str]) -> str:
     error = exc.errors()[0]
     name = str(error["loc"][0]) if error["loc"] else "configuration"
     if name not in _BY_NAME:
         return f"invalid configuration: {error['msg']}"
     shown = "" if is_secret(name) else f"={str(values.get(name))[:80]!r}"
-    return f"invalid setting {name}{shown}: must be {rule(name)}"
+    where = f" ({origins[name]})" if name in origins else ""
+    if isinstance((error.get("ctx") or {}).get("error"), Placeholder):
+        get = f" (create one at {KEYS_PAGE}, or set {LOCAL_SERVER_HINT})" if name == "OPENROUTER_API_KEY" else ""
+        return f"invalid setting {name}{where}: this is a placeholder from an example, not a real secret{get}"
+    return f"invalid setting {name}{shown}{where}: must be {rule(name)}"

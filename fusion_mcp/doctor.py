@@ -10,7 +10,7 @@ import anyio
 import httpx2
 
 from .catalogue import CatalogueClient, without_tools
-from .config import Settings
+from .config import KEYS_PAGE, LOCAL_SERVER_HINT, Settings
 from .lenses import model_of
 from .provider import auth_headers, new_http_client
 from .service import open_store
@@ -70,7 +70,13 @@ def _runs(settings: Settings) -> Check:
 async def _key(http: httpx2.AsyncClient, settings: Settings) -> Check:
     if settings.api_key is None:
         if settings.is_openrouter:
-            return Check("key", False, "OPENROUTER_API_KEY is not set", "put the key in the server's environment")
+            return Check(
+                "key",
+                False,
+                "OPENROUTER_API_KEY is not set",
+                f"create a key at {KEYS_PAGE} and put it in the server's environment (or a host entry's env), "
+                f"or use a local server instead: {LOCAL_SERVER_HINT}",
+            )
         return Check("key", True, "no key set (fine for a local server that needs none)")
     try:
         with anyio.fail_after(15):
@@ -116,6 +122,8 @@ async def _reachable(http: httpx2.AsyncClient, settings: Settings) -> Check:
 async def _models(http: httpx2.AsyncClient, settings: Settings) -> list[Check]:
     client = CatalogueClient(http, settings)
     catalogue = await client.get()
+    if catalogue.problem is not None:
+        return [Check("models", False, f"model ids not checked: {catalogue.problem}", "see 'reach' above")]
     if catalogue.models is None:
         return [Check("models", True, "the provider publishes no catalogue: model ids are checked on the first call")]
     checks = []

@@ -14,6 +14,8 @@ MAX_TOOL_CALLS = 16
 MIN_DEADLINE_S = 1.0
 MAX_DEADLINE_S = 3600.0
 """Seconds a run may be given."""
+MAX_RETRIES = 2
+"""Retries of one upstream request (408, 429, 5xx, connection errors) after its first try."""
 MAX_COMPLETION_TOKENS = 1_000_000
 MAX_MODEL_ID_CHARS = 200
 MAX_GUESTS = 4

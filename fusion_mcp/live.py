@@ -64,6 +64,8 @@ class LiveRun:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     stop_reason: str = ""
     """Why the run was stopped from outside (``tasks/cancel``), for its result."""
+    fresh: bool = False
+    """Run even when the cache holds an answer (``ask --no-cache``), and cache the new one."""
 
     async def emit(self, event: ProgressEvent) -> None:
         self.last_event = event

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from .errors import BadResponse, EmptyAnswer, UpstreamError
 from .models import TokenUsage
-from .provider import Completion, Provider
+from .provider import Completion, Provider, RetryListener
 
 ToolReporter = Callable[[str, int, int], Awaitable[None]]
 """Told of each tool call as it starts: (tool name, calls used including this one, the budget)."""
@@ -71,6 +71,7 @@ async def run_member(
     on_tool: ToolReporter | None = None,
     outcome: MemberOutcome | None = None,
     deadline: float | None = None,
+    on_retry: RetryListener | None = None,
 ) -> MemberOutcome:
     """Run the turn loop to a final answer. ``messages`` is extended in place with the transcript.
 
@@ -101,7 +102,9 @@ async def run_member(
                 body["tools"] = specs
                 body["tool_choice"] = "auto" if budget_left > 0 else "none"
             outcome.streamed.clear()
-            completion = await provider.complete(body, on_text=outcome.streamed.append, deadline=deadline)
+            completion = await provider.complete(
+                body, on_text=outcome.streamed.append, deadline=deadline, on_retry=on_retry
+            )
             _count(outcome, completion)
             if completion.tool_calls and specs and budget_left > 0 and toolbox is not None:
                 messages.append(_assistant_turn(completion))

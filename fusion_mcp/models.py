@@ -184,6 +184,12 @@ class PanelResponse(_Model):
     truncated_reason: str | None = None
     sources: list[Source] = Field(default_factory=list)
     """What this member read: pages it fetched (local tools) or cited (OpenRouter's)."""
+    trimmed: bool = False
+    """``content`` was cut to fit the tool result into ``FUSION_MAX_OUTPUT_CHARS``; the run keeps it whole."""
+    full_chars: int | None = None
+    """A trimmed answer's whole length, in characters."""
+    full_answer_at: str | None = None
+    """Where a trimmed answer is whole: the run's resource, ``fusion://runs/{run_id}``."""
 
     @model_serializer(mode="wrap")
     def _omit_when_whole(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -194,6 +200,9 @@ class PanelResponse(_Model):
             data.pop("truncated_reason", None)
         if not self.sources:
             data.pop("sources", None)
+        if not self.trimmed:
+            for name in ("trimmed", "full_chars", "full_answer_at"):
+                data.pop(name, None)
         return data
 
 

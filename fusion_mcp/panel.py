@@ -84,6 +84,7 @@ async def collect(run: Run) -> dict[str, MemberOutcome]:
             on_tool=run.progress.tool_reporter(model),
             outcome=outcome,
             deadline=run.clock.cutoff,
+            on_retry=run.progress.retry_reporter(model),
         )
         if outcome.error is None:
             answered = sum(1 for o in outcomes.values() if o.finished and o.error is None)

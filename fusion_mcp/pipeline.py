@@ -120,6 +120,7 @@ async def analyse(run: Run, responses: list[PanelResponse]) -> AnalystOutcome:
             fence_note=run.tools.fence_note(request.model),
             on_tool=run.progress.tool_reporter(request.model),
             material=run.material.text_block() if run.material is not None else None,
+            on_retry=run.progress.retry_reporter(request.model),
         )
     if scope.cancelled_caught:
         verdict.analysis = None

@@ -10,11 +10,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from .limits import MAX_RETRIES
 from .text import plural
 
 ProgressKind = Literal[
     "started",
     "tool",
+    "retry",
     "member_answered",
     "member_failed",
     "member_cut",
@@ -46,7 +48,12 @@ class ProgressEvent:
     """``member_answered``: members answered so far; ``analyst_started``: answers to compare;
     ``analysis_skipped``: panel answers, fewer than the quorum."""
     error: str | None = None
-    """``member_failed``, a failed ``analyst_done`` and ``analysis_skipped``: what went wrong."""
+    """``member_failed``, a failed ``analyst_done`` and ``analysis_skipped``: what went wrong; ``retry``: what
+    failed and is retried."""
+    attempt: int = 0
+    """``retry``: which retry of the request this is (1 for the first, at most ``MAX_RETRIES``)."""
+    delay: float = 0.0
+    """``retry``: seconds waited before it."""
     kept: int = 0
     """``member_cut``: characters of its answer kept."""
     duration: float = 0.0
@@ -61,6 +68,8 @@ class ProgressEvent:
                 return f"fusion started: panel of {len(self.panel)} ({', '.join(self.panel)}), analyst {self.model}"
             case "tool":
                 return f"{self.model}: {self.tool} {self.used}/{self.budget}"
+            case "retry":
+                return f"{self.model}: retry {self.attempt}/{MAX_RETRIES} in {self.delay:.1f} s after {self.error}"
             case "member_answered":
                 return f"{self.answered}/{len(self.panel)} answered: {self.model} in {seconds}"
             case "member_failed":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +20,13 @@ import httpx2
 
 from .config import Settings
 from .errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
+from .limits import MAX_RETRIES
 from .models import TokenUsage
 from .text import one_line
 from .tls import default_tls
 
 log = logging.getLogger(__name__)
 DEPTH_HEADER = "x-openrouter-fusion-depth"
-MAX_RETRIES = 2
 MAX_RETRY_AFTER_S = 20.0
 DRAIN_S = 1.0
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -42,6 +42,8 @@ def auth_headers(settings: Settings) -> dict[str, str]:
 
 TextSink = Callable[[str], None]
 """Sees each piece of an answer's text as it streams in."""
+RetryListener = Callable[[int, float, str], Awaitable[None]]
+"""Told before each retry: its number (1 for the first), the seconds it waits, and what failed."""
 
 
 def new_http_client(max_connections: int = 64) -> httpx2.AsyncClient:
@@ -99,12 +101,14 @@ class Provider:
         *,
         on_text: TextSink | None = None,
         deadline: float | None = None,
+        on_retry: RetryListener | None = None,
     ) -> Completion:
         """Send one chat completion, retrying what is worth retrying; raise :class:`UpstreamError`.
 
         ``body["stream"]`` picks SSE; ``on_text`` then sees each piece of text as it arrives. ``deadline``
         (``anyio.current_time()`` scale) stops retrying when the next wait would pass it: the caller gets
-        the last error rather than a retry that cannot finish in time.
+        the last error rather than a retry that cannot finish in time. ``on_retry`` hears of each retry (the
+        run's progress shows it in the member's row); without one, retries are logged.
         """
         for attempt in range(MAX_RETRIES + 1):
             try:
@@ -115,7 +119,10 @@ class Provider:
                 delay = _backoff(attempt, getattr(exc, "retry_after", None))
                 if deadline is not None and anyio.current_time() + delay >= deadline:
                     raise
-                log.info("retrying %s in %.1f s after: %s", body.get("model"), delay, exc.message)
+                if on_retry is not None:
+                    await on_retry(attempt + 1, delay, exc.message)
+                else:
+                    log.info("retrying %s in %.1f s after: %s", body.get("model"), delay, exc.message)
                 await anyio.sleep(delay)
         raise AssertionError("unreachable")
 

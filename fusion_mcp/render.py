@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-from .models import GUEST_PREFIX, FusionResult, TokenUsage
+from .budget import fit
+from .models import GUEST_PREFIX, FusionResult, PanelResponse, TokenUsage
 from .text import plural
-
-MIN_SHARE = 400
-"""Characters every answer keeps however tight the budget: enough to tell what it says."""
 
 
 def render(result: FusionResult, max_chars: int | None = None) -> str:
     """Analysis first, then each panel answer, then failures and a one-line cost summary.
 
-    Within ``max_chars`` the answers are trimmed, evenly, with a pointer to the whole text (structured
-    content keeps every answer whole; the run resource keeps the transcripts).
+    Within ``max_chars`` the answers are trimmed, evenly, each with a pointer to the run resource that
+    keeps it whole (see :mod:`~fusion_mcp.budget`).
     """
-    text = _render(result, None)
-    if max_chars is None or len(text) <= max_chars or not result.responses:
-        return text
-    fixed = len(_render(result, 0)) + len(_trim_note(10**9, result.run_id)) * len(result.responses)
-    share = max(MIN_SHARE, (max_chars - fixed) // len(result.responses))
-    return _render(result, share)
+    return _render(fit(result, max_chars, lambda r: len(_render(r))))
 
 
-def _render(result: FusionResult, share: int | None) -> str:
+def _render(result: FusionResult) -> str:
     if result.status == "error":
         lines = [f"**Fusion failed** ({result.failure_reason}): {result.error}"]
         if result.responses:  # a run lost midway keeps the answers it had
             lines.append("\n# Answers finished before the run ended")
-            lines += _answers(result, share)
+            lines += _answers(result)
         lines += _failures(result)
         lines.append(f"\n_run {result.run_id}_")
         return "\n".join(lines)
@@ -44,21 +37,7 @@ def _render(result: FusionResult, share: int | None) -> str:
     if result.status != "running":
         lines.append(f"# Fusion analysis: {plural(len(result.responses), 'answer')}, analyst {result.analyst_model}")
     if result.analysis is not None:
-        a = result.analysis
-        lines.append("\n## Consensus")
-        lines += [f"- {p}" for p in a.consensus] or ["- (none)"]
-        lines.append("\n## Contradictions")
-        for c in a.contradictions:
-            lines.append(f"- **{c.topic}**")
-            lines += [f"  - {s.model}: {s.stance}" for s in c.stances]
-        if not a.contradictions:
-            lines.append("- (none)")
-        lines.append("\n## Partial coverage")
-        lines += [f"- {p.point} ({', '.join(p.models)})" for p in a.partial_coverage] or ["- (none)"]
-        lines.append("\n## Unique insights")
-        lines += [f"- {u.model}: {u.insight}" for u in a.unique_insights] or ["- (none)"]
-        lines.append("\n## Blind spots")
-        lines += [f"- {b}" for b in a.blind_spots] or ["- (none)"]
+        lines += _analysis(result)
     elif result.analysis_error is not None and not result.degraded:
         e = result.analysis_error
         lines.append(f"\n**No analysis** ({e.reason}): {e.message}. The panel's answers follow unanalysed.")
@@ -68,7 +47,7 @@ def _render(result: FusionResult, share: int | None) -> str:
     elif result.final_answer_error:
         lines.append(f"\n**No final answer**: {result.final_answer_error}. The analysis above stands.")
     lines.append("\n# Panel answers" if result.status != "running" else "\n# Answers finished so far")
-    lines += _answers(result, share)
+    lines += _answers(result)
     if result.sources:
         lines.append("\n# Sources read by the panel and the analyst")
         lines += [f"- {s.title} <{s.url}>" if s.title else f"- <{s.url}>" for s in result.sources]
@@ -78,7 +57,27 @@ def _render(result: FusionResult, share: int | None) -> str:
     return "\n".join(lines)
 
 
-def _answers(result: FusionResult, share: int | None) -> list[str]:
+def _analysis(result: FusionResult) -> list[str]:
+    assert result.analysis is not None
+    a = result.analysis
+    lines = ["\n## Consensus"]
+    lines += [f"- {p}" for p in a.consensus] or ["- (none)"]
+    lines.append("\n## Contradictions")
+    for c in a.contradictions:
+        lines.append(f"- **{c.topic}**")
+        lines += [f"  - {s.model}: {s.stance}" for s in c.stances]
+    if not a.contradictions:
+        lines.append("- (none)")
+    lines.append("\n## Partial coverage")
+    lines += [f"- {p.point} ({', '.join(p.models)})" for p in a.partial_coverage] or ["- (none)"]
+    lines.append("\n## Unique insights")
+    lines += [f"- {u.model}: {u.insight}" for u in a.unique_insights] or ["- (none)"]
+    lines.append("\n## Blind spots")
+    lines += [f"- {b}" for b in a.blind_spots] or ["- (none)"]
+    return lines
+
+
+def _answers(result: FusionResult) -> list[str]:
     lines = []
     for r in result.responses:
         seconds = result.timings.members.get(r.model)
@@ -88,9 +87,7 @@ def _answers(result: FusionResult, share: int | None) -> list[str]:
         if r.truncated:
             notes.append(f"TRUNCATED: {r.truncated_reason}")
         lines.append(f"\n## {r.model}" + (f" ({', '.join(notes)})" if notes else ""))
-        lines.append(
-            _answer(r.content, share, result.run_id) + ("\n\n[... answer cut off here]" if r.truncated else "")
-        )
+        lines.append(r.content + _trim_note(r) + ("\n\n[... answer cut off here]" if r.truncated else ""))
     return lines
 
 
@@ -105,19 +102,13 @@ def _running(result: FusionResult) -> list[str]:
     ]
 
 
-def _answer(content: str, share: int | None, run_id: str) -> str:
-    if share is None or len(content) <= share:
-        return content
-    if share == 0:
+def _trim_note(response: PanelResponse) -> str:
+    if not response.trimmed:
         return ""
-    kept = content[:share].rsplit(" ", 1)[0] if " " in content[:share] else content[:share]
-    return kept + _trim_note(len(content) - len(kept), run_id)
-
-
-def _trim_note(trimmed: int, run_id: str) -> str:
+    more = (response.full_chars or 0) - len(response.content)
     return (
-        f"\n\n[... {trimmed:,} more characters trimmed to fit the output budget; the whole answer is in the "
-        f"structured result and in resource fusion://runs/{run_id}]"
+        f"\n\n[... {more:,} more characters trimmed to fit the output budget; the whole answer is in resource "
+        f"{response.full_answer_at}]"
     )
 
 

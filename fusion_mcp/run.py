@@ -14,11 +14,12 @@ from typing import Any
 import anyio
 
 from .lenses import model_of
+from .limits import MAX_RETRIES
 from .material import Material
 from .member import MemberOutcome, ToolReporter
 from .models import FusionRequest, Source, analyst_reserve
 from .progress import EventSink, ProgressEvent, ProgressKind
-from .provider import Provider
+from .provider import Provider, RetryListener
 from .web.server_tools import cited_sources, server_tools
 from .web.tools import MemberWeb, Origin, RunWeb, WebTools
 
@@ -53,8 +54,10 @@ class Clock:
 class Progress:
     """Numbers a run's events and hands them to the sink.
 
-    One step per member and two for the analyst (start, end); each tool call adds a fraction small enough
-    that every call the run could make stays below one step, so the value rises with every event.
+    One step per member and two for the analyst (start, end); each tool call and each retry adds a fraction
+    small enough that every one the run could make stays below one step, so the value rises with every event.
+    A model makes at most ``max_tool_calls`` tool calls and ``max_tool_calls + 6`` requests (the analyst's
+    repair and final answer included), each retried at most ``MAX_RETRIES`` times.
     """
 
     def __init__(self, request: FusionRequest, sink: EventSink | None, clock: Clock) -> None:
@@ -63,18 +66,19 @@ class Progress:
         self._panel = request.analysis_models
         self.total = len(self._panel) + 2
         self._steps = 0
-        self._tools = 0
-        self._tool_step = 1 / ((len(self._panel) + 1) * request.max_tool_calls + 1)
+        self._minor = 0
+        per_model = request.max_tool_calls + MAX_RETRIES * (request.max_tool_calls + 6)
+        self._minor_step = 1 / ((len(self._panel) + 1) * per_model + 1)
 
     async def emit(self, kind: ProgressKind, **fields: Any) -> None:
-        if kind == "tool":
-            self._tools += 1
+        if kind in ("tool", "retry"):
+            self._minor += 1
         elif kind != "started":
             self._steps += 1
         value = (
             self.total
             if kind in ("analyst_done", "analysis_skipped")
-            else round(self._steps + self._tools * self._tool_step, 6)
+            else round(self._steps + self._minor * self._minor_step, 6)
         )
         if self._sink is not None:
             event = ProgressEvent(kind, value, self.total, self._clock.elapsed(), panel=self._panel, **fields)
@@ -83,6 +87,12 @@ class Progress:
     def tool_reporter(self, model: str) -> ToolReporter:
         async def report(name: str, used: int, budget: int) -> None:
             await self.emit("tool", model=model, tool=name, used=used, budget=budget)
+
+        return report
+
+    def retry_reporter(self, model: str) -> RetryListener:
+        async def report(attempt: int, delay: float, error: str) -> None:
+            await self.emit("retry", model=model, attempt=attempt, delay=delay, error=error)
 
         return report
 

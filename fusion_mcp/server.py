@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any
@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 
 from . import __version__
 from .admission import ARGUMENT_RULES, FusionRefused, parse_arguments
+from .budget import fit_json
 from .config import LOCAL_PRINCIPAL, Preset, Settings
 from .lenses import BUILTIN
 from .limits import MAX_DEADLINE_S, MAX_FILES, MAX_GUESTS, MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
@@ -130,10 +131,14 @@ class _Running:
     service: FusionService | None = None
 
 
-def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPServer[FusionService]:
+def create_server(
+    settings: Settings, network: Network = SYSTEM_NETWORK, *, on_stopped: Callable[[], None] | None = None
+) -> MCPServer[FusionService]:
     """Build the server without running it, so tests and every transport share one construction.
 
     ``network`` is how web fetches resolve names and connect: the system's unless a test fakes it.
+    ``on_stopped`` is called once the service has closed (its runs cancelled, its connections and store
+    closed), which is when a process stopping on a signal may exit.
     """
     running = _Running()
     # Long runs may be served as MCP tasks to clients that declare the extension (see mcp_tasks).
@@ -143,7 +148,7 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
         title="Fusion",
         instructions=INSTRUCTIONS,
         version=__version__,
-        lifespan=_lifespan(settings, network, running),
+        lifespan=_lifespan(settings, network, running, on_stopped),
         log_level=settings.log_level,
         middleware=[_remember_caller],
         extensions=[StrictArguments(), *tasks],
@@ -173,16 +178,20 @@ def _tasks(settings: Settings) -> FusionTasks:
     return FusionTasks(TOOL_NAME, principal_of, lambda r: as_tool_result(r, settings.max_output_chars), ttl_s)
 
 
-def _lifespan(settings: Settings, network: Network, running: _Running) -> Any:
+def _lifespan(settings: Settings, network: Network, running: _Running, on_stopped: Callable[[], None] | None) -> Any:
     @asynccontextmanager
     async def lifespan(_: MCPServer[FusionService]) -> AsyncIterator[FusionService]:
         # Entered once per process, whatever the transport: one pool, one store, one set of run slots.
-        async with FusionService.open(settings, network, check_models=True) as service:
-            running.service = service
-            try:
-                yield service
-            finally:
-                running.service = None
+        try:
+            async with FusionService.open(settings, network, check_models=True) as service:
+                running.service = service
+                try:
+                    yield service
+                finally:
+                    running.service = None
+        finally:
+            if on_stopped is not None:
+                on_stopped()
 
     return lifespan
 
@@ -411,8 +420,9 @@ def _progress(ctx: Context[FusionService], run_id: str, log_levels: SessionLogLe
 
 
 def as_tool_result(result: FusionResult, max_chars: int | None = None) -> CallToolResult:
+    """Both blocks within ``max_chars`` (``FUSION_MAX_OUTPUT_CHARS``): hosts pass one or the other to their model."""
     return CallToolResult(
         content=[TextContent(type="text", text=render(result, max_chars))],
-        structured_content=result.to_json(),
+        structured_content=fit_json(result, max_chars).to_json(),
         is_error=result.status == "error",
     )

@@ -37,6 +37,7 @@ from .progress import EventSink
 from .provider import Provider, new_http_client
 from .run import new_run_id
 from .store import Store, cache_key, default_home
+from .text import plural
 from .web.fetch import SYSTEM_NETWORK, Network
 from .web.tools import WebTools, open_web_tools
 
@@ -136,6 +137,7 @@ class FusionService:
         on_event: EventSink | None = None,
         principal: str = LOCAL_PRINCIPAL,
         wait_s: float | None = None,
+        fresh: bool = False,
     ) -> FusionResult:
         """Run a prepared request; every outcome is a result, only cancellation propagates.
 
@@ -143,6 +145,7 @@ class FusionService:
         files, checks the catalogue (``invalid_model``, ``cost_limit``), then answers from the cache or runs.
         Time spent waiting counts against the request's deadline. ``principal`` owns the run: it is recorded
         with it, the cache serves a principal only what was computed for it, and only it finds the run again.
+        ``fresh`` runs even when the cache holds an answer (and then caches the new one).
 
         Without ``wait_s`` the caller waits for the result, and cancelling the caller stops the run. With
         ``wait_s`` (a run that may outlive its call) the run is recorded as running at once; a run not done
@@ -150,6 +153,7 @@ class FusionService:
         background — its caller's cancellation does not stop it — until :meth:`result` finds it done.
         """
         live = self._start(request, run_id or new_run_id(), principal, durable=wait_s is not None, on_event=on_event)
+        live.fresh = fresh
         try:
             done = await live.wait(wait_s, on_event, stop_with_caller=wait_s is None)
         except anyio.get_cancelled_exc_class():
@@ -251,8 +255,9 @@ class FusionService:
         if not await self._acquire(run_id):
             result = FusionRefused(
                 "server_busy",
-                f"server busy: {self.limiter.borrowed_tokens} fusion runs are in progress (FUSION_MAX_CONCURRENT) "
-                f"and none finished within {self.settings.queue_timeout_s:g} s; try again shortly",
+                f"server busy: {plural(self.limiter.borrowed_tokens, 'fusion run')} in progress "
+                f"(FUSION_MAX_CONCURRENT) and none finished within {self.settings.queue_timeout_s:g} s; "
+                "try again shortly",
             ).result(run_id)
             return await self._refused(live, result)
         try:
@@ -290,11 +295,11 @@ class FusionService:
             self.limiter.acquire_nowait()
             return True
         except anyio.WouldBlock:
-            log.info("run %s queued: %d fusion runs in progress", run_id, self.limiter.borrowed_tokens)
+            log.info("run %s queued: %s in progress", run_id, plural(self.limiter.borrowed_tokens, "fusion run"))
         with anyio.move_on_after(self.settings.queue_timeout_s):
             await self.limiter.acquire()
             return True
-        log.warning("run %s refused: %d runs in progress", run_id, self.limiter.borrowed_tokens)
+        log.warning("run %s refused: %s in progress", run_id, plural(self.limiter.borrowed_tokens, "run"))
         return False
 
     async def _fuse(
@@ -303,7 +308,7 @@ class FusionService:
         """Answer from the cache when an identical call succeeded recently; otherwise run and record."""
         store, request, run_id, principal = self.store, live.request, live.run_id, live.principal
         key = cache_key(request, principal=principal, provider=self._provider_identity)
-        if store is not None and self.settings.cache:
+        if store is not None and self.settings.cache and not live.fresh:
             hit = await store.cached(key)
             if hit is not None:
                 log.info("run %s answered from the cache (first run %s)", run_id, hit.run_id)

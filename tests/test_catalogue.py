@@ -86,6 +86,23 @@ async def test_results_carry_usage_and_cost_from_the_providers_usage_objects(sim
     assert data["usage"]["total"]["cost"] == pytest.approx(0.006)
 
 
+async def test_a_provider_unreachable_at_start_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from tests.helpers import wait_until
+
+    settings = load_settings(environ={"OPENROUTER_API_KEY": API_KEY, "OPENROUTER_BASE_URL": "http://127.0.0.1:9/v1"})
+    caplog.set_level(logging.INFO, logger="fusion_mcp")
+    async with Client(create_server(settings)):
+        await wait_until(lambda: "model ids not checked" in caplog.text)
+    record = next(r for r in caplog.records if "model ids not checked" in r.getMessage())
+    assert record.levelno == logging.WARNING
+    assert (
+        record.getMessage()
+        == "model ids not checked: the provider at http://127.0.0.1:9/v1 is unreachable (ConnectError)"
+    )
+
+
 def doctor(sim: ProviderSim, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [console_script(), "doctor"], env=child_env(**sim_env(sim, **env)), capture_output=True, text=True, timeout=60
@@ -152,6 +169,26 @@ def test_doctor_fails_on_a_rejected_key_and_an_unreachable_provider(sim: Provide
     assert out.returncode == 1 and "FAIL key: the key was rejected (HTTP 401)" in out.stdout
     down = doctor(sim, OPENROUTER_BASE_URL="http://127.0.0.1:9/v1")
     assert down.returncode == 1 and "FAIL reach: cannot reach http://127.0.0.1:9/v1" in down.stdout
+    # Unreachable is not "no catalogue": the model check fails too, pointing at the reach line.
+    assert (
+        "FAIL models: model ids not checked: the provider at http://127.0.0.1:9/v1 is unreachable (ConnectError) "
+        "-> fix: see 'reach' above"
+    ) in down.stdout
+    assert "publishes no catalogue" not in down.stdout
+
+
+def test_doctor_tells_a_provider_without_a_catalogue_from_one_that_is_down(sim: ProviderSim) -> None:
+    out = doctor(sim)  # the simulator answers /models with 404 unless given a catalogue
+    assert "ok   models: the provider publishes no catalogue: model ids are checked on the first call" in out.stdout
+
+
+def test_doctor_says_where_to_get_a_key_and_how_to_go_without_one(sim: ProviderSim) -> None:
+    out = doctor(sim, OPENROUTER_API_KEY="", OPENROUTER_BASE_URL="https://openrouter.ai/api/v1")
+    assert (
+        "FAIL key: OPENROUTER_API_KEY is not set -> fix: create a key at https://openrouter.ai/keys and put it in "
+        "the server's environment (or a host entry's env), or use a local server instead: "
+        "OPENROUTER_BASE_URL=http://localhost:11434/v1 for Ollama"
+    ) in out.stdout
 
 
 def test_the_worst_case_estimate_counts_every_member_the_analyst_and_its_repair() -> None:

@@ -55,6 +55,26 @@ def test_ask_exits_non_zero_on_an_error_result_and_on_bad_arguments(sim: Provide
     assert "--max-tool-calls: must be a whole number from 1 to 16 (99 given)" in budget.stderr
 
 
+def test_ask_takes_a_preset_and_says_when_an_answer_came_from_the_cache(sim: ProviderSim, tmp_path: Path) -> None:
+    from fusion_mcp.config import PRESETS
+
+    fast_panel, fast_analyst = PRESETS["fast"]
+    home = {"FUSION_CACHE": "on", "FUSION_HOME": str(tmp_path)}
+    first = ask(sim, "q", "--preset", "fast", "--json", "--analysis-only", **home)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert [r["model"] for r in data["responses"]] == list(fast_panel) and data["analyst_model"] == fast_analyst
+    asked = len(sim.requests)
+    again = ask(sim, "q", "--preset", "fast", "--json", "--analysis-only", **home)
+    assert json.loads(again.stdout)["cached"] is True and len(sim.requests) == asked
+    assert "answered from the cache (an identical question ran recently; no new cost). --no-cache" in again.stderr
+    fresh = ask(sim, "q", "--preset", "fast", "--json", "--analysis-only", "--no-cache", **home)
+    assert json.loads(fresh.stdout).get("cached") is not True and len(sim.requests) == 2 * asked
+    assert "answered from the cache" not in fresh.stderr
+    bad = ask(sim, "q", "--preset", "slow")
+    assert bad.returncode == 2 and "argument --preset: invalid choice: 'slow'" in bad.stderr
+
+
 def test_ask_interrupted_prints_a_cancelled_result(sim: ProviderSim) -> None:
     import signal
 
@@ -151,3 +171,77 @@ def test_ask_takes_answers_files_and_the_self_preset(sim: ProviderSim, tmp_path:
     escape = ask(sim, "q", "--file", "/etc/hostname", cwd=tmp_path)
     assert escape.returncode == 1 and "invalid argument files" in escape.stdout
     assert "(/etc/hostname: outside the allowed roots)" in escape.stdout
+
+
+def screen_of(sim: ProviderSim, *args: str, columns: int = 80, lines: int = 30, **env: str) -> tuple[list[str], str]:
+    """Run ``ask`` with stderr on a pseudo-terminal of ``columns`` x ``lines``; the final screen (as a real
+    VT100 emulator renders everything written) and stdout."""
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    import pyte
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    try:
+        with subprocess.Popen(
+            [console_script(), "ask", *args],
+            env=child_env(**sim_env(sim, **env)),
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        ) as proc:
+            os.close(slave)
+            written = b""
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed its end
+                    break
+                if not chunk:
+                    break
+                written += chunk
+            out = proc.stdout.read() if proc.stdout else ""
+            assert proc.wait(timeout=60) == 0, written.decode(errors="replace")
+    finally:
+        os.close(master)
+    screen = pyte.Screen(columns, lines)
+    pyte.ByteStream(screen).feed(written)
+    return [line.rstrip() for line in screen.display], out
+
+
+def test_the_live_block_fits_80_columns_with_a_long_failure_a_retry_and_log_lines(sim: ProviderSim) -> None:
+    slow, failing, retried = PANEL  # the first is also the analyst: it must not fail
+    sim.script(failing, Reply(status=400, error_message="the provider rejected this request because " + "x " * 150))
+    sim.script(retried, Reply(status=502, error_message="upstream down", retry_after="0.2"), Reply())
+    sim.script(slow, Reply(latency=1.2))
+    screen, out = screen_of(sim, "q", "--analysis-only")
+    assert out.startswith("# Fusion analysis: 2 answers")
+    rows = {name: [i for i, line in enumerate(screen) if line.startswith(f"  {name} ")] for name in PANEL}
+    rows["analyst"] = [i for i, line in enumerate(screen) if line.startswith(f"  analyst {ANALYST} ")]
+    # Exactly one row per member and the analyst: nothing wrapped, nothing left behind by a redraw.
+    assert all(len(found) == 1 for found in rows.values()), "\n".join(screen)
+    block = sorted(found[0] for found in rows.values())
+    assert block == list(range(block[0], block[0] + 4))
+    assert [line for line in screen[block[-1] + 1 :] if line] == []
+    failed = screen[rows[failing][0]]
+    assert "  failed: HTTP 400: the pro" in failed and failed.endswith("...")
+    assert len(failed) == 79
+    assert not any("x x x" in line for line in screen)  # the long message did not spill onto other lines
+    assert "answered after 1 retry" in screen[rows[retried][0]]
+    assert "answered" in screen[rows[slow][0]] and "analysis ready" in screen[rows["analyst"][0]]
+    # Log lines written while the block was live sit above it, whole.
+    logs = [i for i, line in enumerate(screen) if " INFO fusion_mcp" in line]
+    assert logs and max(logs) < block[0], "\n".join(screen)
+
+
+def test_the_live_block_says_when_the_answer_came_from_the_cache(sim: ProviderSim, tmp_path: Path) -> None:
+    home = {"FUSION_CACHE": "on", "FUSION_HOME": str(tmp_path)}
+    screen_of(sim, "q", "--analysis-only", **home)
+    screen, out = screen_of(sim, "q", "--analysis-only", **home)
+    rows = [line for line in screen if line.startswith(("  ~", "  analyst "))]
+    assert len(rows) == 4 and all(row.endswith("from the cache") for row in rows), "\n".join(screen)
+    assert "answered from the cache" in "\n".join(screen) and "from the cache, no new cost" in out

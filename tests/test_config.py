@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from fusion_mcp.config import QUALITY_PANEL, ConfigError, load_settings
+from fusion_mcp.config import QUALITY_PANEL, SHORT_NAMES, ConfigError, is_secret, load_settings
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "fusion-mcp.example.toml"
 
 
 def test_defaults() -> None:
@@ -84,19 +87,31 @@ def test_bad_values_name_the_setting_and_rule(environ: dict[str, str], message: 
     assert "\n" not in str(info.value)
 
 
-def test_secret_values_are_never_echoed(tmp_path: Path) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text('openrouter_api_key = ["sk-secret-in-a-list"]\n')
+def file_error(path: Path, content: str) -> str:
+    """The one-line error loading a config file of ``content`` gives."""
+    path.write_text(content)
     with pytest.raises(ConfigError) as info:
         load_settings(environ={}, config_path=path)
-    assert str(info.value) == "invalid setting OPENROUTER_API_KEY: must be a non-empty API key"
+    return str(info.value)
+
+
+def test_secret_values_are_never_echoed(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    assert file_error(path, 'openrouter_api_key = ["sk-secret-in-a-list"]\n') == (
+        f"invalid setting OPENROUTER_API_KEY (config file {path}, key 'openrouter_api_key'): "
+        "must be a non-empty API key (printable ASCII)"
+    )
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         ("not = [toml", "is not valid TOML"),
-        ('fusion_modle = "x"', "unknown setting 'fusion_modle'"),
+        ('fusion_modle = "x"', "unknown setting 'fusion_modle'; did you mean 'fusion_model'?"),
+        ("[fusion]\nmax_tool_call = 3", "unknown setting 'fusion.max_tool_call'; did you mean 'max_tool_calls'?"),
+        ("[fusion]\nnonsense = 3", r"unknown setting 'fusion.nonsense' \(fusion-mcp.example.toml lists every"),
+        ('model = "a/x"\n[fusion]\nFUSION_MODEL = "b/y"', "FUSION_MODEL is set twice, as 'model' and 'fusion.FUSION"),
+        ('model = "a/x"\nfusion_model = "b/y"', "FUSION_MODEL is set twice, as 'model' and 'fusion_model'"),
     ],
 )
 def test_bad_config_files(tmp_path: Path, content: str, message: str) -> None:
@@ -109,3 +124,87 @@ def test_bad_config_files(tmp_path: Path, content: str, message: str) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(environ={"FUSION_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_short_lowercase_keys_and_a_fusion_table(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'analysis_models = ["a/x", "b/y"]\nmodel = "a/judge"\n'
+        '[fusion]\nmax_tool_calls = 3\nbase_url = "http://localhost:11434/v1"\nCACHE = "off"\n'
+        '[fusion.http_tokens]\nalice = "alice-token-0123456789"\n'
+    )
+    s = load_settings(environ={}, config_path=path)
+    assert (s.analysis_models, s.model, s.max_tool_calls) == (("a/x", "b/y"), "a/judge", 3)
+    assert (
+        s.base_url == "http://localhost:11434/v1"
+        and s.cache is False
+        and s.principals == {"alice-token-0123456789": "alice"}
+    )
+
+
+def test_a_bad_value_from_a_file_names_the_file_and_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    assert file_error(path, "[fusion]\nmax_tool_calls = 0\n") == (
+        f"invalid setting FUSION_MAX_TOOL_CALLS='0' (config file {path}, key 'fusion.max_tool_calls'): "
+        "must be a whole number from 1 to 16"
+    )
+    # The same value from the environment overrides the file, and is named as the environment's.
+    with pytest.raises(ConfigError) as env_info:
+        load_settings(environ={"FUSION_MAX_TOOL_CALLS": "99"}, config_path=path)
+    assert str(env_info.value).startswith("invalid setting FUSION_MAX_TOOL_CALLS='99': must be")
+
+
+@pytest.mark.parametrize(
+    "key", ["sk-or-v1-...", "sk-or-v1-your-key-here", "<your key>", "${OPENROUTER_API_KEY}", "sk-or-v1-", "xxxx"]
+)
+def test_an_obvious_placeholder_key_is_refused_naming_the_setting(key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"OPENROUTER_API_KEY": key})
+    assert str(info.value) == (
+        "invalid setting OPENROUTER_API_KEY: this is a placeholder from an example, not a real secret "
+        "(create one at https://openrouter.ai/keys, or set OPENROUTER_BASE_URL=http://localhost:11434/v1 for Ollama)"
+    )
+    with pytest.raises(ConfigError, match=r"^invalid setting FUSION_HTTP_TOKEN: this is a placeholder"):
+        load_settings(environ={"FUSION_HTTP_TOKEN": "<a long token of yours here>"})
+    assert load_settings(environ={"OPENROUTER_API_KEY": "sk-or-v1-" + "0a1b" * 16}).api_key is not None
+
+
+def example_lines() -> dict[str, str]:
+    """``key -> value`` of every ``# key = value`` line of the example file."""
+    import re
+
+    found: dict[str, str] = {}
+    for line in EXAMPLE.read_text().splitlines():
+        match = re.fullmatch(r"# ([a-z_]+) = (.+)", line)
+        if match and match[1] in SHORT_NAMES:
+            assert match[1] not in found, f"{match[1]} is in the example twice"
+            found[match[1]] = match[2]
+    return found
+
+
+def test_the_example_file_lists_every_setting_with_its_default(tmp_path: Path) -> None:
+    """Kept in step with the settings: a setting added without its line here fails this test."""
+    lines = example_lines()
+    assert set(lines) == set(SHORT_NAMES), f"missing: {set(SHORT_NAMES) - set(lines)}"
+    defaults = load_settings(environ={})
+    assert load_settings(environ={}, config_path=EXAMPLE) == defaults  # all commented out: the defaults
+    for key, value in lines.items():
+        name = SHORT_NAMES[key]
+        field = next(f for f in type(defaults).model_fields.values() if f.alias == name)
+        try:
+            one = tmp_path / f"{key}.toml"
+            one.write_text(f"[fusion]\n{key} = {value}\n")
+            loaded = load_settings(environ={}, config_path=one)
+        except ConfigError as exc:
+            # Secrets are shown as placeholders, which is exactly what must never be used.
+            assert is_secret(name) and "placeholder" in str(exc), f"{key} = {value}: {exc}"
+            continue
+        if field.default not in (None, {}, ()):
+            attr = next(n for n, f in type(defaults).model_fields.items() if f.alias == name)
+            assert getattr(loaded, attr) == getattr(defaults, attr), f"{key}: the example shows another default"
+
+
+def test_home_in_a_file_may_start_with_a_tilde(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('home = "~/fusion-data"\n')
+    assert load_settings(environ={}, config_path=path).home == Path.home() / "fusion-data"

@@ -123,26 +123,68 @@ def test_runs_command_lists_and_shows(sim: ProviderSim, tmp_path: Path) -> None:
         )
 
     assert run("runs").stdout.strip() == "no runs yet"
-    asked = run("ask", "the question", "--json", "--analysis-only")
+    asked = run("ask", "the question " + "and more " * 30, "--json", "--analysis-only")
     run_id = json.loads(asked.stdout)["run_id"]
     listing = run("runs")
-    assert listing.returncode == 0 and run_id in listing.stdout and "'the question'" in listing.stdout
-    shown = run("runs", "show", run_id)
+    assert listing.returncode == 0 and listing.stdout.startswith(f"{run_id}  ")
+    (line,) = listing.stdout.splitlines()
+    assert len(line) == 100 and "3 models  ok  the question and more" in line and line.endswith("...")
+    shown = run("runs", run_id)
     assert shown.returncode == 0 and shown.stdout.startswith("# Fusion analysis: 3 answers")
+    assert shown.stdout == run("runs", "show", run_id).stdout  # the long form still works
+    assert f"(full record with transcripts: fusion-mcp runs {run_id} --json)" in shown.stdout
+    two = run("runs", run_id, "fus_other")
+    assert two.returncode == 2 and "runs takes one run id" in two.stderr
     full = json.loads(run("runs", "show", run_id, "--json").stdout)
     assert full["run_id"] == run_id and set(full["transcripts"]) >= set(PANEL)
     missing = run("runs", "show", "fus_nope")
     assert missing.returncode == 1 and "no run 'fus_nope'" in missing.stderr
 
 
-async def test_the_text_block_keeps_to_the_output_budget(sim: ProviderSim, tmp_path: Path) -> None:
-    panel = [f"x/m{i}-len6000" for i in range(4)]
-    (result,) = await calls(sim, tmp_path, {"prompt": "q", "analysis_models": panel}, FUSION_MAX_OUTPUT_CHARS="8000")
+def test_runs_lines_stay_within_100_columns_whatever_they_hold() -> None:
+    from fusion_mcp.cli import run_line
+
+    row = {
+        "run_id": "fus_0123456789abcdef",
+        "created": 1_790_000_000.0,
+        "prompt_head": "a question\nwith a newline and " + "many words " * 20,
+        "panel": ",".join(f"vendor/model-{i}" for i in range(8)),
+        "status": "error:insufficient_credits",
+        "cost": None,
+        "seconds": 1234.5,
+        "cached": True,
+    }
+    line = run_line(row)
+    assert len(line) == 100 and "\n" not in line
+    assert "8 models  insufficient_credits (cached)  a ..." in line and line.endswith("...")
+    assert run_line(row | {"prompt_head": "short", "panel": "a/x", "status": "ok", "cached": False}).endswith(
+        "1 model   ok  short"
+    )
+
+
+async def test_both_blocks_keep_to_the_output_budget_and_the_run_keeps_every_answer_whole(
+    sim: ProviderSim, tmp_path: Path
+) -> None:
+    """8 members with 6,000-character answers: what Codex and Claude Code pass to their model is bounded too."""
+    panel = [f"x/m{i}-len6000" for i in range(8)]
+    server = create_server(load_settings(environ=env(sim, tmp_path)))
+    async with Client(server) as client:
+        result = await client.call_tool(TOOL, {"prompt": "q", "analysis_models": panel})
+        data = structured(result)  # validates against the contract, as the SDK did against the outputSchema
+        run_id = data["run_id"]
+        record = json.loads((await client.read_resource(f"fusion://runs/{run_id}")).contents[0].text)
+    budget = 24_000
     rendered = text(result)
-    assert len(rendered) <= 8000
-    assert rendered.count("more characters trimmed to fit the output budget") == 4
-    assert f"fusion://runs/{structured(result)['run_id']}" in rendered
-    assert all(len(r["content"]) == 6000 for r in structured(result)["responses"])  # kept whole
+    assert len(rendered) <= budget
+    assert rendered.count(f"the whole answer is in resource fusion://runs/{run_id}]") == 8
+    assert len(json.dumps(result.structured_content, ensure_ascii=False, separators=(",", ":"))) <= budget
+    assert [r["trimmed"] for r in data["responses"]] == [True] * 8
+    assert {r["full_chars"] for r in data["responses"]} == {6000}
+    assert {r["full_answer_at"] for r in data["responses"]} == {f"fusion://runs/{run_id}"}
+    assert "analysis" in data and data["analysis"]["consensus"]
+    # The run history keeps every answer whole, unmarked.
+    assert [len(r["content"]) for r in record["result"]["responses"]] == [6000] * 8
+    assert not any("trimmed" in r for r in record["result"]["responses"])
 
 
 FIRST_RELEASE_TABLES = """

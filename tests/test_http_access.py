@@ -128,7 +128,7 @@ async def test_concurrency_cap_and_queue_timeout(sim: ProviderSim, queue_s: str,
     assert results["first"]["status"] == "ok"
     if second == "server_busy":
         assert results["second"]["is_error"] and results["second"]["failure_reason"] == "server_busy"
-        assert results["second"]["error"].startswith("server busy: 1 fusion runs are in progress")
+        assert results["second"]["error"].startswith("server busy: 1 fusion run in progress (FUSION_MAX_CONCURRENT)")
         assert not any(r.body["messages"][-1]["content"].endswith("second") for r in sim.requests)
     else:
         assert results["second"]["status"] == "ok"

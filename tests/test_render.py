@@ -1,7 +1,10 @@
-"""The text block of a result: what it shows, and how answers are trimmed evenly to the output budget."""
+"""The text block of a result, and the output budget: answers trimmed evenly in both blocks, each marked."""
 
 from __future__ import annotations
 
+import json
+
+from fusion_mcp.budget import MIN_SHARE, fit_json, json_size, shares
 from fusion_mcp.models import (
     Analysis,
     AnalysisError,
@@ -11,7 +14,7 @@ from fusion_mcp.models import (
     Source,
     Timings,
 )
-from fusion_mcp.render import MIN_SHARE, render
+from fusion_mcp.render import render
 
 EMPTY = Analysis(consensus=[], contradictions=[], partial_coverage=[], unique_insights=[], blind_spots=[])
 
@@ -63,8 +66,8 @@ def test_answers_are_trimmed_evenly_within_the_budget_with_a_pointer_to_the_whol
     assert len(whole) > 40_000
     trimmed = render(long, 8000)
     assert len(trimmed) <= 8000
-    notes = trimmed.count("more characters trimmed to fit the output budget")
-    assert notes == 4 and trimmed.count("resource fusion://runs/fus_1") == 4
+    notes = trimmed.count("more characters trimmed to fit the output budget; the whole answer is in resource")
+    assert notes == 4 and trimmed.count("resource fusion://runs/fus_1]") == 4
     shares = [len(part.split("\n\n[... ")[0]) for part in trimmed.split("\n## m/")[1:]]
     assert max(shares) - min(shares) <= 8  # even, give or take the word boundary
 
@@ -77,3 +80,30 @@ def test_a_budget_too_small_still_keeps_the_minimum_share_of_every_answer() -> N
 def test_within_the_budget_nothing_is_trimmed() -> None:
     small = result("short", "answers")
     assert render(small, 24_000) == render(small)
+
+
+def test_short_answers_keep_everything_and_leave_their_share_to_the_long_ones() -> None:
+    assert shares([100, 5000, 5000], 6100, 400) == [100, 3000, 3000]
+    assert shares([100, 5000, 9000], 3000, 400) == [100, 1450, 1450]
+    assert shares([5000, 5000], 100, 400) == [400, 400]  # the floor, whatever the room
+    text = render(result("tiny", "y " * 4000, "z " * 4000), 6000)
+    assert "\ntiny\n" in text and len(text) <= 6000
+    assert text.count("more characters trimmed") == 2
+
+
+def test_structured_content_is_trimmed_evenly_and_marked_the_analysis_never() -> None:
+    analysis = EMPTY.model_copy(update={"consensus": ["a long point " * 100]})
+    # Quotes, newlines and non-ASCII cost more than a character once in JSON: the budget counts the JSON.
+    whole = result(*('"quoted"\nline ü ' * 600 for _ in range(4)), analysis=analysis)
+    assert json_size(whole) > 40_000
+    fitted = fit_json(whole, 12_000)
+    assert json_size(fitted) <= 12_000
+    assert fitted.analysis == analysis
+    data = fitted.to_json()
+    for original, response in zip(whole.responses, data["responses"], strict=True):
+        assert response["trimmed"] is True and response["full_chars"] == len(original.content)
+        assert response["full_answer_at"] == "fusion://runs/fus_1"
+        assert original.content.startswith(response["content"]) and len(response["content"]) >= MIN_SHARE
+    lengths = [len(json.dumps(r["content"])) for r in data["responses"]]
+    assert max(lengths) - min(lengths) <= 100  # even, give or take the word boundary
+    assert fit_json(result("short"), 12_000).to_json()["responses"] == [{"model": "m/0", "content": "short"}]

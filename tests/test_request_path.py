@@ -91,8 +91,10 @@ async def test_ask_refuses_a_run_over_the_cost_cap_exactly_as_the_tool_does(sim:
         (
             {"OPENROUTER_API_KEY": "", "OPENROUTER_BASE_URL": "https://openrouter.ai/api/v1"},
             "missing_api_key",
-            "OPENROUTER_API_KEY is not set: add it to this server's environment (for a host, in the env of its "
-            "MCP config entry)",
+            "OPENROUTER_API_KEY is not set: create a key at https://openrouter.ai/keys and add it to this server's "
+            "environment (for a host, in the env of its MCP config entry; `fusion-mcp host-config HOST` prints one), "
+            "or point the server at a local OpenAI-compatible server, which needs no key: "
+            "OPENROUTER_BASE_URL=http://localhost:11434/v1 for Ollama",
         ),
     ],
 )

@@ -1,9 +1,12 @@
-"""Clean endings: a host closing stdin, an HTTP server stopped, an HTTP client cancelling mid-panel."""
+"""Clean endings: a host closing stdin or signalling the stdio server, an HTTP server stopped, an HTTP client
+cancelling mid-panel."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 import pytest
@@ -26,7 +29,9 @@ CALL = (
 )
 
 
-def test_closing_stdin_mid_run_exits_cleanly_and_closes_upstream(sim: ProviderSim) -> None:
+@contextmanager
+def stdio_server_mid_call(sim: ProviderSim) -> Iterator[subprocess.Popen[str]]:
+    """The stdio server as a host starts it, with a call in flight: every member's request reached upstream."""
     for model in PANEL:
         sim.script(model, Reply(latency=30))
     with subprocess.Popen(
@@ -41,12 +46,41 @@ def test_closing_stdin_mid_run_exits_cleanly_and_closes_upstream(sim: ProviderSi
         proc.stdin.write(INIT + CALL)
         proc.stdin.flush()
         wait_for(lambda: len(sim.requests) == 3)
+        try:
+            yield proc
+        finally:
+            proc.kill()
+
+
+def test_closing_stdin_mid_run_exits_cleanly_and_closes_upstream(sim: ProviderSim) -> None:
+    with stdio_server_mid_call(sim) as proc:
+        assert proc.stdin is not None and proc.stderr is not None
         proc.stdin.close()
         returncode = proc.wait(timeout=15)
         stderr = proc.stderr.read()
     assert returncode == 0
     assert not [s for s in BAD_SIGNS if s in stderr], stderr
     wait_for(lambda: len(sim.disconnects) == 3)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_call_stops_the_stdio_server_promptly_and_closes_upstream(
+    sim: ProviderSim, stop: signal.Signals
+) -> None:
+    """Hosts stop a server with SIGINT, then SIGTERM after a wait (Claude Code does); either must end it.
+    Stdin stays open, as a host keeps it: only the signal may end the server."""
+    with stdio_server_mid_call(sim) as proc:
+        assert proc.stderr is not None
+        proc.send_signal(stop)
+        returncode = proc.wait(timeout=10)  # a hang detector, not a timing: before this fix it never exited
+        stderr = proc.stderr.read()
+    assert returncode == 0, stderr
+    # It exited because its service had closed, not because the grace period (STOP_GRACE_S) ran out.
+    assert "did not close within" not in stderr, stderr
+    assert not [s for s in BAD_SIGNS if s in stderr], stderr
+    assert f"stopping on {stop.name}: runs in progress are cancelled" in stderr
+    wait_for(lambda: len(sim.disconnects) == 3)
+    assert sorted(sim.disconnects) == sorted(PANEL)
 
 
 def test_stopping_the_http_server_mid_run_exits_cleanly(sim: ProviderSim) -> None:
