@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .catalogue import CatalogueClient, ModelInfo, estimate_cost, without_tools
@@ -23,6 +23,7 @@ from .config import PRESETS, Settings
 from .limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
 from .model_ids import MODEL_ID_RULE, PANEL_RULE, check_model_id, check_model_ids
 from .models import FailureReason, FusionArgs, FusionRequest, FusionResult
+from .provider import DEPTH_HEADER
 from .text import number
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,23 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int) -> FusionReques
         final_answer=args.final_answer,
         web_tools=settings.web_mode,
     )
+
+
+def incoming_depth(headers: Mapping[str, str] | None, settings: Settings) -> int:
+    """The caller's fusion depth: the ``x-openrouter-fusion-depth`` header when there is one, else
+    ``FUSION_DEPTH`` (stdio).
+
+    A header that is not a whole number counts as nested: refusing a confused caller is cheaper than
+    letting a loop of servers fan out.
+    """
+    depth = settings.depth
+    raw = headers.get(DEPTH_HEADER) if headers is not None else None
+    if raw is not None:
+        try:
+            depth = max(depth, int(raw.strip()))
+        except ValueError:
+            depth = max(depth, 1)
+    return depth
 
 
 def _checked(name: str, check: Callable[[Any], T], given: Any, default: T) -> T:

@@ -136,6 +136,8 @@ class Settings(BaseModel):
         "FUSION_ALLOWED_ORIGINS",
         rule="comma-separated origins (scheme://host:port, port may be *)",
     )
+    pass_through_key: bool = setting(False, "FUSION_PASS_THROUGH_KEY")
+    keepalive_s: float = setting(5.0, "FUSION_KEEPALIVE_S", ge=0.1, le=10, unit="seconds")
     max_concurrent: int = setting(8, "FUSION_MAX_CONCURRENT", ge=1, le=256, unit="fusion runs")
     queue_timeout_s: float = setting(10.0, "FUSION_QUEUE_TIMEOUT_S", ge=0, le=600, unit="seconds")
     app_url: str = setting(

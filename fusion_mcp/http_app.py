@@ -1,12 +1,20 @@
-"""Streamable HTTP for shared use: the SDK's app behind our guards.
+"""Streamable HTTP for shared use: the SDK's app and the OpenAI-compatible routes behind our guards.
 
 Order of checks for a request to ``/mcp``: body size (413, before anything is parsed), bearer token
 (401), then the SDK's Host (421) and Origin (403) allow-lists, which we switch on whatever the bind
-address (the SDK leaves them off on 0.0.0.0). ``/healthz`` is open and says only liveness and version.
+address (the SDK leaves them off on 0.0.0.0). The chat routes (``/v1/chat/completions``, ``/v1/models``
+and their ``/api/v1`` twins) get the same checks in the same order — the SDK's run only inside its
+transport, so :class:`HostCheck` applies them there too — and every refusal in OpenAI's error shape.
+``/healthz`` is open and says only liveness and version.
 
 The token a request presents names its principal (``FUSION_HTTP_TOKENS``; ``default`` for
 ``FUSION_HTTP_TOKEN``; ``local`` when the server takes no token). The guard puts the name in the ASGI
 scope under :data:`PRINCIPAL_KEY`, where the handlers read it (:func:`principal_of`); a client cannot set it.
+With ``FUSION_PASS_THROUGH_KEY``, a chat request whose bearer is no server token but a provider key
+(``sk-or-...`` on OpenRouter) is served on that key, under a principal named after its fingerprint.
+
+Both front ends share the process's one :class:`FusionService`: the app's lifespan opens it and lends it
+to the MCP server and to the chat routes.
 """
 
 from __future__ import annotations
@@ -15,13 +23,22 @@ import hmac
 import ipaddress
 import json
 import logging
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
 
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .callers import PRINCIPAL_KEY, UPSTREAM_KEY, forwardable_key, key_principal
+from .chat_http import API_PATHS, ChatApp, error_body
 from .config import LOCAL_PRINCIPAL, ConfigError, Settings
-from .server import PRINCIPAL_KEY, create_server
+from .server import create_server
+from .service import FusionService
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
@@ -55,8 +72,11 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
     )
 
 
-async def _refuse(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
+async def _refuse(
+    send: Send, status: int, message: str, headers: dict[str, str] | None = None, *, openai: str | None = None
+) -> None:
+    """Refuse a request; ``openai`` (an error code) gives the body OpenAI's error shape, for the chat routes."""
+    body = error_body(status, message, code=openai) if openai else json.dumps({"error": message}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -73,31 +93,51 @@ class Guard:
     stop at once.
     """
 
-    def __init__(self, app: ASGIApp, principals: dict[str, str], max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        principals: dict[str, str],
+        max_body: int = MAX_BODY_BYTES,
+        *,
+        openai_paths: frozenset[str] = frozenset(),
+        pass_through: frozenset[str] = frozenset(),
+        openrouter: bool = False,
+    ) -> None:
+        """``openai_paths`` get refusals in OpenAI's error shape; on ``pass_through`` paths a caller's own
+        provider key is accepted (``openrouter``: only an ``sk-or-`` key)."""
         self.app = app
         self.principals = [(token.encode(), name) for token, name in principals.items()]
         self.max_body = max_body
+        self.openai_paths = openai_paths
+        self.pass_through = pass_through
+        self.openrouter = openrouter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        shaped = scope["path"] in self.openai_paths
+
+        def code(name: str) -> str | None:
+            return name if shaped else None
+
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _refuse(send, 413, f"request body over {self.max_body} bytes")
+            await _refuse(send, 413, f"request body over {self.max_body} bytes", openai=code("body_too_large"))
             return
-        principal = self._principal(headers.get(b"authorization", b""))
-        if principal is None:
-            await _refuse(send, 401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="fusion-mcp"'})
+        caller = self._caller(scope["path"], headers.get(b"authorization", b""))
+        if caller is None:
+            challenge = {"WWW-Authenticate": 'Bearer realm="fusion-mcp"'}
+            await _refuse(send, 401, "missing or wrong bearer token", challenge, openai=code("invalid_api_key"))
             return
-        scope = dict(scope, **{PRINCIPAL_KEY: principal})
+        scope = dict(scope, **caller)
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         body = await self._read_body(receive)
         if body is None:
-            await _refuse(send, 413, f"request body over {self.max_body} bytes")
+            await _refuse(send, 413, f"request body over {self.max_body} bytes", openai=code("body_too_large"))
             return
         call_id = _tool_call_id(body)
         session = headers.get(b"mcp-session-id")
@@ -116,6 +156,19 @@ class Guard:
             await send(message)
 
         await self.app(scope, _replay(body, after_body), watch)
+
+    def _caller(self, path: str, authorization: bytes) -> dict[str, object] | None:
+        """What the guard tells the handlers about the caller (its principal, maybe its key); None: refused.
+
+        A server token always wins; a provider key is taken only where pass-through is on and only when the
+        bearer is no server token.
+        """
+        principal = self._principal(authorization)
+        if path in self.pass_through and (principal is None or not self.principals):
+            key = forwardable_key(authorization, openrouter=self.openrouter)
+            if key is not None:
+                return {PRINCIPAL_KEY: key_principal(key), UPSTREAM_KEY: SecretStr(key)}
+        return None if principal is None else {PRINCIPAL_KEY: principal}
 
     def _principal(self, authorization: bytes) -> str | None:
         """The principal whose token ``authorization`` carries; ``local`` when no token is configured."""
@@ -193,15 +246,74 @@ def _tool_call_id(body: bytes) -> Any:
     return None
 
 
+class HostCheck:
+    """The SDK's Host (421), Origin (403) and JSON content-type (400) checks, for routes outside its transport.
+
+    A JSON content type on every POST also keeps a web page's plain form from posting here.
+    """
+
+    REFUSALS: ClassVar[dict[int, tuple[str, str]]] = {
+        400: ("Content-Type must be application/json", "invalid_content_type"),
+        421: ("this Host is not allowed (FUSION_ALLOWED_HOSTS)", "host_not_allowed"),
+        403: ("this Origin is not allowed (FUSION_ALLOWED_ORIGINS)", "origin_not_allowed"),
+    }
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.check = TransportSecurityMiddleware(transport_security(settings))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refused = await self.check.validate_request(Request(scope), is_post=scope["method"] == "POST")
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        message, code = self.REFUSALS.get(refused.status_code, ("request refused", "refused"))
+        await _refuse(send, refused.status_code, message, openai=code)
+
+
+class _Shared:
+    """The process's one service, opened by the app's lifespan and lent to each front end."""
+
+    def __init__(self, chat: ChatApp) -> None:
+        self.chat = chat
+
+    @asynccontextmanager
+    async def lend(self) -> AsyncIterator[FusionService]:
+        if self.chat.service is None:
+            raise RuntimeError("the fusion service is not open: the HTTP app's lifespan opens it first")
+        yield self.chat.service
+
+
 def build_app(settings: Settings, *, stateless: bool = False) -> ASGIApp:
-    """The whole HTTP application: ``/mcp`` (stateful SSE unless ``stateless``) and ``/healthz``."""
-    app = create_server(settings).streamable_http_app(
+    """The whole HTTP application: ``/mcp`` (stateful SSE unless ``stateless``), the OpenAI-compatible
+    routes and ``/healthz``, sharing one :class:`FusionService`."""
+    chat = ChatApp(settings)
+    shared = _Shared(chat)
+    mcp_app = create_server(settings, service=shared.lend).streamable_http_app(
         streamable_http_path="/mcp",
         stateless_http=stateless,
         max_request_body_size=MAX_BODY_BYTES,
         transport_security=transport_security(settings),
     )
-    return Guard(app, settings.principals)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with FusionService.open(settings, check_models=True) as service:
+            chat.service = service
+            try:
+                # The SDK's session manager runs the MCP server's lifespan, which borrows the same service.
+                async with mcp_app.router.lifespan_context(mcp_app):
+                    yield
+            finally:
+                chat.service = None
+
+    checked = HostCheck(chat, settings)
+    routes = [*(Route(path, checked) for path in sorted(API_PATHS)), Mount("", mcp_app)]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    pass_through = API_PATHS if settings.pass_through_key else frozenset()
+    return Guard(
+        app, settings.principals, openai_paths=API_PATHS, pass_through=pass_through, openrouter=settings.is_openrouter
+    )
 
 
 async def serve_http(settings: Settings, host: str, port: int, *, stateless: bool = False) -> None:

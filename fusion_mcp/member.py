@@ -104,7 +104,7 @@ async def run_member(
             completion = await provider.complete(body, on_text=outcome.streamed.append, deadline=deadline)
             _count(outcome, completion)
             if completion.tool_calls and specs and budget_left > 0 and toolbox is not None:
-                messages.append(_assistant_turn(completion))
+                messages.append(assistant_turn(completion))
                 for call in completion.tool_calls:
                     if outcome.tool_calls >= max_tool_calls:
                         result = "not run: the tool budget is spent"
@@ -149,7 +149,7 @@ def _count(outcome: MemberOutcome, completion: Completion) -> None:
     outcome.annotations.extend(completion.annotations)
 
 
-def _assistant_turn(completion: Completion) -> dict[str, Any]:
+def assistant_turn(completion: Completion) -> dict[str, Any]:
     return {
         "role": "assistant",
         "content": completion.content or None,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any
 
@@ -25,50 +25,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import __version__
-from .admission import ARGUMENT_RULES, FusionRefused
+from .admission import ARGUMENT_RULES, FusionRefused, incoming_depth
+from .callers import principal_of
 from .config import LOCAL_PRINCIPAL, Preset, Settings
 from .limits import MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
 from .mcp_logging import SessionLogLevels
 from .models import FusionArgs, FusionResult
 from .progress import EventSink, ProgressEvent
-from .provider import DEPTH_HEADER
 from .render import render
 from .run import new_run_id
 from .service import FusionService
+from .tool_text import CONTEXT_HELP, DESCRIPTION, PROMPT_HELP, TOOL_NAME, TOOL_TITLE
 from .web.fetch import SYSTEM_NETWORK, Network
 
 log = logging.getLogger("fusion_mcp")
-TOOL_NAME = "openrouter_fusion"
-TOOL_TITLE = "Fusion: ask a panel of models and compare their answers"
-
-DESCRIPTION = f"""Ask a panel of {MAX_PANEL} or fewer AI models the same question in parallel and get an \
-analyst's structured comparison of their answers: consensus, contradictions, partial coverage, unique \
-insights and blind spots, plus every full answer. You then write the final answer from it.
-
-Use it for research questions, expert critique or review, and decisions where being wrong costs more than \
-a few extra model calls (architecture choices, security or legal-adjacent questions, fact checks, \
-comparing options). Do not use it for short tactical prompts, chit-chat, or anything one model answers \
-well: a run costs several completions and takes as long as the slowest model plus the analysis.
-
-The panel does NOT see this conversation: make `prompt` a complete, self-contained question, and put \
-code, excerpts, constraints or other material it needs in `context`."""
-
 INSTRUCTIONS = (
     "fusion-mcp offers one tool, openrouter_fusion, that asks several models at once and returns an "
     "analysis of where they agree and disagree. Write the final answer yourself from its result."
 )
 
 
-PRINCIPAL_KEY = "fusion.principal"
-"""Where the HTTP guard puts the caller's principal in the ASGI scope (stdio and in-memory callers are local)."""
 _caller: ContextVar[str] = ContextVar("fusion_caller", default=LOCAL_PRINCIPAL)
-
-
-def principal_of(request: object | None) -> str:
-    """The principal the HTTP guard found for this request; ``local`` without one (stdio, in memory)."""
-    scope = getattr(request, "scope", None)
-    name = scope.get(PRINCIPAL_KEY) if isinstance(scope, Mapping) else None
-    return name if isinstance(name, str) else LOCAL_PRINCIPAL
 
 
 async def _remember_caller(ctx: Any, call_next: Any) -> Any:
@@ -86,10 +63,18 @@ class _Running:
     service: FusionService | None = None
 
 
-def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPServer[FusionService]:
+ServiceSource = Callable[[], AbstractAsyncContextManager[FusionService]]
+"""Where the server's lifespan gets the process's :class:`FusionService` from."""
+
+
+def create_server(
+    settings: Settings, network: Network = SYSTEM_NETWORK, *, service: ServiceSource | None = None
+) -> MCPServer[FusionService]:
     """Build the server without running it, so tests and every transport share one construction.
 
     ``network`` is how web fetches resolve names and connect: the system's unless a test fakes it.
+    ``service`` lends the server a service someone else opened (the HTTP app shares one between ``/mcp``
+    and the chat endpoint); by default the server's lifespan opens its own.
     """
     running = _Running()
     server: MCPServer[FusionService] = MCPServer(
@@ -97,7 +82,7 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
         title="Fusion",
         instructions=INSTRUCTIONS,
         version=__version__,
-        lifespan=_lifespan(settings, network, running),
+        lifespan=_lifespan(service or (lambda: FusionService.open(settings, network, check_models=True)), running),
         log_level=settings.log_level,
         middleware=[_remember_caller],
     )
@@ -111,11 +96,11 @@ def create_server(settings: Settings, network: Network = SYSTEM_NETWORK) -> MCPS
     return server
 
 
-def _lifespan(settings: Settings, network: Network, running: _Running) -> Any:
+def _lifespan(source: ServiceSource, running: _Running) -> Any:
     @asynccontextmanager
     async def lifespan(_: MCPServer[FusionService]) -> AsyncIterator[FusionService]:
         # Entered once per process, whatever the transport: one pool, one store, one set of run slots.
-        async with FusionService.open(settings, network, check_models=True) as service:
+        async with source() as service:
             running.service = service
             try:
                 yield service
@@ -160,13 +145,13 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
             str,
             Field(
                 min_length=1,
-                description="A complete, self-contained question or task; the panel does not see your conversation.",
+                description=PROMPT_HELP,
             ),
         ],
         ctx: Context[FusionService],
         context: Annotated[
             str | None,
-            Field(description="Optional material the panel needs: code, excerpts, data, constraints."),
+            Field(description=CONTEXT_HELP),
         ] = None,
         analysis_models: Annotated[
             list[str] | None,
@@ -218,22 +203,6 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
         return as_tool_result(result, settings.max_output_chars)
 
     return openrouter_fusion
-
-
-def incoming_depth(headers: Mapping[str, str] | None, settings: Settings) -> int:
-    """The caller's fusion depth: the HTTP header when there is one, else ``FUSION_DEPTH`` (stdio).
-
-    A header that is not a whole number counts as nested: refusing a confused caller is cheaper than
-    letting a loop of servers fan out.
-    """
-    depth = settings.depth
-    raw = headers.get(DEPTH_HEADER) if headers is not None else None
-    if raw is not None:
-        try:
-            depth = max(depth, int(raw.strip()))
-        except ValueError:
-            depth = max(depth, 1)
-    return depth
 
 
 def _progress(ctx: Context[FusionService], run_id: str, log_levels: SessionLogLevels) -> EventSink:

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import httpx2
+from pydantic import SecretStr
 
 from .admission import FusionRefused, check_catalogue, prepare
 from .catalogue import CatalogueClient
@@ -108,9 +109,19 @@ class FusionService:
             if store is not None:
                 store.close()
 
-    def prepare(self, args: FusionArgs, *, depth: int) -> FusionRequest:
-        """The call's request, or :class:`~fusion_mcp.admission.FusionRefused` (see :func:`admission.prepare`)."""
-        return prepare(args, self.settings, depth=depth)
+    def settings_for(self, api_key: SecretStr | None) -> Settings:
+        """The settings a caller's requests go out with: the server's, or with the caller's own provider key.
+
+        The caller's key then also counts as a secret, so every error that echoes it is redacted.
+        """
+        return self.settings if api_key is None else self.settings.model_copy(update={"api_key": api_key})
+
+    def prepare(self, args: FusionArgs, *, depth: int, api_key: SecretStr | None = None) -> FusionRequest:
+        """The call's request, or :class:`~fusion_mcp.admission.FusionRefused` (see :func:`admission.prepare`).
+
+        ``api_key`` is the caller's own provider key (``FUSION_PASS_THROUGH_KEY``), used instead of the server's.
+        """
+        return prepare(args, self.settings_for(api_key), depth=depth)
 
     async def run(
         self,
@@ -119,13 +130,15 @@ class FusionService:
         run_id: str | None = None,
         on_event: EventSink | None = None,
         principal: str = LOCAL_PRINCIPAL,
+        api_key: SecretStr | None = None,
     ) -> FusionResult:
         """Run a prepared request within a run slot; every outcome is a result, only cancellation propagates.
 
         Waits up to ``FUSION_QUEUE_TIMEOUT_S`` for a slot (else ``server_busy``), then checks the catalogue
         (``invalid_model``, ``cost_limit``). Time spent waiting counts against the request's deadline: the
         caller's clock started with the call. ``principal`` owns the run: it is recorded with it, and the
-        cache serves a principal only what was computed for it.
+        cache serves a principal only what was computed for it. ``api_key``, the caller's own provider key,
+        pays for the run instead of the server's.
         """
         run_id = run_id or new_run_id()
         arrived = anyio.current_time()
@@ -138,7 +151,7 @@ class FusionService:
         try:
             request = await check_catalogue(self.catalogue, request, self.settings.max_cost_usd)
             request = _less_waiting(request, anyio.current_time() - arrived)
-            result = await self._fuse(request, run_id, on_event, principal)
+            result = await self._fuse(request, run_id, on_event, principal, self.settings_for(api_key))
         except FusionRefused as refused:
             log.info("run %s refused before spending: %s", run_id, refused.message)
             return refused.result(run_id)
@@ -147,7 +160,7 @@ class FusionService:
             raise
         except Exception as exc:
             log.exception("run %s failed unexpectedly", run_id)
-            message = redact(f"unexpected error: {type(exc).__name__}: {exc}", self.settings.secrets)
+            message = redact(f"unexpected error: {type(exc).__name__}: {exc}", self.settings_for(api_key).secrets)
             result = FusionRefused("unexpected_error", message).result(run_id)
         finally:
             self.limiter.release()
@@ -168,11 +181,12 @@ class FusionService:
         return False
 
     async def _fuse(
-        self, request: FusionRequest, run_id: str, on_event: EventSink | None, principal: str
+        self, request: FusionRequest, run_id: str, on_event: EventSink | None, principal: str, settings: Settings
     ) -> FusionResult:
         """Answer from the cache when an identical call succeeded recently; otherwise run and record."""
         store = self.store
-        key = cache_key(request, principal=principal, provider=self._provider_identity)
+        identity = self._provider_identity if settings is self.settings else provider_identity(settings)
+        key = cache_key(request, principal=principal, provider=identity)
         if store is not None and self.settings.cache:
             hit = await store.cached(key)
             if hit is not None:
@@ -181,7 +195,7 @@ class FusionService:
                 await _record(store, request, result, {"cached_from": [{"run_id": hit.run_id}]}, principal)
                 return result
         transcripts: dict[str, list[dict[str, Any]]] = {}
-        provider = Provider(self.http, self.settings)
+        provider = Provider(self.http, settings)
         result = await run_fusion(
             request, provider, on_event=on_event, run_id=run_id, transcripts=transcripts, web=self.web
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -58,3 +58,16 @@ async def call_then_cancel(client: Any, ready: Callable[[], bool], prompt: str =
         tg.start_soon(run_call)
         await wait_until(ready)
         tg.cancel_scope.cancel()
+
+
+def read_sse(lines: Iterable[str]) -> tuple[list[Any], list[str]]:
+    """(every ``data`` payload, JSON-decoded except ``[DONE]``; every comment) of an SSE stream, in order."""
+    events: list[Any] = []
+    comments: list[str] = []
+    for line in lines:
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+        elif line.startswith(":"):
+            comments.append(line[1:].strip())
+    return events, comments
