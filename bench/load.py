@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import time
 
@@ -21,6 +20,7 @@ from mcp import Client
 
 from bench.common import (
     Sim,
+    free_port,
     fusion_command,
     median,
     panel,
@@ -79,12 +79,6 @@ class LeanClient:
 
 
 ANALYST = 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def run(sim: Sim, clients: int, calls: int, verbose: bool) -> dict:

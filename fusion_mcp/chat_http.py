@@ -18,6 +18,7 @@ A client that disconnects cancels the writer, the fusion run and every upstream 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -232,7 +233,12 @@ class ChatApp:
         async def pump() -> None:
             async with pieces_out:
                 async for piece in pieces_out:
-                    await reply.text(piece)
+                    # Whatever else has arrived meanwhile goes in the same chunk: one write, not one per word.
+                    batch = [piece]
+                    with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                        while True:
+                            batch.append(pieces_out.receive_nowait())
+                    await reply.text("".join(batch))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keepalive, writer, reply)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -71,3 +72,19 @@ def read_sse(lines: Iterable[str]) -> tuple[list[Any], list[str]]:
         elif line.startswith(":"):
             comments.append(line[1:].strip())
     return events, comments
+
+
+def recorded(run_id: str) -> dict[str, Any]:
+    """A run's record in the session's history, as the operator reads it (``fusion-mcp runs show ID --json``)."""
+    from tests.conftest import HOME_DIR, child_env, console_script
+
+    out = subprocess.run(
+        [console_script(), "runs", "show", run_id, "--json"],
+        env=child_env(FUSION_HOME=HOME_DIR),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

@@ -5,7 +5,6 @@ model on the provider simulator, and a plain HTTP client (the SDK and Node clien
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import anyio
@@ -15,10 +14,10 @@ import pytest
 from fusion_mcp.chat import ALREADY_RAN
 from fusion_mcp.models import FusionResult
 from fusion_mcp.provider import DEPTH_HEADER
-from tests.conftest import ANALYST, API_KEY, HOME_DIR, PANEL, child_env, console_script
+from tests.conftest import ANALYST, API_KEY, PANEL
 from tests.fakes import writer
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import ANALYSIS_KEYS, read_sse, wait_until
+from tests.helpers import ANALYSIS_KEYS, read_sse, recorded, wait_until
 
 WRITER = "acme/writer"
 USER = {"role": "user", "content": "Which of A and B should we choose?"}
@@ -66,20 +65,6 @@ def writer_requests(sim: ProviderSim, model: str = WRITER) -> list[dict[str, Any
     return [
         r.body for r in sim.requests_for(model) if "response_format" not in r.body and r.body["messages"][0] == USER
     ]
-
-
-def recorded(run_id: str) -> dict[str, Any]:
-    """The run's record in the history, as the operator reads it."""
-    out = subprocess.run(
-        [console_script(), "runs", "show", run_id, "--json"],
-        env=child_env(FUSION_HOME=HOME_DIR),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def error(status_type: str, code: str, message: str, param: str | None = None) -> dict[str, Any]:
@@ -277,6 +262,19 @@ def test_each_entry_point_spelling(
     assert data["fusion"]["analyst_model"] == analyst
     assert [r["model"] for r in data["fusion"]["responses"]] == list(panel or ())
     assert len(writer_requests(sim, writer_id)) == 2
+
+
+def test_the_entry_points_run_settings_reach_the_panel(sim: ProviderSim, http_server: str) -> None:
+    sim.scripts[WRITER] = writer.fusing()
+    entry = {"id": "fusion", "temperature": 0.4, "max_completion_tokens": 900, "tools": [], "max_tool_calls": 3}
+    data = post(http_server, {"model": WRITER, "messages": [USER], "plugins": [entry]}).json()
+    assert data["fusion"]["status"] == "ok"
+    for model in PANEL:
+        (member,) = sim.requests_for(model)
+        assert (member.body["temperature"], member.body["max_completion_tokens"]) == (0.4, 900)
+        assert "tools" not in member.body  # "tools": [] turns the panel's web tools off
+    (analyst,) = [r.body for r in sim.requests_for(WRITER) if "response_format" in r.body]
+    assert analyst["max_completion_tokens"] == 900 and analyst["temperature"] == 0
 
 
 # -- fusion's own outcomes inside a turn --------------------------------------------------------------------

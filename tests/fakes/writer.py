@@ -11,9 +11,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tests.fakes.provider_sim import Reply
+from tests.fakes.provider_sim import FUSION_TOOL, Reply
 
-FUSION = "openrouter_fusion"
+FUSION = FUSION_TOOL
 FINAL = "Final answer, written from the panel's analysis."
 DIRECT = "A direct answer: no deliberation needed."
 
