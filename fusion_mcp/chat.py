@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,7 +28,7 @@ import anyio
 from pydantic import SecretStr
 
 from .admission import FusionRefused
-from .chat_request import FusionSetup, Plan
+from .chat_request import ChatError, FusionSetup, Plan
 from .config import LOCAL_PRINCIPAL
 from .errors import BadResponse
 from .member import assistant_turn
@@ -154,13 +156,39 @@ class Writer:
             self._emit(piece)
 
         self.requests += 1
-        completion = await self.provider.complete(body, on_text=sink if self._stream else None)
+        async with self._writer_slot():
+            completion = await self.provider.complete(body, on_text=sink if self._stream else None)
         self._usage = self._usage + completion.usage
         if completion.content:
             if not streamed:
                 sink(completion.content)
             self._texts.append(completion.content)
         return completion
+
+    @asynccontextmanager
+    async def _writer_slot(self) -> AsyncIterator[None]:
+        """One of ``FUSION_MAX_CHAT_REQUESTS`` slots for a writer request, waiting up to ``FUSION_QUEUE_TIMEOUT_S``.
+
+        Held only while the request is out, never while fusion runs, so a turn cannot hold a slot that its
+        own run waits for.
+        """
+        slots = self.service.writers
+        waited = anyio.move_on_after(self.service.settings.queue_timeout_s)
+        with waited:
+            await slots.acquire()
+        if waited.cancelled_caught:
+            raise ChatError(
+                503,
+                f"server busy: {slots.borrowed_tokens} chat requests are waiting on the provider "
+                f"(FUSION_MAX_CHAT_REQUESTS) and none finished within {self.service.settings.queue_timeout_s:g} s; "
+                "try again shortly",
+                code="server_busy",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            yield
+        finally:
+            slots.release()
 
     def _emit(self, piece: str) -> None:
         if self.on_text is not None:

@@ -225,7 +225,7 @@ class ChatApp:
         async def turn() -> None:
             try:
                 ended.outcome = await writer.run()
-            except UpstreamError as exc:
+            except (UpstreamError, ChatError) as exc:
                 ended.error = exc
             finally:
                 pieces_in.close()
@@ -277,16 +277,16 @@ class ChatApp:
 @dataclass
 class _Ended:
     outcome: TurnOutcome | None = None
-    error: UpstreamError | None = None
+    error: UpstreamError | ChatError | None = None
 
 
 async def _while_connected(receive: Receive, work: Callable[[], Awaitable[T]]) -> T | None:
     """``work()``'s value, or None when the client hung up first: all it started is then cancelled.
 
-    ``work``'s ``UpstreamError`` propagates as itself.
+    ``work``'s ``UpstreamError`` or ``ChatError`` propagates as itself.
     """
     done: list[T] = []
-    failed: list[UpstreamError] = []
+    failed: list[UpstreamError | ChatError] = []
     async with anyio.create_task_group() as tg:
 
         async def attend() -> None:
@@ -297,7 +297,7 @@ async def _while_connected(receive: Receive, work: Callable[[], Awaitable[T]]) -
         async def run() -> None:
             try:
                 done.append(await work())
-            except UpstreamError as exc:
+            except (UpstreamError, ChatError) as exc:
                 failed.append(exc)
             tg.cancel_scope.cancel()
 

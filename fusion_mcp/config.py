@@ -139,6 +139,7 @@ class Settings(BaseModel):
     pass_through_key: bool = setting(False, "FUSION_PASS_THROUGH_KEY")
     keepalive_s: float = setting(5.0, "FUSION_KEEPALIVE_S", ge=0.1, le=10, unit="seconds")
     max_concurrent: int = setting(8, "FUSION_MAX_CONCURRENT", ge=1, le=256, unit="fusion runs")
+    max_chat_requests: int = setting(32, "FUSION_MAX_CHAT_REQUESTS", ge=1, le=4096, unit="requests")
     queue_timeout_s: float = setting(10.0, "FUSION_QUEUE_TIMEOUT_S", ge=0, le=600, unit="seconds")
     app_url: str = setting(
         "https://pypi.org/project/fusion-mcp/", "FUSION_APP_URL", rule=f"{_URL_RULE} sent as HTTP-Referer"

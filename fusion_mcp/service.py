@@ -77,6 +77,8 @@ class FusionService:
         self.web = web
         self.store = store
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
+        self.writers = anyio.CapacityLimiter(settings.max_chat_requests)
+        """Chat writer requests in flight at once (``FUSION_MAX_CHAT_REQUESTS``): each holds one pooled connection."""
         self._provider_identity = provider_identity(settings)
 
     @classmethod
@@ -90,8 +92,9 @@ class FusionService:
         (what a long-running server does at start). ``network`` is how web fetches resolve and connect.
         """
         store = open_store(settings)
-        # The pool holds a connection for every member and the analyst of every run allowed at once.
-        connections = settings.max_concurrent * (MAX_PANEL + 1)
+        # The pool holds a connection for every member and the analyst of every run allowed at once, and one
+        # for every chat writer request: writers can never starve a run of connections.
+        connections = settings.max_concurrent * (MAX_PANEL + 1) + settings.max_chat_requests
         try:
             async with (
                 new_http_client(max_connections=connections) as http,

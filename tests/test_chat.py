@@ -142,6 +142,23 @@ def test_without_include_usage_no_usage_chunk(sim: ProviderSim, http_server: str
     assert events[-2]["choices"][0]["finish_reason"] == "stop" and "fusion" not in events[-2]
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_text_before_the_fusion_call_comes_first(sim: ProviderSim, http_server: str, streamed: bool) -> None:
+    def script(body: dict[str, Any]) -> Reply:
+        if writer.tool_messages(body):
+            return Reply(content=writer.FINAL)
+        return Reply(content="Let me ask the panel.", tool_calls=[writer.call(writer.FUSION, {"prompt": "q"})])
+
+    sim.scripts[WRITER] = script
+    body = {"model": WRITER, "messages": [USER], "plugins": [PLUGIN], "stream": streamed}
+    if streamed:
+        events, _ = stream(http_server, body)
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    else:
+        text = post(http_server, body).json()["choices"][0]["message"]["content"]
+    assert text == f"Let me ask the panel.\n\n{writer.FINAL}"
+
+
 # -- (2) a direct answer; (3) the caller's own tool ---------------------------------------------------------
 
 

@@ -9,15 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
+from mcp import Client
 
 from fusion_mcp.callers import key_principal
 from tests import servers
 from tests.conftest import API_KEY, HOME_DIR, PANEL, sim_env
 from tests.fakes import writer
 from tests.fakes.provider_sim import ProviderSim, Reply, priced
-from tests.helpers import read_sse, recorded
+from tests.helpers import read_sse, recorded, wait_until
 
 TOKEN = "chat-token-0123456789-SECRET"
 CALLER_KEY = "caller-key-0123456789-pays-for-this"
@@ -159,6 +161,52 @@ def test_a_provider_without_streaming_still_serves_a_streaming_client(sim: Provi
     texts = [e["choices"][0]["delta"]["content"] for e in events[:-1] if e["choices"][0]["delta"].get("content")]
     assert texts == [writer.FINAL] and events[-2]["fusion"]["status"] == "ok"
     assert not any(r.body.get("stream") for r in sim.requests)
+
+
+@pytest.mark.anyio
+async def test_mcp_and_chat_share_one_service_and_its_run_slots(sim: ProviderSim) -> None:
+    """One run slot (``FUSION_MAX_CONCURRENT=1``): while an MCP call holds it, a chat turn's fusion is told
+    ``server_busy`` (a tool result; the writer still answers)."""
+    for model in PANEL:
+        sim.scripts[model] = lambda body: Reply(latency=5) if "from mcp" in json.dumps(body["messages"]) else Reply()
+    sim.scripts[WRITER] = writer.fusing(final="Answered without the panel: it was busy.")
+    env = sim_env(sim, FUSION_MAX_CONCURRENT="1", FUSION_QUEUE_TIMEOUT_S="0.2")
+    with servers.in_process(env) as base:
+        async with Client(f"{base}/mcp", mode="legacy") as mcp, anyio.create_task_group() as tg:
+            tg.start_soon(mcp.call_tool, "openrouter_fusion", {"prompt": "from mcp"})
+            await wait_until(lambda: len(sim.requests) == 3)
+            async with httpx2.AsyncClient(timeout=60) as http:
+                data = (await http.post(f"{base}/v1/chat/completions", json=FUSED)).json()
+            tg.cancel_scope.cancel()
+    assert data["choices"][0]["message"]["content"] == "Answered without the panel: it was busy."
+    assert data["fusion"]["failure_reason"] == "server_busy"
+    assert data["fusion"]["error"].startswith("server busy: 1 fusion runs are in progress")
+
+
+@pytest.mark.anyio
+async def test_writer_requests_beyond_their_cap_get_503_busy(sim: ProviderSim) -> None:
+    sim.scripts[WRITER] = lambda body: Reply(content="slow", latency=5) if "first" in json.dumps(body) else Reply()
+    env = sim_env(sim, FUSION_MAX_CHAT_REQUESTS="1", FUSION_QUEUE_TIMEOUT_S="0.2")
+    first = {"model": WRITER, "messages": [{"role": "user", "content": "first"}]}
+    with servers.in_process(env) as base:
+        async with httpx2.AsyncClient(base_url=base, timeout=60) as http, anyio.create_task_group() as tg:
+
+            async def slow() -> None:
+                await http.post("/v1/chat/completions", json=first)
+
+            tg.start_soon(slow)
+            await wait_until(lambda: len(sim.requests) == 1)
+            busy = await http.post("/v1/chat/completions", json={"model": WRITER, "messages": [USER]})
+            tg.cancel_scope.cancel()
+    assert (busy.status_code, busy.headers["retry-after"]) == (503, "1")
+    assert busy.json()["error"] == {
+        "message": "server busy: 1 chat requests are waiting on the provider (FUSION_MAX_CHAT_REQUESTS) and none "
+        "finished within 0.2 s; try again shortly",
+        "type": "service_unavailable",
+        "code": "server_busy",
+        "param": None,
+    }
+    assert len(sim.requests) == 1
 
 
 @pytest.mark.parametrize(
