@@ -21,7 +21,18 @@ from typing import Any
 import anyio
 import httpx2
 
-from bench.common import free_port, fusion_command, median, panel, percentile, report, server_env, simulator, spread
+from bench.common import (
+    free_port,
+    fusion_command,
+    median,
+    panel,
+    percentile,
+    report,
+    server_env,
+    simulator,
+    spread,
+    wait_until_up,
+)
 from fusion_mcp.analyst import analysis_schema, labels
 from fusion_mcp.chat import FUSION_FUNCTION
 
@@ -162,12 +173,7 @@ async def main_async(args: argparse.Namespace) -> None:
         ) as proc:
             server = f"http://127.0.0.1:{port}"
             try:
-                for _ in range(400):
-                    try:
-                        if httpx2.get(f"{server}/healthz", timeout=1).status_code == 200:
-                            break
-                    except httpx2.TransportError:
-                        await anyio.sleep(0.05)
+                await wait_until_up(server)
                 rows = await direct_answers(sim.base, server, runs, warmup)
                 rows += await fused_turns(sim.base, server, sizes, fused_runs, fused_warmup)
             finally:

@@ -17,6 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx2
+
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-bench-not-a-real-key"
 SCRATCH_HOME = tempfile.mkdtemp(prefix="fusion-bench-")
@@ -72,6 +75,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def wait_until_up(base: str, limit_s: float = 20.0) -> None:
+    """Poll ``{base}/healthz`` until a just-started server answers (it takes a second or so to import)."""
+    with anyio.fail_after(limit_s):
+        while True:
+            try:
+                if httpx2.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx2.TransportError:
+                pass
+            await anyio.sleep(0.05)
 
 
 def spread(n: int, low: float, high: float) -> list[float]:

@@ -30,6 +30,7 @@ from bench.common import (
     report,
     server_env,
     simulator,
+    wait_until_up,
 )
 
 DEBUG = True
@@ -95,12 +96,7 @@ async def run(sim: Sim, clients: int, calls: int, verbose: bool) -> dict:
         stderr=subprocess.DEVNULL,
     ) as proc:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                await anyio.sleep(0.05)
+        await wait_until_up(url)
         async with Client(f"{url}/mcp", mode="legacy") as warm:
             for _ in range(2):
                 await warm.call_tool("openrouter_fusion", args)
