@@ -133,6 +133,7 @@ def test_streaming_sends_the_final_turn_progress_usage_and_done(sim: ProviderSim
     assert comments[0].startswith("fusion running: fusion started: panel of 3")
     assert "fusion running: analysis ready" in " ".join(comments)
     assert all(r["stream"] is True for r in writer_requests(sim))
+    assert len(sim.requests) == 6 and {r.headers[DEPTH_HEADER] for r in sim.requests} == {"1"}
 
 
 def test_without_include_usage_no_usage_chunk(sim: ProviderSim, http_server: str) -> None:

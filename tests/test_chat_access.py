@@ -15,9 +15,12 @@ import pytest
 from mcp import Client
 
 from fusion_mcp.callers import key_principal
+from fusion_mcp.config import load_settings
+from fusion_mcp.http_app import build_app
 from tests import servers
 from tests.conftest import API_KEY, HOME_DIR, PANEL, sim_env
 from tests.fakes import writer
+from tests.fakes.loopback import LoopbackServer
 from tests.fakes.provider_sim import ProviderSim, Reply, priced
 from tests.helpers import read_sse, recorded, wait_until
 
@@ -207,6 +210,25 @@ async def test_writer_requests_beyond_their_cap_get_503_busy(sim: ProviderSim) -
         "param": None,
     }
     assert len(sim.requests) == 1
+
+
+def test_before_the_service_is_open_requests_get_503(sim: ProviderSim) -> None:
+    """Served without its lifespan (uvicorn's ``lifespan="off"``), the app has no service to lend yet."""
+    server = LoopbackServer(build_app(load_settings(environ=sim_env(sim))))
+    try:
+        response = post(f"http://127.0.0.1:{server.port}", FUSED)
+    finally:
+        server.close()
+    assert (response.status_code, response.json()["error"]) == (
+        503,
+        {
+            "message": "the server is starting or stopping; try again",
+            "type": "service_unavailable",
+            "code": "not_ready",
+            "param": None,
+        },
+    )
+    assert sim.requests == []
 
 
 @pytest.mark.parametrize(
