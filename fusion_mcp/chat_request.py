@@ -180,7 +180,8 @@ class Plan:
 def plan_turn(raw: Any, settings: Settings, *, depth: int) -> Plan:
     """Read a request body; raise :class:`ChatError` (400, naming the field) for anything malformed.
 
-    ``depth`` is the incoming ``x-openrouter-fusion-depth``: from 1 on, fusion is not offered at all.
+    ``depth`` is the incoming ``x-openrouter-fusion-depth``: from 1 on, fusion is not offered at all (nor
+    with ``FUSION_ENABLED=false``).
     """
     if not isinstance(raw, dict):
         raise ChatError(400, "the request body must be a JSON object", code="invalid_request")
@@ -195,7 +196,8 @@ def plan_turn(raw: Any, settings: Settings, *, depth: int) -> Plan:
     if body.model in ALIASES:
         own = config.model if config is not None else None
         writer = _model_id(f"{where}.model", own) if own else settings.models_for(preset)[1]
-    enabled = config is not None and depth < 1 and not (isinstance(config, FusionPlugin) and not config.enabled)
+    switched_off = isinstance(config, FusionPlugin) and not config.enabled
+    enabled = config is not None and settings.enabled and depth < 1 and not switched_off
     fields = {k: v for k, v in raw.items() if k not in OWN_FIELDS}
     if plugins:
         fields["plugins"] = plugins

@@ -62,6 +62,12 @@ def test_fusion_is_not_offered(body: dict[str, Any], depth: int) -> None:
     assert plan(body, depth=depth).fusion is None
 
 
+def test_fusion_switched_off_for_the_server_is_never_offered() -> None:
+    off = load_settings(environ={"FUSION_ENABLED": "false"})
+    assert plan({"model": "openrouter/fusion"}, off).fusion is None
+    assert plan({"model": "w/x", "plugins": [{"id": "fusion"}]}, off).fusion is None
+
+
 def test_the_callers_fields_go_to_the_writer_without_the_servers_own() -> None:
     read = plan(
         {
