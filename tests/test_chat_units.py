@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -176,3 +178,13 @@ def test_keys_a_caller_may_lend() -> None:
 def test_incoming_depth(headers: dict[str, str], env_depth: int, expected: int) -> None:
     settings = load_settings(environ={"FUSION_DEPTH": str(env_depth)})
     assert incoming_depth(headers, settings) == expected
+
+
+def test_the_chat_front_end_imports_no_mcp() -> None:
+    """Only server.py and mcp_logging.py may load the MCP SDK; the writer loop and its HTTP routes do not."""
+    code = (
+        "import sys, fusion_mcp.chat, fusion_mcp.chat_http, fusion_mcp.chat_request\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'mcp_types')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
