@@ -14,7 +14,7 @@ With ``FUSION_PASS_THROUGH_KEY``, a chat request whose bearer is no server token
 (``sk-or-...`` on OpenRouter) is served on that key, under a principal named after its fingerprint.
 
 Both front ends share the process's one :class:`FusionService`: the app's lifespan opens it and lends it
-to the MCP server and to the chat routes.
+to the MCP server and to the chat routes (:class:`FrontEnds`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from typing import Any, ClassVar
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from pydantic import SecretStr
-from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.routing import Mount, Route
+from starlette.routing import Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .callers import PRINCIPAL_KEY, UPSTREAM_KEY, forwardable_key, key_principal
@@ -271,48 +270,60 @@ class HostCheck:
         await _refuse(send, refused.status_code, message, openai=code)
 
 
-class _Shared:
-    """The process's one service, opened by the app's lifespan and lent to each front end."""
+class FrontEnds:
+    """The whole HTTP app: the chat routes to :class:`ChatApp`, every other path to the SDK's app as it is.
 
-    def __init__(self, chat: ChatApp) -> None:
-        self.chat = chat
+    Its lifespan opens the process's one :class:`FusionService` and lends it to both: to the chat routes
+    directly, and to the MCP server through the SDK's own lifespan (its session manager's), entered inside.
+    """
+
+    def __init__(self, settings: Settings, *, stateless: bool = False) -> None:
+        self.settings = settings
+        self.chat = ChatApp(settings)
+        self.checked = HostCheck(self.chat, settings)
+        self.mcp_app = create_server(settings, service=self._lend).streamable_http_app(
+            streamable_http_path="/mcp",
+            stateless_http=stateless,
+            max_request_body_size=MAX_BODY_BYTES,
+            transport_security=transport_security(settings),
+        )
+        self._lifespan = Router(lifespan=self._open)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan.lifespan(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] in API_PATHS:
+            await self.checked(scope, receive, send)
+        else:
+            await self.mcp_app(scope, receive, send)
 
     @asynccontextmanager
-    async def lend(self) -> AsyncIterator[FusionService]:
+    async def _open(self, _: object) -> AsyncIterator[None]:
+        async with FusionService.open(self.settings, check_models=True) as service:
+            self.chat.service = service
+            try:
+                async with self.mcp_app.router.lifespan_context(self.mcp_app):
+                    yield
+            finally:
+                self.chat.service = None
+
+    @asynccontextmanager
+    async def _lend(self) -> AsyncIterator[FusionService]:
         if self.chat.service is None:
             raise RuntimeError("the fusion service is not open: the HTTP app's lifespan opens it first")
         yield self.chat.service
 
 
 def build_app(settings: Settings, *, stateless: bool = False) -> ASGIApp:
-    """The whole HTTP application: ``/mcp`` (stateful SSE unless ``stateless``), the OpenAI-compatible
-    routes and ``/healthz``, sharing one :class:`FusionService`."""
-    chat = ChatApp(settings)
-    shared = _Shared(chat)
-    mcp_app = create_server(settings, service=shared.lend).streamable_http_app(
-        streamable_http_path="/mcp",
-        stateless_http=stateless,
-        max_request_body_size=MAX_BODY_BYTES,
-        transport_security=transport_security(settings),
-    )
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with FusionService.open(settings, check_models=True) as service:
-            chat.service = service
-            try:
-                # The SDK's session manager runs the MCP server's lifespan, which borrows the same service.
-                async with mcp_app.router.lifespan_context(mcp_app):
-                    yield
-            finally:
-                chat.service = None
-
-    checked = HostCheck(chat, settings)
-    routes = [*(Route(path, checked) for path in sorted(API_PATHS)), Mount("", mcp_app)]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    """The whole HTTP application behind its guard: ``/mcp`` (stateful SSE unless ``stateless``), the
+    OpenAI-compatible routes and ``/healthz``, sharing one :class:`FusionService`."""
     pass_through = API_PATHS if settings.pass_through_key else frozenset()
     return Guard(
-        app, settings.principals, openai_paths=API_PATHS, pass_through=pass_through, openrouter=settings.is_openrouter
+        FrontEnds(settings, stateless=stateless),
+        settings.principals,
+        openai_paths=API_PATHS,
+        pass_through=pass_through,
+        openrouter=settings.is_openrouter,
     )
 
 
