@@ -191,8 +191,8 @@ class ChatApp:
             return
         ran = f"fusion {outcome.fusion.run_id} {outcome.fusion.status}" if outcome.fusion else "no fusion"
         log.info(
-            "chat %s for %s: writer %s, %s, %s in %.1f s",
-            reply.base["id"], principal, plan.writer, ran, outcome.finish_reason, seconds,
+            "chat %s for %s: writer %s (%d requests), %s, %s in %.1f s",
+            reply.base["id"], principal, plan.writer, writer.requests, ran, outcome.finish_reason, seconds,
         )  # fmt: skip
         if plan.stream:
             await self._finish_stream(reply, plan, outcome)
