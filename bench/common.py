@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import anyio
+import httpx2
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-bench-not-a-real-key"
@@ -65,6 +69,24 @@ def server_env(base: str, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_until_up(base: str, limit_s: float = 20.0) -> None:
+    """Poll ``{base}/healthz`` until a just-started server answers (it takes a second or so to import)."""
+    with anyio.fail_after(limit_s):
+        while True:
+            try:
+                if httpx2.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx2.TransportError:
+                pass
+            await anyio.sleep(0.05)
 
 
 def spread(n: int, low: float, high: float) -> list[float]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import time
 
@@ -21,6 +20,7 @@ from mcp import Client
 
 from bench.common import (
     Sim,
+    free_port,
     fusion_command,
     median,
     panel,
@@ -30,6 +30,7 @@ from bench.common import (
     report,
     server_env,
     simulator,
+    wait_until_up,
 )
 
 DEBUG = True
@@ -81,12 +82,6 @@ class LeanClient:
 ANALYST = 0.5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def run(sim: Sim, clients: int, calls: int, verbose: bool) -> dict:
     base = sim.base
     port = free_port()
@@ -101,12 +96,7 @@ async def run(sim: Sim, clients: int, calls: int, verbose: bool) -> dict:
         stderr=subprocess.DEVNULL,
     ) as proc:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                await anyio.sleep(0.05)
+        await wait_until_up(url)
         async with Client(f"{url}/mcp", mode="legacy") as warm:
             for _ in range(2):
                 await warm.call_tool("openrouter_fusion", args)

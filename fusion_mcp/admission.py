@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -36,6 +36,7 @@ from .limits import (
 )
 from .model_ids import MODEL_ID_RULE, check_model_id
 from .models import FailureReason, FusionArgs, FusionRequest, FusionResult, GuestAnswer
+from .provider import DEPTH_HEADER
 from .text import number, plural
 
 log = logging.getLogger(__name__)
@@ -267,6 +268,28 @@ def _files(value: Any) -> tuple[str, ...]:
 
 
 _GUEST_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,39}")
+
+
+def incoming_depth(headers: Mapping[str, str] | None, settings: Settings) -> int:
+    """The caller's fusion depth: the ``x-openrouter-fusion-depth`` header when there is one, else
+    ``FUSION_DEPTH`` (stdio).
+
+    Every copy of the header counts and the highest wins (a proxy may add one, or merge them with commas);
+    a value that is not a whole number counts as nested: refusing a confused caller is cheaper than letting
+    a loop of servers fan out.
+    """
+    depth = settings.depth
+    if headers is None:
+        return depth
+    getlist = getattr(headers, "getlist", None)
+    values = getlist(DEPTH_HEADER) if callable(getlist) else [headers.get(DEPTH_HEADER)]
+    for value in values:
+        for part in str(value).split(",") if value is not None else ():
+            try:
+                depth = max(depth, int(part.strip()))
+            except ValueError:
+                depth = max(depth, 1)
+    return depth
 
 
 def _checked(name: str, check: Callable[[Any], T], given: Any, default: T) -> T:

@@ -56,14 +56,21 @@ def _json_cost(text: str) -> int:
 
 
 def shares(sizes: list[int], room: int, floor: int) -> list[int]:
-    """Split ``room`` evenly among items of ``sizes``; an item needing less than its share frees the rest."""
+    """Split ``room`` evenly among items of ``sizes``; an item needing less than its share frees the rest.
+
+    Every item that does not fit whole gets the same share (never below ``floor``).
+    """
     allowed = [0] * len(sizes)
     left = max(0, room)
     order = sorted(range(len(sizes)), key=lambda i: sizes[i])
     for done, i in enumerate(order):
-        even = left // (len(sizes) - done)
-        allowed[i] = min(sizes[i], max(even, floor))
-        left = max(0, left - allowed[i])
+        level = max(left // (len(sizes) - done), floor)
+        if sizes[i] > level:
+            for j in order[done:]:
+                allowed[j] = level
+            break
+        allowed[i] = sizes[i]
+        left = max(0, left - sizes[i])
     return allowed
 
 

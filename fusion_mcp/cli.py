@@ -100,7 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fusion-mcp {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", parents=[common], help="serve MCP over stdio or Streamable HTTP")
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="serve MCP over stdio, or over HTTP: Streamable HTTP at /mcp and OpenAI-compatible "
+        "/v1/chat/completions and /v1/models beside it",
+    )
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")

@@ -187,6 +187,8 @@ class Settings(BaseModel):
         "FUSION_ALLOWED_ORIGINS",
         rule="comma-separated origins (scheme://host:port, port may be *)",
     )
+    pass_through_key: bool = setting(False, "FUSION_PASS_THROUGH_KEY")
+    keepalive_s: float = setting(5.0, "FUSION_KEEPALIVE_S", ge=0.1, le=10, unit="seconds")
     max_concurrent: int = setting(8, "FUSION_MAX_CONCURRENT", ge=1, le=256, unit="fusion runs")
     max_connections: int = setting(1024, "FUSION_MAX_CONNECTIONS", ge=16, le=1_000_000, unit="HTTP connections")
     header_timeout_s: float = setting(10.0, "FUSION_HEADER_TIMEOUT_S", ge=0.5, le=600, unit="seconds")
@@ -201,6 +203,7 @@ class Settings(BaseModel):
         empty="half of FUSION_MAX_SESSIONS",
     )
     session_idle_s: float = setting(600.0, "FUSION_SESSION_IDLE_S", ge=10, le=86_400, unit="seconds")
+    max_chat_requests: int = setting(32, "FUSION_MAX_CHAT_REQUESTS", ge=1, le=4096, unit="requests")
     queue_timeout_s: float = setting(10.0, "FUSION_QUEUE_TIMEOUT_S", ge=0, le=600, unit="seconds")
     app_url: str = setting(HOMEPAGE, "FUSION_APP_URL", rule=f"{_URL_RULE} sent as HTTP-Referer")
     app_title: str = setting(

@@ -1,23 +1,32 @@
-"""Streamable HTTP for shared use: the SDK's app behind our guard, served by uvicorn with our limits.
+"""The HTTP server: the SDK's MCP app and the OpenAI-compatible routes behind our guard, served by uvicorn
+with our limits.
 
-:mod:`http_guard` checks each request; :mod:`connections` bounds how long a client may take to send one and
-how many connections may be open; :mod:`sessions` bounds the MCP sessions. The SDK's own Host/Origin check
-stays on too (whatever the bind address; the SDK would leave it off on 0.0.0.0).
+:mod:`http_guard` checks each request to either front end (``/mcp``, and ``/v1/chat/completions``,
+``/v1/models`` and their ``/api/v1`` twins); :mod:`connections` bounds how long a client may take to send
+one and how many connections may be open; :mod:`sessions` bounds the MCP sessions. The SDK's own Host/Origin
+check stays on too for ``/mcp`` (whatever the bind address; the SDK would leave it off on 0.0.0.0).
+Both front ends share the process's one :class:`FusionService`: the app's lifespan opens it and lends it to
+the MCP server and to the chat routes (:class:`FrontEnds`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp
+from starlette.routing import Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .chat_http import API_PATHS, ChatApp
 from .config import ConfigError, Settings
 from .connections import Connections, descriptor_budget, guarded_protocol
 from .http_guard import MAX_BODY_BYTES, Guard
 from .limits import MAX_PANEL
 from .server import create_server
+from .service import FusionService
 from .sessions import SessionTable
 
 log = logging.getLogger(__name__)
@@ -54,23 +63,66 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
     )
 
 
+class FrontEnds:
+    """The whole HTTP app: the chat routes to :class:`ChatApp`, every other path to the SDK's app as it is.
+
+    Its lifespan opens the process's one :class:`FusionService` and lends it to both: to the chat routes
+    directly, and to the MCP server through the SDK's own lifespan (its session manager's), entered inside.
+    """
+
+    def __init__(self, settings: Settings, *, stateless: bool = False) -> None:
+        self.settings = settings
+        self.chat = ChatApp(settings)
+        self.mcp_app = create_server(settings, service=self._lend).streamable_http_app(
+            streamable_http_path="/mcp",
+            stateless_http=stateless,
+            max_request_body_size=MAX_BODY_BYTES,
+            session_idle_timeout=settings.session_idle_s,
+            max_sessions=settings.max_sessions + SESSION_SLACK,
+            transport_security=transport_security(settings),
+        )
+        self._lifespan = Router(lifespan=self._open)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan.lifespan(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] in API_PATHS:
+            await self.chat(scope, receive, send)
+        else:
+            await self.mcp_app(scope, receive, send)
+
+    @asynccontextmanager
+    async def _open(self, _: object) -> AsyncIterator[None]:
+        async with FusionService.open(self.settings, check_models=True) as service:
+            self.chat.service = service
+            try:
+                async with self.mcp_app.router.lifespan_context(self.mcp_app):
+                    yield
+            finally:
+                self.chat.service = None
+
+    @asynccontextmanager
+    async def _lend(self) -> AsyncIterator[FusionService]:
+        if self.chat.service is None:
+            raise RuntimeError("the fusion service is not open: the HTTP app's lifespan opens it first")
+        yield self.chat.service
+
+
 def build_app(settings: Settings, *, stateless: bool = False, connections: Connections | None = None) -> ASGIApp:
-    """The whole HTTP application: ``/mcp`` (stateful SSE unless ``stateless``) and ``/healthz``, guarded."""
-    app = create_server(settings).streamable_http_app(
-        streamable_http_path="/mcp",
-        stateless_http=stateless,
-        max_request_body_size=MAX_BODY_BYTES,
-        session_idle_timeout=settings.session_idle_s,
-        max_sessions=settings.max_sessions + SESSION_SLACK,
-        transport_security=transport_security(settings),
-    )
+    """The whole HTTP application behind its guard: ``/mcp`` (stateful SSE unless ``stateless``), the
+    OpenAI-compatible routes and ``/healthz``, sharing one :class:`FusionService`."""
     sessions = None
     if not stateless:
-        per_principal = settings.sessions_per_principal
-        sessions = SessionTable(
-            limit=settings.max_sessions, per_principal=per_principal, idle_s=settings.session_idle_s
-        )
-    return Guard(app, settings, connections=connections, sessions=sessions, body_s=settings.body_timeout_s)
+        share = settings.sessions_per_principal
+        sessions = SessionTable(limit=settings.max_sessions, per_principal=share, idle_s=settings.session_idle_s)
+    return Guard(
+        FrontEnds(settings, stateless=stateless),
+        settings,
+        connections=connections,
+        sessions=sessions,
+        body_s=settings.body_timeout_s,
+        openai_paths=API_PATHS,
+    )
 
 
 async def serve_http(settings: Settings, host: str, port: int, *, stateless: bool = False) -> None:

@@ -4,8 +4,9 @@ In order, for every path but ``/healthz`` (open; it says only liveness and versi
 
 1. ``Host`` and ``Origin`` against the allow-lists, compared exactly (host and port; ``:*`` means any
    numeric port): 421 / 403. A web page using DNS rebinding cannot reach the server.
-2. The declared body size: 413 before anything is read.
-3. The bearer token, which names the caller's principal (:data:`server.PRINCIPAL_KEY` in the scope): 401.
+2. The declared body size: 413 before anything is read; on the chat routes, a POST's ``Content-Type``
+   must be JSON: 400 (the SDK checks ``/mcp`` alike).
+3. The bearer token, which names the caller's principal (:data:`callers.PRINCIPAL_KEY` in the scope): 401.
 4. A POST's body, read whole within ``body_s`` (408) and the size cap (413), then parsed once: JSON nested
    too deep for the parser is a 400, not a crash in the application.
 5. MCP sessions (stateful mode): a session belongs to the principal that opened it (another gets 404, as
@@ -13,6 +14,11 @@ In order, for every path but ``/healthz`` (open; it says only liveness and versi
 
 It also tells :class:`~fusion_mcp.connections.Connections` when a request's headers and body are in, and
 when its response is done, and cancels a ``tools/call`` whose client dropped the response stream.
+
+On the OpenAI-compatible routes (``openai_paths``) every refusal has OpenAI's error shape, and with
+``FUSION_PASS_THROUGH_KEY`` a bearer that is no server token but a provider key (``sk-or-...`` on
+OpenRouter) is accepted there: the request runs on that key, under a principal named after its fingerprint
+(:mod:`~fusion_mcp.callers`).
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .callers import PRINCIPAL_KEY, UPSTREAM_KEY, forwardable_key, key_principal
+from .chat_http import error_body
 from .config import LOCAL_PRINCIPAL, Settings
 from .connections import Connections, Phase
-from .server import PRINCIPAL_KEY
 from .sessions import SessionTable
 
 log = logging.getLogger(__name__)
@@ -83,12 +91,24 @@ def origin_allowed(value: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
-async def refuse(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
+async def refuse(
+    send: Send, status: int, message: str, headers: dict[str, str] | None = None, *, openai: str | None = None
+) -> None:
+    """Refuse a request; ``openai`` (an error code) gives the body OpenAI's error shape, for the chat routes."""
+    body = error_body(status, message, code=openai) if openai else json.dumps({"error": message}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+def _not_json(headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
+    """A POST to the chat routes must say it is JSON (the SDK checks ``/mcp`` alike), so a web page's plain
+    form, which a browser sends cross-origin without asking, cannot post there."""
+    kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    return (
+        None if kind == b"application/json" else (400, "Content-Type must be application/json", "invalid_content_type")
+    )
 
 
 class Guard:
@@ -103,8 +123,14 @@ class Guard:
         sessions: SessionTable | None = None,
         body_s: float = 30.0,
         max_body: int = MAX_BODY_BYTES,
+        openai_paths: frozenset[str] = frozenset(),
     ) -> None:
+        """``openai_paths`` get refusals in OpenAI's error shape; there, with ``FUSION_PASS_THROUGH_KEY``, a
+        caller's own provider key is accepted too."""
         self.app = app
+        self.openai_paths = openai_paths
+        self.pass_through = openai_paths if settings.pass_through_key else frozenset()
+        self.openrouter = settings.is_openrouter
         self.principals = [(token.encode(), name) for token, name in settings.principals.items()]
         self.allowed_hosts = settings.allowed_hosts
         self.allowed_origins = settings.allowed_origins
@@ -119,15 +145,21 @@ class Guard:
             return
         send = self._watched(scope, send)
         headers = dict(scope["headers"])
+        shaped = scope["path"] in self.openai_paths
         refusal = self._refusal(headers)
+        if refusal is None and shaped and scope["method"] == "POST":
+            refusal = _not_json(headers)
         if refusal is not None:
-            await refuse(send, *refusal)
+            await refuse(send, *refusal[:2], openai=refusal[2] if shaped else None)
             return
-        principal = self._principal(headers.get(b"authorization", b""))
-        if principal is None:
-            await refuse(send, 401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="fusion-mcp"'})
+        caller = self._caller(scope["path"], headers.get(b"authorization", b""))
+        if caller is None:
+            challenge = {"WWW-Authenticate": 'Bearer realm="fusion-mcp"'}
+            code = "invalid_api_key" if shaped else None
+            await refuse(send, 401, "missing or wrong bearer token", challenge, openai=code)
             return
-        scope = dict(scope, **{PRINCIPAL_KEY: principal})
+        scope = dict(scope, **caller)
+        principal = str(caller[PRINCIPAL_KEY])
         session = headers.get(SESSION, b"").decode("latin-1")
         if session and self.sessions is not None:
             if self.sessions.owner(session) != principal:  # unknown, ended, or another principal's
@@ -147,19 +179,24 @@ class Guard:
         body: bytes | None = b""
         with anyio.move_on_after(self.body_s) as waited:
             body = await self._read_body(receive)
+        shaped = scope["path"] in self.openai_paths
         if waited.cancelled_caught:
             log.info("request body from %s not received within %g s", _who(scope), self.body_s)
-            await refuse(send, 408, f"request body not received within {self.body_s:g} s")
+            code = "timeout" if shaped else None
+            await refuse(send, 408, f"request body not received within {self.body_s:g} s", openai=code)
             return
         if body is None:
-            await refuse(send, 413, f"request body over {self.max_body} bytes")
+            await refuse(
+                send, 413, f"request body over {self.max_body} bytes", openai="body_too_large" if shaped else None
+            )
             return
         self._phase(scope, "serving")
         try:
             message = json.loads(body) if body else None
         except RecursionError:
             log.warning("request from %s refused: its JSON nests too deep to parse", _who(scope))
-            await refuse(send, 400, "the request body's JSON nests too deep")
+            code = "invalid_json" if shaped else None
+            await refuse(send, 400, "the request body's JSON nests too deep", openai=code)
             return
         except ValueError:
             message = None  # not JSON: the application says so in its own words
@@ -209,18 +246,32 @@ class Guard:
             if table is not None:
                 table.finished(session)
 
-    def _refusal(self, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
-        """Why the request's headers alone refuse it: a foreign Host or Origin, a body declared too large."""
+    def _refusal(self, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
+        """Why the request's headers alone refuse it (status, message, OpenAI error code): a foreign Host or
+        Origin, a body declared too large."""
         host = headers.get(b"host", b"").decode("latin-1")
         if not host_allowed(host, self.allowed_hosts):
-            return 421, "this server does not answer for that Host (see FUSION_ALLOWED_HOSTS)"
+            return 421, "this server does not answer for that Host (see FUSION_ALLOWED_HOSTS)", "host_not_allowed"
         origin = headers.get(b"origin")
         if origin is not None and not origin_allowed(origin.decode("latin-1"), self.allowed_origins):
-            return 403, "requests from that Origin are refused (see FUSION_ALLOWED_ORIGINS)"
+            return 403, "requests from that Origin are refused (see FUSION_ALLOWED_ORIGINS)", "origin_not_allowed"
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return 413, f"request body over {self.max_body} bytes"
+            return 413, f"request body over {self.max_body} bytes", "body_too_large"
         return None
+
+    def _caller(self, path: str, authorization: bytes) -> dict[str, object] | None:
+        """What the guard tells the handlers about the caller (its principal, maybe its key); None: refused.
+
+        A server token always wins; a provider key is taken only where pass-through is on and only when the
+        bearer is no server token.
+        """
+        principal = self._principal(authorization)
+        if path in self.pass_through and (principal is None or not self.principals):
+            key = forwardable_key(authorization, openrouter=self.openrouter)
+            if key is not None:
+                return {PRINCIPAL_KEY: key_principal(key), UPSTREAM_KEY: SecretStr(key)}
+        return None if principal is None else {PRINCIPAL_KEY: principal}
 
     def _principal(self, authorization: bytes) -> str | None:
         """The principal whose token ``authorization`` carries; ``local`` when no token is configured."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 
+from .config import Settings
 from .member import MemberOutcome
 from .models import FusionRequest, FusionResult
 from .pipeline import so_far
@@ -55,6 +56,8 @@ class LiveRun:
     request: FusionRequest
     durable: bool
     """Recorded as ``running`` when it starts and findable after its call returned (long runs, MCP tasks)."""
+    settings: Settings
+    """The settings its requests go out with: the server's, or with the caller's own key (pass-through)."""
     started: float = field(default_factory=time.time)
     outcomes: dict[str, MemberOutcome] = field(default_factory=dict)
     listeners: list[EventSink] = field(default_factory=list)

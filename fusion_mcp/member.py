@@ -107,7 +107,7 @@ async def run_member(
             )
             _count(outcome, completion)
             if completion.tool_calls and specs and budget_left > 0 and toolbox is not None:
-                messages.append(_assistant_turn(completion))
+                messages.append(assistant_turn(completion))
                 for call in completion.tool_calls:
                     if outcome.tool_calls >= max_tool_calls:
                         result = "not run: the tool budget is spent"
@@ -152,7 +152,7 @@ def _count(outcome: MemberOutcome, completion: Completion) -> None:
     outcome.annotations.extend(completion.annotations)
 
 
-def _assistant_turn(completion: Completion) -> dict[str, Any]:
+def assistant_turn(completion: Completion) -> dict[str, Any]:
     return {
         "role": "assistant",
         "content": completion.content or None,

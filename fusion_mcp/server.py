@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any
 from urllib.parse import unquote, urlparse
@@ -28,8 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import __version__
-from .admission import ARGUMENT_RULES, FusionRefused, parse_arguments
+from .admission import ARGUMENT_RULES, FusionRefused, incoming_depth, parse_arguments
 from .budget import fit_json
+from .callers import principal_of
 from .config import LOCAL_PRINCIPAL, Preset, Settings
 from .lenses import BUILTIN
 from .limits import MAX_DEADLINE_S, MAX_FILES, MAX_GUESTS, MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
@@ -37,33 +38,24 @@ from .mcp_logging import SessionLogLevels
 from .mcp_tasks import FusionTasks, task_call
 from .models import FusionArgs, FusionResult, GuestAnswer
 from .progress import EventSink, ProgressEvent
-from .provider import DEPTH_HEADER
 from .render import render
 from .run import new_run_id
 from .service import FusionService
+from .tool_text import CONTEXT_HELP, DESCRIPTION, PROMPT_HELP, TOOL_NAME, TOOL_TITLE
 from .web.fetch import SYSTEM_NETWORK, Network
 
 log = logging.getLogger("fusion_mcp")
-TOOL_NAME = "openrouter_fusion"
-TOOL_TITLE = "Fusion: ask a panel of models and compare their answers"
 RESULT_TOOL_NAME = "openrouter_fusion_result"
 RESULT_TOOL_TITLE = "Fusion: the result of a run still going"
 
-DESCRIPTION = f"""Ask a panel of {MAX_PANEL} or fewer AI models the same question in parallel and get an \
-analyst's structured comparison of their answers: consensus, contradictions, partial coverage, unique \
-insights and blind spots, plus every full answer. You then write the final answer from it.
+MCP_EXTRAS = f"""
 
-Use it for research questions, expert critique or review, and decisions where being wrong costs more than \
-a few extra model calls (architecture choices, security or legal-adjacent questions, fact checks, \
-comparing options). Do not use it for short tactical prompts, chit-chat, or anything one model answers \
-well: a run costs several completions and takes as long as the slowest model plus the analysis.
-
-The panel does NOT see this conversation: make `prompt` a complete, self-contained question, and put \
-code, excerpts, constraints or other material it needs in `context`, or pass file paths in `files` (text \
-and images, read by the server inside the allowed roots). To have your own draft (or another agent's) \
-compared with the panel's, pass it in `answers` as {{label, content}}: it costs nothing and is never shown \
-to the panel. A panel entry `model#lens` ({", ".join(BUILTIN)}) runs a model with that lens; preset `self` \
-runs the analyst's model under three lenses."""
+Instead of pasting material, you may pass file paths in `files` (text and images, read by the server \
+inside the allowed roots). To have your own draft (or another agent's) compared with the panel's, pass it \
+in `answers` as {{label, content}}: it costs nothing and is never shown to the panel. A panel entry \
+`model#lens` ({", ".join(BUILTIN)}) runs a model with that lens; preset `self` runs the analyst's model \
+under three lenses."""
+"""What the MCP tool takes beyond the arguments every front end shares (``tool_text``)."""
 
 LONG_RUNS = """
 
@@ -80,16 +72,7 @@ INSTRUCTIONS = (
 )
 
 
-PRINCIPAL_KEY = "fusion.principal"
-"""Where the HTTP guard puts the caller's principal in the ASGI scope (stdio and in-memory callers are local)."""
 _caller: ContextVar[str] = ContextVar("fusion_caller", default=LOCAL_PRINCIPAL)
-
-
-def principal_of(request: object | None) -> str:
-    """The principal the HTTP guard found for this request; ``local`` without one (stdio, in memory)."""
-    scope = getattr(request, "scope", None)
-    name = scope.get(PRINCIPAL_KEY) if isinstance(scope, Mapping) else None
-    return name if isinstance(name, str) else LOCAL_PRINCIPAL
 
 
 async def _remember_caller(ctx: Any, call_next: Any) -> Any:
@@ -131,14 +114,24 @@ class _Running:
     service: FusionService | None = None
 
 
+ServiceSource = Callable[[], AbstractAsyncContextManager[FusionService]]
+"""Where the server's lifespan gets the process's :class:`FusionService` from."""
+
+
 def create_server(
-    settings: Settings, network: Network = SYSTEM_NETWORK, *, on_stopped: Callable[[], None] | None = None
+    settings: Settings,
+    network: Network = SYSTEM_NETWORK,
+    *,
+    service: ServiceSource | None = None,
+    on_stopped: Callable[[], None] | None = None,
 ) -> MCPServer[FusionService]:
     """Build the server without running it, so tests and every transport share one construction.
 
     ``network`` is how web fetches resolve names and connect: the system's unless a test fakes it.
-    ``on_stopped`` is called once the service has closed (its runs cancelled, its connections and store
-    closed), which is when a process stopping on a signal may exit.
+    ``service`` lends the server a service someone else opened (the HTTP app shares one between ``/mcp``
+    and the chat endpoint); by default the server's lifespan opens its own. ``on_stopped`` is called once
+    the service has closed (its runs cancelled, its connections and store closed), which is when a process
+    stopping on a signal may exit.
     """
     running = _Running()
     # Long runs may be served as MCP tasks to clients that declare the extension (see mcp_tasks).
@@ -148,7 +141,9 @@ def create_server(
         title="Fusion",
         instructions=INSTRUCTIONS,
         version=__version__,
-        lifespan=_lifespan(settings, network, running, on_stopped),
+        lifespan=_lifespan(
+            service or (lambda: FusionService.open(settings, network, check_models=True)), running, on_stopped
+        ),
         log_level=settings.log_level,
         middleware=[_remember_caller],
         extensions=[StrictArguments(), *tasks],
@@ -159,7 +154,7 @@ def create_server(
     if settings.enabled:
         annotations = ToolAnnotations(title=TOOL_TITLE, read_only_hint=True, open_world_hint=True)
         tool = _fusion_tool(settings, log_levels)
-        description = DESCRIPTION + (LONG_RUNS if settings.long_runs else "")
+        description = DESCRIPTION + MCP_EXTRAS + (LONG_RUNS if settings.long_runs else "")
         server.add_tool(tool, name=TOOL_NAME, title=TOOL_TITLE, description=description, annotations=annotations)
         if settings.long_runs:
             annotations = ToolAnnotations(title=RESULT_TOOL_TITLE, read_only_hint=True, open_world_hint=False)
@@ -178,12 +173,12 @@ def _tasks(settings: Settings) -> FusionTasks:
     return FusionTasks(TOOL_NAME, principal_of, lambda r: as_tool_result(r, settings.max_output_chars), ttl_s)
 
 
-def _lifespan(settings: Settings, network: Network, running: _Running, on_stopped: Callable[[], None] | None) -> Any:
+def _lifespan(source: ServiceSource, running: _Running, on_stopped: Callable[[], None] | None) -> Any:
     @asynccontextmanager
     async def lifespan(_: MCPServer[FusionService]) -> AsyncIterator[FusionService]:
         # Entered once per process, whatever the transport: one pool, one store, one set of run slots.
         try:
-            async with FusionService.open(settings, network, check_models=True) as service:
+            async with source() as service:
                 running.service = service
                 try:
                     yield service
@@ -255,12 +250,10 @@ PromptArg = Annotated[
     str,
     Field(
         min_length=1,
-        description="A complete, self-contained question or task; the panel does not see your conversation.",
+        description=PROMPT_HELP,
     ),
 ]
-ContextArg = Annotated[
-    str | None, Field(description="Optional material the panel needs: code, excerpts, data, constraints.")
-]
+ContextArg = Annotated[str | None, Field(description=CONTEXT_HELP)]
 PanelArg = Annotated[
     list[str] | None,
     Field(
@@ -379,27 +372,6 @@ def _result_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
         return as_tool_result(result, settings.max_output_chars)
 
     return openrouter_fusion_result
-
-
-def incoming_depth(headers: Mapping[str, str] | None, settings: Settings) -> int:
-    """The caller's fusion depth: the HTTP header when there is one, else ``FUSION_DEPTH`` (stdio).
-
-    Every copy of the header counts and the highest wins (a proxy may add one, or merge them with commas);
-    a value that is not a whole number counts as nested: refusing a confused caller is cheaper than letting
-    a loop of servers fan out.
-    """
-    depth = settings.depth
-    if headers is None:
-        return depth
-    getlist = getattr(headers, "getlist", None)
-    values = getlist(DEPTH_HEADER) if callable(getlist) else [headers.get(DEPTH_HEADER)]
-    for value in values:
-        for part in str(value).split(",") if value is not None else ():
-            try:
-                depth = max(depth, int(part.strip()))
-            except ValueError:
-                depth = max(depth, 1)
-    return depth
 
 
 def _progress(ctx: Context[FusionService], run_id: str, log_levels: SessionLogLevels) -> EventSink:

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import httpx2
 from anyio.abc import TaskGroup
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from .admission import FusionRefused, check_catalogue, prepare
 from .catalogue import CatalogueClient
@@ -87,6 +87,8 @@ class FusionService:
         self.web = web
         self.store = store
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
+        self.writers = anyio.CapacityLimiter(settings.max_chat_requests)
+        """Chat writer requests in flight at once (``FUSION_MAX_CHAT_REQUESTS``): each holds one pooled connection."""
         self._provider_identity = provider_identity(settings)
         self._runs = runs
         """Where every run lives: as long as the service, not as long as the call that started it."""
@@ -105,8 +107,9 @@ class FusionService:
         recorded as lost, with what they had finished.
         """
         store = open_store(settings)
-        # The pool holds a connection for every member and the analyst of every run allowed at once.
-        connections = settings.max_concurrent * (MAX_PANEL + 1)
+        # The pool holds a connection for every member and the analyst of every run allowed at once, and one
+        # for every chat writer request: writers can never starve a run of connections.
+        connections = settings.max_concurrent * (MAX_PANEL + 1) + settings.max_chat_requests
         try:
             async with (
                 new_http_client(max_connections=connections) as http,
@@ -125,9 +128,19 @@ class FusionService:
             if store is not None:
                 store.close()
 
-    def prepare(self, args: FusionArgs, *, depth: int) -> FusionRequest:
-        """The call's request, or :class:`~fusion_mcp.admission.FusionRefused` (see :func:`admission.prepare`)."""
-        return prepare(args, self.settings, depth=depth)
+    def settings_for(self, api_key: SecretStr | None) -> Settings:
+        """The settings a caller's requests go out with: the server's, or with the caller's own provider key.
+
+        The caller's key then also counts as a secret, so every error that echoes it is redacted.
+        """
+        return self.settings if api_key is None else self.settings.model_copy(update={"api_key": api_key})
+
+    def prepare(self, args: FusionArgs, *, depth: int, api_key: SecretStr | None = None) -> FusionRequest:
+        """The call's request, or :class:`~fusion_mcp.admission.FusionRefused` (see :func:`admission.prepare`).
+
+        ``api_key`` is the caller's own provider key (``FUSION_PASS_THROUGH_KEY``), used instead of the server's.
+        """
+        return prepare(args, self.settings_for(api_key), depth=depth)
 
     async def run(
         self,
@@ -138,6 +151,7 @@ class FusionService:
         principal: str = LOCAL_PRINCIPAL,
         wait_s: float | None = None,
         fresh: bool = False,
+        api_key: SecretStr | None = None,
     ) -> FusionResult:
         """Run a prepared request; every outcome is a result, only cancellation propagates.
 
@@ -145,14 +159,22 @@ class FusionService:
         files, checks the catalogue (``invalid_model``, ``cost_limit``), then answers from the cache or runs.
         Time spent waiting counts against the request's deadline. ``principal`` owns the run: it is recorded
         with it, the cache serves a principal only what was computed for it, and only it finds the run again.
-        ``fresh`` runs even when the cache holds an answer (and then caches the new one).
+        ``fresh`` runs even when the cache holds an answer (and then caches the new one). ``api_key``, the
+        caller's own provider key (``FUSION_PASS_THROUGH_KEY``), pays for the run instead of the server's.
 
         Without ``wait_s`` the caller waits for the result, and cancelling the caller stops the run. With
         ``wait_s`` (a run that may outlive its call) the run is recorded as running at once; a run not done
         after ``wait_s`` comes back as a ``running`` result with what has finished, and goes on in the
         background — its caller's cancellation does not stop it — until :meth:`result` finds it done.
         """
-        live = self._start(request, run_id or new_run_id(), principal, durable=wait_s is not None, on_event=on_event)
+        live = self._start(
+            request,
+            run_id or new_run_id(),
+            principal,
+            durable=wait_s is not None,
+            on_event=on_event,
+            settings=self.settings_for(api_key),
+        )
         live.fresh = fresh
         try:
             done = await live.wait(wait_s, on_event, stop_with_caller=wait_s is None)
@@ -160,7 +182,7 @@ class FusionService:
             log.info("run %s: its caller was cancelled%s", live.run_id, "" if wait_s is None else "; it goes on")
             raise
         found = live.result if done and live.result is not None else live.snapshot(self.settings.deadline_s)
-        return _redacted(found, self.settings.secrets)
+        return _redacted(found, live.settings.secrets)
 
     def start(self, request: FusionRequest, *, run_id: str, principal: str) -> None:
         """Start a run nobody waits on yet (an MCP task): recorded as running, found with :meth:`result`."""
@@ -180,7 +202,7 @@ class FusionService:
         if live is not None and live.principal == principal:
             done = await live.wait(wait_s, on_event, stop_with_caller=False)
             found = live.result if done and live.result is not None else live.snapshot(self.settings.deadline_s)
-            return _redacted(found, self.settings.secrets)
+            return _redacted(found, live.settings.secrets)
         found = await self._recorded(run_id, principal)
         with anyio.move_on_after(wait_s):
             while found.status == "running":  # another process is at it: watch the history
@@ -202,9 +224,16 @@ class FusionService:
         return live if live is not None and live.principal == principal else None
 
     def _start(
-        self, request: FusionRequest, run_id: str, principal: str, *, durable: bool, on_event: EventSink | None
+        self,
+        request: FusionRequest,
+        run_id: str,
+        principal: str,
+        *,
+        durable: bool,
+        on_event: EventSink | None,
+        settings: Settings | None = None,
     ) -> LiveRun:
-        live = LiveRun(run_id, principal, request, durable)
+        live = LiveRun(run_id, principal, request, durable, settings=settings or self.settings)
         if on_event is not None:
             live.listeners.append(on_event)  # before it starts: the caller sees every event
         self._live[run_id] = live
@@ -276,7 +305,7 @@ class FusionService:
             return await self._refused(live, refused.result(run_id))
         except Exception as exc:
             log.exception("run %s failed unexpectedly", run_id)
-            message = redact(f"unexpected error: {type(exc).__name__}: {exc}", self.settings.secrets)
+            message = redact(f"unexpected error: {type(exc).__name__}: {exc}", live.settings.secrets)
             result = await self._refused(live, FusionRefused("unexpected_error", message).result(run_id))
         finally:
             self.limiter.release()
@@ -306,8 +335,15 @@ class FusionService:
         self, live: LiveRun, material: Material | None, transcripts: dict[str, list[dict[str, Any]]]
     ) -> FusionResult:
         """Answer from the cache when an identical call succeeded recently; otherwise run and record."""
-        store, request, run_id, principal = self.store, live.request, live.run_id, live.principal
-        key = cache_key(request, principal=principal, provider=self._provider_identity)
+        store, request, run_id, principal, settings = (
+            self.store,
+            live.request,
+            live.run_id,
+            live.principal,
+            live.settings,
+        )
+        identity = self._provider_identity if settings is self.settings else provider_identity(settings)
+        key = cache_key(request, principal=principal, provider=identity)
         if store is not None and self.settings.cache and not live.fresh:
             hit = await store.cached(key)
             if hit is not None:
@@ -315,7 +351,7 @@ class FusionService:
                 result = hit.model_copy(update={"run_id": run_id, "cached": True})
                 await _record(store, request, result, {"cached_from": [{"run_id": hit.run_id}]}, principal)
                 return result
-        provider = Provider(self.http, self.settings)
+        provider = Provider(self.http, settings)
         result = await run_fusion(
             request,
             provider,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -74,3 +75,32 @@ def shown_labels(sim: Any) -> dict[str, str]:
     request = next(r for r in sim.requests if "response_format" in r.body)
     found = fenced_answers(request.body["messages"][1]["content"])
     return {label: text.removeprefix("Answer from ").split(":", 1)[0] for label, _, text in found}
+
+
+def read_sse(lines: Iterable[str]) -> tuple[list[Any], list[str]]:
+    """(every ``data`` payload, JSON-decoded except ``[DONE]``; every comment) of an SSE stream, in order."""
+    events: list[Any] = []
+    comments: list[str] = []
+    for line in lines:
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+        elif line.startswith(":"):
+            comments.append(line[1:].strip())
+    return events, comments
+
+
+def recorded(run_id: str) -> dict[str, Any]:
+    """A run's record in the session's history, as the operator reads it (``fusion-mcp runs show ID --json``)."""
+    from tests.conftest import HOME_DIR, child_env, console_script
+
+    out = subprocess.run(
+        [console_script(), "runs", "show", run_id, "--json"],
+        env=child_env(FUSION_HOME=HOME_DIR),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import httpx2
 
+from fusion_mcp.config import load_settings
+from fusion_mcp.http_app import build_app
 from tests.conftest import child_env, console_script
+from tests.fakes.loopback import LoopbackServer
 
 
 def free_port() -> int:
@@ -36,6 +39,18 @@ class Running:
     @property
     def stderr(self) -> str:
         return self.final if self.final is not None else self.log.read_text(errors="replace")
+
+
+@contextmanager
+def in_process(env: dict[str, str]) -> Iterator[str]:
+    """The HTTP app ``serve`` runs, built from ``env`` and served on loopback in this process (no start-up of
+    a new interpreter): for tests that need settings of their own but not the command line around it."""
+    app = build_app(load_settings(environ=env))
+    server = LoopbackServer(app, lifespan="on")
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.close()
 
 
 @contextmanager

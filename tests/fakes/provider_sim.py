@@ -139,7 +139,7 @@ class ProviderSim:
         with self._lock:
             script = self.scripts.get(model)
             if script is None:
-                return _from_name(model)
+                return _from_name(model, body)
             if callable(script):
                 return script(body)
             return script.pop(0) if len(script) > 1 else script[0]
@@ -235,6 +235,16 @@ class ProviderSim:
 
 
 _LATENCY = re.compile(r"lat(\d+)ms")
+_FUSES = "-fuses"
+FUSION_TOOL = "openrouter_fusion"
+
+
+def _should_fuse(body: dict[str, Any]) -> bool:
+    offered = [t.get("function", {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
+    answered = any(m.get("role") == "tool" for m in body.get("messages") or [] if isinstance(m, dict))
+    return FUSION_TOOL in offered and not answered
+
+
 _LENGTH = re.compile(r"len(\d+)")
 
 
@@ -248,10 +258,18 @@ def priced(model: str, prompt: float = 1e-6, completion: float = 4e-6, tools: bo
     }
 
 
-def _from_name(model: str) -> Reply:
-    """Unscripted models may carry their behaviour in their id: ``bench/m1-lat400ms-len2500``."""
+def _from_name(model: str, body: dict[str, Any]) -> Reply:
+    """Unscripted models may carry their behaviour in their id: ``bench/m1-lat400ms-len2500``.
+
+    A writer named ``...-fuses...`` calls the ``openrouter_fusion`` function it is offered, once per
+    conversation, then answers (the chat endpoint's benchmark).
+    """
     latency = _LATENCY.search(model)
     length = _LENGTH.search(model)
+    if _FUSES in model and _should_fuse(body):
+        arguments = json.dumps({"prompt": "benchmark question"})
+        call = {"id": "call_fuse", "type": "function", "function": {"name": FUSION_TOOL, "arguments": arguments}}
+        return Reply(latency=int(latency.group(1)) / 1000 if latency else 0.0, content="", tool_calls=[call])
     content = None
     if length:
         sentence = f"{model} explains one more aspect of the question in a plain sentence. "
