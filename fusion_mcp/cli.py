@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -66,9 +67,12 @@ class _Redact(logging.Filter):
         return True
 
 
-def _setup_logging(settings: Settings) -> None:
+def _setup_logging(settings: Settings, worker: int | None = None) -> None:
+    """Logs to stderr, redacted; with replicas or workers each line says which process wrote it."""
+    where = ".".join(t for t in (settings.replica, None if worker is None else f"w{worker}") if t)
+    tag = f"[{where}] " if where else ""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"))
     handler.addFilter(_Redact(settings.secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -114,6 +118,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stateless Streamable HTTP, for several replicas behind a round-robin load balancer",
     )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="HTTP: serve the port from N processes (auto: one per core); sessions of 2025-era clients are "
+        "routed to the process that holds them (default: 1)",
+    )
+    # A --workers server starts its workers with these; they are not for people.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-count", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)
 
     ask = commands.add_parser("ask", parents=[common], help="run one fusion from the terminal")
     ask.add_argument("prompt", help="the question, self-contained")
@@ -188,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"fusion-mcp: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    _setup_logging(settings)
+    _setup_logging(settings, getattr(args, "worker_index", None))
     # Anything this process starts is one level deeper, so a fusion server it launches refuses to fuse.
     os.environ["FUSION_DEPTH"] = str(settings.depth + 1)
 
@@ -217,12 +233,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ConfigError as exc:
             print(f"fusion-mcp: {exc}", file=sys.stderr)
             raise SystemExit(EXIT_CONFIG) from None
+        if args.workers > 1 and args.worker_index is None:
+            from .workers import serve_workers
+
+            raise SystemExit(serve_workers(_worker_argv(args), args.host, args.port, args.workers, settings.depth))
+        place = None
+        if args.worker_index is not None:
+            from .workers import WorkerPlace, follow_supervisor
+
+            follow_supervisor()
+            place = WorkerPlace(args.worker_index, args.worker_count, args.worker_dir)
         try:
-            anyio.run(lambda: serve_http(settings, args.host, args.port, stateless=args.stateless))
+            anyio.run(lambda: serve_http(settings, args.host, args.port, stateless=args.stateless, place=place))
         except KeyboardInterrupt:
             pass
         return
+    if args.command == "serve" and args.workers > 1:
+        print("fusion-mcp: --workers needs --transport http", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
     _serve_stdio(settings)
+
+
+def _workers(value: str) -> int:
+    from .workers import parse_workers
+
+    try:
+        return parse_workers(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers ")) from None
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """A worker's command line: this server's, one process of it."""
+    argv = ["serve", "--transport", "http", "--host", args.host, "--port", str(args.port)]
+    if args.stateless:
+        argv.append("--stateless")
+    if getattr(args, "config", None):
+        argv += ["--config", str(args.config)]
+    return argv
 
 
 def _serve_stdio(settings: Settings) -> None:

@@ -203,6 +203,13 @@ class Settings(BaseModel):
         empty="half of FUSION_MAX_SESSIONS",
     )
     session_idle_s: float = setting(600.0, "FUSION_SESSION_IDLE_S", ge=10, le=86_400, unit="seconds")
+    replica: str | None = setting(
+        None,
+        "FUSION_REPLICA",
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        rule="a short name of this replica (letters, digits, _ and -, up to 32), unique among the replicas",
+        empty="none (one server, or stateless replicas)",
+    )
     max_chat_requests: int = setting(32, "FUSION_MAX_CHAT_REQUESTS", ge=1, le=4096, unit="requests")
     queue_timeout_s: float = setting(10.0, "FUSION_QUEUE_TIMEOUT_S", ge=0, le=600, unit="seconds")
     app_url: str = setting(HOMEPAGE, "FUSION_APP_URL", rule=f"{_URL_RULE} sent as HTTP-Referer")

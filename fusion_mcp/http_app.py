@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from mcp.server.transport_security import TransportSecuritySettings
@@ -27,7 +27,9 @@ from .http_guard import MAX_BODY_BYTES, Guard
 from .limits import MAX_PANEL
 from .server import create_server
 from .service import FusionService
+from .session_routes import SessionRoutes
 from .sessions import SessionTable
+from .workers import WorkerPlace, port_socket, relay_socket
 
 log = logging.getLogger(__name__)
 IDLE_S = 5.0
@@ -70,10 +72,18 @@ class FrontEnds:
     directly, and to the MCP server through the SDK's own lifespan (its session manager's), entered inside.
     """
 
-    def __init__(self, settings: Settings, *, stateless: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stateless: bool = False,
+        health: Mapping[str, object] | None = None,
+        routes: SessionRoutes | None = None,
+    ) -> None:
         self.settings = settings
         self.chat = ChatApp(settings)
-        self.mcp_app = create_server(settings, service=self._lend).streamable_http_app(
+        self.routes = routes
+        self.mcp_app = create_server(settings, service=self._lend, health=health).streamable_http_app(
             streamable_http_path="/mcp",
             stateless_http=stateless,
             max_request_body_size=MAX_BODY_BYTES,
@@ -100,6 +110,8 @@ class FrontEnds:
                     yield
             finally:
                 self.chat.service = None
+                if self.routes is not None:
+                    await self.routes.aclose()
 
     @asynccontextmanager
     async def _lend(self) -> AsyncIterator[FusionService]:
@@ -108,25 +120,52 @@ class FrontEnds:
         yield self.chat.service
 
 
-def build_app(settings: Settings, *, stateless: bool = False, connections: Connections | None = None) -> ASGIApp:
+def build_app(
+    settings: Settings,
+    *,
+    stateless: bool = False,
+    connections: Connections | None = None,
+    place: WorkerPlace | None = None,
+) -> ASGIApp:
     """The whole HTTP application behind its guard: ``/mcp`` (stateful SSE unless ``stateless``), the
-    OpenAI-compatible routes and ``/healthz``, sharing one :class:`FusionService`."""
-    sessions = None
+    OpenAI-compatible routes and ``/healthz``, sharing one :class:`FusionService`.
+
+    ``place`` says which worker of a ``--workers`` server this process is: its sessions' ids then name it,
+    and requests for a sibling's sessions are relayed there (as for ``FUSION_REPLICA`` behind a proxy).
+    """
+    sessions = routes = None
     if not stateless:
         share = settings.sessions_per_principal
         sessions = SessionTable(limit=settings.max_sessions, per_principal=share, idle_s=settings.session_idle_s)
+        if settings.replica is not None or place is not None:
+            routes = SessionRoutes(
+                replica=settings.replica,
+                worker=None if place is None else place.index,
+                workers=1 if place is None else place.count,
+                directory=None if place is None else place.directory,
+            )
+    health = {"replica": settings.replica, "worker": None if place is None else place.index}
     return Guard(
-        FrontEnds(settings, stateless=stateless),
+        FrontEnds(
+            settings, stateless=stateless, health={k: v for k, v in health.items() if v is not None}, routes=routes
+        ),
         settings,
         connections=connections,
         sessions=sessions,
         body_s=settings.body_timeout_s,
         openai_paths=API_PATHS,
+        routes=routes,
     )
 
 
-async def serve_http(settings: Settings, host: str, port: int, *, stateless: bool = False) -> None:
-    """Serve until cancelled or signalled; call :func:`check_bind` first."""
+async def serve_http(
+    settings: Settings, host: str, port: int, *, stateless: bool = False, place: WorkerPlace | None = None
+) -> None:
+    """Serve until cancelled or signalled; call :func:`check_bind` first.
+
+    As a worker of a ``--workers`` server (``place``) it listens on the shared port beside its siblings and
+    on its own Unix socket for requests they relay.
+    """
     import uvicorn
 
     # Every run may hold a connection to the provider per member and the analyst.
@@ -136,7 +175,7 @@ async def serve_http(settings: Settings, host: str, port: int, *, stateless: boo
         limit=limit, header_s=settings.header_timeout_s, body_s=settings.body_timeout_s + 5, idle_s=IDLE_S
     )
     config = uvicorn.Config(
-        build_app(settings, stateless=stateless, connections=connections),
+        build_app(settings, stateless=stateless, connections=connections, place=place),
         host=host,
         port=port,
         http=guarded_protocol(connections),
@@ -147,4 +186,8 @@ async def serve_http(settings: Settings, host: str, port: int, *, stateless: boo
         # A stopped server must not wait forever for a fusion still streaming to a client.
         timeout_graceful_shutdown=5,
     )
-    await uvicorn.Server(config).serve()
+    server = uvicorn.Server(config)
+    if place is None:
+        await server.serve()
+        return
+    await server.serve(sockets=[port_socket(host, port, listen=True), relay_socket(place)])

@@ -12,6 +12,10 @@ In order, for every path but ``/healthz`` (open; it says only liveness and versi
 5. MCP sessions (stateful mode): a session belongs to the principal that opened it (another gets 404, as
    for an unknown session); a new one may first end the principal's, or everyone's, idlest (:mod:`sessions`).
 
+With several processes behind one address (``--workers``, replicas), session ids carry where their session
+lives (:mod:`~fusion_mcp.session_routes`): the guard adds this process's tags to the ids the client sees,
+removes them from the ids it sends, and relays a request for a sibling worker's session to that worker.
+
 It also tells :class:`~fusion_mcp.connections.Connections` when a request's headers and body are in, and
 when its response is done, and cancels a ``tools/call`` whose client dropped the response stream.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +42,7 @@ from .callers import PRINCIPAL_KEY, UPSTREAM_KEY, forwardable_key, key_principal
 from .chat_http import error_body
 from .config import LOCAL_PRINCIPAL, Settings
 from .connections import Connections, Phase
+from .session_routes import SessionRoutes
 from .sessions import SessionTable
 
 log = logging.getLogger(__name__)
@@ -124,10 +130,13 @@ class Guard:
         body_s: float = 30.0,
         max_body: int = MAX_BODY_BYTES,
         openai_paths: frozenset[str] = frozenset(),
+        routes: SessionRoutes | None = None,
     ) -> None:
         """``openai_paths`` get refusals in OpenAI's error shape; there, with ``FUSION_PASS_THROUGH_KEY``, a
-        caller's own provider key is accepted too."""
+        caller's own provider key is accepted too. ``routes`` tag session ids with where they live and relay
+        a sibling worker's sessions to it."""
         self.app = app
+        self.routes = routes if routes is not None and routes.active else None
         self.openai_paths = openai_paths
         self.pass_through = openai_paths if settings.pass_through_key else frozenset()
         self.openrouter = settings.is_openrouter
@@ -161,6 +170,16 @@ class Guard:
         scope = dict(scope, **caller)
         principal = str(caller[PRINCIPAL_KEY])
         session = headers.get(SESSION, b"").decode("latin-1")
+        if session and self.routes is not None:
+            route = self.routes.inward(session)
+            if route.sibling is not None:
+                await self._relay(scope, receive, send, route.sibling)
+                return
+            if route.local is None:
+                await refuse(send, 404, "session not found")
+                return
+            session = route.local
+            scope["headers"] = [(k, session.encode() if k == SESSION else v) for k, v in scope["headers"]]
         if session and self.sessions is not None:
             if self.sessions.owner(session) != principal:  # unknown, ended, or another principal's
                 await refuse(send, 404, "session not found")
@@ -175,22 +194,10 @@ class Guard:
         await self._post(scope, receive, send, principal, session)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, principal: str, session: str) -> None:
-        self._phase(scope, "body")
-        body: bytes | None = b""
-        with anyio.move_on_after(self.body_s) as waited:
-            body = await self._read_body(receive)
-        shaped = scope["path"] in self.openai_paths
-        if waited.cancelled_caught:
-            log.info("request body from %s not received within %g s", _who(scope), self.body_s)
-            code = "timeout" if shaped else None
-            await refuse(send, 408, f"request body not received within {self.body_s:g} s", openai=code)
-            return
+        body = await self._body(scope, receive, send)
         if body is None:
-            await refuse(
-                send, 413, f"request body over {self.max_body} bytes", openai="body_too_large" if shaped else None
-            )
             return
-        self._phase(scope, "serving")
+        shaped = scope["path"] in self.openai_paths
         try:
             message = json.loads(body) if body else None
         except RecursionError:
@@ -206,6 +213,38 @@ class Guard:
             return
         call_id = message.get("id") if method == "tools/call" and isinstance(message, dict) else None
         await self._forward(scope, _replay(body, receive), send, session, call_id, principal)
+
+    async def _body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """A POST's whole body, read within ``body_s`` and the size cap; None once refused (408, 413)."""
+        self._phase(scope, "body")
+        body: bytes | None = b""
+        with anyio.move_on_after(self.body_s) as waited:
+            body = await self._read_body(receive)
+        shaped = scope["path"] in self.openai_paths
+        if waited.cancelled_caught:
+            log.info("request body from %s not received within %g s", _who(scope), self.body_s)
+            code = "timeout" if shaped else None
+            await refuse(send, 408, f"request body not received within {self.body_s:g} s", openai=code)
+            return None
+        if body is None:
+            await refuse(
+                send, 413, f"request body over {self.max_body} bytes", openai="body_too_large" if shaped else None
+            )
+            return None
+        self._phase(scope, "serving")
+        return body
+
+    async def _relay(self, scope: Scope, receive: Receive, send: Send, sibling: Path) -> None:
+        """A request for a session a sibling worker holds: read it here, under this worker's limits, and
+        let the sibling answer it (:meth:`SessionRoutes.relay`)."""
+        assert self.routes is not None
+        body = await self._body(scope, receive, send) if scope["method"] == "POST" else b""
+        if body is None:
+            return
+        if scope["method"] != "POST":
+            self._phase(scope, "serving")
+        if not await self.routes.relay(sibling, scope, body, receive, send):
+            await refuse(send, 404, "session not found")
 
     async def _forward(
         self,
@@ -233,8 +272,11 @@ class Guard:
 
         async def watch(message: Message) -> None:
             nonlocal complete
-            if message["type"] == "http.response.start" and self.sessions is not None:
-                self._note_session(scope, message, session, principal)
+            if message["type"] == "http.response.start":
+                if self.sessions is not None:
+                    self._note_session(scope, message, session, principal)
+                if self.routes is not None:
+                    message = self._tagged(message)
 
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 complete = True
@@ -313,6 +355,15 @@ class Guard:
             self.sessions.closed(victim)
             await self._internal(scope, "DELETE", victim, b"")
         return room
+
+    def _tagged(self, start: Message) -> Message:
+        """The response's session id as the client must see it: with this process's route tags."""
+        assert self.routes is not None
+        headers = [
+            (k, self.routes.outward(v.decode("latin-1")).encode() if k == SESSION else v)
+            for k, v in start.get("headers", [])
+        ]
+        return dict(start, headers=headers)
 
     def _note_session(self, scope: Scope, start: Message, session: str, principal: str) -> None:
         table = self.sessions

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any
@@ -124,6 +124,7 @@ def create_server(
     *,
     service: ServiceSource | None = None,
     on_stopped: Callable[[], None] | None = None,
+    health: Mapping[str, object] | None = None,
 ) -> MCPServer[FusionService]:
     """Build the server without running it, so tests and every transport share one construction.
 
@@ -131,7 +132,8 @@ def create_server(
     ``service`` lends the server a service someone else opened (the HTTP app shares one between ``/mcp``
     and the chat endpoint); by default the server's lifespan opens its own. ``on_stopped`` is called once
     the service has closed (its runs cancelled, its connections and store closed), which is when a process
-    stopping on a signal may exit.
+    stopping on a signal may exit. ``health`` adds to ``/healthz`` which process answered (its replica, its
+    worker), never anything about runs or callers.
     """
     running = _Running()
     # Long runs may be served as MCP tasks to clients that declare the extension (see mcp_tasks).
@@ -150,7 +152,7 @@ def create_server(
     )
     log_levels = SessionLogLevels()
     log_levels.install(server)
-    _add_routes(server, running)
+    _add_routes(server, running, health)
     if settings.enabled:
         annotations = ToolAnnotations(title=TOOL_TITLE, read_only_hint=True, open_world_hint=True)
         tool = _fusion_tool(settings, log_levels)
@@ -191,10 +193,10 @@ def _lifespan(source: ServiceSource, running: _Running, on_stopped: Callable[[],
     return lifespan
 
 
-def _add_routes(server: MCPServer[FusionService], running: _Running) -> None:
+def _add_routes(server: MCPServer[FusionService], running: _Running, health: Mapping[str, object] | None) -> None:
     @server.custom_route("/healthz", methods=["GET"])
     async def healthz(_: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+        return JSONResponse({"status": "ok", "version": __version__, **(health or {})})
 
     @server.resource(
         "fusion://runs",

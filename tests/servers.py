@@ -79,10 +79,17 @@ def http_server(
         ):
             running = Running(f"http://127.0.0.1:{port}", proc, log)
             deadline = time.monotonic() + 20
+            # With --workers N, every worker must have answered (each GET is a new connection, and the kernel
+            # spreads connections across the workers).
+            workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+            seen: set[object] = set()
             while True:
                 try:
-                    if httpx2.get(f"{running.base}/healthz", timeout=1).status_code == 200:
-                        break
+                    health = httpx2.get(f"{running.base}/healthz", timeout=1)
+                    if health.status_code == 200:
+                        seen.add(health.json().get("worker"))
+                        if len(seen) >= workers:
+                            break
                 except httpx2.TransportError:
                     pass
                 if proc.poll() is not None or time.monotonic() > deadline:
