@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from . import __version__
 from .about import HOMEPAGE
 from .admission import FusionRefused, argument_rule, prepare
-from .config import PRESET_NAMES, ConfigError, Settings, load_settings
+from .config import PRESET_NAMES, ConfigError, Settings, check_bind, load_settings
 from .errors import MIN_SECRET_CHARS, redact
 from .limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
 from .models import FusionArgs, FusionRequest, FusionResult, GuestAnswer
@@ -226,8 +226,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         raise SystemExit(host_config(args, settings))
     if args.command == "serve" and args.transport == "http":
-        from .http_app import check_bind, serve_http
-
         try:
             check_bind(settings, args.host)
         except ConfigError as exc:
@@ -237,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             from .workers import serve_workers
 
             raise SystemExit(serve_workers(_worker_argv(args), args.host, args.port, args.workers, settings.depth))
+        from .http_app import serve_http
+
         place = None
         if args.worker_index is not None:
             from .workers import WorkerPlace, follow_supervisor

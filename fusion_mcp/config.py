@@ -15,6 +15,7 @@ into the sentence every error uses. Only rules no type can state (URLs, lists) a
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -620,3 +621,22 @@ def _first_error(exc: ValidationError, values: Mapping[str, Any], origins: Mappi
         get = f" (create one at {KEYS_PAGE}, or set {LOCAL_SERVER_HINT})" if name == "OPENROUTER_API_KEY" else ""
         return f"invalid setting {name}{where}: this is a placeholder from an example, not a real secret{get}"
     return f"invalid setting {name}{shown}{where}: must be {rule(name)}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings, host: str) -> None:
+    """Refuse to listen beyond this machine without a token: anyone reaching the port could spend the key."""
+    if not is_loopback(host) and not settings.principals:
+        raise ConfigError(
+            f"refusing to listen on {host} without FUSION_HTTP_TOKEN: anyone who can reach this port could run "
+            "fusions on your API key. Set FUSION_HTTP_TOKEN or FUSION_HTTP_TOKENS (clients send "
+            "'Authorization: Bearer <token>') or bind 127.0.0.1"
+        )

@@ -39,7 +39,7 @@ RESERVED_FDS = 64
 class Connection:
     key: int
     transport: asyncio.Transport
-    peer: Peer
+    peer: Peer | None
     phase: Phase = "headers"
     since: float = field(default_factory=time.monotonic)
 
@@ -62,26 +62,21 @@ class Connections:
     # -- what the protocol wrapper reports ---------------------------------------------------------------
 
     def opened(self, key: int, transport: asyncio.Transport) -> bool:
-        """Register a new connection; False if it must be turned away (every slot is serving a request).
-
-        A connection without a network peer (a sibling worker on its private Unix socket, relaying a
-        session's request) is not counted: the client behind it was counted where it connected.
-        """
-        peer = transport.get_extra_info("peername")
-        if not isinstance(peer, tuple):
-            return True
+        """Register a new connection; False if it must be turned away (every slot is serving a request)."""
         if len(self._open) >= self.limit and not self._evict_one():
             self._note_closed("turned away a new connection: every connection is serving a request")
             return False
-        conn = Connection(key, transport, tuple(peer[:2]))
+        peer = transport.get_extra_info("peername")
+        conn = Connection(key, transport, tuple(peer[:2]) if isinstance(peer, tuple) else None)
         self._open[key] = conn
-        self._by_peer[conn.peer] = conn
+        if conn.peer is not None:
+            self._by_peer[conn.peer] = conn
         self._schedule_sweep()
         return True
 
     def closed(self, key: int) -> None:
         conn = self._open.pop(key, None)
-        if conn is not None and self._by_peer.get(conn.peer) is conn:
+        if conn is not None and conn.peer is not None and self._by_peer.get(conn.peer) is conn:
             del self._by_peer[conn.peer]
 
     def received(self, key: int) -> None:

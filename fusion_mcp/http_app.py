@@ -11,7 +11,6 @@ the MCP server and to the chat routes (:class:`FrontEnds`).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -21,7 +20,7 @@ from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .chat_http import API_PATHS, ChatApp
-from .config import ConfigError, Settings
+from .config import Settings
 from .connections import Connections, descriptor_budget, guarded_protocol
 from .http_guard import MAX_BODY_BYTES, Guard
 from .limits import MAX_PANEL
@@ -36,25 +35,6 @@ IDLE_S = 5.0
 """Seconds a kept-alive connection may idle between requests (uvicorn's default)."""
 SESSION_SLACK = 16
 """The SDK's own session cap sits this far above ours, so ours (which ends idle sessions) acts first."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(settings: Settings, host: str) -> None:
-    """Refuse to listen beyond this machine without a token: anyone reaching the port could spend the key."""
-    if not is_loopback(host) and not settings.principals:
-        raise ConfigError(
-            f"refusing to listen on {host} without FUSION_HTTP_TOKEN: anyone who can reach this port could run "
-            "fusions on your API key. Set FUSION_HTTP_TOKEN or FUSION_HTTP_TOKENS (clients send "
-            "'Authorization: Bearer <token>') or bind 127.0.0.1"
-        )
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -161,10 +141,10 @@ def build_app(
 async def serve_http(
     settings: Settings, host: str, port: int, *, stateless: bool = False, place: WorkerPlace | None = None
 ) -> None:
-    """Serve until cancelled or signalled; call :func:`check_bind` first.
+    """Serve until cancelled or signalled; call :func:`~fusion_mcp.config.check_bind` first.
 
     As a worker of a ``--workers`` server (``place``) it listens on the shared port beside its siblings and
-    on its own Unix socket for requests they relay.
+    on a loopback port of its own for requests they relay.
     """
     import uvicorn
 
@@ -181,6 +161,9 @@ async def serve_http(
         http=guarded_protocol(connections),
         backlog=backlog,
         timeout_keep_alive=int(IDLE_S),
+        # The connection table knows a request by its TCP peer; behind a proxy, uvicorn would put the
+        # X-Forwarded-For address there instead, and a long call would be cut at the header deadline.
+        proxy_headers=False,
         log_level="warning",
         lifespan="on",
         # A stopped server must not wait forever for a fusion still streaming to a client.

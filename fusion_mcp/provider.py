@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import httpx2
 
 from .config import Settings
 from .errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
-from .limits import MAX_RETRIES
+from .limits import MAX_PANEL, MAX_RETRIES
 from .models import TokenUsage
 from .text import one_line
 from .tls import default_tls
@@ -58,6 +59,42 @@ def new_http_client(max_connections: int = 64) -> httpx2.AsyncClient:
         follow_redirects=False,
         verify=default_tls(),
     )
+
+
+RUNS_PER_POOL = 4
+"""Runs that share one pool of provider connections (see :class:`ProviderPools`)."""
+
+
+class ProviderPools:
+    """The process's provider connections: one pool per few runs, and one shared by everything else
+    (the catalogue, chat writer requests).
+
+    httpcore2 checks every idle connection of a pool (a socket poll each) whenever a request starts or ends,
+    so one pool for many concurrent runs spends more CPU on that than on the requests themselves: ~6 ms per
+    call at 32 concurrent runs (``docs/benchmarks.md``). A run leases the pool with the fewest runs; each
+    pool has room for every member and the analyst of :data:`RUNS_PER_POOL` runs, so a run never waits for
+    a connection another run holds.
+    """
+
+    def __init__(self, runs: int, shared: int) -> None:
+        count = max(1, -(-runs // RUNS_PER_POOL))
+        self._pools = [new_http_client(RUNS_PER_POOL * (MAX_PANEL + 1)) for _ in range(count)]
+        self._leases = [0] * count
+        self.shared = new_http_client(shared)
+
+    @contextmanager
+    def lease(self) -> Iterator[httpx2.AsyncClient]:
+        """The pool for one run, held until it ends."""
+        index = min(range(len(self._leases)), key=self._leases.__getitem__)
+        self._leases[index] += 1
+        try:
+            yield self._pools[index]
+        finally:
+            self._leases[index] -= 1
+
+    async def aclose(self) -> None:
+        for client in (*self._pools, self.shared):
+            await client.aclose()
 
 
 @dataclass

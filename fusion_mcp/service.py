@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import httpx2
 from anyio.abc import TaskGroup
 from pydantic import SecretStr, ValidationError
 
@@ -28,13 +27,12 @@ from .catalogue import CatalogueClient
 from .config import LOCAL_PRINCIPAL, Settings
 from .errors import redact, redact_value
 from .lenses import model_of
-from .limits import MAX_PANEL
 from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
 from .material import Material, read_material, without_image_data
 from .models import FusionArgs, FusionRequest, FusionResult
 from .pipeline import run_fusion
 from .progress import EventSink
-from .provider import Provider, new_http_client
+from .provider import Provider, ProviderPools
 from .run import new_run_id
 from .store import Store, cache_key, default_home
 from .text import plural
@@ -76,14 +74,16 @@ class FusionService:
     def __init__(
         self,
         settings: Settings,
-        http: httpx2.AsyncClient,
+        pools: ProviderPools,
         web: WebTools | None,
         store: Store | None,
         runs: TaskGroup,
     ) -> None:
         self.settings = settings
-        self.http = http
-        self.catalogue = CatalogueClient(http, settings)
+        self.pools = pools
+        self.http = pools.shared
+        """Provider connections for everything but runs: the catalogue, chat writer requests."""
+        self.catalogue = CatalogueClient(self.http, settings)
         self.web = web
         self.store = store
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
@@ -107,16 +107,16 @@ class FusionService:
         recorded as lost, with what they had finished.
         """
         store = open_store(settings)
-        # The pool holds a connection for every member and the analyst of every run allowed at once, and one
-        # for every chat writer request: writers can never starve a run of connections.
-        connections = settings.max_concurrent * (MAX_PANEL + 1) + settings.max_chat_requests
+        # Runs have pools of their own, sized for every member and the analyst; chat writer requests (and the
+        # catalogue's few) share another, so writers can never starve a run of connections.
+        pools = ProviderPools(settings.max_concurrent, settings.max_chat_requests + 4)
         try:
             async with (
-                new_http_client(max_connections=connections) as http,
+                _closing(pools),
                 open_web_tools(settings, network) as web,
                 anyio.create_task_group() as tg,
             ):
-                service = cls(settings, http, web, store, tg)
+                service = cls(settings, pools, web, store, tg)
                 if check_models:
                     tg.start_soon(service._check_configured_models)
                 tg.start_soon(service._heartbeat)
@@ -351,17 +351,17 @@ class FusionService:
                 result = hit.model_copy(update={"run_id": run_id, "cached": True})
                 await _record(store, request, result, {"cached_from": [{"run_id": hit.run_id}]}, principal)
                 return result
-        provider = Provider(self.http, settings)
-        result = await run_fusion(
-            request,
-            provider,
-            on_event=live.emit,
-            run_id=run_id,
-            transcripts=transcripts,
-            web=self.web,
-            material=material,
-            outcomes=live.outcomes,
-        )
+        with self.pools.lease() as http:
+            result = await run_fusion(
+                request,
+                Provider(http, settings),
+                on_event=live.emit,
+                run_id=run_id,
+                transcripts=transcripts,
+                web=self.web,
+                material=material,
+                outcomes=live.outcomes,
+            )
         spent, cap = result.usage.total.cost, self.settings.max_cost_usd
         if cap is not None and spent is not None and spent > cap:
             # The estimate is a worst case, so this means prices or usage differ from the catalogue's.
@@ -466,3 +466,11 @@ async def _record(
             await store.save_run(request, result, transcripts, principal, run_owner)
         except Exception as exc:
             log.warning("run %s not recorded: %s", result.run_id, exc)
+
+
+@asynccontextmanager
+async def _closing(pools: ProviderPools) -> AsyncIterator[ProviderPools]:
+    try:
+        yield pools
+    finally:
+        await pools.aclose()

@@ -6,7 +6,7 @@ requests, progress and cancellation must reach that process. With several proces
 session lives, as dot-separated tags before the SDK's own id: ``{replica}.w{worker}.{id}`` (``FUSION_REPLICA``
 and the worker's index, each only when set). A proxy routes on the replica tag (``docs/deploy.md`` shows
 nginx doing it); a worker that receives another worker's session relays the request to it over that
-worker's Unix socket, streaming the response back, so progress, results and cancellation (the client's
+worker's own loopback port, streaming the response back, so progress, results and cancellation (the client's
 ``notifications/cancelled``, or its closed stream) all reach the session's process.
 
 The tags are added and removed at the HTTP guard: the MCP SDK inside sees only its own ids.
@@ -33,15 +33,19 @@ RELAY_TIMEOUT = httpx2.Timeout(connect=5.0, read=None, write=30.0, pool=5.0)
 
 @dataclass(frozen=True)
 class Route:
-    """Where a request for a session goes: this process (``local``, the SDK's id) or a sibling's socket."""
+    """Where a request for a session goes: this process (``local``, the SDK's id) or a sibling worker
+    (``sibling``, the file naming its relay port)."""
 
     local: str | None = None
     sibling: Path | None = None
 
 
-def worker_socket(directory: Path, index: int) -> Path:
-    """Where worker ``index`` of a ``--workers`` server listens for requests relayed by its siblings."""
-    return directory / f"w{index}.sock"
+def worker_port_file(directory: Path, index: int) -> Path:
+    """Where worker ``index`` of a ``--workers`` server writes the loopback port its siblings relay to.
+
+    Read at each relay: a restarted worker listens on a new port.
+    """
+    return directory / f"w{index}.port"
 
 
 class SessionRoutes:
@@ -54,9 +58,10 @@ class SessionRoutes:
         self.replica = replica
         self.worker = worker
         self.siblings = {
-            f"w{i}": worker_socket(directory, i) for i in range(workers) if directory is not None and i != worker
+            f"w{i}": worker_port_file(directory, i) for i in range(workers) if directory is not None and i != worker
         }
         self._clients: dict[Path, httpx2.AsyncClient] = {}
+        """A client per sibling, to the port it last said; forgotten when it cannot be reached (restarted)."""
 
     @property
     def active(self) -> bool:
@@ -94,11 +99,16 @@ class SessionRoutes:
         """
         client = self._clients.get(sibling)
         if client is None:
-            client = httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=str(sibling)), timeout=RELAY_TIMEOUT)
+            try:
+                port = int(await anyio.Path(sibling).read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("no relay port for %s: %r", sibling.stem, exc)
+                return False
+            client = httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=RELAY_TIMEOUT)
             self._clients[sibling] = client
         path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"")
-        url = "http://worker" + path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+        url = path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
         headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
         request = client.build_request(scope["method"], url, headers=headers, content=body)
         async with anyio.create_task_group() as tg:
@@ -106,7 +116,9 @@ class SessionRoutes:
             try:
                 response = await client.send(request, stream=True)
             except httpx2.TransportError as exc:
-                log.warning("relay to %s failed: %r", sibling.name, exc)
+                log.warning("relay to %s failed: %r", sibling.stem, exc)
+                del self._clients[sibling]
+                await client.aclose()
                 tg.cancel_scope.cancel()
                 return False
             try:

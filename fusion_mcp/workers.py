@@ -10,7 +10,7 @@ reported at once and no other program can take it while a worker restarts.
 Both protocol eras keep working. A 2026-07-28 client has no session: each request is whole where it lands,
 and closing its stream cancels the call. A 2025-11-25 client's session lives in the worker that opened it;
 its id names that worker (``w1.…``), and a request landing on another worker is relayed to it over the
-worker's private Unix socket (:mod:`~fusion_mcp.session_routes`), so progress, the result and cancellation
+worker's own loopback port (:mod:`~fusion_mcp.session_routes`), so progress, the result and cancellation
 all reach the session. ``--stateless`` works with workers too (no sessions, nothing to relay).
 
 Workers share the store (the SQLite file under ``FUSION_HOME``, or ``FUSION_DATABASE_URL``): runs, cache
@@ -49,7 +49,7 @@ RESTART_GAP_S = 1.0
 
 @dataclass(frozen=True)
 class WorkerPlace:
-    """Which worker of how many a process is, and where the workers' Unix sockets live."""
+    """Which worker of how many a process is, and where the workers say which ports they relay on."""
 
     index: int
     count: int
@@ -92,14 +92,19 @@ def port_socket(host: str, port: int, *, listen: bool, share: bool = True) -> so
 
 
 def relay_socket(place: WorkerPlace) -> socket.socket:
-    """The worker's Unix socket for requests its siblings relay (in the supervisor's private directory)."""
-    from .session_routes import worker_socket
+    """The worker's loopback socket for requests its siblings relay, on a port of its own choosing, which
+    it writes where they look (:func:`~fusion_mcp.session_routes.worker_port_file`).
 
-    path = worker_socket(place.directory, place.index)
-    path.unlink(missing_ok=True)  # a dead predecessor's
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
-    path.chmod(0o600)
+    A relayed request passes this worker's guard like any other (token, Host, limits): the port gives a
+    local user nothing the public one does not.
+    """
+    from .session_routes import worker_port_file
+
+    sock = port_socket("127.0.0.1", 0, listen=False, share=False)
+    path = worker_port_file(place.directory, place.index)
+    written = path.with_suffix(".tmp")
+    written.write_text(str(sock.getsockname()[1]))
+    written.replace(path)  # siblings never read half a number
     return sock
 
 
@@ -151,7 +156,7 @@ def serve_workers(worker_argv: list[str], host: str, port: int, count: int, dept
     started = [time.monotonic()] * count
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    log.warning("serving http://%s:%d with %d workers (pid %d supervises)", host, port, count, os.getpid())
+    log.info("serving http://%s:%d with %d workers (pid %d supervises)", host, port, count, os.getpid())
     try:
         while not stopping:
             time.sleep(0.2)

@@ -113,6 +113,21 @@ def test_headers_and_bodies_that_never_finish_are_cut_at_their_deadlines(sim: Pr
         slow_body.close()
 
 
+@pytest.mark.anyio
+async def test_a_call_behind_a_proxy_outlives_the_header_deadline(sim: ProviderSim) -> None:
+    """A proxy's X-Forwarded-For must not hide the connection from its deadlines: a call that streams for
+    longer than the header deadline is served to its end (it was cut when uvicorn rewrote the peer)."""
+    for model in PANEL:
+        sim.script(model, Reply(latency=2.5))
+    env = sim_env(sim, FUSION_HEADER_TIMEOUT_S="1")
+    with servers.http_server(env) as running:
+        proxied = httpx2.AsyncClient(headers={"X-Forwarded-For": "203.0.113.9"}, timeout=30)
+        async with proxied, Client(streamable_http_client(f"{running.base}/mcp", http_client=proxied)) as client:
+            data = structured(await client.call_tool(TOOL, {"prompt": "q"}))
+        assert data["status"] == "ok" and len(data["responses"]) == 3
+        assert "headers deadline" not in running.stderr
+
+
 # --- 2. sessions: one principal cannot take them all ----------------------------------------------------
 
 
