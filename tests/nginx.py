@@ -6,7 +6,7 @@ its own daemon, until :func:`stop`.
 
 ``.ci/run`` starts one for the test run and stops it at the end::
 
-    python -m tests.nginx start DIR     # prints FUSION_TEST_NGINX=... and FUSION_TEST_REPLICAS=...
+    python -m tests.nginx start DIR     # prints FUSION_TEST_NGINX(_DIR)=... and FUSION_TEST_REPLICAS=...
     python -m tests.nginx stop DIR
 """
 
@@ -120,7 +120,8 @@ def start(directory: Path, port: int | None = None, replicas: dict[str, int] | N
             break
         except OSError:
             if time.monotonic() > end:
-                raise RuntimeError(f"nginx is not listening on {port}: {(directory / 'error.log').read_text()}")
+                log = (directory / "error.log").read_text()
+                raise RuntimeError(f"nginx is not listening on {port}: {log}") from None
             time.sleep(0.05)
     return Nginx(directory, port, replicas)
 
@@ -140,6 +141,20 @@ def stop(directory: Path) -> None:
         time.sleep(0.05)
 
 
+def from_environment() -> Nginx | None:
+    """The nginx ``.ci/run`` started (``FUSION_TEST_NGINX``, ``FUSION_TEST_REPLICAS``, ``FUSION_TEST_NGINX_DIR``),
+    if any."""
+    url = os.environ.get("FUSION_TEST_NGINX")
+    if not url:
+        return None
+    replicas = dict(item.split(":") for item in os.environ["FUSION_TEST_REPLICAS"].split(","))
+    return Nginx(
+        Path(os.environ["FUSION_TEST_NGINX_DIR"]),
+        int(url.rsplit(":", 1)[1]),
+        {name: int(port) for name, port in replicas.items()},
+    )
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in ("start", "stop"):
         print("usage: python -m tests.nginx start|stop DIR", file=sys.stderr)
@@ -149,6 +164,7 @@ def main(argv: list[str]) -> int:
         stop(directory)
         return 0
     running = start(directory)
+    print(f"FUSION_TEST_NGINX_DIR={directory}")
     print(f"FUSION_TEST_NGINX={running.url}")
     print("FUSION_TEST_REPLICAS=" + ",".join(f"{name}:{port}" for name, port in running.replicas.items()))
     return 0

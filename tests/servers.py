@@ -55,10 +55,11 @@ def in_process(env: dict[str, str]) -> Iterator[str]:
 
 @contextmanager
 def http_server(
-    env: dict[str, str], *args: str, host: str = "127.0.0.1", fd_limit: int | None = None
+    env: dict[str, str], *args: str, host: str = "127.0.0.1", fd_limit: int | None = None, port: int | None = None
 ) -> Iterator[Running]:
-    """The server on a free port; ``fd_limit`` caps its file descriptors (soft and hard), as a small host would."""
-    port = free_port()
+    """The server on ``port`` (a free one by default); ``fd_limit`` caps its file descriptors (soft and hard),
+    as a small host would."""
+    port = port or free_port()
 
     def limit() -> None:
         if fd_limit is not None:
