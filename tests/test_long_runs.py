@@ -21,7 +21,7 @@ from fusion_mcp.config import load_settings
 from fusion_mcp.models import FusionArgs
 from fusion_mcp.server import RESULT_TOOL_NAME, create_server
 from fusion_mcp.service import FusionService
-from fusion_mcp.store import Store
+from fusion_mcp.store.sqlite import SqliteStore
 from tests import servers
 from tests.conftest import API_KEY, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
@@ -203,12 +203,12 @@ async def test_runs_are_found_only_by_their_principal_and_a_restarted_server_rep
     assert "stopped before it finished — a restart, a crash or a kill ends the runs in flight" in crashed["error"]
     assert hidden["failure_reason"] == "run_not_found"
 
-    store = Store(tmp_path)
+    store = SqliteStore(tmp_path)
     try:
         record = await store.run(stopped["run_id"], "alice")
         assert await store.run(stopped["run_id"], "bob") is None
     finally:
-        store.close()
+        await store.aclose()
     assert record is not None
     lost = record["result"]
     assert lost["status"] == "error" and lost["failure_reason"] == "run_lost"
