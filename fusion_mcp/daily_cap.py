@@ -9,7 +9,11 @@ transaction; a reservation whose process died expires after the run's deadline p
 :data:`RESERVATION_MARGIN_S`.
 
 A run whose cost cannot be estimated (a provider without catalogue prices) reserves nothing: it is refused
-only once recorded spend has reached the cap. A run counts on the UTC day it ends.
+only once recorded spend has reached the cap. A run counts on the UTC day it ends. What a chat request's
+writer spends counts too, and a principal whose cap is used up gets no writer request either.
+
+Only the server's key is capped: a caller who pays with its own key (``FUSION_PASS_THROUGH_KEY``) has its
+usage recorded, under its own principal, but its account is its own business.
 """
 
 from __future__ import annotations
@@ -46,8 +50,7 @@ def duration(seconds: float) -> str:
 async def reserve(store: Store | None, principal: str, run_id: str, request: FusionRequest, cap: float) -> None:
     """Reserve ``request``'s worst case for ``principal``'s run, or raise :class:`FusionRefused` (``cost_limit``).
 
-    Without a store to read the day's spend from, nothing is spent: the cap cannot be checked, so the run is
-    refused (a cap is a promise about money).
+    Without a store to read the day's spend from, the cap cannot be checked, so the run is refused.
     """
     now = time.time()
     start, _ = utc_day(now)
@@ -58,12 +61,30 @@ async def reserve(store: Store | None, principal: str, run_id: str, request: Fus
             raise StoreError("there is no store (see the warning at start)")
         spend = await store.reserve(principal, run_id, estimate, cap=cap, since=start, expires=expires)
     except StoreError as exc:
-        raise FusionRefused(
-            "cost_limit",
-            f"the daily cost cap ({SETTING}) cannot be checked, so nothing is spent: {exc}; try again shortly",
-        ) from None
+        raise unchecked(exc) from None
     if not spend.admitted:
         raise refusal(principal, spend, request.cost_estimate, cap, now)
+
+
+async def check(store: Store | None, principal: str, cap: float) -> None:
+    """Raise :class:`FusionRefused` when ``principal``'s spend today and its runs in flight have reached ``cap``
+    (for spending that reserves nothing beforehand, such as a chat request's writer)."""
+    now = time.time()
+    try:
+        if store is None:
+            raise StoreError("there is no store (see the warning at start)")
+        spend = await store.spending(principal, utc_day(now)[0])
+    except StoreError as exc:
+        raise unchecked(exc) from None
+    if spend.spent + spend.reserved >= cap:
+        raise refusal(principal, spend, None, cap, now)
+
+
+def unchecked(exc: StoreError) -> FusionRefused:
+    """The refusal when the store cannot say what was spent: a cap is a promise about money."""
+    return FusionRefused(
+        "cost_limit", f"the daily cost cap ({SETTING}) cannot be checked, so nothing is spent: {exc}; try again shortly"
+    )
 
 
 def refusal(principal: str, spend: Spend, estimate: float | None, cap: float, now: float) -> FusionRefused:

@@ -32,12 +32,12 @@ from .lenses import model_of
 from .limits import MAX_PANEL
 from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
 from .material import Material, read_material, without_image_data
-from .models import FusionArgs, FusionRequest, FusionResult, Usage
+from .models import FusionArgs, FusionRequest, FusionResult, TokenUsage, Usage
 from .pipeline import panel_usage, run_fusion
 from .progress import EventSink
 from .provider import Provider, new_http_client
 from .run import new_run_id
-from .store import Store, StoreError, cache_key, open_store
+from .store import Store, StoreError, UsageRow, cache_key, open_store
 from .text import plural
 from .web.fetch import SYSTEM_NETWORK, Network
 from .web.tools import WebTools, open_web_tools
@@ -213,6 +213,35 @@ class FusionService:
                 await anyio.sleep(0.5)
                 found = await self._recorded(run_id, principal)
         return found  # from the history, redacted when it was written
+
+    async def check_daily_cap(self, principal: str, api_key: SecretStr | None = None) -> None:
+        """Raise :class:`FusionRefused` (``cost_limit``) when ``principal`` has used up today's
+        ``FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY`` (spend and runs in flight): for requests that spend without
+        a run, such as a chat request's writer. A caller paying with its own key (``api_key``) is not capped."""
+        cap = self.settings.principal_max_cost_usd_per_day
+        if cap is not None and api_key is None:
+            await daily_cap.check(self.store, principal, cap)
+
+    async def writer_spent(self, principal: str, turn_id: str, model: str, requests: int, used: TokenUsage) -> None:
+        """Record what a chat request's writer spent (``requests`` requests to ``model``) as ``principal``'s usage."""
+        if self.store is None or requests == 0:
+            return
+        row = UsageRow(
+            run_id=turn_id,
+            principal=principal,
+            created=time.time(),
+            model=model,
+            role="writer",
+            requests=requests,
+            prompt_tokens=used.prompt_tokens,
+            completion_tokens=used.completion_tokens,
+            cost=used.cost,
+        )
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.settle(turn_id, principal, [row])
+            except StoreError as exc:
+                log.warning("chat %s: the writer's usage is not recorded: %s", turn_id, exc)
 
     def stop(self, run_id: str, principal: str, reason: str) -> bool:
         """Stop one of ``principal``'s runs of this process; False when there is no such run going."""
@@ -394,7 +423,7 @@ class FusionService:
                 await self._record(live, result, {"cached_from": [{"run_id": hit.run_id}]})
                 return result
         cap = self.settings.principal_max_cost_usd_per_day
-        if cap is not None:  # after the cache: an answer from it costs nothing
+        if cap is not None and settings is self.settings:  # after the cache: an answer from it costs nothing
             await daily_cap.reserve(store, principal, run_id, request, cap)
             live.reserved = True
         provider = Provider(self.http, settings)

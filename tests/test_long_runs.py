@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from fusion_mcp.config import load_settings
 from fusion_mcp.models import FusionArgs
@@ -25,7 +23,7 @@ from fusion_mcp.store.sqlite import SqliteStore
 from tests import servers
 from tests.conftest import API_KEY, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import TOOL, structured, text, wait_until
+from tests.helpers import TOOL, over_http, structured, text, wait_until
 
 pytestmark = pytest.mark.anyio
 A, B, C = PANEL
@@ -162,13 +160,6 @@ def test_the_run_deadline_may_not_be_shorter_than_the_calls() -> None:
         "invalid setting FUSION_RUN_DEADLINE_S='30': must be a number of seconds from FUSION_DEADLINE_S to 3,600, "
         "or empty for FUSION_DEADLINE_S (runs end with the call)"
     )
-
-
-@asynccontextmanager
-async def over_http(base: str, token: str) -> AsyncIterator[Client]:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    async with http, Client(streamable_http_client(f"{base}/mcp", http_client=http)) as c:
-        yield c
 
 
 async def test_runs_are_found_only_by_their_principal_and_a_restarted_server_reports_them_lost(

@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -226,7 +227,7 @@ class SqliteStore(Store):
             _private_file(self.path)
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
+                _wal(conn)
                 _migrate(conn, self.location)
             except BaseException:
                 conn.close()
@@ -428,6 +429,23 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _wal(conn: sqlite3.Connection, wait_s: float = 10.0) -> None:
+    """Put the file in WAL mode (it stays so).
+
+    Switching takes the file for a moment and SQLite's busy timeout does not wait for that: processes that
+    open one new file together (``--workers``, replicas on one machine) take turns here instead.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _migrate(conn: sqlite3.Connection, location: str) -> None:
