@@ -166,8 +166,8 @@ class Writer:
             streamed.append(piece)
             self._emit(piece)
 
-        self.requests += 1
         async with self._writer_slot():
+            self.requests += 1  # counted once it goes out: a request refused a slot was never sent
             completion = await self.provider.complete(body, on_text=sink if self._stream else None)
         self._usage = self._usage + completion.usage
         if completion.content:

@@ -162,7 +162,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run even if an identical question was answered recently (the cache is refreshed with this run)",
     )
     commands.add_parser(
-        "doctor", parents=[common], help="check key, provider, model ids, web tools and cache before spending anything"
+        "doctor",
+        parents=[common],
+        help="check key, provider, model ids, web tools and the store (cache or database) before spending anything",
     )
 
     runs = commands.add_parser("runs", parents=[common], help="list recent runs, or show one (runs ID)")

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
@@ -335,7 +335,7 @@ class Store(ABC):
 
     # -- shared ----------------------------------------------------------------------------------------
 
-    async def _trim(self, trim: Any, now: float) -> None:
+    async def _trim(self, trim: Callable[[float], Awaitable[None]], now: float) -> None:
         # The record is already safe: a trim that fails (a busy database) is retried by the next write.
         try:
             await trim(now)
