@@ -240,7 +240,7 @@ class FusionService:
         with anyio.CancelScope(shield=True):
             try:
                 await self.store.settle(turn_id, principal, [row])
-            except StoreError as exc:
+            except Exception as exc:  # it runs as the turn ends: never hide why the turn ended
                 log.warning("chat %s: the writer's usage is not recorded: %s", turn_id, exc)
 
     def stop(self, run_id: str, principal: str, reason: str) -> bool:
@@ -379,8 +379,12 @@ class FusionService:
     async def _settle_usage(self, live: LiveRun) -> None:
         """A run that ends without a record (one that ended with its call): write what it spent, and release
         its reservation, so usage and the daily cap count it."""
-        spent = live.result.usage if live.result is not None and live.result.usage.models else None
-        spent = spent or panel_usage(live.outcomes)
+        if live.result is not None and live.result.cached:
+            spent = Usage()  # a cached answer's usage is the first run's: this one cost nothing
+        elif live.result is not None and live.result.usage.models:
+            spent = live.result.usage
+        else:
+            spent = panel_usage(live.outcomes)
         if self.store is None or not (live.reserved or spent.models):
             return
         with anyio.CancelScope(shield=True):

@@ -192,17 +192,31 @@ async def test_a_database_that_refuses_or_is_down_is_reported_without_its_passwo
     down = urlunsplit(parts._replace(netloc=f"{parts.username}:{password}@127.0.0.1:9"))
     caplog.set_level(logging.INFO)
     for cap in ("", "5"):
-        env = sim_env(sim, FUSION_DATABASE_URL=down, FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY=cap)
+        env = sim_env(
+            sim,
+            FUSION_DATABASE_URL=down,
+            FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY=cap,
+            FUSION_CACHE="on",
+            FUSION_DEADLINE_S="5",
+            FUSION_RUN_DEADLINE_S="10",
+        )
         async with Client(create_server(load_settings(environ=env))) as client:
             result = structured(await client.call_tool(TOOL, {"prompt": "q"}))
+            if not cap:
+                other = structured(await client.call_tool(RESULT_TOOL_NAME, {"run_id": "fus_elsewhere", "wait_s": 0}))
+                with pytest.raises(Exception, match="the run history cannot be read right now: cannot reach"):
+                    await client.read_resource("fusion://runs")
         if not cap:
             assert result["status"] == "ok"
+            assert other["failure_reason"] == "unexpected_error" and other["error"].startswith(
+                "the run history cannot be read right now (cannot reach PostgreSQL (postgresql://"
+            )
         else:
             assert result["failure_reason"] == "cost_limit" and result["error"].startswith(
                 "the daily cost cap (FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY) cannot be checked, so nothing is spent: "
                 "cannot reach PostgreSQL (postgresql://"
             )
     assert "the store is not available yet (tried again on each use): cannot reach PostgreSQL (" in caplog.text
-    assert f"run {result['run_id']} not recorded" not in caplog.text  # a refused run has nothing to record
     assert "not recorded: cannot reach PostgreSQL" in caplog.text
+    assert "cache not read: cannot reach PostgreSQL" in caplog.text and "not cached: cannot reach" in caplog.text
     assert password not in caplog.text and API_KEY not in caplog.text

@@ -11,14 +11,18 @@ from typing import Any
 
 import httpx2
 import pytest
+from mcp import Client
 
 from fusion_mcp.cli import since_epoch, usage_table
+from fusion_mcp.config import load_settings
 from fusion_mcp.daily_cap import duration, refusal, utc_day
+from fusion_mcp.server import create_server
 from fusion_mcp.store import Spend, UsageTotal
 from tests import servers
 from tests.conftest import PANEL, child_env, console_script, sim_env
-from tests.fakes.provider_sim import ProviderSim, priced
-from tests.helpers import TOOL, over_http, structured
+from tests.fakes.provider_sim import ProviderSim, Reply, priced
+from tests.helpers import TOOL, over_http, structured, wait_until
+from tests.test_store import Raw
 
 pytestmark = pytest.mark.anyio
 RESETS = r"it resets at 00:00 UTC, in (\d+ h )?\d+ min|it resets at 00:00 UTC, in less than a minute"
@@ -28,6 +32,14 @@ def priced_catalogue(sim: ProviderSim) -> None:
     """Prices for every model: a run of "q" with 100-token answers has a worst case of about $0.0047."""
     sim.catalogue = [priced(m.lstrip("~")) for m in PANEL]
     sim.aliases = {m: priced(m.lstrip("~")) for m in PANEL}
+
+
+def rows(env: dict[str, str], query: str) -> list[tuple[Any, ...]]:
+    return Raw(env).rows(query)
+
+
+def script(env: dict[str, str], ddl: str) -> None:
+    Raw(env).script(ddl, ddl)
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -173,3 +185,38 @@ def test_the_refusal_says_what_was_spent_the_cap_and_when_it_resets() -> None:
         "past FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY=$5; use a cheaper preset or fewer models, or wait: it resets at "
         "00:00 UTC, in 12 h 12 min"
     )
+
+
+UNRECORDABLE = {
+    "sqlite": "CREATE TRIGGER fault BEFORE INSERT ON runs WHEN NEW.prompt_head = 'unrecordable' "
+    "BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+    "postgres": "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.prompt_head = "
+    "'unrecordable' THEN RAISE EXCEPTION 'injected fault'; END IF; RETURN NEW; END $$; "
+    "CREATE TRIGGER fault BEFORE INSERT ON fusion_runs FOR EACH ROW EXECUTE FUNCTION fault();",
+}
+
+
+async def test_runs_that_leave_no_record_still_count_what_they_spent(
+    sim: ProviderSim, store_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run cancelled by its caller is not in the history, nor one whose record the database refused; what
+    their models used is in usage all the same, and their reservations are released."""
+    from tests.helpers import call_then_cancel
+
+    env = sim_env(sim, **store_env, FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY="5")
+    sim.script(PANEL[2], Reply(latency=30), Reply())
+    async with Client(create_server(load_settings(environ=env))) as client:
+        await call_then_cancel(client, lambda: len(sim.requests) == 3, prompt="cancelled")
+        await wait_until(lambda: "cancelled" not in json.dumps(rows(env, "SELECT * FROM {reservations}")))
+        script(env, UNRECORDABLE["postgres" if "FUSION_DATABASE_URL" in env else "sqlite"])
+        unrecorded = structured(await client.call_tool(TOOL, {"prompt": "unrecordable"}))
+    assert unrecorded["status"] == "ok" and f"run {unrecorded['run_id']} not recorded: " in caplog.text
+    assert "injected fault" in caplog.text
+    assert rows(env, "SELECT run_id FROM {runs}") == []
+    spent = rows(env, "SELECT run_id, count(*), sum(requests), sum(cost) FROM {usage} GROUP BY run_id")
+    assert sorted((n, requests, round(cost, 6)) for _, n, requests, cost in spent) == [
+        # The cancelled run: the two members that answered; the third's request was cut before it reported any.
+        (3, 2, 0.003),
+        (4, 4, 0.006),  # the unrecorded one: three members and the analyst, in full
+    ]
+    assert rows(env, "SELECT * FROM {reservations}") == []
