@@ -9,6 +9,7 @@ import subprocess
 import time
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client
@@ -201,13 +202,21 @@ async def test_runs_that_leave_no_record_still_count_what_they_spent(
 ) -> None:
     """A run cancelled by its caller is not in the history, nor one whose record the database refused; what
     their models used is in usage all the same, and their reservations are released."""
-    from tests.helpers import call_then_cancel
-
     env = sim_env(sim, **store_env, FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY="5")
     sim.script(PANEL[2], Reply(latency=30), Reply())
     async with Client(create_server(load_settings(environ=env))) as client:
-        await call_then_cancel(client, lambda: len(sim.requests) == 3, prompt="cancelled")
-        await wait_until(lambda: "cancelled" not in json.dumps(rows(env, "SELECT * FROM {reservations}")))
+        two_answered = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            if (message or "").startswith("2/3 answered"):
+                two_answered.set()
+
+        async with anyio.create_task_group() as tg:  # the client cancels once two members have answered
+            tg.start_soon(lambda: client.call_tool(TOOL, {"prompt": "cancelled"}, progress_callback=on_progress))
+            await two_answered.wait()
+            tg.cancel_scope.cancel()
+        # The run settles in the service's task group once stopped: its usage rows appear.
+        await wait_until(lambda: rows(env, "SELECT count(*) FROM {usage}") == [(3,)])
         script(env, UNRECORDABLE["postgres" if "FUSION_DATABASE_URL" in env else "sqlite"])
         unrecorded = structured(await client.call_tool(TOOL, {"prompt": "unrecordable"}))
     assert unrecorded["status"] == "ok" and f"run {unrecorded['run_id']} not recorded: " in caplog.text
