@@ -304,7 +304,8 @@ def _checked(name: str, check: Callable[[Any], T], given: Any, default: T) -> T:
 async def check_catalogue(
     catalogue: CatalogueClient, request: FusionRequest, max_cost_usd: float | None
 ) -> FusionRequest:
-    """Refuse unknown model ids and runs over the cost cap; mark the models that cannot call tools.
+    """Refuse unknown model ids and runs over the cost cap; mark the models that cannot call tools, those that
+    read images, and the run's worst-case cost (``cost_estimate``).
 
     A provider without a catalogue blocks nothing (its ids are checked by the first request instead), and
     a cap without catalogue prices cannot be estimated, so it is not enforced (logged).
@@ -320,12 +321,13 @@ async def check_catalogue(
             )
         if info is not None:
             infos[model] = info
-    if max_cost_usd is not None:
-        _check_cost(request, infos, max_cost_usd)
-    request = await _mark_tool_support(catalogue, request)
     if any(a.kind == "image" for a in request.attachments):
+        # Before the estimate: the images count for the models that read them.
         request = request.model_copy(update={"image_models": await taking_images(catalogue, request_models(request))})
-    return request
+    request = request.model_copy(update={"cost_estimate": estimate_cost(request, infos)})
+    if max_cost_usd is not None:
+        _check_cost(request, max_cost_usd)
+    return await _mark_tool_support(catalogue, request)
 
 
 def request_models(request: FusionRequest) -> tuple[str, ...]:
@@ -333,8 +335,8 @@ def request_models(request: FusionRequest) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*(split_entry(e)[0] for e in request.analysis_models), request.model)))
 
 
-def _check_cost(request: FusionRequest, infos: dict[str, ModelInfo], max_cost_usd: float) -> None:
-    estimate = estimate_cost(request, infos)
+def _check_cost(request: FusionRequest, max_cost_usd: float) -> None:
+    estimate = request.cost_estimate
     if estimate is None:
         log.warning("FUSION_MAX_COST_USD is set but the catalogue has no prices for this panel: not enforced")
     elif estimate > max_cost_usd:

@@ -101,11 +101,14 @@ class Writer:
         api_key: SecretStr | None = None,
         on_text: TextSink | None = None,
         on_event: EventSink | None = None,
+        turn_id: str = "",
     ) -> None:
         self.plan = plan
         self.service = service
         self.depth = depth
         self.principal = principal
+        self.turn_id = turn_id or f"chat-{new_run_id()}"
+        """Names the writer's usage rows (the response's id)."""
         self.api_key = api_key
         self.on_text = on_text
         self.on_event = on_event
@@ -120,6 +123,14 @@ class Writer:
         self._stream = plan.stream and service.settings.stream
 
     async def run(self) -> TurnOutcome:
+        try:
+            return await self._turn()
+        finally:
+            # Whatever ended the turn (an answer, an upstream error, a client that hung up), what the writer's
+            # requests cost counts towards the principal's usage and daily cap.
+            await self.service.writer_spent(self.principal, self.turn_id, self.plan.writer, self.requests, self._usage)
+
+    async def _turn(self) -> TurnOutcome:
         messages = list(self.plan.messages)
         for _ in range(MAX_WRITER_REQUESTS):
             completion = await self._ask(messages)
@@ -155,8 +166,8 @@ class Writer:
             streamed.append(piece)
             self._emit(piece)
 
-        self.requests += 1
         async with self._writer_slot():
+            self.requests += 1  # counted once it goes out: a request refused a slot was never sent
             completion = await self.provider.complete(body, on_text=sink if self._stream else None)
         self._usage = self._usage + completion.usage
         if completion.content:

@@ -32,7 +32,7 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from .admission import incoming_depth
+from .admission import FusionRefused, incoming_depth
 from .callers import principal_of, upstream_key_of
 from .chat import TurnOutcome, Writer
 from .chat_request import ALIASES, ChatError, Plan, plan_turn
@@ -178,7 +178,11 @@ class ChatApp:
         plan = plan_turn(raw, self.settings, depth=depth)
         reply.base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": plan.writer}
         principal = principal_of(scope)
-        writer = Writer(plan, service, depth=depth, principal=principal, api_key=api_key)
+        try:
+            await service.check_daily_cap(principal, api_key)
+        except FusionRefused as refused:
+            raise ChatError(402, refused.message, code=refused.reason) from None
+        writer = Writer(plan, service, depth=depth, principal=principal, api_key=api_key, turn_id=reply.base["id"])
         started = anyio.current_time()
         work = (lambda: self._streamed(writer, reply)) if plan.stream else writer.run
         try:

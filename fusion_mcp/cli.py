@@ -1,5 +1,5 @@
-"""The ``fusion-mcp`` command: the stdio server (default), ``serve``, ``ask``, ``doctor``, ``runs`` and
-``host-config``.
+"""The ``fusion-mcp`` command: the stdio server (default), ``serve``, ``ask``, ``doctor``, ``runs``, ``usage``
+and ``host-config``.
 
 Stdout belongs to JSON-RPC when serving stdio, so everything human goes to stderr. Only the server
 commands import the MCP SDK: ``ask`` goes through the same request path without it.
@@ -11,11 +11,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from datetime import datetime
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ from .models import FusionArgs, FusionRequest, FusionResult, GuestAnswer
 from .progress import ProgressEvent
 from .render import render
 from .run import new_run_id
-from .service import FusionService, open_store
+from .service import FusionService
+from .store import Store, StoreError, UsageBy, UsageTotal, open_store
 from .terminal import LiveProgress
 from .text import plural
 
@@ -175,13 +178,30 @@ def _parser() -> argparse.ArgumentParser:
         help="run even if an identical question was answered recently (the cache is refreshed with this run)",
     )
     commands.add_parser(
-        "doctor", parents=[common], help="check key, provider, model ids, web tools and cache before spending anything"
+        "doctor",
+        parents=[common],
+        help="check key, provider, model ids, web tools and the store (cache or database) before spending anything",
     )
 
     runs = commands.add_parser("runs", parents=[common], help="list recent runs, or show one (runs ID)")
     runs.add_argument("target", nargs="*", metavar="ID", help="the run to show in full ('runs show ID' works too)")
     runs.add_argument("--limit", type=int, default=20, help="how many recent runs to list (default: 20)")
     runs.add_argument("--json", action="store_true", help="print JSON")
+
+    usage = commands.add_parser(
+        "usage",
+        parents=[common],
+        help="what each principal, model or day spent: runs, requests, tokens, cost (from the store, every replica)",
+    )
+    usage.add_argument(
+        "--since",
+        default="7d",
+        metavar="WHEN",
+        help="from this long ago (30m, 24h, 7d) or this UTC date (YYYY-MM-DD); default: 7d",
+    )
+    usage.add_argument("--by", choices=USAGE_GROUPS, default="principal", help="group by (default: principal)")
+    usage.add_argument("--principal", metavar="NAME", help="only this principal's usage")
+    usage.add_argument("--json", action="store_true", help="print JSON")
 
     from .host_config import HOSTS, add_arguments
 
@@ -221,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(anyio.run(_doctor, settings))
     if args.command == "runs":
         raise SystemExit(anyio.run(_runs, settings, args))
+    if args.command == "usage":
+        raise SystemExit(anyio.run(_usage, settings, args))
     if args.command == "host-config":
         from .host_config import main as host_config
 
@@ -418,11 +440,8 @@ async def _runs(settings: Settings, args: argparse.Namespace) -> int:
         print("fusion-mcp: runs takes one run id: 'fusion-mcp runs ID' (see 'fusion-mcp runs')", file=sys.stderr)
         return EXIT_CONFIG
     run_id = target[0] if target else None
-    store = open_store(settings)
-    if store is None:
-        print("fusion-mcp: the run history cannot be opened (see the warning above)", file=sys.stderr)
-        return 1
-    try:
+
+    async def show(store: Store) -> int:
         if run_id is not None:
             record = await store.run(run_id)
             if record is None:
@@ -445,8 +464,92 @@ async def _runs(settings: Settings, args: argparse.Namespace) -> int:
         for row in rows:
             print(run_line(row))
         return 0
+
+    return await _with_store(settings, show)
+
+
+async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
+    """``work``'s exit code on the opened store; 1 when the store fails (said on stderr, without secrets)."""
+    store = open_store(settings)
+    try:
+        await store.open()
+        return await work(store)
+    except StoreError as exc:
+        print(f"fusion-mcp: {exc}", file=sys.stderr)
+        return 1
     finally:
-        store.close()
+        await store.aclose()
+
+
+USAGE_GROUPS: tuple[UsageBy, ...] = ("principal", "model", "day")
+"""What ``usage --by`` takes."""
+_SINCE = re.compile(r"(\d+(?:\.\d+)?)\s*([mhd])")
+
+
+def since_epoch(value: str, now: float) -> float:
+    """``--since``: ``30m``, ``24h``, ``7d`` before ``now``, or the start of a UTC date ``YYYY-MM-DD``;
+    ``ValueError`` otherwise."""
+    text = value.strip().lower()
+    match = _SINCE.fullmatch(text)
+    if match:
+        return now - float(match[1]) * {"m": 60, "h": 3600, "d": 86400}[match[2]]
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"--since {value[:40]!r}: give 30m, 24h, 7d (minutes, hours, days ago) or a date YYYY-MM-DD"
+        ) from None
+
+
+async def _usage(settings: Settings, args: argparse.Namespace) -> int:
+    now = time.time()
+    try:
+        since = since_epoch(args.since, now)
+    except ValueError as exc:
+        print(f"fusion-mcp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def report(store: Store) -> int:
+        rows = await store.usage(since, args.by, args.principal)
+        total = (await store.usage(since, "all", args.principal)) or [UsageTotal(key="total")]
+        _print_usage(rows, total[0], args, since)
+        return 0
+
+    return await _with_store(settings, report)
+
+
+def _print_usage(rows: list[UsageTotal], total: UsageTotal, args: argparse.Namespace, since: float) -> None:
+    if args.json:
+        report = {
+            "since": datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
+            "by": args.by,
+            "principal": args.principal,
+            "rows": [row.model_dump() for row in rows],
+            "total": total.model_dump(exclude={"key"}),
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        print(usage_table(rows, total, args.by, since))
+
+
+def usage_table(rows: list[UsageTotal], total: UsageTotal, by: UsageBy, since: float) -> str:
+    """``fusion-mcp usage`` as a table: a line per group, then the total."""
+    when = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if not rows:
+        return f"no usage since {when}"
+    width = max(len(by), *(len(r.key) for r in rows), len("total"))
+    columns = f"{'runs':>6}  {'requests':>8}  {'prompt tokens':>13}  {'completion tokens':>17}  {'cost':>10}"
+    head = f"{by:<{width}}  {columns}"
+
+    def line(r: UsageTotal, runs: str) -> str:
+        return (
+            f"{r.key:<{width}}  {runs:>6}  {r.requests:>8,}  {r.prompt_tokens:>13,}  {r.completion_tokens:>17,}  "
+            f"{'$' + format(r.cost, '.4f'):>10}"
+        )
+
+    lines = [f"usage since {when}", head, *(line(r, f"{r.runs:,}") for r in rows)]
+    lines.append(line(total, f"{total.runs:,}"))
+    return "\n".join(lines)
 
 
 def run_line(row: dict[str, Any], width: int = RUNS_WIDTH) -> str:

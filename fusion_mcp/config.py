@@ -24,6 +24,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -166,11 +167,22 @@ class Settings(BaseModel):
     history_max_runs: int = setting(1000, "FUSION_HISTORY_MAX_RUNS", ge=1, le=1_000_000, unit="runs")
     history_max_days: float = setting(30.0, "FUSION_HISTORY_MAX_DAYS", ge=0.01, le=3650, unit="days")
     history_max_mb: float = setting(500.0, "FUSION_HISTORY_MAX_MB", ge=1, le=1_000_000, unit="megabytes")
+    database_url: SecretStr | None = setting(
+        None,
+        "FUSION_DATABASE_URL",
+        rule="a postgresql:// (or postgres://) URL",
+        empty="the SQLite file in FUSION_HOME",
+    )
+    database_pool: int = setting(8, "FUSION_DATABASE_POOL", ge=1, le=100, unit="connections")
+    usage_max_days: float = setting(400.0, "FUSION_USAGE_MAX_DAYS", ge=1, le=3650, unit="days")
     max_prompt_chars: int = setting(
         200_000, "FUSION_MAX_PROMPT_CHARS", ge=1000, le=10_000_000, unit="characters (prompt and context together)"
     )
     max_output_chars: int = setting(24000, "FUSION_MAX_OUTPUT_CHARS", ge=2000, le=1_000_000, unit="characters")
     max_cost_usd: float | None = setting(None, "FUSION_MAX_COST_USD", gt=0, unit="US dollars", empty="no cap")
+    principal_max_cost_usd_per_day: float | None = setting(
+        None, "FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY", gt=0, unit="US dollars", empty="no cap"
+    )
     http_token: SecretStr | None = setting(None, "FUSION_HTTP_TOKEN", rule="a bearer token of at least 16 characters")
     http_tokens: dict[str, SecretStr] = setting(
         {},
@@ -357,7 +369,17 @@ class Settings(BaseModel):
     def _analyst(cls, v: Any) -> str:
         return check_model_id(v)
 
-    @field_validator("temperature", "deadline_s", "analyst_reserve_s")
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            parts = urlsplit(v.get_secret_value())
+            if parts.scheme not in ("postgresql", "postgres"):
+                raise ValueError("not a postgresql:// URL")
+            _ = parts.port  # a port that is not a number raises ValueError
+        return v
+
+    @field_validator("temperature", "deadline_s", "analyst_reserve_s", "principal_max_cost_usd_per_day")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
         if v is not None and not math.isfinite(v):
@@ -452,7 +474,17 @@ class Settings(BaseModel):
             for secret in value.values() if isinstance(value, dict) else (value,):
                 if isinstance(secret, SecretStr):
                     found.append(secret.get_secret_value())
-        return tuple(found)
+        # The whole URL is one secret; its password is another, wherever it turns up on its own.
+        return (*found, *self.database_password)
+
+    @property
+    def database_password(self) -> tuple[str, ...]:
+        """The password in ``FUSION_DATABASE_URL``, as written (percent-encoded) and as sent."""
+        if self.database_url is None:
+            return ()
+        parts = urlsplit(self.database_url.get_secret_value())
+        written = [parts.password or "", *(v for k, v in parse_qsl(parts.query) if k == "password")]
+        return tuple(dict.fromkeys(p for w in written if w for p in (w, unquote(w))))
 
     @property
     def short_secrets(self) -> tuple[str, ...]:
@@ -463,6 +495,8 @@ class Settings(BaseModel):
             values = value.values() if isinstance(value, dict) else (value,)
             if name in SECRET_FIELDS and any(isinstance(v, SecretStr) and len(v) < MIN_SECRET_CHARS for v in values):
                 short.append(str(field.alias))
+        if any(len(p) < MIN_SECRET_CHARS for p in self.database_password):
+            short.append("the password in FUSION_DATABASE_URL")
         return tuple(short)
 
     @property
@@ -578,9 +612,27 @@ def load_settings(
             values[name] = raw
             origins.pop(name, None)
     try:
-        return Settings.model_validate(values)
+        settings = Settings.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc, values, origins)) from None
+    if settings.database_url is not None and not postgres_installed():
+        raise ConfigError(POSTGRES_EXTRA)
+    return settings
+
+
+POSTGRES_EXTRA = (
+    "FUSION_DATABASE_URL is set, but PostgreSQL support is not installed: pip install 'fusion-panel-mcp[postgres]'"
+)
+
+
+def postgres_installed() -> bool:
+    """psycopg and its pool are importable (the ``[postgres]`` extra)."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:

@@ -13,8 +13,7 @@ from .catalogue import CatalogueClient, without_tools
 from .config import KEYS_PAGE, LOCAL_SERVER_HINT, Settings
 from .lenses import model_of
 from .provider import auth_headers, new_http_client
-from .service import open_store
-from .store import default_home
+from .store import StoreError, open_store
 
 
 @dataclass
@@ -184,15 +183,31 @@ async def _tool_support(http: httpx2.AsyncClient, settings: Settings) -> list[Ch
 
 
 async def _store(settings: Settings) -> Check:
-    home = settings.home or default_home()
+    """The store opens (the schema created or migrated) and answers; PostgreSQL's versions are reported."""
     store = open_store(settings)
-    if store is None:
-        return Check("cache", False, f"cannot open {home}", "set FUSION_HOME to a writable directory")
+    shared = settings.database_url is not None
+    name = "database" if shared else "cache"
+    fix = (
+        "check FUSION_DATABASE_URL (host, port, database, role and password) and that the server accepts this role"
+        if shared
+        else "set FUSION_HOME to a writable directory"
+    )
     try:
+        await store.open()
+        status = await store.status()
         await store.recent(1)
-    except Exception as exc:
-        return Check("cache", False, f"{store.path} is not usable: {exc}", "set FUSION_HOME to a writable directory")
+    except StoreError as exc:
+        return Check(name, False, str(exc), fix)
     finally:
-        store.close()
+        await store.aclose()
     state = f"cache on, {settings.cache_ttl_s:g} s" if settings.cache else "cache off"
-    return Check("cache", True, f"{store.path} ({state}; history {settings.history_max_runs} runs)")
+    cap = settings.principal_max_cost_usd_per_day
+    limits = f"history {settings.history_max_runs} runs" + (f", ${cap:g} a day per principal" if cap else "")
+    if shared:
+        return Check(
+            name,
+            True,
+            f"{status.location}: {status.server}, schema version {status.schema} (this release's: {status.latest}), "
+            f"pool of {settings.database_pool} ({state}; {limits})",
+        )
+    return Check(name, True, f"{status.location} ({state}; {limits})")

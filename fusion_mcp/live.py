@@ -69,6 +69,10 @@ class LiveRun:
     """Why the run was stopped from outside (``tasks/cancel``), for its result."""
     fresh: bool = False
     """Run even when the cache holds an answer (``ask --no-cache``), and cache the new one."""
+    reserved: bool = False
+    """Its worst case is reserved under the daily cap (released when its end is in the store)."""
+    settled: bool = False
+    """Its end is in the store: the final record with its usage, or (a run without a record) its usage."""
 
     async def emit(self, event: ProgressEvent) -> None:
         self.last_event = event

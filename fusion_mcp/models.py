@@ -135,6 +135,9 @@ class FusionRequest(_Model):
     """The files read for this run (filled in when they are read)."""
     image_models: tuple[str, ...] = ()
     """Models the catalogue says take image input: only they get the images among the attachments."""
+    cost_estimate: float | None = None
+    """The run's worst-case cost in USD from catalogue prices (filled in by the catalogue check); None when
+    the catalogue has no prices for one of its models."""
 
 
 # --- the analysis, exactly as OpenRouter shapes it ---------------------------------------------------

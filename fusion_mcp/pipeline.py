@@ -211,6 +211,11 @@ def so_far(request: FusionRequest, outcomes: dict[str, MemberOutcome], run_id: s
     )
 
 
+def panel_usage(outcomes: dict[str, MemberOutcome]) -> Usage:
+    """What the panel members of a run that was stopped had used by then (finished or not)."""
+    return _usage([_usage_row(o.model, "panel", [o]) for o in outcomes.values()])
+
+
 def _usage_row(model: str, role: Literal["panel", "analyst"], turns: list[MemberOutcome]) -> ModelUsage:
     total = sum((t.usage for t in turns), TokenUsage())
     served = next((t.served_by for t in reversed(turns) if t.served_by), None)

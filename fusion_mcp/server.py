@@ -41,6 +41,7 @@ from .progress import EventSink, ProgressEvent
 from .render import render
 from .run import new_run_id
 from .service import FusionService
+from .store import StoreError
 from .tool_text import CONTEXT_HELP, DESCRIPTION, PROMPT_HELP, TOOL_NAME, TOOL_TITLE
 from .web.fetch import SYSTEM_NETWORK, Network
 
@@ -206,7 +207,10 @@ def _add_routes(server: MCPServer[FusionService], running: _Running, health: Map
     )
     async def recent_runs() -> str:
         store = running.service.store if running.service is not None else None
-        return json.dumps(await store.recent(50, _caller.get()) if store else [], indent=1)
+        try:
+            return json.dumps(await store.recent(50, _caller.get()) if store else [], indent=1)
+        except StoreError as exc:
+            raise ResourceError(f"the run history cannot be read right now: {exc}") from None
 
     @server.resource(
         "fusion://runs/{run_id}",
@@ -216,7 +220,10 @@ def _add_routes(server: MCPServer[FusionService], running: _Running, health: Map
     )
     async def one_run(run_id: str, ctx: Context[FusionService]) -> str:
         store = ctx.request_context.lifespan_context.store
-        record = await store.run(run_id, _caller.get()) if store else None
+        try:
+            record = await store.run(run_id, _caller.get()) if store else None
+        except StoreError as exc:
+            raise ResourceError(f"the run history cannot be read right now: {exc}") from None
         if record is None:
             raise ResourceError(f"no run {run_id!r} in the history (it may have expired)")
         return json.dumps(record, indent=1)

@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskGroup
 from pydantic import SecretStr, ValidationError
 
+from . import daily_cap
 from .admission import FusionRefused, check_catalogue, prepare
 from .catalogue import CatalogueClient
 from .config import LOCAL_PRINCIPAL, Settings
@@ -29,12 +30,12 @@ from .errors import redact, redact_value
 from .lenses import model_of
 from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
 from .material import Material, read_material, without_image_data
-from .models import FusionArgs, FusionRequest, FusionResult
-from .pipeline import run_fusion
+from .models import FusionArgs, FusionRequest, FusionResult, TokenUsage, Usage
+from .pipeline import panel_usage, run_fusion
 from .progress import EventSink
 from .provider import Provider, ProviderPools
 from .run import new_run_id
-from .store import Store, cache_key, default_home
+from .store import Store, StoreError, UsageRow, cache_key, open_store
 from .text import plural
 from .web.fetch import SYSTEM_NETWORK, Network
 from .web.tools import WebTools, open_web_tools
@@ -42,21 +43,23 @@ from .web.tools import WebTools, open_web_tools
 log = logging.getLogger(__name__)
 
 
-def open_store(settings: Settings) -> Store | None:
-    """The store of ``FUSION_HOME``, or None (logged) when it cannot be opened: fusion still works."""
-    home = settings.home or default_home()
+async def start_store(settings: Settings) -> Store | None:
+    """The store the settings name, opened; None (logged) when it cannot be: fusion still works without one.
+
+    A shared store (PostgreSQL) that cannot be reached yet is kept all the same: each use tries it again, so
+    a replica that starts before its database serves the cache and history once the database is up.
+    """
+    store = open_store(settings)
     try:
-        return Store(
-            home,
-            secrets=settings.secrets,
-            cache_ttl_s=settings.cache_ttl_s,
-            max_runs=settings.history_max_runs,
-            max_age_days=settings.history_max_days,
-            max_bytes=int(settings.history_max_mb * 2**20),
-        )
-    except Exception as exc:
-        log.warning("no cache or run history: cannot open %s (%s)", home, exc)
+        await store.open()
+    except StoreError as exc:
+        if store.shared:
+            log.warning("the store is not available yet (tried again on each use): %s", exc)
+            return store
+        log.warning("no cache or run history: %s", exc)
+        await store.aclose()
         return None
+    return store
 
 
 def provider_identity(settings: Settings) -> str:
@@ -106,7 +109,7 @@ class FusionService:
         Runs still going when the service closes are stopped, and those that had outlived their call are
         recorded as lost, with what they had finished.
         """
-        store = open_store(settings)
+        store = await start_store(settings)
         # Runs have pools of their own, sized for every member and the analyst; chat writer requests (and the
         # catalogue's few) share another, so writers can never starve a run of connections.
         pools = ProviderPools(settings.max_concurrent, settings.max_chat_requests + 4)
@@ -126,7 +129,8 @@ class FusionService:
                     tg.cancel_scope.cancel()
         finally:
             if store is not None:
-                store.close()
+                with anyio.CancelScope(shield=True):
+                    await store.aclose()
 
     def settings_for(self, api_key: SecretStr | None) -> Settings:
         """The settings a caller's requests go out with: the server's, or with the caller's own provider key.
@@ -210,6 +214,35 @@ class FusionService:
                 found = await self._recorded(run_id, principal)
         return found  # from the history, redacted when it was written
 
+    async def check_daily_cap(self, principal: str, api_key: SecretStr | None = None) -> None:
+        """Raise :class:`FusionRefused` (``cost_limit``) when ``principal`` has used up today's
+        ``FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY`` (spend and runs in flight): for requests that spend without
+        a run, such as a chat request's writer. A caller paying with its own key (``api_key``) is not capped."""
+        cap = self.settings.principal_max_cost_usd_per_day
+        if cap is not None and api_key is None:
+            await daily_cap.check(self.store, principal, cap)
+
+    async def writer_spent(self, principal: str, turn_id: str, model: str, requests: int, used: TokenUsage) -> None:
+        """Record what a chat request's writer spent (``requests`` requests to ``model``) as ``principal``'s usage."""
+        if self.store is None or requests == 0:
+            return
+        row = UsageRow(
+            run_id=turn_id,
+            principal=principal,
+            created=time.time(),
+            model=model,
+            role="writer",
+            requests=requests,
+            prompt_tokens=used.prompt_tokens,
+            completion_tokens=used.completion_tokens,
+            cost=used.cost,
+        )
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.settle(turn_id, principal, [row])
+            except Exception as exc:  # it runs as the turn ends: never hide why the turn ended
+                log.warning("chat %s: the writer's usage is not recorded: %s", turn_id, exc)
+
     def stop(self, run_id: str, principal: str, reason: str) -> bool:
         """Stop one of ``principal``'s runs of this process; False when there is no such run going."""
         live = self._live.get(run_id)
@@ -245,9 +278,8 @@ class FusionService:
         transcripts: dict[str, list[dict[str, Any]]] = {}
         try:
             with live.scope:
-                if live.durable and self.store is not None:
-                    snapshot = live.snapshot(self.settings.deadline_s)
-                    await _record(self.store, live.request, snapshot, {}, live.principal, owner())
+                if live.durable:
+                    await self._record(live, live.snapshot(self.settings.deadline_s), {}, owner())
                 live.result = await self._run_now(live, transcripts)
         finally:
             with anyio.CancelScope(shield=True):
@@ -271,8 +303,10 @@ class FusionService:
                     }
                 )
                 live.result = lost
-            if live.durable and self.store is not None:
-                await _record(self.store, live.request, live.result, transcripts, live.principal)
+            if live.durable:
+                await self._record(live, live.result, transcripts, spent=panel_usage(live.outcomes))
+        if not live.settled:
+            await self._settle_usage(live)
         live.done.set()
         finished = [k for k, v in self._live.items() if v.done.is_set()]
         for run_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
@@ -314,9 +348,50 @@ class FusionService:
 
     async def _refused(self, live: LiveRun, result: FusionResult) -> FusionResult:
         """A run that never got going: recorded only when its running row needs replacing."""
-        if live.durable and self.store is not None:
-            await _record(self.store, live.request, result, {}, live.principal)
+        if live.durable:
+            await self._record(live, result, {})
         return result
+
+    async def _record(
+        self,
+        live: LiveRun,
+        result: FusionResult,
+        transcripts: dict[str, Any],
+        run_owner: dict[str, Any] | None = None,
+        *,
+        spent: Usage | None = None,
+    ) -> None:
+        """Write ``live``'s record: running (with its owner), or its end with its usage (``spent``, else the
+        result's) and the release of its reservation, in one transaction."""
+        if self.store is None:
+            return
+        # A full disk or a database outage must not lose the answer the caller is waiting for (nor stop a run
+        # that is starting).
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.save_run(live.request, result, transcripts, live.principal, run_owner, spent=spent)
+            except Exception as exc:
+                log.warning("run %s not recorded: %s", result.run_id, exc)
+                return
+        if result.status != "running":
+            live.settled = True
+
+    async def _settle_usage(self, live: LiveRun) -> None:
+        """A run that ends without a record (one that ended with its call): write what it spent, and release
+        its reservation, so usage and the daily cap count it."""
+        if live.result is not None and live.result.cached:
+            spent = Usage()  # a cached answer's usage is the first run's: this one cost nothing
+        elif live.result is not None and live.result.usage.models:
+            spent = live.result.usage
+        else:
+            spent = panel_usage(live.outcomes)
+        if self.store is None or not (live.reserved or spent.models):
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.settle(live.run_id, live.principal, spent)
+            except Exception as exc:
+                log.warning("run %s: its usage is not recorded: %s", live.run_id, exc)
 
     async def _acquire(self, run_id: str) -> bool:
         """Take a run slot, waiting up to ``FUSION_QUEUE_TIMEOUT_S``; False when none came free."""
@@ -345,12 +420,16 @@ class FusionService:
         identity = self._provider_identity if settings is self.settings else provider_identity(settings)
         key = cache_key(request, principal=principal, provider=identity)
         if store is not None and self.settings.cache and not live.fresh:
-            hit = await store.cached(key)
+            hit = await self._cached(key)
             if hit is not None:
                 log.info("run %s answered from the cache (first run %s)", run_id, hit.run_id)
                 result = hit.model_copy(update={"run_id": run_id, "cached": True})
-                await _record(store, request, result, {"cached_from": [{"run_id": hit.run_id}]}, principal)
+                await self._record(live, result, {"cached_from": [{"run_id": hit.run_id}]})
                 return result
+        cap = self.settings.principal_max_cost_usd_per_day
+        if cap is not None and settings is self.settings:  # after the cache: an answer from it costs nothing
+            await daily_cap.reserve(store, principal, run_id, request, cap)
+            live.reserved = True
         with self.pools.lease() as http:
             result = await run_fusion(
                 request,
@@ -368,13 +447,35 @@ class FusionService:
             log.warning("run %s cost $%.4f, over FUSION_MAX_COST_USD=$%g", run_id, spent, cap)
         if store is not None:
             if self.settings.cache:
-                await store.remember(key, result)
-            await _record(store, request, result, without_image_data(transcripts), principal)
+                await self._remember(key, result)
+            await self._record(live, result, without_image_data(transcripts))
         return result
+
+    async def _cached(self, key: str) -> FusionResult | None:
+        """The cache's answer, or None; a store that fails is a miss (logged), never a failed call."""
+        assert self.store is not None
+        try:
+            return await self.store.cached(key)
+        except StoreError as exc:
+            log.warning("cache not read: %s", exc)
+            return None
+
+    async def _remember(self, key: str, result: FusionResult) -> None:
+        assert self.store is not None
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.remember(key, result)
+            except StoreError as exc:
+                log.warning("run %s not cached: %s", result.run_id, exc)
 
     async def _recorded(self, run_id: str, principal: str) -> FusionResult:
         """What the history says of a run this process does not have."""
-        record = await self.store.run(run_id, principal) if self.store is not None else None
+        try:
+            record = await self.store.run(run_id, principal) if self.store is not None else None
+        except StoreError as exc:
+            return FusionResult.failure(
+                run_id, "unexpected_error", f"the run history cannot be read right now ({exc}); try again shortly"
+            )
         if record is None:
             return FusionResult.failure(
                 run_id,
@@ -401,7 +502,10 @@ class FusionService:
             except (KeyError, ValidationError):
                 return lost
             if self.store is not None:  # so the history stops listing it as running
-                await _record(self.store, request, lost, {}, principal)
+                try:
+                    await self.store.save_run(request, lost, {}, principal)
+                except StoreError as exc:
+                    log.warning("run %s not recorded as lost: %s", run_id, exc)
             return lost
         return result.model_copy(
             update={
@@ -450,22 +554,6 @@ def _less_waiting(request: FusionRequest, waited: float) -> FusionRequest:
     return request.model_copy(
         update={"deadline_s": left, "analyst_reserve_s": None if reserve is None else min(reserve, left / 2)}
     )
-
-
-async def _record(
-    store: Store,
-    request: FusionRequest,
-    result: FusionResult,
-    transcripts: dict[str, Any],
-    principal: str,
-    run_owner: dict[str, Any] | None = None,
-) -> None:
-    # A full disk must not lose the answer the caller is waiting for (nor stop a run that is starting).
-    with anyio.CancelScope(shield=True):
-        try:
-            await store.save_run(request, result, transcripts, principal, run_owner)
-        except Exception as exc:
-            log.warning("run %s not recorded: %s", result.run_id, exc)
 
 
 @asynccontextmanager

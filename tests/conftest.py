@@ -4,9 +4,12 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -138,3 +141,56 @@ def http_server(sim: ProviderSim, _http_server: Any) -> Iterator[str]:
     new = _http_server.stderr[logged:]
     assert API_KEY not in new
     assert "Traceback" not in new, new
+
+
+TEST_DATABASE = "FUSION_TEST_DATABASE_URL"
+"""An admin URL of a PostgreSQL server whose role may create databases (``.ci/run`` starts one)."""
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> str:
+    """``FUSION_TEST_DATABASE_URL``; without it the PostgreSQL tests skip, except under CI, where they fail."""
+    url = os.environ.get(TEST_DATABASE, "").strip()
+    if not url:
+        reason = f"{TEST_DATABASE} is not set: the PostgreSQL store tests need a server (.ci/postgres.sh starts one)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs every store test on PostgreSQL too, but {reason}")
+        pytest.skip(reason)
+    return url
+
+
+def database(url: str, name: str) -> str:
+    """``url`` with its database replaced by ``name``."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@contextmanager
+def fresh_database(admin: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped on exit (a unique name: xdist-safe)."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"fusion_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield database(admin, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(pg_admin: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database of this test's own, dropped afterwards."""
+    with fresh_database(pg_admin) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The settings of a fresh store, once for each backend: a new ``FUSION_HOME``, or a new database."""
+    if request.param == "sqlite":
+        return {"FUSION_HOME": str(tmp_path / "home")}
+    return {"FUSION_DATABASE_URL": request.getfixturevalue("database_url")}

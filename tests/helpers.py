@@ -6,10 +6,14 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
 from fusion_mcp.models import FusionResult
@@ -104,3 +108,12 @@ def recorded(run_id: str) -> dict[str, Any]:
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+@asynccontextmanager
+async def over_http(base: str, token: str | None = None) -> AsyncIterator[Client]:
+    """An MCP client of the server at ``base`` over Streamable HTTP, with ``token`` as its bearer token."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    http = httpx2.AsyncClient(headers=headers, timeout=60)
+    async with http, Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client:
+        yield client

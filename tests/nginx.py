@@ -13,6 +13,7 @@ its own daemon, until :func:`stop`.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -71,10 +72,21 @@ def binary() -> str | None:
     return "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
 
 
+QUIET_PORTS = range(20000, 30000)
+"""Below the kernel's ephemeral range (32768 and up): a port chosen now and listened on later (the replicas'
+ports, chosen when nginx starts) cannot be handed to another test's server in between."""
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on, from :data:`QUIET_PORTS`."""
+    for port in random.sample(QUIET_PORTS, 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {QUIET_PORTS}")
 
 
 def site(port: int, replicas: dict[str, int]) -> str:

@@ -208,3 +208,73 @@ def test_home_in_a_file_may_start_with_a_tilde(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('home = "~/fusion-data"\n')
     assert load_settings(environ={}, config_path=path).home == Path.home() / "fusion-data"
+
+
+DB_RULE = "must be a postgresql:// (or postgres://) URL, or empty for the SQLite file in FUSION_HOME"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"FUSION_DATABASE_URL": "mysql://fusion:s3cret-password@db/fusion"},
+            f"invalid setting FUSION_DATABASE_URL: {DB_RULE}",
+        ),
+        (
+            {"FUSION_DATABASE_URL": "postgresql://fusion:s3cret-password@db:port/fusion"},
+            f"invalid setting FUSION_DATABASE_URL: {DB_RULE}",
+        ),
+        (
+            {"FUSION_DATABASE_URL": "postgresql://fusion:<password>@db/fusion"},
+            "invalid setting FUSION_DATABASE_URL: this is a placeholder from an example, not a real secret",
+        ),
+        (
+            {"FUSION_DATABASE_POOL": "0"},
+            "invalid setting FUSION_DATABASE_POOL='0': must be a whole number of connections from 1 to 100",
+        ),
+        (
+            {"FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY": "0"},
+            "invalid setting FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY='0': must be a number of US dollars > 0, or "
+            "empty for no cap",
+        ),
+        (
+            {"FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY": "inf"},
+            "invalid setting FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY='inf': must be a number of US dollars > 0, or "
+            "empty for no cap",
+        ),
+        (
+            {"FUSION_USAGE_MAX_DAYS": "0.5"},
+            "invalid setting FUSION_USAGE_MAX_DAYS='0.5': must be a number of days from 1 to 3,650",
+        ),
+    ],
+)
+def test_the_store_settings_name_their_rules_and_never_echo_the_url(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ)
+    assert str(info.value) == message
+    assert "s3cret" not in str(info.value)
+
+
+def test_the_database_password_is_a_secret_of_its_own() -> None:
+    url = "postgresql://fusion:p%40ss-word-1234@db.internal:5432/fusion?sslmode=require"
+    s = load_settings(environ={"FUSION_DATABASE_URL": url})
+    assert s.database_url is not None and s.database_url.get_secret_value() == url
+    assert set(s.secrets) >= {url, "p%40ss-word-1234", "p@ss-word-1234"}
+    assert "p%40ss" not in repr(s) and s.short_secrets == ()
+    short = load_settings(environ={"FUSION_DATABASE_URL": "postgres://fusion:short@db/fusion"})
+    assert short.short_secrets == ("the password in FUSION_DATABASE_URL",)
+    assert load_settings(environ={"FUSION_DATABASE_URL": "postgresql:///fusion?host=/run/postgresql"}).secrets == (
+        "postgresql:///fusion?host=/run/postgresql",
+    )
+
+
+def test_a_database_url_without_the_postgres_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the [postgres] extra were not installed
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"FUSION_DATABASE_URL": "postgresql://fusion:a-long-password@db/fusion"})
+    assert str(info.value) == (
+        "FUSION_DATABASE_URL is set, but PostgreSQL support is not installed: pip install 'fusion-panel-mcp[postgres]'"
+    )
+    assert load_settings(environ={}).database_url is None  # without the URL nothing needs it

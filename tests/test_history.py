@@ -221,6 +221,7 @@ async def test_results_stored_by_another_release_are_misses_never_errors(
     from fusion_mcp.models import RESULT_SCHEMA, FusionArgs
     from fusion_mcp.service import provider_identity
     from fusion_mcp.store import cache_key
+    from fusion_mcp.store.sqlite import LATEST
 
     settings = load_settings(environ=env(sim, tmp_path))
     request = prepare(FusionArgs(prompt="q", deadline_s=settings.deadline_s), settings, depth=0)
@@ -242,7 +243,7 @@ async def test_results_stored_by_another_release_are_misses_never_errors(
     assert f"cache entry {key[:12]} dropped: schema 1, not {RESULT_SCHEMA}" in caplog.text
     # A row of this release's version whose result no longer validates (a hand edit, a downgrade): a miss too.
     with sqlite3.connect(tmp_path / "fusion.sqlite3") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST
         db.execute("UPDATE cache SET result = ? WHERE key = ?", (json.dumps(OLDER_RESULT), key))
     (second,) = await calls(sim, tmp_path, {"prompt": "q"})
     assert structured(second)["status"] == "ok" and structured(second).get("cached") is not True

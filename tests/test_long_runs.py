@@ -12,20 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from fusion_mcp.config import load_settings
 from fusion_mcp.models import FusionArgs
 from fusion_mcp.server import RESULT_TOOL_NAME, create_server
 from fusion_mcp.service import FusionService
-from fusion_mcp.store import Store
+from fusion_mcp.store.sqlite import SqliteStore
 from tests import servers
 from tests.conftest import API_KEY, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import TOOL, structured, text, wait_until
+from tests.helpers import TOOL, over_http, structured, text, wait_until
 
 pytestmark = pytest.mark.anyio
 A, B, C = PANEL
@@ -164,13 +162,6 @@ def test_the_run_deadline_may_not_be_shorter_than_the_calls() -> None:
     )
 
 
-@asynccontextmanager
-async def over_http(base: str, token: str) -> AsyncIterator[Client]:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    async with http, Client(streamable_http_client(f"{base}/mcp", http_client=http)) as c:
-        yield c
-
-
 async def test_runs_are_found_only_by_their_principal_and_a_restarted_server_reports_them_lost(
     sim: ProviderSim, tmp_path: Path
 ) -> None:
@@ -203,12 +194,12 @@ async def test_runs_are_found_only_by_their_principal_and_a_restarted_server_rep
     assert "stopped before it finished — a restart, a crash or a kill ends the runs in flight" in crashed["error"]
     assert hidden["failure_reason"] == "run_not_found"
 
-    store = Store(tmp_path)
+    store = SqliteStore(tmp_path)
     try:
         record = await store.run(stopped["run_id"], "alice")
         assert await store.run(stopped["run_id"], "bob") is None
     finally:
-        store.close()
+        await store.aclose()
     assert record is not None
     lost = record["result"]
     assert lost["status"] == "error" and lost["failure_reason"] == "run_lost"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,14 +20,15 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from fusion_mcp.server import RESULT_TOOL_NAME
 from tests import nginx, servers
 from tests.conftest import PANEL, fresh_database, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply, priced
 from tests.helpers import TOOL, structured, wait_until
 
-pytestmark = [pytest.mark.xdist_group("replicas"), pytest.mark.anyio]
-TOKENS = {name: f"{name}-token-0123456789abcdef" for name in ("alice", "bob", "carol")}
+pytestmark = pytest.mark.anyio  # one module: pytest runs it in one worker (--dist loadfile), on the ports nginx expects
+PEOPLE = tuple(f"p{i}" for i in range(6))
+# Every principal has its own daily cap: the tests that are not about it spend under separate names.
+TOKENS = {name: f"{name}-token-0123456789abcdef" for name in ("alice", "bob", "carol", "erin", *PEOPLE)}
 MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 LEGACY = "2025-11-25"
 INIT = {
@@ -100,12 +102,15 @@ def deployment(sim: ProviderSim, _deployment: Deployment) -> Iterator[Deployment
         assert "Traceback" not in new and not any(t in new for t in TOKENS.values()), new
 
 
-def client(base: str, principal: str, mode: str = "auto", keepalive: bool = True) -> Client:
+@asynccontextmanager
+async def client(base: str, principal: str, mode: str = "auto", keepalive: bool = True) -> AsyncIterator[Client]:
     limits = httpx2.Limits() if keepalive else httpx2.Limits(max_keepalive_connections=0)
-    http = httpx2.AsyncClient(
-        headers={"Authorization": f"Bearer {TOKENS[principal]}"}, timeout=httpx2.Timeout(30, read=120), limits=limits
-    )
-    return Client(streamable_http_client(f"{base}/mcp", http_client=http), mode=mode)
+    headers = {"Authorization": f"Bearer {TOKENS[principal]}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=120), limits=limits) as http,
+        Client(streamable_http_client(f"{base}/mcp", http_client=http), mode=mode) as connected,
+    ):
+        yield connected
 
 
 def replica_url(deployment: Deployment, name: str) -> str:
@@ -122,17 +127,13 @@ async def test_runs_cache_and_reads_cross_replicas_and_principals_stay_apart(
     for name in ("a", "b"):  # the run was made on one of them: both know it
         async with client(replica_url(deployment, name), "alice") as alice:
             record = json.loads((await alice.read_resource(f"fusion://runs/{made['run_id']}")).contents[0].text)
-            found = structured(await alice.call_tool(RESULT_TOOL_NAME, {"run_id": made["run_id"]}))
             again = structured(await alice.call_tool(TOOL, {"prompt": "shared question"}))
         assert record["principal"] == "alice" and record["result"] == made, name
-        assert found == made, name
         assert again["cached"] is True and again["analysis"] == made["analysis"] and again["run_id"] != made["run_id"]
         async with client(replica_url(deployment, name), "bob") as bob:
-            hidden = structured(await bob.call_tool(RESULT_TOOL_NAME, {"run_id": made["run_id"], "wait_s": 0}))
             with pytest.raises(Exception, match="no run"):
                 await bob.read_resource(f"fusion://runs/{made['run_id']}")
             listed = json.loads((await bob.read_resource("fusion://runs")).contents[0].text)
-        assert hidden["failure_reason"] == "run_not_found", name
         assert made["run_id"] not in {r["run_id"] for r in listed}, name
     assert len(sim.requests) == spent  # every later answer came from the cache A or B filled
 
@@ -179,21 +180,21 @@ async def test_sessions_are_routed_to_their_replica_and_both_eras_work_through_n
 
     results: dict[str, dict[str, Any]] = {}
 
-    async def one(name: str, mode: str) -> None:
+    async def one(name: str, mode: str, principal: str) -> None:
         progress = 0
 
         async def on_progress(done: float, total: float | None, message: str | None) -> None:
             nonlocal progress
             progress += 1
 
-        async with client(deployment.proxy.url, "alice", mode, keepalive=False) as c:
+        async with client(deployment.proxy.url, principal, mode, keepalive=False) as c:
             result = await c.call_tool(TOOL, {"prompt": f"through nginx {name}"}, progress_callback=on_progress)
         results[name] = structured(result) | {"progress": progress}
 
     async with anyio.create_task_group() as tg:
         for i in range(3):
-            tg.start_soon(one, f"legacy{i}", "legacy")
-            tg.start_soon(one, f"modern{i}", "auto")
+            tg.start_soon(one, f"legacy{i}", "legacy", PEOPLE[2 * i])
+            tg.start_soon(one, f"modern{i}", "auto", PEOPLE[2 * i + 1])
     assert len(results) == 6
     for name, data in results.items():
         assert data["status"] == "ok" and len(data["responses"]) == 3, name
@@ -206,7 +207,7 @@ async def test_cancelling_through_nginx_closes_the_runs_upstream_requests(
 ) -> None:
     """2025 era: notifications/cancelled, routed to the session's replica; 2026 era: the closed stream, which
     nginx passes on by closing its connection to the replica."""
-    async with client(deployment.proxy.url, "alice", mode, keepalive=False) as c:
+    async with client(deployment.proxy.url, "erin", mode, keepalive=False) as c:
         async with anyio.create_task_group() as tg:
             tg.start_soon(c.call_tool, TOOL, {"prompt": f"slow through nginx {mode}"})
             await wait_until(lambda: len(sim.requests) == 3, 15)

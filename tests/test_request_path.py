@@ -120,7 +120,7 @@ async def test_depth_and_key_refusals_are_worded_alike(
     assert sim.requests == []
 
 
-def test_ask_never_imports_the_mcp_sdk(sim: ProviderSim) -> None:
+def test_ask_never_imports_the_mcp_sdk_nor_psycopg_without_a_database_url(sim: ProviderSim) -> None:
     script = (
         "import sys\n"
         "from fusion_mcp.cli import main\n"
@@ -130,11 +130,13 @@ def test_ask_never_imports_the_mcp_sdk(sim: ProviderSim) -> None:
         "    code = exc.code\n"
         "loaded = sorted(m for m in sys.modules if m == 'mcp' or m.startswith(('mcp.', 'mcp_types')))\n"
         "print('EXIT', code, 'MCP', loaded, file=sys.stderr)\n"
+        "print('PG', sorted(m for m in sys.modules if m.startswith('psycopg')), file=sys.stderr)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], env=child_env(**sim_env(sim)), capture_output=True, text=True, timeout=60
     )
     assert "EXIT 0 MCP []" in out.stderr, out.stderr
+    assert "PG []" in out.stderr  # the SQLite store: the core install needs no psycopg
     assert json.loads(out.stdout)["status"] == "ok"
 
 

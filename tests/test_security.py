@@ -26,7 +26,7 @@ from fusion_mcp.catalogue import MAX_ALIASES, Catalogue
 from fusion_mcp.config import load_settings
 from fusion_mcp.http_guard import host_allowed, origin_allowed
 from fusion_mcp.server import create_server
-from fusion_mcp.store import Store
+from fusion_mcp.store.sqlite import SqliteStore
 from fusion_mcp.web.fetch import Network
 from fusion_mcp.web.tools import open_web_tools
 from tests import servers
@@ -234,15 +234,27 @@ def modes(home: Path) -> dict[str, int]:
     return {p.name: stat.S_IMODE(p.stat().st_mode) for p in [home, *home.iterdir()]}
 
 
+def opened(home: Path) -> None:
+    """Open the store of ``home`` (creating its files), read it, close it."""
+
+    async def use() -> None:
+        store = SqliteStore(home)
+        try:
+            await store.open()
+            await store.recent()
+        finally:
+            await store.aclose()
+
+    anyio.run(use)
+
+
 def test_the_home_and_database_are_private_and_looser_ones_are_tightened(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     old = os.umask(0o022)
     try:
         home = tmp_path / "new-home"
-        store = Store(home)
-        anyio.run(store.recent)
-        store.close()
+        opened(home)
         assert set(modes(home).values()) == {0o700, 0o600}
         assert modes(home)[home.name] == 0o700 and all(m == 0o600 for n, m in modes(home).items() if n != home.name)
         # A home made by an earlier release, readable by everyone, gets tightened, and says so.
@@ -250,7 +262,7 @@ def test_the_home_and_database_are_private_and_looser_ones_are_tightened(
         for f in home.iterdir():
             f.chmod(0o644)
         caplog.set_level(logging.WARNING, logger="fusion_mcp.store")
-        Store(home).close()
+        opened(home)
         assert modes(home)[home.name] == 0o700 and all(m == 0o600 for n, m in modes(home).items() if n != home.name)
         assert "was readable by others (mode 755): tightened to 700" in caplog.text
         assert "was readable by others (mode 644): tightened to 600" in caplog.text
@@ -258,7 +270,7 @@ def test_the_home_and_database_are_private_and_looser_ones_are_tightened(
         shared = tmp_path / "shared"
         shared.mkdir(mode=0o755)
         (shared / "someone-elses.txt").write_text("x")
-        Store(shared).close()
+        opened(shared)
         assert modes(shared)[shared.name] == 0o755 and modes(shared)["fusion.sqlite3"] == 0o600
     finally:
         os.umask(old)

@@ -1,0 +1,505 @@
+"""What every store does the same way, whatever its database: the interface, and everything but SQL.
+
+A store holds four things: the result cache, the run history, usage (one row per model of every run that
+ended, kept apart from the history so trimming it loses no spending), and reservations (the worst-case
+cost of runs in flight, for the daily cap per principal). :class:`Store` builds every row here — the run
+record with its shared texts, each secret redacted before anything is written, usage rows from a result,
+cache entries and their checks on the way back — and leaves the backends only the SQL of their dialect.
+
+Every backend failure surfaces as :class:`StoreError`, one line without secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from ..config import LOCAL_PRINCIPAL, Settings
+from ..errors import redact, redact_value
+from ..lenses import model_of
+from ..models import RESULT_SCHEMA, FusionRequest, FusionResult, Usage
+
+log = logging.getLogger("fusion_mcp.store")
+
+UsageRole = Literal["panel", "analyst", "writer"]
+UsageBy = Literal["principal", "model", "day", "all"]
+"""How usage is grouped; ``all`` is one group, ``total`` (runs counted once however many models they asked)."""
+DAY_S = 86400.0
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; ``str()`` is one line that names the store, without secrets."""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much a store keeps; each limit is enforced in SQL on every write of its table."""
+
+    cache_ttl_s: float = 3600.0
+    max_runs: int = 1000
+    max_age_days: float = 30.0
+    max_bytes: int = 500 * 2**20
+    """The run history's records, in bytes; the cache is held to a tenth of it."""
+    max_cache_entries: int = 500
+    usage_max_days: float = 400.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Retention:
+        return cls(
+            cache_ttl_s=settings.cache_ttl_s,
+            max_runs=settings.history_max_runs,
+            max_age_days=settings.history_max_days,
+            max_bytes=int(settings.history_max_mb * 2**20),
+            usage_max_days=settings.usage_max_days,
+        )
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One row of the run history, ready to write: ``record`` is the redacted JSON of the whole run."""
+
+    run_id: str
+    principal: str
+    created: float
+    prompt_head: str
+    panel: str
+    status: str
+    cost: float | None
+    seconds: float
+    cached: bool
+    record: str
+    bytes: int
+    heartbeat: float | None
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """What one model cost one principal in one run (or one chat request's writer)."""
+
+    run_id: str
+    principal: str
+    created: float
+    model: str
+    role: UsageRole
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    """USD; None when the provider reported none."""
+
+
+class UsageTotal(BaseModel):
+    """Totals of one group of usage rows (a principal, a model or a UTC day) as ``fusion-mcp usage`` shows them."""
+
+    key: str
+    runs: int = 0
+    """Fusion runs (a chat request's writer is not a run)."""
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    """USD the provider reported; rows without a reported cost count 0."""
+
+
+@dataclass(frozen=True)
+class Spend:
+    """A principal's spending today, as a reservation found it."""
+
+    spent: float
+    """USD recorded today (UTC) across every process that shares the store."""
+    reserved: float
+    """Worst-case USD of its runs still in flight (other than the one asking)."""
+    admitted: bool
+    """The run's reservation was taken: spent + reserved + its estimate stays within the cap."""
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """What ``fusion-mcp doctor`` reports of a store."""
+
+    location: str
+    server: str
+    schema: int
+    latest: int
+
+
+def admits(spent: float, reserved: float, estimate: float, cap: float) -> bool:
+    """Whether a run of worst case ``estimate`` fits under ``cap``: nothing left (spend and reservations at the
+    cap) refuses even a run whose estimate is unknown (counted as 0)."""
+    return spent + reserved < cap and spent + reserved + estimate <= cap
+
+
+def check_schema(found: int, latest: int, location: str) -> None:
+    """Refuse a database a newer release has migrated: this one would misread what it wrote."""
+    if found > latest:
+        raise StoreError(
+            f"{location} has schema version {found}, newer than this release's {latest}: upgrade fusion-mcp "
+            "(every process that shares a store must run a release that knows its schema)"
+        )
+
+
+class Store(ABC):
+    """The cache, run history, usage and reservations; :func:`~fusion_mcp.store.open_store` picks the backend.
+
+    Create, then :meth:`open` (creates or migrates the schema), use, and :meth:`aclose`. Every method may
+    raise :class:`StoreError`.
+    """
+
+    kind: ClassVar[str]
+    """``sqlite`` or ``postgresql``."""
+    shared: ClassVar[bool] = False
+    """Other machines may share it, and it may come back after an outage: a store that fails to open stays
+    in use (each call tries again) instead of being dropped for the process's life."""
+
+    def __init__(self, *, secrets: tuple[str, ...] = (), retention: Retention | None = None) -> None:
+        self._secrets = secrets
+        self.retention = retention or Retention()
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the store is, for messages: a file path, or a database URL without its password."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Create the schema, or migrate it to this release's version, atomically."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close the store's connections; :meth:`open` may be called again afterwards."""
+
+    @abstractmethod
+    async def status(self) -> StoreStatus:
+        """The database server's version and the schema's, read from the database."""
+
+    # -- cache ---------------------------------------------------------------------------------------
+
+    async def cached(self, key: str) -> FusionResult | None:
+        """The result cached under ``key`` within the TTL, or None.
+
+        A result of another :data:`~fusion_mcp.models.RESULT_SCHEMA`, or one that no longer validates, is a
+        miss and its row is dropped: an upgrade cannot break a call.
+        """
+        row = await self._cache_get(key, time.time() - self.retention.cache_ttl_s)
+        if row is None:
+            return None
+        text, schema = row
+        try:
+            if schema != RESULT_SCHEMA:
+                raise ValueError(f"schema {schema}, not {RESULT_SCHEMA}")
+            return FusionResult.model_validate_json(text)
+        except (ValueError, ValidationError) as exc:
+            log.debug("cache entry %s dropped: %s", key[:12], str(exc).splitlines()[0])
+            await self._cache_drop(key)
+            return None
+
+    async def remember(self, key: str, result: FusionResult) -> None:
+        """Cache a complete result (see :func:`is_complete`); anything less is never served again."""
+        if not is_complete(result):
+            return
+        text = json.dumps(redact_value(result.model_dump(mode="json"), self._secrets))
+        await self._cache_put(key, time.time(), text, len(text.encode()))
+
+    # -- history and usage ---------------------------------------------------------------------------
+
+    async def save_run(
+        self,
+        request: FusionRequest,
+        result: FusionResult,
+        transcripts: dict[str, list[dict[str, Any]]],
+        principal: str = LOCAL_PRINCIPAL,
+        owner: dict[str, Any] | None = None,
+        *,
+        spent: Usage | None = None,
+    ) -> None:
+        """Record a run, replacing an earlier record of it.
+
+        A ``running`` result (a run that may outlive its call, at its start) names its ``owner`` process and
+        gets a heartbeat. Any other result is the run's end: its usage rows (from ``spent``, else the
+        result's usage; a cached result's cost nothing) are written with it and its reservation released, in
+        one transaction — the run is recorded completely or not at all.
+        """
+        row = self._run_row(request, result, transcripts, principal, owner)
+        usage = None
+        if result.status != "running":
+            usage = usage_rows(result.run_id, principal, row.created, spent or result.usage, free=result.cached)
+        await self._commit(row, result.run_id, usage)
+        await self._trim(self._trim_runs, row.created)
+
+    async def settle(self, run_id: str, principal: str, spent: Usage | Iterable[UsageRow]) -> None:
+        """Write what a run that leaves no record spent (one stopped with its caller), and release its
+        reservation, in one transaction; also the way a chat request's writer usage is written."""
+        now = time.time()
+        rows = list(spent) if not isinstance(spent, Usage) else usage_rows(run_id, principal, now, spent)
+        await self._commit(None, run_id, rows)
+        await self._trim(self._trim_usage, now)
+
+    async def heartbeat(self, run_ids: list[str]) -> None:
+        """Say these running runs are still being worked on (see :data:`fusion_mcp.live.LOST_AFTER_S`)."""
+        if run_ids:
+            await self._heartbeat(run_ids, time.time())
+
+    async def recent(self, limit: int = 20, principal: str | None = None) -> list[dict[str, Any]]:
+        """The latest runs, newest first: ``principal``'s only, or everyone's when None (the operator's view)."""
+        keys = ("run_id", "created", "prompt_head", "panel", "status", "cost", "seconds", "cached")
+        rows = await self._recent(limit, principal)
+        return [dict(zip(keys, row, strict=True)) | {"cached": bool(row[7])} for row in rows]
+
+    async def run(self, run_id: str, principal: str | None = None) -> dict[str, Any] | None:
+        """One run's record; another principal's run is None, exactly as a run that does not exist."""
+        row = await self._run(run_id, principal)
+        if row is None:
+            return None
+        record: dict[str, Any] = expand_texts(json.loads(row[0]))
+        if row[1] is not None:
+            record["heartbeat"] = row[1]  # a running row: when its process last said it was at it
+        return record
+
+    async def usage(self, since: float, by: UsageBy, principal: str | None = None) -> list[UsageTotal]:
+        """Usage since ``since`` (epoch seconds) grouped ``by`` principal, model, UTC day or all together,
+        largest cost first (days: in order); ``principal`` narrows it to one. No usage: no rows."""
+        return await self._usage(since, by, principal)
+
+    # -- the daily cap -------------------------------------------------------------------------------
+
+    async def reserve(
+        self, principal: str, run_id: str, estimate: float, *, cap: float, since: float, expires: float
+    ) -> Spend:
+        """Reserve ``estimate`` USD for a run if ``principal``'s spend since ``since`` plus its runs in flight
+        plus it stays within ``cap``, and nothing is left over when it has already reached the cap.
+
+        Atomic across every process that shares the store: two runs asking at once are counted one after the
+        other. Reservations past ``expires`` belong to processes that died; they are dropped here.
+        """
+        return await self._reserve(principal, run_id, estimate, cap, since, time.time(), expires)
+
+    async def spending(self, principal: str, since: float) -> Spend:
+        """``principal``'s recorded spend since ``since`` and its live reservations (nothing reserved)."""
+        return await self._spending(principal, since, time.time())
+
+    # -- what each backend writes in its dialect -----------------------------------------------------
+
+    @abstractmethod
+    async def _cache_get(self, key: str, fresh_after: float) -> tuple[str, int] | None: ...
+
+    @abstractmethod
+    async def _cache_drop(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def _cache_put(self, key: str, created: float, text: str, size: int) -> None:
+        """Write an entry, then hold the cache to its TTL, entry count and a tenth of the history's bytes."""
+
+    @abstractmethod
+    async def _commit(self, run: RunRow | None, run_id: str, usage: list[UsageRow] | None) -> None:
+        """In one transaction: upsert ``run`` (if any); if ``usage`` is not None, replace ``run_id``'s usage
+        rows with it and delete ``run_id``'s reservation."""
+
+    @abstractmethod
+    async def _trim_runs(self, now: float) -> None:
+        """Hold the history to its age, count and size, and usage to its age."""
+
+    @abstractmethod
+    async def _trim_usage(self, now: float) -> None:
+        """Hold usage to its age."""
+
+    @abstractmethod
+    async def _heartbeat(self, run_ids: list[str], now: float) -> None: ...
+
+    @abstractmethod
+    async def _recent(self, limit: int, principal: str | None) -> list[tuple[Any, ...]]:
+        """Rows of (run_id, created, prompt_head, panel, status, cost, seconds, cached)."""
+
+    @abstractmethod
+    async def _run(self, run_id: str, principal: str | None) -> tuple[str, float | None] | None:
+        """(record, heartbeat) of one run."""
+
+    @abstractmethod
+    async def _usage(self, since: float, by: UsageBy, principal: str | None) -> list[UsageTotal]: ...
+
+    @abstractmethod
+    async def _reserve(
+        self, principal: str, run_id: str, estimate: float, cap: float, since: float, now: float, expires: float
+    ) -> Spend: ...
+
+    @abstractmethod
+    async def _spending(self, principal: str, since: float, now: float) -> Spend: ...
+
+    # -- shared ----------------------------------------------------------------------------------------
+
+    async def _trim(self, trim: Callable[[float], Awaitable[None]], now: float) -> None:
+        # The record is already safe: a trim that fails (a busy database) is retried by the next write.
+        try:
+            await trim(now)
+        except StoreError as exc:
+            log.warning("retention not applied this time: %s", exc)
+
+    def _run_row(
+        self,
+        request: FusionRequest,
+        result: FusionResult,
+        transcripts: dict[str, list[dict[str, Any]]],
+        principal: str,
+        owner: dict[str, Any] | None,
+    ) -> RunRow:
+        shared, texts = share_texts(transcripts)
+        now = time.time()
+        record: dict[str, Any] = {
+            "schema": RESULT_SCHEMA,
+            "run_id": result.run_id,
+            "principal": principal,
+            "created": now,
+            "request": request.model_dump(mode="json"),
+            "result": result.to_json(),
+            "transcripts": shared,
+            "texts": texts,
+        }
+        if owner is not None:
+            record["owner"] = owner
+        text = json.dumps(redact_value(record, self._secrets))
+        return RunRow(
+            run_id=result.run_id,
+            principal=principal,
+            created=now,
+            prompt_head=redact(request.prompt[:120], self._secrets),
+            panel=",".join(request.analysis_models),
+            status=result.status if result.status != "error" else f"error:{result.failure_reason}",
+            cost=result.usage.total.cost,
+            seconds=result.timings.total,
+            cached=result.cached,
+            record=text,
+            bytes=len(text.encode()),
+            heartbeat=now if result.status == "running" else None,
+        )
+
+    def _failed(self, what: str, exc: BaseException) -> StoreError:
+        """``exc`` as a :class:`StoreError`: one line, naming the store, every secret removed."""
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        return StoreError(redact(f"{what} ({self.location}): {detail}", self._secrets))
+
+
+def usage_rows(run_id: str, principal: str, created: float, usage: Usage, *, free: bool = False) -> list[UsageRow]:
+    """One row per model and role (a model under several lenses is one model); ``free`` (a cached result)
+    keeps the rows, so the run counts, with nothing spent."""
+    merged: dict[tuple[str, str], UsageRow] = {}
+    for m in usage.models:
+        key = (model_of(m.model), m.role)
+        old = merged.get(key)
+        cost = None if free else m.cost
+        if old is not None:
+            costs = [c for c in (old.cost, cost) if c is not None]
+            cost = round(sum(costs), 10) if costs else None
+        merged[key] = UsageRow(
+            run_id=run_id,
+            principal=principal,
+            created=created,
+            model=key[0],
+            role=m.role,
+            requests=(0 if free else m.requests) + (old.requests if old else 0),
+            prompt_tokens=(0 if free else m.prompt_tokens) + (old.prompt_tokens if old else 0),
+            completion_tokens=(0 if free else m.completion_tokens) + (old.completion_tokens if old else 0),
+            cost=0.0 if free else cost,
+        )
+    return list(merged.values())
+
+
+def usage_total(by: UsageBy, row: tuple[Any, ...]) -> UsageTotal:
+    """A usage group as the backends select it: (key, runs, requests, prompt, completion, cost); a day's
+    key is its number since the epoch, shown as a date."""
+    key, runs, requests, prompt, completion, cost = row
+    if by == "day":
+        key = datetime.fromtimestamp(int(key) * DAY_S, UTC).strftime("%Y-%m-%d")
+    return UsageTotal(
+        key=str(key),
+        runs=int(runs or 0),
+        requests=int(requests or 0),
+        prompt_tokens=int(prompt or 0),
+        completion_tokens=int(completion or 0),
+        cost=round(float(cost or 0.0), 10),
+    )
+
+
+def cache_key(request: FusionRequest, *, principal: str, provider: str) -> str:
+    """Everything that changes what a run would answer or who may see it, and nothing else.
+
+    ``provider`` names the base URL and a fingerprint of the key (another account may see other models);
+    ``principal`` keeps one client's answers from another, and from telling what another asked.
+    """
+    material = {
+        "schema": RESULT_SCHEMA,
+        "principal": principal,
+        "provider": provider,
+        "prompt": request.prompt,
+        "context": request.context,
+        "panel": list(request.analysis_models),
+        "analyst": request.model,
+        "max_tool_calls": request.max_tool_calls,
+        "max_completion_tokens": request.max_completion_tokens,
+        "temperature": request.temperature,
+        "final_answer": request.final_answer,
+        "web": request.web_tools,
+        "lenses": request.lenses,
+        "guests": [g.model_dump() for g in request.guests],
+        "min_answers": request.min_answers,
+        "files": [(a.path, a.sha256) for a in request.attachments],
+        "images": list(request.image_models),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def is_complete(result: FusionResult) -> bool:
+    """Worth serving again: every member answered in full and the analysis is there."""
+    return (
+        result.status == "ok"
+        and result.analysis is not None
+        and not result.failed_models
+        and not any(r.truncated for r in result.responses)
+    )
+
+
+SHARED_TEXT_CHARS = 256
+"""Message texts at least this long that recur across a run's transcripts (the question, with its context,
+in every member's conversation) are stored once."""
+
+
+def share_texts(transcripts: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """Transcripts with each long, repeated message text replaced by ``{"$text": i}``, and the texts."""
+    counts: dict[str, int] = {}
+    for messages in transcripts.values():
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, str) and len(content) >= SHARED_TEXT_CHARS:
+                counts[content] = counts.get(content, 0) + 1
+    texts = [text for text, n in counts.items() if n > 1]
+    index = {text: i for i, text in enumerate(texts)}
+    shared = {
+        name: [
+            m | {"content": {"$text": index[m["content"]]}}
+            if isinstance(m.get("content"), str) and m["content"] in index
+            else m
+            for m in messages
+        ]
+        for name, messages in transcripts.items()
+    }
+    return shared, texts
+
+
+def expand_texts(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record as it was written: shared texts put back into every message that had them."""
+    texts = record.pop("texts", None)
+    if not texts:
+        return record
+    for messages in record.get("transcripts", {}).values():
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, dict) and isinstance(content.get("$text"), int):
+                message["content"] = texts[content["$text"]]
+    return record
