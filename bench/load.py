@@ -175,15 +175,32 @@ def memory_of(pids: list[int]) -> tuple[float, float]:
     return now, peak
 
 
+WARM_CLIENTS = 8
+"""Warm-up connections: new connections spread over the processes (the kernel's ``SO_REUSEPORT`` hash, nginx's
+balancing), and with eight of them every process of two is warmed but for a chance of 1 in 128."""
+
+
+async def warm_up(url: str, args: dict) -> None:
+    """Two calls on each of :data:`WARM_CLIENTS` connections at once, so no process meets its first call (lazy
+    imports, first pool connections) inside the measured run."""
+
+    async def one() -> None:
+        async with httpx2.AsyncClient(base_url=url, timeout=120) as http:
+            warm = LeanClient(http)
+            await warm.connect()
+            for _ in range(2):
+                await warm.call(args)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(WARM_CLIENTS):
+            tg.start_soon(one)
+
+
 async def run(sim: Sim, where: Deployment, clients: int, calls: int, verbose: bool) -> dict:
     url = where.url
     args = {"prompt": "load", "analysis_models": panel(MEMBERS), "model": f"bench/judge-lat{round(ANALYST * 1000)}ms"}
     critical = max(MEMBERS) + ANALYST
-    async with httpx2.AsyncClient(base_url=url, timeout=120) as http:
-        warm = LeanClient(http)
-        await warm.connect()
-        for _ in range(2):
-            await warm.call(args)
+    await warm_up(url, args)
     pids = where.pids()
     rss_warm, _ = memory_of(pids)
     cpu_before = cpu_of(pids)

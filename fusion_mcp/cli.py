@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from pydantic import ValidationError
@@ -91,6 +91,12 @@ def _setup_logging(settings: Settings, worker: int | None = None) -> None:
         )
 
 
+class Commands(Protocol):
+    """What the command builders use of ``add_subparsers()``'s result (argparse names its class privately)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -107,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fusion-mcp {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    for add in (_serve_command, _ask_command, _store_commands, _host_command):
+        add(commands, common)
+    return parser
+
+
+def _serve_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``serve``: stdio, or HTTP with ``--workers``."""
     serve = commands.add_parser(
         "serve",
         parents=[common],
@@ -134,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-count", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)
 
+
+def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``ask``: one fusion from the terminal."""
     ask = commands.add_parser("ask", parents=[common], help="run one fusion from the terminal")
     ask.add_argument("prompt", help="the question, self-contained")
     ask.add_argument("--context", help="supporting material; @FILE reads it from a file")
@@ -177,6 +193,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run even if an identical question was answered recently (the cache is refreshed with this run)",
     )
+
+
+def _store_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``doctor``, ``runs`` and ``usage``."""
     commands.add_parser(
         "doctor",
         parents=[common],
@@ -203,6 +223,9 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--principal", metavar="NAME", help="only this principal's usage")
     usage.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _host_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``host-config``."""
     from .host_config import HOSTS, add_arguments
 
     host = commands.add_parser(
@@ -214,7 +237,6 @@ def _parser() -> argparse.ArgumentParser:
         "--write merges it into the host's config file, keeping a backup and every other server.",
     )
     add_arguments(host)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
