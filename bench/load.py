@@ -2,7 +2,9 @@
 deployments in one run: one process, ``--workers 2``, and two replicas behind nginx (the documented config,
 ``docs/nginx/fusion-mcp.conf``), each at 32 and 64 clients.
 
-Reports throughput, p50/p99 added latency over the simulated critical path (slowest member + analyst),
+Reports throughput, p50/p99 added latency over the simulated critical path (slowest member + analyst) —
+of every call, of the calls after each client's first (the steady state), and inside the run (its own
+``timings.total``: upstream requests, the simulator's queueing included, but not HTTP, the SDK or the client) —
 the server's CPU time per call (every process of the deployment: workers and their supervisor, replicas
 and nginx), and its resident memory (after warm-up, at the end, peak; summed over processes).
 
@@ -241,6 +243,9 @@ async def run(sim: Sim, where: Deployment, clients: int, calls: int, verbose: bo
     added = [(w - critical) * 1000 for w in walls]
     # After each client's first call the clients no longer move in lockstep: the steady state.
     steady = [(w - critical) * 1000 for w, _, k, _ in marks if k > 0] or added
+    # The run's own clock (timings.total) against the path: what the pipeline added, the simulator's queueing
+    # included. The rest of a call's added time is outside the run: HTTP, the MCP SDK, the client's loop.
+    in_run = [(total - critical) * 1000 for _, _, _, total in marks]
     if verbose:
         print(
             "slowest (added ms, client, call):",
@@ -259,6 +264,8 @@ async def run(sim: Sim, where: Deployment, clients: int, calls: int, verbose: bo
         "added_ms_max": round(max(added), 1),
         "steady_added_ms_p50": round(median(steady), 1),
         "steady_added_ms_p99": round(percentile(steady, 99), 1),
+        "in_run_added_ms_p50": round(median(in_run), 1),
+        "in_run_added_ms_p99": round(percentile(in_run, 99), 1),
         "server_cpu_ms_per_call": round(cpu / len(walls) * 1000, 2),
         "simulator_cpu_ms_per_call": round(sim_cpu / len(walls) * 1000, 2),
         "clients_cpu_ms_per_call": round(own_cpu / len(walls) * 1000, 2),
@@ -288,6 +295,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         f"{name}: {clients} clients x {calls} calls: {row['throughput_calls_per_s']} calls/s, "
                         f"added p50 {row['added_ms_p50']} ms, p99 {row['added_ms_p99']} ms "
                         f"(steady state p50 {row['steady_added_ms_p50']}, p99 {row['steady_added_ms_p99']}), "
+                        f"inside the run p50 {row['in_run_added_ms_p50']}, p99 {row['in_run_added_ms_p99']}, "
                         f"CPU ms/call: server {row['server_cpu_ms_per_call']}, "
                         f"simulator {row['simulator_cpu_ms_per_call']}, clients {row['clients_cpu_ms_per_call']} "
                         f"(machine {row['machine_cpu_busy']:.0%} busy), RSS {row['server_rss_mib_after_warmup']} -> "
