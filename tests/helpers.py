@@ -18,6 +18,18 @@ from mcp_types import CallToolResult
 
 from fusion_mcp.models import FusionResult
 
+MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+"""What a Streamable HTTP client sends with every POST."""
+LEGACY = "2025-11-25"
+"""The protocol era with sessions."""
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+"""A 2025-era ``initialize`` request, for raw HTTP tests."""
+
 TOOL = "openrouter_fusion"
 
 

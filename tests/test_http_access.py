@@ -15,17 +15,10 @@ from mcp.client.streamable_http import streamable_http_client
 from tests import servers
 from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import TOOL, structured, wait_until
+from tests.helpers import INIT, MCP_HEADERS, TOOL, structured, wait_until
 
 TOKEN = "tok-0123456789-abcdef-SECRET"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
 
 
 @pytest.fixture(scope="module")

@@ -23,20 +23,12 @@ from mcp.client.streamable_http import streamable_http_client
 from tests import nginx, servers
 from tests.conftest import PANEL, fresh_database, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply, priced
-from tests.helpers import TOOL, structured, wait_until
+from tests.helpers import INIT, LEGACY, MCP_HEADERS, TOOL, structured, wait_until
 
 pytestmark = pytest.mark.anyio  # one module: pytest runs it in one worker (--dist loadfile), on the ports nginx expects
 PEOPLE = tuple(f"p{i}" for i in range(6))
 # Every principal has its own daily cap: the tests that are not about it spend under separate names.
 TOKENS = {name: f"{name}-token-0123456789abcdef" for name in ("alice", "bob", "carol", "erin", *PEOPLE)}
-MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-LEGACY = "2025-11-25"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
 
 
 @dataclass

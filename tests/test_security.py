@@ -33,17 +33,10 @@ from tests import servers
 from tests.conftest import ANALYST, API_KEY, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply, priced
 from tests.fakes.web import NAMES, Canary, FakeResolver, Site, router
-from tests.helpers import TOOL, dump, fenced_answers, structured, wait_until
+from tests.helpers import INIT, MCP_HEADERS, TOOL, dump, fenced_answers, structured, wait_until
 
 ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef!!"
 TOKENS = f"alice:{ALICE},bob:{BOB}"
-MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
 
 
 def as_principal(base: str, token: str, **headers: str) -> Any:

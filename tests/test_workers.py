@@ -21,16 +21,8 @@ from mcp.client.streamable_http import streamable_http_client
 from tests import servers
 from tests.conftest import PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import TOOL, structured, wait_for, wait_until
+from tests.helpers import INIT, LEGACY, MCP_HEADERS, TOOL, structured, wait_for, wait_until
 
-MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-LEGACY = "2025-11-25"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
 BAD_SIGNS = ("Traceback", "Exception in ASGI", "Task exception was never retrieved")
 
 
