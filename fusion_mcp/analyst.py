@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,9 +211,8 @@ async def run_analyst(
     # same member. The order is kept in ``out.labels`` for the run history.
     shown = random.sample(responses, len(responses))
     names = labels(len(shown))
-    label_to_model = dict(zip(names, (r.model for r in shown), strict=True))
     out = out if out is not None else AnalystOutcome()
-    out.labels = label_to_model
+    out.labels = dict(zip(names, (r.model for r in shown), strict=True))
     messages = out.transcript
     web = toolbox is not None or bool((extra or {}).get("tools"))
     messages.extend(analyst_messages(request, list(zip(names, shown, strict=True)), fence_note, web, material))
@@ -244,29 +244,7 @@ async def run_analyst(
             on_retry=on_retry,
         )
 
-    # OpenRouter's server tools are counted per request and no count comes back, so only the first request
-    # carries them: the analyst never makes more than max_tool_calls web calls in all. (Our own tools share
-    # one budget across requests through ``used`` above.)
-    later_options = {k: v for k, v in analysis_options.items() if k != "tools"}
-    for attempt in range(2):
-        turn = await ask(analysis_options if attempt == 0 else later_options)
-        if turn.error is not None and not isinstance(turn.error, EmptyAnswer):
-            return _failed(out, "judge_upstream_error", f"the analyst request failed: {turn.error.message}")
-        try:
-            out.analysis = parse_analysis(turn.content, label_to_model)
-        except AnalysisInvalid as exc:
-            if attempt == 1:
-                return _failed(out, exc.reason, exc.message)
-            messages.append(
-                {
-                    "role": "user",
-                    "content": f"Your reply could not be used: {exc.message}. Reply again with only the JSON "
-                    "object, following the schema exactly.",
-                }
-            )
-            continue
-        break
-    if request.final_answer and out.analysis is not None:
+    if await _analyse(ask, out, analysis_options) and request.final_answer:
         messages.append({"role": "user", "content": FINAL})
         turn = await ask({"temperature": 0})
         if turn.error is None:
@@ -274,6 +252,38 @@ async def run_analyst(
         else:
             out.final_answer_error = turn.error.message
     return out
+
+
+async def _analyse(
+    ask: Callable[[dict[str, Any]], Awaitable[MemberOutcome]], out: AnalystOutcome, options: dict[str, Any]
+) -> bool:
+    """The analysis request and at most one repair; whether ``out.analysis`` holds a valid analysis."""
+    # OpenRouter's server tools are counted per request and no count comes back, so only the first request
+    # carries them: the analyst never makes more than max_tool_calls web calls in all. (Our own tools share
+    # one budget across requests, counted by ``ask``.)
+    later_options = {k: v for k, v in options.items() if k != "tools"}
+    for attempt in range(2):
+        turn = await ask(options if attempt == 0 else later_options)
+        if turn.error is not None and not isinstance(turn.error, EmptyAnswer):
+            out.error = AnalysisError(
+                reason="judge_upstream_error", message=f"the analyst request failed: {turn.error.message}"
+            )
+            return False
+        try:
+            out.analysis = parse_analysis(turn.content, out.labels)
+            return True
+        except AnalysisInvalid as exc:
+            if attempt == 1:
+                out.error = AnalysisError(reason=exc.reason, message=exc.message)
+                return False
+            out.transcript.append(
+                {
+                    "role": "user",
+                    "content": f"Your reply could not be used: {exc.message}. Reply again with only the JSON "
+                    "object, following the schema exactly.",
+                }
+            )
+    return False
 
 
 def _offset(on_tool: ToolReporter | None, used: int, budget: int) -> ToolReporter | None:
@@ -285,8 +295,3 @@ def _offset(on_tool: ToolReporter | None, used: int, budget: int) -> ToolReporte
         await on_tool(name, used + n, budget)
 
     return report
-
-
-def _failed(out: AnalystOutcome, reason: AnalysisErrorReason, message: str) -> AnalystOutcome:
-    out.error = AnalysisError(reason=reason, message=message)
-    return out

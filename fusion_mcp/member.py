@@ -86,21 +86,8 @@ async def run_member(
         # Each turn either spends at least one tool call or ends the loop; two spare turns cover the
         # "budget spent, answer now" request and one model that ignores it.
         for _ in range(max_tool_calls + 2):
-            body: dict[str, Any] = {
-                "model": model,
-                "messages": messages,
-                "max_completion_tokens": max_completion_tokens,
-                **(extra or {}),
-            }
-            if temperature is not None:
-                body["temperature"] = temperature
-            if stream:
-                body["stream"] = True
-                body["stream_options"] = {"include_usage": True}
             budget_left = max_tool_calls - outcome.tool_calls
-            if specs:
-                body["tools"] = specs
-                body["tool_choice"] = "auto" if budget_left > 0 else "none"
+            body = _body(model, messages, max_completion_tokens, temperature, stream, extra, specs, budget_left)
             outcome.streamed.clear()
             completion = await provider.complete(
                 body, on_text=outcome.streamed.append, deadline=deadline, on_retry=on_retry
@@ -108,18 +95,9 @@ async def run_member(
             _count(outcome, completion)
             if completion.tool_calls and specs and budget_left > 0 and toolbox is not None:
                 messages.append(assistant_turn(completion))
-                for call in completion.tool_calls:
-                    if outcome.tool_calls >= max_tool_calls:
-                        result = "not run: the tool budget is spent"
-                    else:
-                        outcome.tool_calls += 1
-                        if on_tool is not None:
-                            await on_tool(call.name, outcome.tool_calls, max_tool_calls)
-                        result = await toolbox.call(call.name, call.arguments)
-                    messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
-                if outcome.tool_calls >= max_tool_calls and not told_to_answer:
-                    messages.append({"role": "user", "content": BUDGET_SPENT})
-                    told_to_answer = True
+                await _call_tools(toolbox, completion, outcome, messages, max_tool_calls, on_tool)
+                if outcome.tool_calls >= max_tool_calls:
+                    told_to_answer = _tell_to_answer(messages, told_to_answer)
                 continue
             if completion.content.strip():
                 outcome.content = completion.content
@@ -129,9 +107,7 @@ async def run_member(
             if completion.tool_calls and specs:
                 # The model asked for tools it may no longer use; drop the offer entirely next turn.
                 specs = []
-                if not told_to_answer:
-                    messages.append({"role": "user", "content": BUDGET_SPENT})
-                    told_to_answer = True
+                told_to_answer = _tell_to_answer(messages, told_to_answer)
                 continue
             reason = f" (finish_reason {completion.finish_reason})" if completion.finish_reason else ""
             raise EmptyAnswer(f"the model returned an empty answer{reason}")
@@ -143,6 +119,61 @@ async def run_member(
         return outcome
     finally:
         outcome.seconds = round(time.monotonic() - started, 3)
+
+
+def _body(
+    model: str,
+    messages: list[dict[str, Any]],
+    max_completion_tokens: int,
+    temperature: float | None,
+    stream: bool,
+    extra: dict[str, Any] | None,
+    specs: list[dict[str, Any]],
+    budget_left: int,
+) -> dict[str, Any]:
+    """One turn's request: tools offered while the budget lasts, then shown but refused (``tool_choice: none``)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_completion_tokens": max_completion_tokens,
+        **(extra or {}),
+    }
+    if temperature is not None:
+        body["temperature"] = temperature
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if specs:
+        body["tools"] = specs
+        body["tool_choice"] = "auto" if budget_left > 0 else "none"
+    return body
+
+
+async def _call_tools(
+    toolbox: ToolBox,
+    completion: Completion,
+    outcome: MemberOutcome,
+    messages: list[dict[str, Any]],
+    max_tool_calls: int,
+    on_tool: ToolReporter | None,
+) -> None:
+    """Run a turn's tool calls in order, each against the budget; calls past it get a result saying so."""
+    for call in completion.tool_calls:
+        if outcome.tool_calls >= max_tool_calls:
+            result = "not run: the tool budget is spent"
+        else:
+            outcome.tool_calls += 1
+            if on_tool is not None:
+                await on_tool(call.name, outcome.tool_calls, max_tool_calls)
+            result = await toolbox.call(call.name, call.arguments)
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+
+
+def _tell_to_answer(messages: list[dict[str, Any]], told: bool) -> bool:
+    """Ask once for the answer now that the budget is spent; returns that it has been asked."""
+    if not told:
+        messages.append({"role": "user", "content": BUDGET_SPENT})
+    return True
 
 
 def _count(outcome: MemberOutcome, completion: Completion) -> None:
