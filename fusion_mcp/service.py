@@ -369,7 +369,15 @@ class FusionService:
         # that is starting).
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.save_run(live.request, result, transcripts, live.principal, run_owner, spent=spent)
+                await self.store.save_run(
+                    live.request,
+                    result,
+                    transcripts,
+                    live.principal,
+                    run_owner,
+                    spent=spent,
+                    secrets=live.settings.secrets,
+                )
             except Exception as exc:
                 log.warning("run %s not recorded: %s", result.run_id, exc)
                 return
@@ -447,7 +455,7 @@ class FusionService:
             log.warning("run %s cost $%.4f, over FUSION_MAX_COST_USD=$%g", run_id, spent, cap)
         if store is not None:
             if self.settings.cache:
-                await self._remember(key, result)
+                await self._remember(key, result, settings.secrets)
             await self._record(live, result, without_image_data(transcripts))
         return result
 
@@ -460,11 +468,11 @@ class FusionService:
             log.warning("cache not read: %s", exc)
             return None
 
-    async def _remember(self, key: str, result: FusionResult) -> None:
+    async def _remember(self, key: str, result: FusionResult, secrets: tuple[str, ...]) -> None:
         assert self.store is not None
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.remember(key, result)
+                await self.store.remember(key, result, secrets=secrets)
             except StoreError as exc:
                 log.warning("run %s not cached: %s", result.run_id, exc)
 

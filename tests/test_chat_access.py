@@ -125,6 +125,19 @@ def test_members_echoing_the_callers_key_are_redacted_everywhere(sim: ProviderSi
     assert CALLER_KEY not in json.dumps(data) and CALLER_KEY.encode() not in history_bytes()
 
 
+def test_answers_echoing_the_callers_key_are_stored_without_it(sim: ProviderSim, lending: str) -> None:
+    sim.scripts[WRITER] = writer.fusing()
+    for model in PANEL:
+        sim.script(model, Reply(echo_auth=True))
+    data = post(lending, FUSED, CALLER_KEY).json()
+    assert data["fusion"]["status"] == "ok"
+    assert all("(the request said: Bearer [redacted])" in r["content"] for r in data["fusion"]["responses"])
+    assert CALLER_KEY not in json.dumps(data)
+    stored = json.dumps(recorded(data["fusion"]["run_id"]))
+    assert "Bearer [redacted]" in stored and CALLER_KEY not in stored
+    assert CALLER_KEY.encode() not in history_bytes()
+
+
 def test_keep_alive_comments_while_the_writer_and_the_panel_work(sim: ProviderSim, lending: str) -> None:
     """With ``FUSION_KEEPALIVE_S=0.2``, a writer that takes 0.6 s and members that take 1 s."""
     sim.scripts[WRITER] = writer.fusing(latency=0.6)

@@ -202,11 +202,12 @@ class Store(ABC):
             await self._cache_drop(key)
             return None
 
-    async def remember(self, key: str, result: FusionResult) -> None:
-        """Cache a complete result (see :func:`is_complete`); anything less is never served again."""
+    async def remember(self, key: str, result: FusionResult, *, secrets: tuple[str, ...] = ()) -> None:
+        """Cache a complete result (see :func:`is_complete`); anything less is never served again. ``secrets``
+        are redacted beside the store's own (a key a caller lent for this run)."""
         if not is_complete(result):
             return
-        text = json.dumps(redact_value(result.model_dump(mode="json"), self._secrets))
+        text = json.dumps(redact_value(result.model_dump(mode="json"), (*self._secrets, *secrets)))
         await self._cache_put(key, time.time(), text, len(text.encode()))
 
     # -- history and usage ---------------------------------------------------------------------------
@@ -220,15 +221,16 @@ class Store(ABC):
         owner: dict[str, Any] | None = None,
         *,
         spent: Usage | None = None,
+        secrets: tuple[str, ...] = (),
     ) -> None:
-        """Record a run, replacing an earlier record of it.
+        """Record a run, replacing an earlier record of it; ``secrets`` are redacted beside the store's own.
 
         A ``running`` result (a run that may outlive its call, at its start) names its ``owner`` process and
         gets a heartbeat. Any other result is the run's end: its usage rows (from ``spent``, else the
         result's usage; a cached result's cost nothing) are written with it and its reservation released, in
         one transaction — the run is recorded completely or not at all.
         """
-        row = self._run_row(request, result, transcripts, principal, owner)
+        row = self._run_row(request, result, transcripts, principal, owner, (*self._secrets, *secrets))
         usage = None
         if result.status != "running":
             usage = usage_rows(result.run_id, principal, row.created, spent or result.usage, free=result.cached)
@@ -349,6 +351,7 @@ class Store(ABC):
         transcripts: dict[str, list[dict[str, Any]]],
         principal: str,
         owner: dict[str, Any] | None,
+        secrets: tuple[str, ...],
     ) -> RunRow:
         shared, texts = share_texts(transcripts)
         now = time.time()
@@ -364,12 +367,12 @@ class Store(ABC):
         }
         if owner is not None:
             record["owner"] = owner
-        text = json.dumps(redact_value(record, self._secrets))
+        text = json.dumps(redact_value(record, secrets))
         return RunRow(
             run_id=result.run_id,
             principal=principal,
             created=now,
-            prompt_head=redact(request.prompt[:120], self._secrets),
+            prompt_head=redact(request.prompt[:120], secrets),
             panel=",".join(request.analysis_models),
             status=result.status if result.status != "error" else f"error:{result.failure_reason}",
             cost=result.usage.total.cost,
