@@ -465,6 +465,29 @@ async def test_postgresql_errors_name_the_database_and_never_the_password(databa
         await store.aclose()
 
 
+async def test_a_busy_pool_is_reported_as_busy_and_the_next_call_is_served(database_url: str) -> None:
+    store = PostgresStore(database_url, pool_size=1)
+    await store.open()
+    await store.recent()  # the schema exists: the lock below has a table to take
+    async with await psycopg.AsyncConnection.connect(database_url) as locker:
+        await locker.execute("LOCK TABLE fusion_runs IN ACCESS EXCLUSIVE MODE")  # held until the commit
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.recent)  # takes the only connection and waits on the lock
+            await anyio.sleep(0.5)
+            try:
+                with pytest.raises(StoreError) as busy:
+                    await store.recent()
+            finally:
+                await locker.commit()
+    assert str(busy.value) == (
+        f"no free connection to PostgreSQL ({store.location}) within 5 s: all 1 connections "
+        "(FUSION_DATABASE_POOL) are busy"
+    )
+    # Busy is not down: the next call is served, not failed at once.
+    assert await store.recent() == []
+    await store.aclose()
+
+
 async def test_open_store_picks_the_backend_from_the_settings(database_url: str, tmp_path: Path) -> None:
     from fusion_mcp.config import load_settings
 

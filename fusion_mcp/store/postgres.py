@@ -248,9 +248,15 @@ class PostgresStore(Store):
             async with self._pool.connection() as conn:
                 return await work(conn)
         except PoolTimeout:
+            if self._pool.get_stats().get("pool_size", 0) >= self._pool_size:
+                # Every connection is open and in use: the database is up, so the next call may well get one.
+                raise StoreError(
+                    f"no free connection to PostgreSQL ({self.location}) within {POOL_TIMEOUT_S:g} s: all "
+                    f"{self._pool_size} connections (FUSION_DATABASE_POOL) are busy"
+                ) from None
             error = StoreError(
                 f"no connection to PostgreSQL ({self.location}) within {POOL_TIMEOUT_S:g} s: the server is down or "
-                f"unreachable, or all {self._pool_size} connections (FUSION_DATABASE_POOL) are busy"
+                "unreachable"
             )
             self._down = (time.monotonic() + RETRY_AFTER_S, error)
             raise error from None
