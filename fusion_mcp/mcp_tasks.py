@@ -103,9 +103,8 @@ class FusionTasks(Extension):
         if live is not None and not live.done.is_set():
             message = live.last_event.message if live.last_event is not None else "starting"
             return self._task(params.task_id, "working", created, now) | {"statusMessage": message}
-        result = live.result if live is not None and live.result is not None else None
-        if result is None:
-            result = await service.result(params.task_id, principal, wait_s=0)
+        # Through the service, which redacts every secret (a model may echo the key), live run or recorded.
+        result = await service.result(params.task_id, principal, wait_s=0)
         if result.failure_reason == "run_not_found":
             raise MCPError(INVALID_PARAMS, f"no task {params.task_id!r}: {result.error}")
         if result.status == "running":  # another process of this server is running it

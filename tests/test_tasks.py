@@ -13,10 +13,10 @@ from mcp.shared.exceptions import MCPError
 from fusion_mcp.config import load_settings
 from fusion_mcp.mcp_tasks import EXTENSION
 from fusion_mcp.server import create_server
-from tests.conftest import PANEL, sim_env
+from tests.conftest import API_KEY, PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.fakes.tasks_client import GetTask, TaskIdParams, TasksClient, TaskState
-from tests.helpers import TOOL, structured, wait_until
+from tests.helpers import TOOL, dump, structured, wait_until
 
 pytestmark = pytest.mark.anyio
 A, B, C = PANEL
@@ -30,9 +30,10 @@ async def call(sim: ProviderSim, tasks: TasksClient, args: dict[str, Any], mode:
 
 
 async def test_a_long_run_is_served_as_a_task_and_settles_with_the_whole_result(sim: ProviderSim) -> None:
-    sim.script(B, Reply(latency=2))
+    sim.script(B, Reply(latency=2, echo_auth=True))  # a model echoing the key: the task's result has it redacted
     tasks = TasksClient()
     result = await call(sim, tasks, {"prompt": "q"})
+    assert API_KEY not in dump(result) and "(the request said: Bearer [redacted])" in dump(result)
     (created,) = tasks.created
     extra = created.model_extra or {}
     assert created.status == "working" and created.task_id.startswith("fus_")
