@@ -146,6 +146,7 @@ def _serve_command(commands: Commands, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-count", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-supervisor", type=int, help=argparse.SUPPRESS)
 
 
 def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -285,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.worker_index is not None:
             from .workers import WorkerPlace, follow_supervisor
 
-            follow_supervisor()
+            follow_supervisor(args.worker_supervisor or os.getppid())
             place = WorkerPlace(args.worker_index, args.worker_count, args.worker_dir)
         try:
             anyio.run(lambda: serve_http(settings, args.host, args.port, stateless=args.stateless, place=place))

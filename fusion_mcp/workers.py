@@ -108,15 +108,17 @@ def relay_socket(place: WorkerPlace) -> socket.socket:
     return sock
 
 
-def follow_supervisor() -> None:
-    """Have the kernel stop this worker (SIGTERM, a graceful stop) when its supervisor dies, even by SIGKILL,
-    so no orphan keeps serving the port. Linux only; elsewhere a killed supervisor leaves its workers."""
+def follow_supervisor(supervisor: int) -> None:
+    """Have the kernel stop this worker (SIGTERM, a graceful stop) when its supervisor (that pid) dies, even by
+    SIGKILL, so no orphan keeps serving the port. Linux only; elsewhere a killed supervisor leaves its workers."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # it died before the line above
+    # It died before the line above (the worker was re-parented). Not "parent is 1": in a container the
+    # supervisor itself is often pid 1.
+    if os.getppid() != supervisor:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -140,6 +142,7 @@ def serve_workers(worker_argv: list[str], host: str, port: int, count: int, dept
 
     def start(index: int) -> subprocess.Popen[bytes]:
         place = ["--worker-index", str(index), "--worker-count", str(count), "--worker-dir", str(directory)]
+        place += ["--worker-supervisor", str(os.getpid())]
         # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which stops each worker once
         # (a second signal would make uvicorn skip its graceful shutdown).
         command = [sys.executable, "-m", "fusion_mcp", *worker_argv, *place]
@@ -170,6 +173,8 @@ def serve_workers(worker_argv: list[str], host: str, port: int, count: int, dept
                 if not stopping:
                     workers[index], started[index] = start(index), time.monotonic()
     finally:
+        if not stopping:  # an error in the loop (a restart that could not start): stop the workers gracefully
+            stop(signal.SIGTERM, None)
         deadline = time.monotonic() + STOP_S
         for worker in workers:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -240,6 +241,41 @@ def test_workers_of_a_killed_supervisor_stop_too(sim: ProviderSim) -> None:
         running.proc.kill()
         running.proc.wait(timeout=5)
         wait_for(lambda: not any(alive(pid) for pid in pids), 15)
+
+
+def test_a_supervisor_that_is_pid_1_keeps_its_workers(sim: ProviderSim, tmp_path: Path) -> None:
+    """A container started with ``CMD ["fusion-mcp", "serve", ..., "--workers", "4"]`` makes the supervisor pid 1."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs unshare(1) and root to start the supervisor as pid 1 of a new pid namespace")
+    port = servers.free_port()
+    command = [unshare, "--pid", "--fork", "--mount-proc", console_script(), "serve", "--transport", "http"]
+    log = tmp_path / "stderr.log"
+    with (
+        log.open("wb") as sink,
+        subprocess.Popen(
+            [*command, "--port", str(port), "--workers", "2"],
+            env=child_env(**sim_env(sim)),
+            stdin=subprocess.DEVNULL,
+            stderr=sink,
+        ) as proc,
+    ):
+        seen: set[int] = set()
+
+        def both_answered() -> bool:
+            try:
+                seen.add(httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()["worker"])
+            except httpx2.TransportError:
+                pass
+            return seen == {0, 1}
+
+        try:
+            wait_for(both_answered, 20)
+        finally:
+            (supervisor,) = children(proc.pid)  # pid 1 in its namespace
+            os.kill(supervisor, signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+    assert "restarting" not in log.read_text()
 
 
 @pytest.mark.parametrize(
