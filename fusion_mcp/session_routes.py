@@ -60,8 +60,8 @@ class SessionRoutes:
         self.siblings = {
             f"w{i}": worker_port_file(directory, i) for i in range(workers) if directory is not None and i != worker
         }
-        self._clients: dict[Path, httpx2.AsyncClient] = {}
-        """A client per sibling, to the port it last said; forgotten when it cannot be reached (restarted)."""
+        self._clients: dict[int, httpx2.AsyncClient] = {}
+        """A client per sibling port; forgotten when it cannot be reached (its worker was restarted)."""
 
     @property
     def active(self) -> bool:
@@ -97,15 +97,17 @@ class SessionRoutes:
         A client that goes away mid-response closes the relayed request too, so the sibling sees the
         disconnect exactly as if the client had been its own (and cancels the call).
         """
-        client = self._clients.get(sibling)
+        try:
+            # Read at each relay: a sibling that was restarted listens on a new port.
+            port = int(await anyio.Path(sibling).read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("no relay port for %s: %r", sibling.stem, exc)
+            return False
+        client = self._clients.get(port)
         if client is None:
-            try:
-                port = int(await anyio.Path(sibling).read_text())
-            except (OSError, ValueError) as exc:
-                log.warning("no relay port for %s: %r", sibling.stem, exc)
-                return False
-            client = httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=RELAY_TIMEOUT)
-            self._clients[sibling] = client
+            client = self._clients[port] = httpx2.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", timeout=RELAY_TIMEOUT
+            )
         path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"")
         url = path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
@@ -117,15 +119,19 @@ class SessionRoutes:
                 response = await client.send(request, stream=True)
             except httpx2.TransportError as exc:
                 log.warning("relay to %s failed: %r", sibling.stem, exc)
-                del self._clients[sibling]
-                await client.aclose()
+                if self._clients.get(port) is client:  # not one a concurrent relay put there since
+                    del self._clients[port]
+                    await client.aclose()
                 tg.cancel_scope.cancel()
                 return False
             try:
                 raw = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
                 await send({"type": "http.response.start", "status": response.status_code, "headers": raw})
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                try:
+                    async for chunk in response.aiter_raw():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx2.TransportError as exc:  # the sibling died mid-response: end what the client got
+                    log.warning("relay from %s broke off: %r", sibling.stem, exc)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             finally:
                 await response.aclose()

@@ -235,6 +235,35 @@ def test_a_dead_worker_is_restarted_and_the_supervisor_stops_them_all(sim: Provi
         assert "worker 0 exited with status -9; restarting it" in running.stderr
 
 
+@pytest.mark.anyio
+async def test_a_restarted_worker_s_new_sessions_are_relayed_to_at_once(sim: ProviderSim) -> None:
+    slow_when_asked(sim)
+    with servers.http_server(sim_env(sim), "--workers", "2") as running:
+        session, home = await open_session(running.base)
+        tools = {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
+
+        async def relayed(session: str) -> int:
+            async with on_worker(running.base, avoid=home) as elsewhere:
+                headers = {"mcp-session-id": session, "mcp-protocol-version": LEGACY}
+                return (await elsewhere.post("/mcp", json=tools, headers=headers)).status_code
+
+        assert await relayed(session) == 200  # the other worker now knows the way to this one
+        (pid,) = [p for p in children(running.proc.pid) if f"--worker-index\0{home}\0" in cmdline(p)]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: len(children(running.proc.pid)) == 2 and pid not in children(running.proc.pid), 15)
+        for _ in range(50):  # a session on the restarted worker (the kernel picks the worker per connection)
+            session, worker = await open_session(running.base)
+            if worker == home:
+                break
+        assert worker == home
+        # Relayed to the worker's new port on the first try (not to the dead one's, which answers 404).
+        assert await relayed(session) == 200
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text()
+
+
 def test_workers_of_a_killed_supervisor_stop_too(sim: ProviderSim) -> None:
     with servers.http_server(sim_env(sim), "--workers", "2") as running:
         pids = children(running.proc.pid)
