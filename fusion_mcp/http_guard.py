@@ -169,7 +169,8 @@ class Guard:
             return
         scope = dict(scope, **caller)
         principal = str(caller[PRINCIPAL_KEY])
-        session = headers.get(SESSION, b"").decode("latin-1")
+        # MCP sessions are /mcp's: a chat request carrying the header is not routed or refused by it.
+        session = "" if shaped else headers.get(SESSION, b"").decode("latin-1")
         if session and self.routes is not None:
             route = self.routes.inward(session)
             if route.sibling is not None:
@@ -185,6 +186,7 @@ class Guard:
                 await refuse(send, 404, "session not found")
                 return
             if scope["method"] == "DELETE":
+                self._phase(scope, "serving")  # its headers are in: the header deadline must not cut the wait
                 await self.sessions.settle(session, SETTLE_S)
                 self.sessions.closed(session)  # now: a request racing the DELETE must not reach a closing session
         if scope["method"] != "POST":

@@ -166,7 +166,9 @@ def test_text_before_the_fusion_call_comes_first(sim: ProviderSim, http_server: 
 
 def test_a_direct_answer_makes_no_panel_request(sim: ProviderSim, http_server: str) -> None:
     sim.scripts[WRITER] = writer.direct()
-    data = post(http_server, {"model": WRITER, "messages": [USER], "plugins": [PLUGIN]}).json()
+    # A client that also speaks MCP may send its session header everywhere: the chat routes ignore it.
+    session = {"Mcp-Session-Id": "w1.not-a-session-of-this-server"}
+    data = post(http_server, {"model": WRITER, "messages": [USER], "plugins": [PLUGIN]}, **session).json()
     assert data["choices"][0]["message"] == {"role": "assistant", "content": writer.DIRECT}
     assert "fusion" not in data and data["usage"] == ONE_REQUEST
     assert [r.model for r in sim.requests] == [WRITER]
