@@ -27,8 +27,8 @@ import anyio
 
 from .config import Settings
 from .member import MemberOutcome
-from .models import FusionRequest, FusionResult
-from .pipeline import so_far
+from .models import FusionRequest, FusionResult, Usage
+from .pipeline import so_far, spent_so_far
 from .progress import EventSink, ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class LiveRun:
     """The settings its requests go out with: the server's, or with the caller's own key (pass-through)."""
     started: float = field(default_factory=time.time)
     outcomes: dict[str, MemberOutcome] = field(default_factory=dict)
+    analyst_turns: list[MemberOutcome] = field(default_factory=list)
     listeners: list[EventSink] = field(default_factory=list)
     last_event: ProgressEvent | None = None
     result: FusionResult | None = None
@@ -80,6 +81,10 @@ class LiveRun:
             log.info("run %s: %s", self.run_id, event.message)
         for listener in list(self.listeners):
             await listener(event)
+
+    def spent(self) -> Usage:
+        """What the run has used so far (for a run stopped before its result was made)."""
+        return spent_so_far(self.request, self.outcomes, self.analyst_turns)
 
     def snapshot(self, call_wait_s: float) -> FusionResult:
         """The run as it stands: finished answers and failures, the entries still working, and how to come

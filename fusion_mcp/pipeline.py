@@ -44,12 +44,14 @@ async def run_fusion(
     web: WebTools | None = None,
     material: Material | None = None,
     outcomes: dict[str, MemberOutcome] | None = None,
+    analyst_turns: list[MemberOutcome] | None = None,
 ) -> FusionResult:
     """Run one fusion. Upstream failures become result fields; only cancellation propagates.
 
     Web tools follow ``request.web_tools`` (see :class:`~fusion_mcp.run.RunTools`). ``transcripts``, when
     given, receives every model's full conversation, tool calls included, for the run history; ``outcomes``
-    receives each member's outcome as it works (what a run still going has finished, see :func:`so_far`).
+    receives each member's outcome as it works (what a run still going has finished, see :func:`so_far`), and
+    ``analyst_turns`` each analyst request as it is made (what a stopped run spent, see :func:`spent_so_far`).
     ``material`` is the call's files, read already.
 
     The host's own answers (``request.guests``) join the panel's for the analyst, named ``guest:<label>``.
@@ -71,6 +73,7 @@ async def run_fusion(
         transcripts=transcripts if transcripts is not None else {},
         material=material,
         outcomes=outcomes if outcomes is not None else {},
+        analyst_turns=analyst_turns if analyst_turns is not None else [],
     )
     await run.progress.emit("started", model=request.model)
     collected = list((await panel.collect(run)).values())
@@ -106,7 +109,7 @@ async def analyse(run: Run, responses: list[PanelResponse]) -> AnalystOutcome:
     request = run.request
     await run.progress.emit("analyst_started", model=request.model, answered=len(responses))
     started = anyio.current_time()
-    verdict = AnalystOutcome()
+    verdict = AnalystOutcome(runs=run.analyst_turns)
     run.transcripts[f"analyst:{request.model}"] = verdict.transcript
     with anyio.move_on_at(run.clock.deadline) as scope:
         await run_analyst(
@@ -211,9 +214,12 @@ def so_far(request: FusionRequest, outcomes: dict[str, MemberOutcome], run_id: s
     )
 
 
-def panel_usage(outcomes: dict[str, MemberOutcome]) -> Usage:
-    """What the panel members of a run that was stopped had used by then (finished or not)."""
-    return _usage([_usage_row(o.model, "panel", [o]) for o in outcomes.values()])
+def spent_so_far(request: FusionRequest, outcomes: dict[str, MemberOutcome], analyst: list[MemberOutcome]) -> Usage:
+    """What a run that was stopped had used by then: its panel members' and analyst's requests, finished or not."""
+    rows = [_usage_row(o.model, "panel", [o]) for o in outcomes.values()]
+    if analyst:
+        rows.append(_usage_row(request.model, "analyst", analyst))
+    return _usage(rows)
 
 
 def _usage_row(model: str, role: Literal["panel", "analyst"], turns: list[MemberOutcome]) -> ModelUsage:

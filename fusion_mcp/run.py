@@ -178,3 +178,5 @@ class Run:
     """The call's files, placed first in every member's request."""
     outcomes: dict[str, MemberOutcome] = field(default_factory=dict)
     """Each panel entry's outcome, filled in as members work (a run still going reports what has finished)."""
+    analyst_turns: list[MemberOutcome] = field(default_factory=list)
+    """The analyst's requests as they are made, so a run stopped during its analysis still counts them."""

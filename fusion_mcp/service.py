@@ -31,7 +31,7 @@ from .lenses import model_of
 from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
 from .material import Material, read_material, without_image_data
 from .models import FusionArgs, FusionRequest, FusionResult, TokenUsage, Usage
-from .pipeline import panel_usage, run_fusion
+from .pipeline import run_fusion
 from .progress import EventSink
 from .provider import Provider, ProviderPools
 from .run import new_run_id
@@ -304,7 +304,7 @@ class FusionService:
                 )
                 live.result = lost
             if live.durable:
-                await self._record(live, live.result, transcripts, spent=panel_usage(live.outcomes))
+                await self._record(live, live.result, transcripts, spent=live.spent())
         if not live.settled:
             await self._settle_usage(live)
         live.done.set()
@@ -392,7 +392,7 @@ class FusionService:
         elif live.result is not None and live.result.usage.models:
             spent = live.result.usage
         else:
-            spent = panel_usage(live.outcomes)
+            spent = live.spent()
         if self.store is None or not (live.reserved or spent.models):
             return
         with anyio.CancelScope(shield=True):
@@ -448,6 +448,7 @@ class FusionService:
                 web=self.web,
                 material=material,
                 outcomes=live.outcomes,
+                analyst_turns=live.analyst_turns,
             )
         spent, cap = result.usage.total.cost, self.settings.max_cost_usd
         if cap is not None and spent is not None and spent > cap:

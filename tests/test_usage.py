@@ -20,7 +20,7 @@ from fusion_mcp.daily_cap import duration, refusal, utc_day
 from fusion_mcp.server import create_server
 from fusion_mcp.store import Spend, UsageTotal
 from tests import servers
-from tests.conftest import PANEL, child_env, console_script, sim_env
+from tests.conftest import ANALYST, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply, priced
 from tests.helpers import TOOL, over_http, structured, wait_until
 from tests.test_store import Raw
@@ -227,5 +227,26 @@ async def test_runs_that_leave_no_record_still_count_what_they_spent(
         # The cancelled run: the two members that answered; the third's request was cut before it reported any.
         (3, 2, 0.003),
         (4, 4, 0.006),  # the unrecorded one: three members and the analyst, in full
+    ]
+    assert rows(env, "SELECT * FROM {reservations}") == []
+
+
+async def test_a_run_cancelled_during_its_analysis_counts_the_analysts_requests(
+    sim: ProviderSim, store_env: dict[str, str]
+) -> None:
+    env = sim_env(sim, **store_env, FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY="5")
+    assert ANALYST == PANEL[0]  # one script: its panel answer, an analysis that is no JSON, a repair that takes long
+    sim.script(ANALYST, Reply(), Reply(content="not JSON"), Reply(latency=30))
+    async with Client(create_server(load_settings(environ=env))) as client:
+        async with anyio.create_task_group() as tg:  # cancelled once the repair has been asked for
+            tg.start_soon(lambda: client.call_tool(TOOL, {"prompt": "cancelled while analysing"}))
+            await wait_until(lambda: len(sim.requests_for(ANALYST)) == 3)
+            tg.cancel_scope.cancel()
+        await wait_until(lambda: rows(env, "SELECT count(*) FROM {usage}") == [(4,)])
+    spent = rows(env, "SELECT model, role, requests, cost FROM {usage} ORDER BY role, model")
+    # The first analysis request is counted; the repair was cut before it reported any usage.
+    assert [(m, r, n, round(c, 6)) for m, r, n, c in spent] == [
+        (ANALYST, "analyst", 1, 0.0015),
+        *sorted((m, "panel", 1, 0.0015) for m in PANEL),
     ]
     assert rows(env, "SELECT * FROM {reservations}") == []
