@@ -512,7 +512,7 @@ class FusionService:
                 return lost
             if self.store is not None:  # so the history stops listing it as running
                 try:
-                    await self.store.save_run(request, lost, {}, principal)
+                    await self.store.save_run(request, lost, {}, principal, settle=False)
                 except StoreError as exc:
                     log.warning("run %s not recorded as lost: %s", run_id, exc)
             return lost

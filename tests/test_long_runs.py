@@ -166,7 +166,13 @@ async def test_runs_are_found_only_by_their_principal_and_a_restarted_server_rep
     sim: ProviderSim, tmp_path: Path
 ) -> None:
     sim.script(B, Reply(latency=60))
-    env = sim_env(sim, FUSION_HOME=str(tmp_path), FUSION_HTTP_TOKENS=f"alice:{ALICE},bob:{BOB}", **LONG)
+    env = sim_env(
+        sim,
+        FUSION_HOME=str(tmp_path),
+        FUSION_HTTP_TOKENS=f"alice:{ALICE},bob:{BOB}",
+        FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY="5",
+        **LONG,
+    )
     with servers.http_server(env) as first:
         async with over_http(first.base, ALICE) as alice:
             killed = structured(await alice.call_tool(TOOL, {"prompt": "q"}))
@@ -208,8 +214,12 @@ async def test_runs_are_found_only_by_their_principal_and_a_restarted_server_rep
     assert [r["model"] for r in lost["responses"]] == [A, C]  # the answers it had are kept
     with sqlite3.connect(tmp_path / "fusion.sqlite3") as db:
         rows = dict(db.execute("SELECT run_id, status FROM runs").fetchall())
+        reserved = db.execute("SELECT run_id FROM reservations").fetchall()
     # Found lost, the crashed run's row says so too (fusion-mcp runs no longer lists it as running).
     assert rows == {stopped["run_id"]: "error:run_lost", killed["run_id"]: "error:run_lost"}
+    # What the crashed run spent is unknown: its reservation keeps counting against the cap until it expires.
+    # The one stopped gracefully recorded what it had used instead.
+    assert reserved == [(killed["run_id"],)]
 
 
 async def test_a_run_of_another_live_process_is_watched_through_the_history(sim: ProviderSim, tmp_path: Path) -> None:

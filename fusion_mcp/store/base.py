@@ -222,17 +222,19 @@ class Store(ABC):
         *,
         spent: Usage | None = None,
         secrets: tuple[str, ...] = (),
+        settle: bool = True,
     ) -> None:
         """Record a run, replacing an earlier record of it; ``secrets`` are redacted beside the store's own.
 
         A ``running`` result (a run that may outlive its call, at its start) names its ``owner`` process and
         gets a heartbeat. Any other result is the run's end: its usage rows (from ``spent``, else the
         result's usage; a cached result's cost nothing) are written with it and its reservation released, in
-        one transaction — the run is recorded completely or not at all.
+        one transaction — the run is recorded completely or not at all. ``settle=False`` writes the record only:
+        a run found lost, whose spend nobody knows, keeps its reservation counting until it expires.
         """
         row = self._run_row(request, result, transcripts, principal, owner, (*self._secrets, *secrets))
         usage = None
-        if result.status != "running":
+        if result.status != "running" and settle:
             usage = usage_rows(result.run_id, principal, row.created, spent or result.usage, free=result.cached)
         await self._commit(row, result.run_id, usage)
         await self._trim(self._trim_runs, row.created)
