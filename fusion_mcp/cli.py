@@ -46,6 +46,7 @@ RUNS_WIDTH = 100
 """``fusion-mcp runs`` lines stay within this many columns."""
 ASK_FLAGS = {
     "prompt": "PROMPT",
+    "context": "--context",
     "analysis_models": "--models",
     "model": "--model",
     "max_tool_calls": "--max-tool-calls",

@@ -379,7 +379,7 @@ class Settings(BaseModel):
             _ = parts.port  # a port that is not a number raises ValueError
         return v
 
-    @field_validator("temperature", "deadline_s", "analyst_reserve_s", "principal_max_cost_usd_per_day")
+    @field_validator("temperature", "deadline_s", "analyst_reserve_s", "max_cost_usd", "principal_max_cost_usd_per_day")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
         if v is not None and not math.isfinite(v):

@@ -53,6 +53,8 @@ def test_ask_exits_non_zero_on_an_error_result_and_on_bad_arguments(sim: Provide
     budget = ask(sim, "q", "--max-tool-calls", "99")
     assert budget.returncode == 2
     assert "--max-tool-calls: must be a whole number from 1 to 16 (99 given)" in budget.stderr
+    long = ask(sim, "q" * 600, "--context", "c" * 401, FUSION_MAX_PROMPT_CHARS="1000")
+    assert long.returncode == 2 and "fusion-mcp: --context: must be the material the panel needs" in long.stderr
 
 
 def test_ask_takes_a_preset_and_says_when_an_answer_came_from_the_cache(sim: ProviderSim, tmp_path: Path) -> None:

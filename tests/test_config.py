@@ -243,6 +243,10 @@ DB_RULE = "must be a postgresql:// (or postgres://) URL, or empty for the SQLite
             "empty for no cap",
         ),
         (
+            {"FUSION_MAX_COST_USD": "inf"},
+            "invalid setting FUSION_MAX_COST_USD='inf': must be a number of US dollars > 0, or empty for no cap",
+        ),
+        (
             {"FUSION_USAGE_MAX_DAYS": "0.5"},
             "invalid setting FUSION_USAGE_MAX_DAYS='0.5': must be a number of days from 1 to 3,650",
         ),
