@@ -173,4 +173,4 @@ async def serve_http(
     if place is None:
         await server.serve()
         return
-    await server.serve(sockets=[port_socket(host, port, listen=True), relay_socket(place)])
+    await server.serve(sockets=[port_socket(host, port), relay_socket(place)])

@@ -73,8 +73,9 @@ def parse_workers(value: str) -> int:
     return int(value)
 
 
-def port_socket(host: str, port: int, *, listen: bool, share: bool = True) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (with ``SO_REUSEPORT`` if ``share``), listening if ``listen``."""
+def port_socket(host: str, port: int, *, share: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (with ``SO_REUSEPORT`` if ``share``), not listening yet: uvicorn
+    listens once the app has started, so the kernel hands a worker no connection before it can serve."""
     bare = host.strip("[]")
     family = socket.AF_INET6 if ":" in bare else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -83,8 +84,6 @@ def port_socket(host: str, port: int, *, listen: bool, share: bool = True) -> so
         if share:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((bare, port))
-        if listen:
-            sock.listen(2048)
     except OSError:
         sock.close()
         raise
@@ -100,7 +99,7 @@ def relay_socket(place: WorkerPlace) -> socket.socket:
     """
     from .session_routes import worker_port_file
 
-    sock = port_socket("127.0.0.1", 0, listen=False, share=False)
+    sock = port_socket("127.0.0.1", 0, share=False)
     path = worker_port_file(place.directory, place.index)
     written = path.with_suffix(".tmp")
     written.write_text(str(sock.getsockname()[1]))
@@ -131,8 +130,8 @@ def serve_workers(worker_argv: list[str], host: str, port: int, count: int, dept
     """
     try:
         # A plain bind first: SO_REUSEPORT alone would share the port with another server of this user.
-        port_socket(host, port, listen=False, share=False).close()
-        reserved = port_socket(host, port, listen=False)
+        port_socket(host, port, share=False).close()
+        reserved = port_socket(host, port)
     except OSError as exc:
         log.error("cannot bind %s:%d: %s", host, port, exc.strerror or exc)
         return 1
