@@ -7,15 +7,16 @@ pyproject.toml, the one place it is written.
 
 from __future__ import annotations
 
-from importlib.metadata import metadata, version
+from importlib.metadata import metadata
 
 DISTRIBUTION = "fusion-panel-mcp"
 COMMAND = "fusion-mcp"
-VERSION = version(DISTRIBUTION)
+_META = metadata(DISTRIBUTION)  # parsed once: it embeds the README
+VERSION = _META["Version"]
 
 
 def _homepage() -> str:
-    for entry in metadata(DISTRIBUTION).get_all("Project-URL") or []:
+    for entry in _META.get_all("Project-URL") or []:
         label, _, url = entry.partition(",")
         if label.strip().lower() == "homepage":
             return url.strip()

@@ -565,14 +565,13 @@ def usage_table(rows: list[UsageTotal], total: UsageTotal, by: UsageBy, since: f
     columns = f"{'runs':>6}  {'requests':>8}  {'prompt tokens':>13}  {'completion tokens':>17}  {'cost':>10}"
     head = f"{by:<{width}}  {columns}"
 
-    def line(r: UsageTotal, runs: str) -> str:
+    def line(r: UsageTotal) -> str:
         return (
-            f"{r.key:<{width}}  {runs:>6}  {r.requests:>8,}  {r.prompt_tokens:>13,}  {r.completion_tokens:>17,}  "
+            f"{r.key:<{width}}  {r.runs:>6,}  {r.requests:>8,}  {r.prompt_tokens:>13,}  {r.completion_tokens:>17,}  "
             f"{'$' + format(r.cost, '.4f'):>10}"
         )
 
-    lines = [f"usage since {when}", head, *(line(r, f"{r.runs:,}") for r in rows)]
-    lines.append(line(total, f"{total.runs:,}"))
+    lines = [f"usage since {when}", head, *map(line, rows), line(total)]
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ import mimetypes
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ class MaterialFile:
     data: bytes = b""
     """Images: the file's bytes."""
 
+    @cached_property
+    def data_url(self) -> str:
+        """Images: the bytes as a data URL, encoded once for all the members that read it."""
+        return f"data:{self.attachment.media_type};base64,{base64.b64encode(self.data).decode('ascii')}"
+
 
 @dataclass(frozen=True)
 class Material:
@@ -67,6 +73,10 @@ class Material:
 
     def text_block(self) -> str | None:
         """The text files as one block (the analyst reads them this way), or None without any."""
+        return self._text_block
+
+    @cached_property
+    def _text_block(self) -> str | None:
         texts = [f for f in self.files if f.attachment.kind == "text"]
         if not texts:
             return None
@@ -85,8 +95,7 @@ class Material:
             a = picture.attachment
             if images:
                 parts.append({"type": "text", "text": f'<image path="{picture.name}">'})
-                url = f"data:{a.media_type};base64,{base64.b64encode(picture.data).decode('ascii')}"
-                parts.append({"type": "image_url", "image_url": {"url": url}})
+                parts.append({"type": "image_url", "image_url": {"url": picture.data_url}})
             else:
                 parts.append(
                     {
