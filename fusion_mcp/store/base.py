@@ -154,8 +154,6 @@ class Store(ABC):
     raise :class:`StoreError`.
     """
 
-    kind: ClassVar[str]
-    """``sqlite`` or ``postgresql``."""
     shared: ClassVar[bool] = False
     """Other machines may share it, and it may come back after an outage: a store that fails to open stays
     in use (each call tries again) instead of being dropped for the process's life."""

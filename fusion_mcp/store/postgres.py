@@ -156,7 +156,6 @@ def display_url(url: str) -> str:
 class PostgresStore(Store):
     """The store in one PostgreSQL database, shared by every process that has its URL."""
 
-    kind = "postgresql"
     shared = True
 
     def __init__(self, url: str, *, pool_size: int = 8, **kwargs: Any) -> None:

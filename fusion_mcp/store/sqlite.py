@@ -192,8 +192,6 @@ def _private_file(path: Path, *, create: bool = True) -> None:
 class SqliteStore(Store):
     """The store of one ``FUSION_HOME``: the file ``fusion.sqlite3`` in it, private to its owner."""
 
-    kind = "sqlite"
-
     def __init__(self, home: Path, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.home = home
