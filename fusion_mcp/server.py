@@ -1,6 +1,7 @@
 """The MCP layer: ``create_server()`` registers ``openrouter_fusion``, the run resources and ``/healthz``.
 
-This module and :mod:`~fusion_mcp.mcp_logging` are the only ones that import ``mcp``. A tool call is
+This module, :mod:`~fusion_mcp.mcp_logging` and :mod:`~fusion_mcp.mcp_tasks` are the MCP layer (with
+:mod:`~fusion_mcp.http_app`, which mounts the SDK's app); nothing below them imports ``mcp``. A tool call is
 translated into :class:`FusionArgs` and handed to the process's :class:`FusionService`, which applies the
 same rules as every other front end; this layer only forwards progress and maps the result to
 ``structuredContent`` (validated against the declared output schema) plus a markdown text block. Error
