@@ -48,19 +48,17 @@ async def run_fusion(
 ) -> FusionResult:
     """Run one fusion. Upstream failures become result fields; only cancellation propagates.
 
-    Web tools follow ``request.web_tools`` (see :class:`~fusion_mcp.run.RunTools`). ``transcripts``, when
-    given, receives every model's full conversation, tool calls included, for the run history; ``outcomes``
-    receives each member's outcome as it works (what a run still going has finished, see :func:`so_far`), and
-    ``analyst_turns`` each analyst request as it is made (what a stopped run spent, see :func:`spent_so_far`).
-    ``material`` is the call's files, read already.
+    Web tools follow ``request.web_tools`` (see :class:`~fusion_mcp.run.RunTools`); ``material`` is the call's
+    files, read already. Filled in as the run goes, when given: ``transcripts`` (every model's conversation,
+    for the history), ``outcomes`` (each member's: what a run still going has finished, :func:`so_far`) and
+    ``analyst_turns`` (each analyst request: what a stopped run spent, :func:`spent_so_far`).
 
-    The host's own answers (``request.guests``) join the panel's for the analyst, named ``guest:<label>``.
-    With fewer panel answers than the quorum (``min_answers``, at most the panel's size) the analyst is not
-    asked: the result is ``degraded`` with the answers there are.
+    The host's own answers (``request.guests``) join the panel's for the analyst, named ``guest:<label>``. With
+    fewer panel answers than the quorum (``min_answers``, at most the panel's size) the analyst is not asked:
+    the result is ``degraded`` with the answers there are.
 
-    With ``request.deadline_s``, members still running at the deadline minus the analyst's reserve are
-    cancelled and keep what they had streamed as a truncated answer; an analyst still running at the
-    deadline is cancelled and the answers come back without analysis.
+    With ``request.deadline_s``, members running at the deadline less the analyst's reserve are cut and keep what
+    they streamed (truncated); an analyst running at the deadline is cut: the answers come without analysis.
     """
     clock = Clock.start(request)
     run = Run(
