@@ -473,7 +473,11 @@ async def test_a_busy_pool_is_reported_as_busy_and_the_next_call_is_served(datab
         await locker.execute("LOCK TABLE fusion_runs IN ACCESS EXCLUSIVE MODE")  # held until the commit
         async with anyio.create_task_group() as tg:
             tg.start_soon(store.recent)  # takes the only connection and waits on the lock
-            await anyio.sleep(0.5)
+            for _ in range(200):  # until PostgreSQL shows it waiting
+                waiting = await (await locker.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")).fetchone()
+                if waiting and waiting[0]:
+                    break
+                await anyio.sleep(0.05)
             try:
                 with pytest.raises(StoreError) as busy:
                     await store.recent()
