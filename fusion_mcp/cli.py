@@ -28,7 +28,7 @@ from . import __version__
 from .about import HOMEPAGE
 from .admission import FusionRefused, argument_rule, prepare
 from .config import PRESET_NAMES, ConfigError, Settings, check_bind, load_settings
-from .errors import MIN_SECRET_CHARS, redact
+from .errors import MIN_SECRET_CHARS, Redactor, live_secrets
 from .limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
 from .models import FusionArgs, FusionRequest, FusionResult, GuestAnswer
 from .progress import ProgressEvent
@@ -59,15 +59,29 @@ ASK_FLAGS = {
 
 
 class _Redact(logging.Filter):
-    """Last line of defence: no secret reaches a log line, whatever formatted it."""
+    """Last line of defence: no secret reaches a log line, whatever formatted it — the message, the traceback
+    logged with it (an exception's text can quote a header it refused), or its stack.
+
+    The secrets are the settings' and the lent keys of the requests and runs going on at the time.
+    """
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         super().__init__()
         self._secrets = secrets
+        self._redactor = Redactor(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            record.msg, record.args = redact(record.getMessage(), self._secrets), None
+        lent = live_secrets()
+        redactor = Redactor((*self._secrets, *lent)) if lent else self._redactor
+        if not redactor:
+            return True
+        record.msg, record.args = redactor.text(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redactor.text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redactor.text(record.stack_info)
         return True
 
 

@@ -6,7 +6,10 @@ read; nothing above the provider client parses HTTP bodies.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -59,34 +62,115 @@ everything and protects nothing (no real key is that short; the command line war
 REDACTED = "[redacted]"
 
 
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """How ``secret`` can appear in text: as itself, and as JSON writes it inside a string (quotes and
+    backslashes escaped, ``/`` as ``\\/``, non-ASCII as ``\\uXXXX``), so an echo inside a JSON document (a
+    model's tool-call arguments, a provider's error body) is caught too."""
+    escaped = json.dumps(secret)[1:-1]
+    found = [secret, escaped, escaped.replace("/", "\\/"), json.dumps(secret, ensure_ascii=False)[1:-1]]
+    return tuple(dict.fromkeys(found))
+
+
+class Redactor:
+    """Every secret of one way out (a process's, plus a caller's lent key), removed from text and values.
+
+    Built once per request or run: the forms of each secret are worked out here, longest first, so a secret
+    that contains another is replaced whole.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms = {f for s in secrets if len(s) >= MIN_SECRET_CHARS for f in secret_forms(s)}
+        self.forms = tuple(sorted(forms, key=len, reverse=True))
+        self.longest = len(self.forms[0]) if self.forms else 0
+
+    def __bool__(self) -> bool:
+        return bool(self.forms)
+
+    def text(self, text: str) -> str:
+        for form in self.forms:
+            if form in text:
+                text = text.replace(form, REDACTED)
+        return text
+
+    def value(self, value: Any) -> Any:
+        """``value`` (JSON-like: dicts, lists, strings...) with every secret replaced in every string, keys too.
+
+        Redacting values before they are serialised means escaping cannot hide a secret: one with a quote, a
+        backslash or non-ASCII characters looks different in JSON text, but not in the string it came from.
+        """
+        return _walk(value, self) if self.forms else value
+
+    def stream(self) -> StreamRedactor:
+        return StreamRedactor(self)
+
+
+class StreamRedactor:
+    """Redacts text that arrives in pieces: a secret split across two pieces is still caught.
+
+    :meth:`feed` returns what may go out now and holds back the last ``longest - 1`` characters, where a
+    secret could be starting; :meth:`flush` returns the rest once the text has ended.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self._hold = max(0, redactor.longest - 1)
+        self._pending = ""
+
+    def feed(self, piece: str) -> str:
+        if not self._hold:
+            return piece
+        text = self._redactor.text(self._pending + piece)
+        cut = max(0, len(text) - self._hold)
+        self._pending = text[cut:]
+        return text[:cut]
+
+    def flush(self) -> str:
+        rest, self._pending = self._redactor.text(self._pending), ""
+        return rest
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
     """Replace every secret in ``text``; upstream bodies sometimes echo the key they were sent."""
-    for secret in secrets:
-        if len(secret) >= MIN_SECRET_CHARS and secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+    return Redactor(secrets).text(text)
 
 
 def redact_value(value: Any, secrets: Iterable[str]) -> Any:
-    """``value`` (JSON-like: dicts, lists, strings...) with every secret replaced in every string, keys too.
-
-    Redacting values before they are serialised means escaping cannot hide a secret: one with a quote, a
-    backslash or non-ASCII characters looks different in JSON text, but not in the string it came from.
-    """
-    secrets = [s for s in secrets if len(s) >= MIN_SECRET_CHARS]
-    if not secrets:
-        return value
-    return _walk(value, secrets)
+    """``value`` with every secret replaced in every string (see :meth:`Redactor.value`)."""
+    return Redactor(secrets).value(value)
 
 
-def _walk(value: Any, secrets: list[str]) -> Any:
+def _walk(value: Any, redactor: Redactor) -> Any:
     if isinstance(value, str):
-        return redact(value, secrets)
+        return redactor.text(value)
     if isinstance(value, dict):
-        return {_walk(k, secrets): _walk(v, secrets) for k, v in value.items()}
+        return {_walk(k, redactor): _walk(v, redactor) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_walk(v, secrets) for v in value]
+        return [_walk(v, redactor) for v in value]
     return value
+
+
+_LIVE: Counter[str] = Counter()
+
+
+@contextmanager
+def live_secret(secret: str | None) -> Iterator[None]:
+    """Count ``secret`` (a caller's lent key) as a secret of the whole process while the block runs, so the log
+    filter redacts it from every line written meanwhile, whichever task writes it."""
+    if secret is None:
+        yield
+        return
+    _LIVE[secret] += 1
+    try:
+        yield
+    finally:
+        _LIVE[secret] -= 1
+        if _LIVE[secret] <= 0:
+            del _LIVE[secret]
+
+
+def live_secrets() -> tuple[str, ...]:
+    """The lent keys of the requests and runs going on now."""
+    return tuple(_LIVE)
 
 
 class EmptyAnswer(BadResponse):

@@ -165,6 +165,9 @@ async def serve_http(
         # X-Forwarded-For address there instead, and a long call would be cut at the header deadline.
         proxy_headers=False,
         log_level="warning",
+        # uvicorn's own logging config would give its loggers a handler of their own, past the redacting
+        # filter on ours: an exception it logs (with a traceback quoting a header) must be redacted too.
+        log_config=None,
         lifespan="on",
         # A stopped server must not wait forever for a fusion still streaming to a client.
         timeout_graceful_shutdown=5,
