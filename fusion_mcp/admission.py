@@ -37,6 +37,7 @@ from .limits import (
 from .model_ids import MODEL_ID_RULE, check_model_id
 from .models import FailureReason, FusionArgs, FusionRequest, FusionResult, GuestAnswer
 from .provider import DEPTH_HEADER
+from .strict_json import lone_surrogate
 from .text import number, plural
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ def _refusal(error: Any, raw: dict[str, Any]) -> FusionRefused:
         )
     if error["type"] == "missing":
         return FusionRefused.bad_argument(name, "missing")
+    if error["type"] == "string_unicode":  # pydantic's word for a lone surrogate
+        return FusionRefused.bad_argument(name, NOT_TEXT)
     return FusionRefused.bad_argument(name, f"got {_shown(raw.get(name))}")
 
 
@@ -156,14 +159,20 @@ def argument_rule(name: str, detail: str = "") -> str:
     return f"{ARGUMENT_RULES[name]} ({detail})" if detail else ARGUMENT_RULES[name]
 
 
-def prepare(args: FusionArgs, settings: Settings, *, depth: int) -> FusionRequest:
+def prepare(args: FusionArgs, settings: Settings, *, depth: int, lent: bool = False) -> FusionRequest:
     """Merge ``args`` over ``settings`` and apply every rule that needs no network; raise :class:`FusionRefused`.
 
     ``depth`` is the caller's fusion depth (the incoming ``x-openrouter-fusion-depth``, or ``FUSION_DEPTH``).
+    ``lent``: the caller pays with its own key, and gets none of the server's own resources — the files
+    under ``FUSION_FILES_ROOTS``, the local web tools (the server's search-API key, fetches from its network)
+    — unless ``FUSION_PASS_THROUGH_SERVER_TOOLS`` allows them.
     """
     prompt = args.prompt.strip()
     if not prompt:
         raise FusionRefused.bad_argument("prompt")
+    for name, text in (("prompt", args.prompt), ("context", args.context or "")):
+        if lone_surrogate(text):
+            raise FusionRefused.bad_argument(name, NOT_TEXT)
     size = len(args.prompt) + len(args.context or "")
     if size > settings.max_prompt_chars:
         detail = f"{size:,} characters given, FUSION_MAX_PROMPT_CHARS is {settings.max_prompt_chars:,}"
@@ -185,6 +194,12 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int) -> FusionReques
     if files and not roots:
         raise FusionRefused.bad_argument(
             "files", "no roots: the client declared no MCP roots and FUSION_FILES_ROOTS is not set"
+        )
+    server_tools = not lent or settings.pass_through_server_tools
+    if files and not server_tools:
+        raise FusionRefused.bad_argument(
+            "files",
+            "this server reads its files only for callers that use its own key, see FUSION_PASS_THROUGH_SERVER_TOOLS",
         )
     tool_calls = settings.max_tool_calls if args.max_tool_calls is None else args.max_tool_calls
     if not MIN_TOOL_CALLS <= tool_calls <= MAX_TOOL_CALLS:
@@ -218,13 +233,17 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int) -> FusionReques
         # gets the default share of it.
         analyst_reserve_s=settings.analyst_reserve_s if deadline == settings.deadline_s else None,
         final_answer=args.final_answer,
-        web_tools=settings.web_mode,
+        # OpenRouter's server tools bill the lent key itself; ours would spend the server's search key and network.
+        web_tools="off" if settings.web_mode == "local" and not server_tools else settings.web_mode,
         lenses={lens: lenses[lens] for entry in panel if (lens := split_entry(entry)[1]) is not None},
         guests=guests,
         min_answers=settings.min_answers,
         files=files,
         file_roots=roots if files else (),
     )
+
+
+NOT_TEXT = "holds a lone surrogate (\\ud800-\\udfff), which is not text: it cannot be sent to any model"
 
 
 def _analyst_id(value: Any) -> str:
@@ -246,6 +265,8 @@ def _guests(value: Any) -> tuple[GuestAnswer, ...]:
         except ValueError:
             raise ValueError("each answer needs a label and content, both text") from None
         label = answer.label.strip()
+        if lone_surrogate(answer.label) or lone_surrogate(answer.content):
+            raise ValueError(f"the answer labelled {_shown(label)} {NOT_TEXT}")
         if not _GUEST_LABEL.fullmatch(label):
             raise ValueError(f"label {label[:40]!r} is empty, too long or has other characters")
         if not answer.content.strip() or len(answer.content) > MAX_GUEST_CHARS:
@@ -302,10 +323,12 @@ def _checked(name: str, check: Callable[[Any], T], given: Any, default: T) -> T:
 
 
 async def check_catalogue(
-    catalogue: CatalogueClient, request: FusionRequest, max_cost_usd: float | None
+    catalogue: CatalogueClient, request: FusionRequest, max_cost_usd: float | None, *, left_of: float | None = None
 ) -> FusionRequest:
     """Refuse unknown model ids and runs over the cost cap; mark the models that cannot call tools, those that
     read images, and the run's worst-case cost (``cost_estimate``).
+
+    ``left_of`` is ``FUSION_MAX_COST_USD`` when ``max_cost_usd`` is what a chat turn has left of it.
 
     A provider without a catalogue blocks nothing (its ids are checked by the first request instead), and
     a cap without catalogue prices cannot be estimated, so it is not enforced (logged).
@@ -326,7 +349,7 @@ async def check_catalogue(
         request = request.model_copy(update={"image_models": await taking_images(catalogue, request_models(request))})
     request = request.model_copy(update={"cost_estimate": estimate_cost(request, infos)})
     if max_cost_usd is not None:
-        _check_cost(request, max_cost_usd)
+        _check_cost(request, max_cost_usd, left_of)
     return await _mark_tool_support(catalogue, request)
 
 
@@ -335,14 +358,17 @@ def request_models(request: FusionRequest) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*(split_entry(e)[0] for e in request.analysis_models), request.model)))
 
 
-def _check_cost(request: FusionRequest, max_cost_usd: float) -> None:
+def _check_cost(request: FusionRequest, max_cost_usd: float, left_of: float | None) -> None:
     estimate = request.cost_estimate
+    cap = f"FUSION_MAX_COST_USD=${max_cost_usd:g}"
+    if left_of is not None:
+        cap = f"the ${max(0.0, max_cost_usd):.4f} this chat turn has left of FUSION_MAX_COST_USD=${left_of:g}"
     if estimate is None:
         log.warning("FUSION_MAX_COST_USD is set but the catalogue has no prices for this panel: not enforced")
     elif estimate > max_cost_usd:
         raise FusionRefused(
             "cost_limit",
-            f"estimated worst-case cost ${estimate:.4f} exceeds FUSION_MAX_COST_USD=${max_cost_usd:g} "
+            f"estimated worst-case cost ${estimate:.4f} exceeds {cap} "
             f"({plural(len(request.analysis_models), 'member')} x {request.max_completion_tokens} tokens + analyst); "
             "use a cheaper preset or fewer models, or raise the cap",
         )

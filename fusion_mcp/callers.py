@@ -1,8 +1,12 @@
 """Who calls over HTTP: the principal the guard found, and the caller's own provider key when it lends one.
 
-The HTTP guard (:mod:`~fusion_mcp.http_app`) authenticates every request and writes what it found into the
-ASGI scope, where front ends read it; a client cannot set scope keys. A caller's own key (with
+The HTTP guard (:mod:`~fusion_mcp.http_guard`) authenticates every request and writes what it found into
+the ASGI scope, where front ends read it; a client cannot set scope keys. A caller's own key (with
 ``FUSION_PASS_THROUGH_KEY``) lives there only for the request: it is never logged, stored or echoed.
+
+Who a bearer is, on every path alike (``/mcp`` and the OpenAI-compatible routes): with pass-through on, a
+bearer that starts with the lent-key prefix is a provider key and its holder a ``key:`` principal; any
+other bearer must be a server token (no token may start with the prefix: checked at start).
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ from collections.abc import Mapping
 
 from pydantic import SecretStr
 
-from .config import LOCAL_PRINCIPAL
+from .config import LOCAL_PRINCIPAL, MIN_TOKEN_CHARS
 
 PRINCIPAL_KEY = "fusion.principal"
 """Where the HTTP guard puts the caller's principal in the ASGI scope (stdio and in-memory callers are local)."""
 UPSTREAM_KEY = "fusion.upstream_key"
 """Where the HTTP guard puts a caller's own provider key (a :class:`SecretStr`), when it may be used upstream."""
-OPENROUTER_KEY_PREFIX = "sk-or-"
+BODY_KEY = "fusion.body"
+"""Where the HTTP guard puts a chat request's body, parsed once (strictly: see :mod:`~fusion_mcp.strict_json`)."""
 
 
 def _scope(request: object | None) -> Mapping[str, object]:
@@ -53,13 +58,20 @@ def bearer(authorization: bytes) -> str | None:
     return value if scheme.lower() == b"bearer" and value else None
 
 
-def forwardable_key(authorization: bytes, *, openrouter: bool) -> str | None:
-    """The caller's bearer when it may be a provider key: any value elsewhere, ``sk-or-...`` for OpenRouter.
+MAX_KEY_CHARS = 512
+LENT_KEY_RULE = f"printable ASCII without spaces, {MIN_TOKEN_CHARS} to {MAX_KEY_CHARS} characters"
+"""What a lent key must be: it travels in a header, and a short one could not be told apart in text (redaction)."""
 
-    On OpenRouter the prefix keeps a mistyped server token (or a client's placeholder key) from being sent
-    to the provider as if it were an account's key.
+
+def lent_key(credential: str | None, prefix: str | None) -> str | None:
+    """The bearer ``credential`` when it is a caller's own provider key: it starts with ``prefix`` (the
+    operator's ``FUSION_PASS_THROUGH_KEY_PREFIX``, ``sk-or-`` on OpenRouter). None for every other bearer,
+    which then must be a server token: a bearer that failed the token check is never sent to the provider.
+
+    Raises ``ValueError`` for a key that could never be sent in a header (see :data:`LENT_KEY_RULE`).
     """
-    key = bearer(authorization)
-    if key is None or (openrouter and not key.startswith(OPENROUTER_KEY_PREFIX)):
+    if prefix is None or credential is None or not credential.startswith(prefix):
         return None
-    return key
+    if not MIN_TOKEN_CHARS <= len(credential) <= MAX_KEY_CHARS or not all(" " < c < "\x7f" for c in credential):
+        raise ValueError(LENT_KEY_RULE)
+    return credential

@@ -8,6 +8,7 @@ without a catalogue blocks nothing: checks then pass, and cost caps cannot be es
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -211,6 +212,16 @@ def estimate_cost(request: FusionRequest, infos: dict[str, ModelInfo]) -> float 
     analyst_requests = 3 if request.final_answer else 2
     total += analyst_requests * (analyst_prompt * judge.prompt_price + out_cap * judge.completion_price)
     return total
+
+
+def request_cost(info: ModelInfo | None, body: dict[str, Any], max_tokens: int, extra_chars: int = 0) -> float | None:
+    """Worst case in USD of one chat-completions request ``body`` (a chat writer's), from catalogue prices:
+    its messages and tools counted as prompt at 3.5 characters a token (plus ``extra_chars`` still to come,
+    such as a tool result), and ``max_tokens`` of answer. None without prices."""
+    if info is None or info.prompt_price is None or info.completion_price is None:
+        return None
+    chars = sum(len(json.dumps(body.get(k) or [], ensure_ascii=False)) for k in ("messages", "tools")) + extra_chars
+    return chars / 3.5 * info.prompt_price + max_tokens * info.completion_price
 
 
 async def taking_images(client: CatalogueClient, models: tuple[str, ...]) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from .admission import FusionRefused
 from .budget import MIN_SHARE, shares
+from .catalogue import request_cost
 from .chat_request import ChatError, FusionSetup, Plan
 from .config import LOCAL_PRINCIPAL
 from .errors import BadResponse
@@ -111,8 +112,15 @@ class Writer:
         """Names the writer's usage rows (the response's id)."""
         self.api_key = api_key
         self.on_text = on_text
+        self.on_text_end: Callable[[], None] | None = None
+        """Told when a writer request's text is complete (no secret spans two requests' texts)."""
         self.on_event = on_event
         self.provider = Provider(service.http, service.settings_for(api_key), depth=depth)
+        self.spent = 0.0
+        """USD the writer's requests have spent so far (their worst cases where none was reported)."""
+        self.run_spent = 0.0
+        """USD the turn's run spent (its own reservation covers it under the daily cap)."""
+        self._reserved = False
         self.phase: Literal["writer", "fusion"] = "writer"
         self.phase_since = anyio.current_time()
         self.fusion: FusionResult | None = None
@@ -127,8 +135,10 @@ class Writer:
             return await self._turn()
         finally:
             # Whatever ended the turn (an answer, an upstream error, a client that hung up), what the writer's
-            # requests cost counts towards the principal's usage and daily cap.
-            await self.service.writer_spent(self.principal, self.turn_id, self.plan.writer, self.requests, self._usage)
+            # requests cost counts towards the principal's usage and daily cap, in place of its reservation.
+            await self.service.writer_spent(
+                self.principal, self.turn_id, self.plan.writer, self.requests, self._usage, reserved=self._reserved
+            )
 
     async def _turn(self) -> TurnOutcome:
         messages = list(self.plan.messages)
@@ -144,7 +154,7 @@ class Writer:
                 if others or completion.content.strip():
                     return self._outcome(completion, others)
             messages.append(assistant_turn(completion))
-            messages.extend([await self._answer(call, setup) for call in calls])
+            messages.extend([await self._answer(call, setup, messages) for call in calls])
         raise BadResponse(f"the writer {self.plan.writer} kept calling {TOOL_NAME} after it had run")
 
     async def _ask(self, messages: list[dict[str, Any]]) -> Completion:
@@ -166,15 +176,59 @@ class Writer:
             streamed.append(piece)
             self._emit(piece)
 
+        worst = await self._admit(body)
         async with self._writer_slot():
             self.requests += 1  # counted once it goes out: a request refused a slot was never sent
             completion = await self.provider.complete(body, on_text=sink if self._stream else None)
         self._usage = self._usage + completion.usage
+        self.spent += completion.usage.cost if completion.usage.cost is not None else (worst or 0.0)
         if completion.content:
             if not streamed:
                 sink(completion.content)
             self._texts.append(completion.content)
+        if self.on_text_end is not None:
+            self.on_text_end()
         return completion
+
+    async def _worst_case(self, body: dict[str, Any], extra_chars: int = 0) -> float | None:
+        """A writer request's worst-case cost (None without catalogue prices)."""
+        _, info, _ = await self.service.catalogue.lookup(self.plan.writer)
+        return request_cost(info, body, self.plan.max_tokens, extra_chars)
+
+    async def _admit(self, body: dict[str, Any]) -> float | None:
+        """Pass the writer request ``body`` through the spending gate, or raise :class:`ChatError` (402): the turn's
+        ``FUSION_MAX_COST_USD``, then the principal's daily cap, whose reservation grows to cover it."""
+        settings = self.service.settings
+        if settings.max_cost_usd is None and (settings.principal_max_cost_usd_per_day is None or self.api_key):
+            return None
+        worst = await self._worst_case(body)
+        spent = self.spent + self.run_spent
+        if settings.max_cost_usd is not None and worst is not None and spent + worst > settings.max_cost_usd:
+            raise ChatError(
+                402,
+                f"cost limit: this chat turn has spent ${spent:.4f} and its next writer request may cost up to "
+                f"${worst:.4f} ({self.plan.max_tokens} tokens of answer at most), past FUSION_MAX_COST_USD="
+                f"${settings.max_cost_usd:g}; lower max_tokens, use a cheaper model, or raise the cap",
+                code="cost_limit",
+            )
+        if self.api_key is None:
+            try:
+                self._reserved |= await self.service.reserve_turn(
+                    self.principal, self.turn_id, self.spent + (worst or 0)
+                )
+            except FusionRefused as refused:
+                raise ChatError(402, refused.message, code=refused.reason) from None
+        return worst
+
+    async def _fusion_cap(self, messages: list[dict[str, Any]]) -> float | None:
+        """What a run may cost within the turn's ``FUSION_MAX_COST_USD``: what is left once the turn's spend and
+        the writer's answer after the run (its prompt grown by the tool result) are counted."""
+        cap = self.service.settings.max_cost_usd
+        if cap is None:
+            return None
+        body = {"messages": messages, "tools": [*self.plan.tools, FUSION_FUNCTION]}
+        after = await self._worst_case(body, self.service.settings.max_output_chars) or 0.0
+        return cap - self.spent - self.run_spent - after
 
     @asynccontextmanager
     async def _writer_slot(self) -> AsyncIterator[None]:
@@ -183,7 +237,7 @@ class Writer:
         Held only while the request is out, never while fusion runs, so a turn cannot hold a slot that its
         own run waits for.
         """
-        slots = self.service.writers
+        slots = self.service.slots(self.api_key)[1]
         waited = anyio.move_on_after(self.service.settings.queue_timeout_s)
         with waited:
             await slots.acquire()
@@ -217,19 +271,22 @@ class Writer:
             return "auto"  # the requirement was met by the fusion call
         return choice
 
-    async def _answer(self, call: ToolCall, setup: FusionSetup) -> dict[str, Any]:
+    async def _answer(self, call: ToolCall, setup: FusionSetup, messages: list[dict[str, Any]]) -> dict[str, Any]:
         """The tool message that answers one of the writer's calls in a turn that called fusion."""
         if call.name != TOOL_NAME:
             content = NOT_RUN_YET.format(name=call.name, fusion=TOOL_NAME)
         elif self.fusion is not None:
             content = ALREADY_RAN
         else:
-            self.fusion = await self._fuse(call, setup)
+            self.fusion = await self._fuse(call, setup, await self._fusion_cap(messages))
+            self.run_spent += self.fusion.usage.total.cost or 0.0
             content = tool_result(self.fusion, self.service.settings.max_output_chars)
         return {"role": "tool", "tool_call_id": call.id, "content": content}
 
-    async def _fuse(self, call: ToolCall, setup: FusionSetup) -> FusionResult:
-        """Run fusion for the writer's call through the shared request path; every outcome is a result."""
+    async def _fuse(self, call: ToolCall, setup: FusionSetup, max_cost: float | None) -> FusionResult:
+        """Run fusion for the writer's call through the shared request path; every outcome is a result.
+
+        ``max_cost`` is what the turn's ``FUSION_MAX_COST_USD`` leaves for the run (None: no cap)."""
         run_id = new_run_id()
         try:
             prompt, context = fusion_arguments(call.arguments)
@@ -246,6 +303,7 @@ class Writer:
                 on_event=self.on_event,
                 principal=self.principal,
                 api_key=self.api_key,
+                max_cost_usd=max_cost,
             )
         finally:
             self._enter("writer")

@@ -32,16 +32,18 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from .admission import FusionRefused, incoming_depth
-from .callers import principal_of, upstream_key_of
+from . import strict_json
+from .admission import incoming_depth
+from .callers import BODY_KEY, principal_of, upstream_key_of
 from .chat import TurnOutcome, Writer
 from .chat_request import ALIASES, ChatError, Plan, plan_turn
 from .config import Settings
-from .errors import HTTPStatusError, UpstreamError, redact
+from .errors import HTTPStatusError, Redactor, UpstreamError
 from .models import TokenUsage
 from .progress import ProgressEvent
 from .provider import ToolCall
 from .service import FusionService
+from .strict_json import JSONValueError
 from .text import one_line
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ CHAT_PATHS = frozenset({"/v1/chat/completions", "/api/v1/chat/completions"})
 MODELS_PATHS = frozenset({"/v1/models", "/api/v1/models"})
 API_PATHS = CHAT_PATHS | MODELS_PATHS
 OWNER = "fusion-mcp"
+MAX_UNSENT_CHARS = 1_000_000
+"""Streamed text that may wait for a client that reads slower than the writer writes (several whole answers)."""
+SEND_GRACE_S = 5.0
+"""How long the last words of a stream that failed may wait for the client to take them."""
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -59,16 +65,23 @@ SSE_HEADERS = [
 ]
 
 
-def error_body(status: int, message: str, *, code: str) -> bytes:
+def error_body(status: int, message: str, *, code: str, param: str | None = None) -> bytes:
     """A refusal's body in OpenAI's shape, for the guard's own refusals (401, 413, 421, 403) on these routes."""
-    return json.dumps(ChatError(status, message, code=code).body()).encode()
+    return json.dumps(ChatError(status, message, code=code, param=param).body()).encode()
 
 
 class Reply:
-    """The response to one request, started by its first byte: until then an error keeps its own status."""
+    """The response to one request, started by its first byte: until then an error keeps its own status.
 
-    def __init__(self, send: Send) -> None:
+    Every byte goes out through here, redacted: each payload as a value (so JSON escaping cannot hide a secret),
+    and the streamed text through a :class:`StreamRedactor`, so a key a writer echoes split across two chunks
+    is caught too (the last few characters wait for the next chunk, or for :meth:`end_text`).
+    """
+
+    def __init__(self, send: Send, redactor: Redactor | None = None) -> None:
         self._send = send
+        self.redactor = redactor or Redactor(())
+        self._text = self.redactor.stream()
         self._lock = anyio.Lock()
         self.started = False
         self.streaming = False
@@ -79,7 +92,7 @@ class Reply:
         self._role_sent = False
 
     async def json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(payload, ensure_ascii=False).encode()
+        body = json.dumps(self.redactor.value(payload), ensure_ascii=False).encode()
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         async with self._lock:
@@ -91,8 +104,11 @@ class Reply:
         if not self.started:
             await self.json(error.status, error.body(), error.headers)
         elif self.streaming:
-            await self.event(self.chunk({}, "error") | error.body())
-            await self.done()
+            # A client that stopped reading must not keep the request: the last words wait a little, not forever.
+            with anyio.move_on_after(SEND_GRACE_S):
+                await self.end_text()
+                await self.event(self.chunk({}, "error") | error.body())
+                await self.done()
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         if not self._role_sent:
@@ -105,15 +121,28 @@ class Reply:
         """The fields every response and chunk starts with, in OpenAI's order."""
         return {"id": self.base.get("id"), "object": kind, **{k: v for k, v in self.base.items() if k != "id"}}
 
-    async def text(self, piece: str) -> None:
-        await self.event(self.chunk({"content": piece}))
+    async def text(self, piece: str, *, end: bool = False) -> None:
+        """Stream a piece of the writer's text (what may go out yet: see :class:`StreamRedactor`); ``end``: the
+        writer request's text is complete, and nothing needs holding back."""
+        ready = self._text.feed(piece) + (self._text.flush() if end else "")
+        if ready or not self._role_sent:
+            # The first piece starts the stream (with the role, as OpenAI's first chunk does) even while its text
+            # is held back: from here on, an error is a last chunk, not a status.
+            await self.event(self.chunk({"content": ready}))
+
+    async def end_text(self) -> None:
+        """The writer's text has ended: send what was held back."""
+        rest = self._text.flush()
+        if rest:
+            await self.event(self.chunk({"content": rest}))
 
     async def event(self, payload: dict[str, Any]) -> None:
-        await self._write(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+        data = json.dumps(self.redactor.value(payload), ensure_ascii=False).encode()
+        await self._write(b"data: " + data + b"\n\n")
 
     async def comment(self, text: str) -> None:
         # One line: a line break inside a comment would start a field of the next event.
-        await self._write(f": {one_line(text, 300)}\n\n".encode())
+        await self._write(f": {one_line(self.redactor.text(text), 300)}\n\n".encode())
 
     async def done(self) -> None:
         await self._write(b"data: [DONE]\n\n")
@@ -137,7 +166,7 @@ class ChatApp:
         self.service: FusionService | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        reply = Reply(send)
+        reply = Reply(send, Redactor(self._secrets(scope)))
         try:
             if scope["path"] in MODELS_PATHS:
                 await self._models(scope, reply)
@@ -147,8 +176,7 @@ class ChatApp:
             await reply.error(error)
         except Exception as exc:  # a bug: still an answer in the API's shape, never a dropped connection
             log.exception("chat request failed unexpectedly")
-            message = redact(f"unexpected error: {type(exc).__name__}: {exc}", self._secrets(scope))
-            await reply.error(ChatError(500, message, code="unexpected_error"))
+            await reply.error(ChatError(500, f"unexpected error: {type(exc).__name__}: {exc}", code="unexpected_error"))
 
     def _running(self) -> FusionService:
         if self.service is None:
@@ -171,17 +199,13 @@ class ChatApp:
         if scope["method"] != "POST":
             raise ChatError(405, "use POST for chat completions", code="method_not_allowed", headers={"Allow": "POST"})
         service = self._running()
-        raw = await _read_json(receive)
+        raw = scope[BODY_KEY] if BODY_KEY in scope else await _read_json(receive)
         api_key = upstream_key_of(scope)
         self._need_a_key(api_key is not None)
         depth = incoming_depth(Headers(scope=scope), self.settings)
         plan = plan_turn(raw, self.settings, depth=depth)
         reply.base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": plan.writer}
         principal = principal_of(scope)
-        try:
-            await service.check_daily_cap(principal, api_key)
-        except FusionRefused as refused:
-            raise ChatError(402, refused.message, code=refused.reason) from None
         writer = Writer(plan, service, depth=depth, principal=principal, api_key=api_key, turn_id=reply.base["id"])
         started = anyio.current_time()
         work = (lambda: self._streamed(writer, reply)) if plan.stream else writer.run
@@ -207,24 +231,43 @@ class ChatApp:
         """OpenRouter needs a key: the server's, or with ``FUSION_PASS_THROUGH_KEY`` the caller's own."""
         if lent or self.settings.api_key is not None or not self.settings.is_openrouter:
             return
-        if self.settings.pass_through_key:
+        if self.settings.lent_key_prefix is not None:
             raise ChatError(
                 401,
-                "send your OpenRouter key as 'Authorization: Bearer sk-or-...': this server has no key of its own",
+                f"send your OpenRouter key as 'Authorization: Bearer {self.settings.lent_key_prefix}...': this server "
+                "has no key of its own",
                 code="missing_api_key",
             )
         raise ChatError(503, "OPENROUTER_API_KEY is not set on this server", code="missing_api_key")
 
     async def _streamed(self, writer: Writer, reply: Reply) -> TurnOutcome:
         """Run the writer, sending its text as it comes and comments while it (or fusion) works."""
-        pieces_in, pieces_out = anyio.create_memory_object_stream[str](math.inf)
-        writer.on_text = pieces_in.send_nowait
+        # Text pieces, and None where a writer request's text ends (what the redactor held back may go then).
+        pieces_in, pieces_out = anyio.create_memory_object_stream[str | None](math.inf)
+        unsent = 0
+        ended = _Ended()
+
+        def on_text(piece: str | None) -> None:
+            nonlocal unsent
+            unsent += len(piece or "")
+            if unsent > MAX_UNSENT_CHARS and ended.error is None:
+                # The text waits for a client that does not read: stop the turn rather than hold it all.
+                ended.error = ChatError(
+                    408,
+                    f"the client read the stream too slowly: {MAX_UNSENT_CHARS:,} characters of the answer were "
+                    "waiting to be sent; the request was stopped",
+                    code="slow_reader",
+                )
+                inner.cancel_scope.cancel()
+            pieces_in.send_nowait(piece)
+
+        writer.on_text = on_text
+        writer.on_text_end = lambda: on_text(None)
 
         async def on_event(event: ProgressEvent) -> None:
             await reply.comment(f"fusion running: {event.message}")
 
         writer.on_event = on_event
-        ended = _Ended()
 
         async def turn() -> None:
             try:
@@ -242,7 +285,9 @@ class ChatApp:
                     with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
                         while True:
                             batch.append(pieces_out.receive_nowait())
-                    await reply.text("".join(batch))
+                    await self._send_batch(reply, batch)
+                    nonlocal unsent
+                    unsent -= sum(len(p or "") for p in batch)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keepalive, writer, reply)
@@ -255,6 +300,19 @@ class ChatApp:
         assert ended.outcome is not None  # turn() set one or the other
         return ended.outcome
 
+    @staticmethod
+    async def _send_batch(reply: Reply, batch: list[str | None]) -> None:
+        """Pieces that arrived together, as few chunks as the text's ends (None) allow."""
+        text: list[str] = []
+        for piece in batch:
+            if piece is not None:
+                text.append(piece)
+                continue
+            await reply.text("".join(text), end=True)
+            text = []
+        if text:
+            await reply.text("".join(text))
+
     async def _keepalive(self, writer: Writer, reply: Reply) -> None:
         """A comment whenever nothing went out for ``FUSION_KEEPALIVE_S``, so proxies and clients wait on."""
         interval = self.settings.keepalive_s
@@ -266,6 +324,7 @@ class ChatApp:
                 await reply.comment(f"{waiting} ({since:.0f} s)")
 
     async def _finish_stream(self, reply: Reply, plan: Plan, outcome: TurnOutcome) -> None:
+        await reply.end_text()
         if outcome.tool_calls:
             calls = [_tool_call(call) | {"index": i} for i, call in enumerate(outcome.tool_calls)]
             await reply.event(reply.chunk({"tool_calls": calls}))
@@ -313,7 +372,7 @@ async def _while_connected(receive: Receive, work: Callable[[], Awaitable[T]]) -
 
 
 async def _read_json(receive: Receive) -> Any:
-    """The request body as JSON (the guard has already bounded its size)."""
+    """The request body as JSON, when the guard has not parsed it (an empty body; the guard bounded its size)."""
     chunks: list[bytes] = []
     while True:
         message = await receive()
@@ -323,7 +382,9 @@ async def _read_json(receive: Receive) -> Any:
         if not message.get("more_body", False):
             break
     try:
-        return json.loads(b"".join(chunks))
+        return strict_json.loads(b"".join(chunks))
+    except JSONValueError as exc:
+        raise ChatError(400, str(exc), code="invalid_value", param=exc.field) from None
     except ValueError:
         raise ChatError(400, "the request body is not JSON", code="invalid_json") from None
 

@@ -103,6 +103,8 @@ class ChatBody(_Open):
     stream_options: StreamOptions | None = None
     plugins: list[Any] | None = None
     n: int | None = None
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(None, ge=1, strict=True)
 
     @field_validator("model")
     @classmethod
@@ -174,6 +176,9 @@ class Plan:
     tool_choice: str | dict[str, Any] | None
     stream: bool
     include_usage: bool
+    max_tokens: int = MAX_COMPLETION_TOKENS
+    """The most a writer request may answer: the caller's ``max_tokens`` (or ``max_completion_tokens``), at most
+    ``FUSION_MAX_COMPLETION_TOKENS``, which is the default; it is what each request's worst-case cost counts."""
     fusion: FusionSetup | None = None
 
 
@@ -201,6 +206,7 @@ def plan_turn(raw: Any, settings: Settings, *, depth: int) -> Plan:
     fields = {k: v for k, v in raw.items() if k not in OWN_FIELDS}
     if plugins:
         fields["plugins"] = plugins
+    max_tokens = _clamped(body, fields, settings.max_completion_tokens)
     plan = Plan(
         writer=writer,
         messages=[m.model_dump() for m in body.messages],
@@ -209,11 +215,25 @@ def plan_turn(raw: Any, settings: Settings, *, depth: int) -> Plan:
         tool_choice=body.tool_choice,
         stream=body.stream,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        max_tokens=max_tokens,
     )
     if enabled and config is not None:
         _no_clash(tools)
         plan.fusion = _setup(where, config, preset, writer, settings)
     return plan
+
+
+def _clamped(body: ChatBody, fields: dict[str, Any], cap: int) -> int:
+    """The writer's answer cap: the caller's, at most ``cap`` (``FUSION_MAX_COMPLETION_TOKENS``), and the default.
+
+    It is written into ``fields`` under the names the caller used (``max_completion_tokens`` when it used
+    neither), so every writer request carries it: the worst case the spending caps count is then a bound.
+    """
+    given = [n for n in ("max_tokens", "max_completion_tokens") if getattr(body, n) is not None]
+    limit = min([cap, *(getattr(body, n) for n in given)])
+    for name in given or ["max_completion_tokens"]:
+        fields[name] = limit
+    return limit
 
 
 def _sort_entries(body: ChatBody) -> tuple[list[Any], list[dict[str, Any]], list[tuple[str, FusionConfig]]]:

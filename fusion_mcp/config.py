@@ -46,6 +46,10 @@ from .models import WebMode
 from .text import number
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+OPENROUTER_ORIGIN = "https://openrouter.ai/"
+OPENROUTER_KEY_PREFIX = "sk-or-"
+"""How every OpenRouter key starts: with ``FUSION_PASS_THROUGH_KEY`` on OpenRouter, the bearers taken as keys."""
+MIN_PREFIX_CHARS = 3
 Preset = Literal["quality", "budget", "fast", "self"]
 FixedPreset = Literal["quality", "budget", "fast"]
 QUALITY_PANEL = ("~anthropic/claude-opus-latest", "~openai/gpt-latest", "~google/gemini-pro-latest")
@@ -91,6 +95,10 @@ class ConfigError(ValueError):
 
 class Placeholder(ValueError):
     """A secret that is a placeholder from an example (``sk-or-v1-...``), not a real one."""
+
+
+class Unmet(ValueError):
+    """A rule between settings, broken: its message is the whole sentence the error shows."""
 
 
 def is_placeholder(secret: str) -> bool:
@@ -201,6 +209,19 @@ class Settings(BaseModel):
         rule="comma-separated origins (scheme://host:port, port may be *)",
     )
     pass_through_key: bool = setting(False, "FUSION_PASS_THROUGH_KEY")
+    pass_through_key_prefix: str | None = setting(
+        None,
+        "FUSION_PASS_THROUGH_KEY_PREFIX",
+        rule=f"the start every lent key has, such as sk-proj- ({MIN_PREFIX_CHARS} to 40 printable ASCII characters "
+        "without spaces), which no server token may share; required with FUSION_PASS_THROUGH_KEY=true and a provider "
+        "other than OpenRouter, which would otherwise take any bearer as a key",
+        empty=f"{OPENROUTER_KEY_PREFIX} with OpenRouter",
+        validate_default=True,
+    )
+    pass_through_server_tools: bool = setting(False, "FUSION_PASS_THROUGH_SERVER_TOOLS")
+    pass_through_max_concurrent: int = setting(
+        2, "FUSION_PASS_THROUGH_MAX_CONCURRENT", ge=1, le=256, unit="fusion runs (all lent keys together)"
+    )
     keepalive_s: float = setting(5.0, "FUSION_KEEPALIVE_S", ge=0.1, le=10, unit="seconds")
     max_concurrent: int = setting(8, "FUSION_MAX_CONCURRENT", ge=1, le=256, unit="fusion runs")
     max_connections: int = setting(1024, "FUSION_MAX_CONNECTIONS", ge=16, le=1_000_000, unit="HTTP connections")
@@ -386,6 +407,31 @@ class Settings(BaseModel):
             raise ValueError("not finite")
         return v
 
+    @field_validator("pass_through_key_prefix")
+    @classmethod
+    def _lent_key_prefix(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            v = v.strip()
+            if not MIN_PREFIX_CHARS <= len(v) <= 40 or not all(" " < c < "\x7f" for c in v):
+                raise ValueError("not a prefix")
+        if not info.data.get("pass_through_key"):
+            return v
+        openrouter = str(info.data.get("base_url", "")).startswith(OPENROUTER_ORIGIN)
+        prefix = v or (OPENROUTER_KEY_PREFIX if openrouter else None)
+        if prefix is None:
+            raise Unmet(
+                "must be set with FUSION_PASS_THROUGH_KEY=true and a provider other than OpenRouter: it says how the "
+                "keys callers lend start (sk-proj-, say); without it any bearer would be sent on as a key, and a "
+                "provider that checks no keys (Ollama, vLLM, a gateway) would serve anyone"
+            )
+        tokens = [*(info.data.get("http_tokens") or {}).values(), info.data.get("http_token")]
+        if any(isinstance(t, SecretStr) and t.get_secret_value().startswith(prefix) for t in tokens):
+            raise Unmet(
+                f"a server token starts with the lent-key prefix {prefix!r}, so a mistyped token would be sent to the "
+                "provider as a key: choose tokens (or a prefix) that differ"
+            )
+        return v
+
     @field_validator("run_deadline_s")
     @classmethod
     def _not_below_deadline(cls, v: float | None, info: ValidationInfo) -> float | None:
@@ -441,7 +487,15 @@ class Settings(BaseModel):
     @property
     def is_openrouter(self) -> bool:
         """True when the provider is OpenRouter itself (its key is required, its extensions apply)."""
-        return self.base_url.startswith("https://openrouter.ai/")
+        return self.base_url.startswith(OPENROUTER_ORIGIN)
+
+    @property
+    def lent_key_prefix(self) -> str | None:
+        """The start of a bearer that is a caller's own provider key (``FUSION_PASS_THROUGH_KEY``), or None when
+        callers may not lend keys."""
+        if not self.pass_through_key:
+            return None
+        return self.pass_through_key_prefix or OPENROUTER_KEY_PREFIX
 
     @property
     def web_mode(self) -> WebMode:
@@ -665,11 +719,16 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 def _first_error(exc: ValidationError, values: Mapping[str, Any], origins: Mapping[str, str]) -> str:
     error = exc.errors()[0]
     name = str(error["loc"][0]) if error["loc"] else "configuration"
+    if name in Settings.model_fields:  # a default that failed its check is named by its field, not its alias
+        name = str(Settings.model_fields[name].alias)
     if name not in _BY_NAME:
         return f"invalid configuration: {error['msg']}"
     shown = "" if is_secret(name) else f"={str(values.get(name))[:80]!r}"
     where = f" ({origins[name]})" if name in origins else ""
-    if isinstance((error.get("ctx") or {}).get("error"), Placeholder):
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, Unmet):
+        return f"invalid setting {name}{where}: {cause}"
+    if isinstance(cause, Placeholder):
         get = f" (create one at {KEYS_PAGE}, or set {LOCAL_SERVER_HINT})" if name == "OPENROUTER_API_KEY" else ""
         return f"invalid setting {name}{where}: this is a placeholder from an example, not a real secret{get}"
     return f"invalid setting {name}{shown}{where}: must be {rule(name)}"

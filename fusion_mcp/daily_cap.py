@@ -9,8 +9,11 @@ transaction; a reservation whose process died expires after the run's deadline p
 :data:`RESERVATION_MARGIN_S`.
 
 A run whose cost cannot be estimated (a provider without catalogue prices) reserves nothing: it is refused
-only once recorded spend has reached the cap. A run counts on the UTC day it ends. What a chat request's
-writer spends counts too, and a principal whose cap is used up gets no writer request either.
+only once recorded spend has reached the cap. A run counts on the UTC day it ends. A chat request's writer
+requests go through the same reservation: before each one, the turn's reservation grows to what the turn
+has spent so far plus that request's worst case (catalogue prices x its prompt and its ``max_tokens``,
+which the server clamps to ``FUSION_MAX_COMPLETION_TOKENS``), so a burst of chat requests cannot pass the
+cap either; the turn's usage rows replace the reservation when it ends.
 
 Only the server's key is capped: a caller who pays with its own key (``FUSION_PASS_THROUGH_KEY``) has its
 usage recorded, under its own principal, but its account is its own business.
@@ -23,8 +26,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from .admission import FusionRefused
-from .limits import MAX_DEADLINE_S
-from .models import FusionRequest
 from .store import Spend, Store, StoreError
 from .text import number
 
@@ -47,37 +48,34 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
-async def reserve(store: Store | None, principal: str, run_id: str, request: FusionRequest, cap: float) -> None:
-    """Reserve ``request``'s worst case for ``principal``'s run, or raise :class:`FusionRefused` (``cost_limit``).
+async def reserve(
+    store: Store | None,
+    principal: str,
+    reservation: str,
+    estimate: float | None,
+    cap: float,
+    *,
+    lasts_s: float,
+    what: str = "run",
+) -> None:
+    """Reserve a worst case of ``estimate`` USD for ``principal`` under ``reservation`` (a run's id, or a chat
+    turn's, whose reservation grows with each writer request), or raise :class:`FusionRefused` (``cost_limit``).
 
-    Without a store to read the day's spend from, the cap cannot be checked, so the run is refused.
+    The reservation replaces an earlier one of the same name, and expires ``lasts_s`` plus
+    :data:`RESERVATION_MARGIN_S` from now. Without a store to read the day's spend from, the cap cannot be
+    checked, so the spending is refused. ``what`` names the spending in the refusal ("run", "request").
     """
     now = time.time()
     start, _ = utc_day(now)
-    estimate = request.cost_estimate or 0.0
-    expires = now + (request.deadline_s or MAX_DEADLINE_S) + RESERVATION_MARGIN_S
+    expires = now + lasts_s + RESERVATION_MARGIN_S
     try:
         if store is None:
             raise StoreError("there is no store (see the warning at start)")
-        spend = await store.reserve(principal, run_id, estimate, cap=cap, since=start, expires=expires)
+        spend = await store.reserve(principal, reservation, estimate or 0.0, cap=cap, since=start, expires=expires)
     except StoreError as exc:
         raise unchecked(exc) from None
     if not spend.admitted:
-        raise refusal(principal, spend, request.cost_estimate, cap, now)
-
-
-async def check(store: Store | None, principal: str, cap: float) -> None:
-    """Raise :class:`FusionRefused` when ``principal``'s spend today and its runs in flight have reached ``cap``
-    (for spending that reserves nothing beforehand, such as a chat request's writer)."""
-    now = time.time()
-    try:
-        if store is None:
-            raise StoreError("there is no store (see the warning at start)")
-        spend = await store.spending(principal, utc_day(now)[0])
-    except StoreError as exc:
-        raise unchecked(exc) from None
-    if spend.spent + spend.reserved >= cap:
-        raise refusal(principal, spend, None, cap, now)
+        raise refusal(principal, spend, estimate, cap, now, what)
 
 
 def unchecked(exc: StoreError) -> FusionRefused:
@@ -87,7 +85,9 @@ def unchecked(exc: StoreError) -> FusionRefused:
     )
 
 
-def refusal(principal: str, spend: Spend, estimate: float | None, cap: float, now: float) -> FusionRefused:
+def refusal(
+    principal: str, spend: Spend, estimate: float | None, cap: float, now: float, what: str = "run"
+) -> FusionRefused:
     """The ``cost_limit`` refusal: what was spent, what is reserved, the estimate, the cap and when it resets."""
     _, end = utc_day(now)
     so_far = f"{principal} has spent ${spend.spent:.4f} today (UTC)"
@@ -101,6 +101,7 @@ def refusal(principal: str, spend: Spend, estimate: float | None, cap: float, no
     # (A run without an estimate counts 0, so only the branch above refuses it.)
     return FusionRefused(
         "cost_limit",
-        f"daily cost cap: {so_far}; this run's worst-case estimate, ${estimate or 0:.4f}, would take it past {SETTING}="
+        f"daily cost cap: {so_far}; this {what}'s worst-case estimate, ${estimate or 0:.4f}, would take it past "
+        f"{SETTING}="
         f"${number(cap)}; use a cheaper preset or fewer models, or wait: {resets}",
     )

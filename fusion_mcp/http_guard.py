@@ -38,12 +38,15 @@ import anyio
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .callers import PRINCIPAL_KEY, UPSTREAM_KEY, forwardable_key, key_principal
+from . import strict_json
+from .callers import BODY_KEY, PRINCIPAL_KEY, UPSTREAM_KEY, bearer, key_principal, lent_key
 from .chat_http import error_body
 from .config import LOCAL_PRINCIPAL, Settings
 from .connections import Connections, Phase
+from .errors import live_secret
 from .session_routes import SessionRoutes
 from .sessions import SessionTable
+from .strict_json import JSONValueError
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
@@ -98,10 +101,20 @@ def origin_allowed(value: str, allowed: tuple[str, ...]) -> bool:
 
 
 async def refuse(
-    send: Send, status: int, message: str, headers: dict[str, str] | None = None, *, openai: str | None = None
+    send: Send,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    openai: str | None = None,
+    param: str | None = None,
 ) -> None:
-    """Refuse a request; ``openai`` (an error code) gives the body OpenAI's error shape, for the chat routes."""
-    body = error_body(status, message, code=openai) if openai else json.dumps({"error": message}).encode()
+    """Refuse a request; ``openai`` (an error code) gives the body OpenAI's error shape (with ``param``, the
+    field at fault), for the chat routes."""
+    if openai:
+        body = error_body(status, message, code=openai, param=param)
+    else:
+        body = json.dumps({"error": message}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -132,14 +145,12 @@ class Guard:
         openai_paths: frozenset[str] = frozenset(),
         routes: SessionRoutes | None = None,
     ) -> None:
-        """``openai_paths`` get refusals in OpenAI's error shape; there, with ``FUSION_PASS_THROUGH_KEY``, a
-        caller's own provider key is accepted too. ``routes`` tag session ids with where they live and relay
-        a sibling worker's sessions to it."""
+        """``openai_paths`` get refusals in OpenAI's error shape. ``routes`` tag session ids with where they
+        live and relay a sibling worker's sessions to it."""
         self.app = app
         self.routes = routes if routes is not None and routes.active else None
         self.openai_paths = openai_paths
-        self.pass_through = openai_paths if settings.pass_through_key else frozenset()
-        self.openrouter = settings.is_openrouter
+        self.lent_prefix = settings.lent_key_prefix
         self.principals = [(token.encode(), name) for token, name in settings.principals.items()]
         self.allowed_hosts = settings.allowed_hosts
         self.allowed_origins = settings.allowed_origins
@@ -161,14 +172,22 @@ class Guard:
         if refusal is not None:
             await refuse(send, *refusal[:2], openai=refusal[2] if shaped else None)
             return
-        caller = self._caller(scope["path"], headers.get(b"authorization", b""))
-        if caller is None:
+        caller = self._caller(headers.get(b"authorization", b""))
+        if isinstance(caller, str):
             challenge = {"WWW-Authenticate": 'Bearer realm="fusion-mcp"'}
             code = "invalid_api_key" if shaped else None
-            await refuse(send, 401, "missing or wrong bearer token", challenge, openai=code)
+            await refuse(send, 401, caller, challenge, openai=code)
             return
         scope = dict(scope, **caller)
-        principal = str(caller[PRINCIPAL_KEY])
+        key = caller.get(UPSTREAM_KEY)
+        # The lent key is a secret of the whole process while its request is served: every log line redacts it.
+        with live_secret(key.get_secret_value() if isinstance(key, SecretStr) else None):
+            await self._serve(scope, receive, send, headers)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
+        """A request whose headers passed: sessions (routed, owned, ended), then the body for a POST."""
+        shaped = scope["path"] in self.openai_paths
+        principal = str(scope[PRINCIPAL_KEY])
         # MCP sessions are /mcp's: a chat request carrying the header is not routed or refused by it.
         session = "" if shaped else headers.get(SESSION, b"").decode("latin-1")
         if session and self.routes is not None:
@@ -201,14 +220,20 @@ class Guard:
             return
         shaped = scope["path"] in self.openai_paths
         try:
-            message = json.loads(body) if body else None
+            message = strict_json.loads(body) if body else None
         except RecursionError:
             log.warning("request from %s refused: its JSON nests too deep to parse", _who(scope))
             code = "invalid_json" if shaped else None
             await refuse(send, 400, "the request body's JSON nests too deep", openai=code)
             return
+        except JSONValueError as exc:
+            # NaN, Infinity, 1e400 or a lone surrogate: valid JSON that no request can carry on.
+            await refuse(send, 400, str(exc), openai="invalid_value" if shaped else None, param=exc.field)
+            return
         except ValueError:
             message = None  # not JSON: the application says so in its own words
+        if shaped and message is not None:
+            scope[BODY_KEY] = message  # parsed once: the chat routes read it from here
         method = message.get("method") if isinstance(message, dict) else None
         if method == "initialize" and not session and not await self._make_room(scope, principal):
             await refuse(send, 503, "too many open sessions, all of them busy; try again shortly")
@@ -304,18 +329,22 @@ class Guard:
             return 413, f"request body over {self.max_body} bytes", "body_too_large"
         return None
 
-    def _caller(self, path: str, authorization: bytes) -> dict[str, object] | None:
-        """What the guard tells the handlers about the caller (its principal, maybe its key); None: refused.
+    def _caller(self, authorization: bytes) -> dict[str, object] | str:
+        """What the guard tells the handlers about the caller (its principal, maybe its key), or why it is
+        refused (401). The same on every path: ``/mcp`` admits exactly the callers the chat routes admit.
 
-        A server token always wins; a provider key is taken only where pass-through is on and only when the
-        bearer is no server token.
+        With pass-through on, a bearer that starts with the lent-key prefix is a provider key, its holder the
+        ``key:`` principal of its fingerprint; any other bearer must be a server token, so one that fails the
+        token check (a mistyped token, a random string) is refused, never sent to the provider as a key.
         """
+        try:
+            key = lent_key(bearer(authorization), self.lent_prefix)
+        except ValueError as exc:
+            return f"the provider key in the Authorization header is malformed: it must be {exc}"
+        if key is not None:
+            return {PRINCIPAL_KEY: key_principal(key), UPSTREAM_KEY: SecretStr(key)}
         principal = self._principal(authorization)
-        if path in self.pass_through and (principal is None or not self.principals):
-            key = forwardable_key(authorization, openrouter=self.openrouter)
-            if key is not None:
-                return {PRINCIPAL_KEY: key_principal(key), UPSTREAM_KEY: SecretStr(key)}
-        return None if principal is None else {PRINCIPAL_KEY: principal}
+        return "missing or wrong bearer token" if principal is None else {PRINCIPAL_KEY: principal}
 
     def _principal(self, authorization: bytes) -> str | None:
         """The principal whose token ``authorization`` carries; ``local`` when no token is configured."""

@@ -74,6 +74,8 @@ class LiveRun:
     """Its worst case is reserved under the daily cap (released when its end is in the store)."""
     settled: bool = False
     """Its end is in the store: the final record with its usage, or (a run without a record) its usage."""
+    max_cost_usd: float | None = None
+    """Its worst case may not pass this (``FUSION_MAX_COST_USD``, or what a chat turn has left of it)."""
 
     async def emit(self, event: ProgressEvent) -> None:
         self.last_event = event

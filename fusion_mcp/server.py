@@ -24,14 +24,14 @@ from mcp.server.extension import Extension
 from mcp.server.mcpserver import Context, ListRoots, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp_types import CallToolRequestParams, CallToolResult, ListRootsResult, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import __version__
 from .admission import ARGUMENT_RULES, FusionRefused, incoming_depth, parse_arguments
 from .budget import fit_json
-from .callers import principal_of
+from .callers import principal_of, upstream_key_of
 from .config import LOCAL_PRINCIPAL, Preset, Settings
 from .lenses import BUILTIN
 from .limits import MAX_DEADLINE_S, MAX_FILES, MAX_GUESTS, MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
@@ -75,14 +75,19 @@ INSTRUCTIONS = (
 
 
 _caller: ContextVar[str] = ContextVar("fusion_caller", default=LOCAL_PRINCIPAL)
+_lent_key: ContextVar[SecretStr | None] = ContextVar("fusion_lent_key", default=None)
+"""The caller's own provider key (``FUSION_PASS_THROUGH_KEY``), when it pays for its runs itself."""
 
 
 async def _remember_caller(ctx: Any, call_next: Any) -> Any:
-    """Every MCP request runs knowing its caller, including handlers the SDK gives no Context (static resources)."""
+    """Every MCP request runs knowing its caller (and the key it lends, if any), including handlers the SDK
+    gives no Context (static resources)."""
     token = _caller.set(principal_of(ctx.request))
+    lent = _lent_key.set(upstream_key_of(ctx.request))
     try:
         result = await call_next(ctx)
     finally:
+        _lent_key.reset(lent)
         _caller.reset(token)
     if ctx.method == "tools/list" and isinstance(result, dict):
         # The SDK lets unknown arguments through silently; ours are refused, and the schema says so.
@@ -337,21 +342,23 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
             files=files,
             file_roots=root_paths(roots),
         )
-        principal = _caller.get()
+        principal, api_key = _caller.get(), _lent_key.get()
         try:
-            request = service.prepare(args, depth=incoming_depth(ctx.headers, settings))
+            request = service.prepare(args, depth=incoming_depth(ctx.headers, settings), api_key=api_key)
         except FusionRefused as refused:
             log.info("run %s for %s refused: %s", run_id, principal, refused.message)
             return as_tool_result(refused.result(run_id))
         task = task_call.get()
         if task is not None:  # served as an MCP task: the client polls tasks/get
-            service.start(request, run_id=run_id, principal=principal)
+            service.start(request, run_id=run_id, principal=principal, api_key=api_key)
             task.run_id = run_id
             return as_tool_result(FusionResult(status="running", run_id=run_id))
         forward = _progress(ctx, run_id, log_levels)
         # A run that may outlive its call is waited on for the call's deadline, then goes on in the background.
         wait_s = settings.deadline_s if settings.long_runs else None
-        result = await service.run(request, run_id=run_id, on_event=forward, principal=principal, wait_s=wait_s)
+        result = await service.run(
+            request, run_id=run_id, on_event=forward, principal=principal, wait_s=wait_s, api_key=api_key
+        )
         return as_tool_result(result, settings.max_output_chars)
 
     return openrouter_fusion

@@ -26,8 +26,9 @@ from . import daily_cap
 from .admission import FusionRefused, check_catalogue, prepare
 from .catalogue import CatalogueClient
 from .config import LOCAL_PRINCIPAL, Settings
-from .errors import redact, redact_value
+from .errors import live_secret, redact, redact_value
 from .lenses import model_of
+from .limits import MAX_DEADLINE_S
 from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
 from .material import Material, read_material, without_image_data
 from .models import FusionArgs, FusionRequest, FusionResult, TokenUsage, Usage
@@ -41,6 +42,8 @@ from .web.fetch import SYSTEM_NETWORK, Network
 from .web.tools import WebTools, open_web_tools
 
 log = logging.getLogger(__name__)
+LENT_WRITERS_PER_RUN = 4
+"""Chat writer slots for lent keys per run slot of theirs (a turn is a few writer requests around one run)."""
 
 
 async def start_store(settings: Settings) -> Store | None:
@@ -92,6 +95,11 @@ class FusionService:
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
         self.writers = anyio.CapacityLimiter(settings.max_chat_requests)
         """Chat writer requests in flight at once (``FUSION_MAX_CHAT_REQUESTS``): each holds one pooled connection."""
+        lent = settings.pass_through_max_concurrent
+        self.lent_limiter = anyio.CapacityLimiter(lent)
+        """Runs of callers who pay with their own key, all of them together (``FUSION_PASS_THROUGH_MAX_CONCURRENT``):
+        slots apart from the token holders', so keys nobody vouched for cannot take the server's."""
+        self.lent_writers = anyio.CapacityLimiter(min(settings.max_chat_requests, LENT_WRITERS_PER_RUN * lent))
         self._provider_identity = provider_identity(settings)
         self._runs = runs
         """Where every run lives: as long as the service, not as long as the call that started it."""
@@ -142,9 +150,14 @@ class FusionService:
     def prepare(self, args: FusionArgs, *, depth: int, api_key: SecretStr | None = None) -> FusionRequest:
         """The call's request, or :class:`~fusion_mcp.admission.FusionRefused` (see :func:`admission.prepare`).
 
-        ``api_key`` is the caller's own provider key (``FUSION_PASS_THROUGH_KEY``), used instead of the server's.
+        ``api_key`` is the caller's own provider key (``FUSION_PASS_THROUGH_KEY``), used instead of the server's;
+        such a caller gets none of the server's own resources unless the operator allows it.
         """
-        return prepare(args, self.settings_for(api_key), depth=depth)
+        return prepare(args, self.settings_for(api_key), depth=depth, lent=api_key is not None)
+
+    def slots(self, api_key: SecretStr | None) -> tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]:
+        """(run slots, chat writer slots) of a caller: a lent key's, or the token holders'."""
+        return (self.limiter, self.writers) if api_key is None else (self.lent_limiter, self.lent_writers)
 
     async def run(
         self,
@@ -156,6 +169,7 @@ class FusionService:
         wait_s: float | None = None,
         fresh: bool = False,
         api_key: SecretStr | None = None,
+        max_cost_usd: float | None = None,
     ) -> FusionResult:
         """Run a prepared request; every outcome is a result, only cancellation propagates.
 
@@ -165,6 +179,7 @@ class FusionService:
         with it, the cache serves a principal only what was computed for it, and only it finds the run again.
         ``fresh`` runs even when the cache holds an answer (and then caches the new one). ``api_key``, the
         caller's own provider key (``FUSION_PASS_THROUGH_KEY``), pays for the run instead of the server's.
+        ``max_cost_usd`` is what is left of a chat turn's ``FUSION_MAX_COST_USD`` (the setting itself by default).
 
         Without ``wait_s`` the caller waits for the result, and cancelling the caller stops the run. With
         ``wait_s`` (a run that may outlive its call) the run is recorded as running at once; a run not done
@@ -180,6 +195,7 @@ class FusionService:
             settings=self.settings_for(api_key),
         )
         live.fresh = fresh
+        live.max_cost_usd = self.settings.max_cost_usd if max_cost_usd is None else max_cost_usd
         try:
             done = await live.wait(wait_s, on_event, stop_with_caller=wait_s is None)
         except anyio.get_cancelled_exc_class():
@@ -188,9 +204,9 @@ class FusionService:
         found = live.result if done and live.result is not None else live.snapshot(self.settings.deadline_s)
         return _redacted(found, live.settings.secrets)
 
-    def start(self, request: FusionRequest, *, run_id: str, principal: str) -> None:
+    def start(self, request: FusionRequest, *, run_id: str, principal: str, api_key: SecretStr | None = None) -> None:
         """Start a run nobody waits on yet (an MCP task): recorded as running, found with :meth:`result`."""
-        self._start(request, run_id, principal, durable=True, on_event=None)
+        self._start(request, run_id, principal, durable=True, on_event=None, settings=self.settings_for(api_key))
 
     async def result(
         self, run_id: str, principal: str, *, wait_s: float, on_event: EventSink | None = None
@@ -214,17 +230,25 @@ class FusionService:
                 found = await self._recorded(run_id, principal)
         return found  # from the history, redacted when it was written
 
-    async def check_daily_cap(self, principal: str, api_key: SecretStr | None = None) -> None:
-        """Raise :class:`FusionRefused` (``cost_limit``) when ``principal`` has used up today's
-        ``FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY`` (spend and runs in flight): for requests that spend without
-        a run, such as a chat request's writer. A caller paying with its own key (``api_key``) is not capped."""
+    async def reserve_turn(self, principal: str, turn_id: str, worst_case: float | None) -> bool:
+        """Grow a chat turn's reservation under ``principal``'s daily cap to ``worst_case`` (what its writer has
+        spent so far plus its next request's worst case), or raise :class:`FusionRefused` (``cost_limit``); the
+        same atomic reservation runs take, so a burst of chat requests cannot pass the cap. False when no cap
+        applies (none set). Callers paying with their own key are not capped: do not call it for them."""
         cap = self.settings.principal_max_cost_usd_per_day
-        if cap is not None and api_key is None:
-            await daily_cap.check(self.store, principal, cap)
+        if cap is None:
+            return False
+        # A turn lives for its writer requests and at most one run: it cannot outlast both deadlines.
+        lasts = self.settings.deadline_s + self.settings.run_deadline
+        await daily_cap.reserve(self.store, principal, turn_id, worst_case, cap, lasts_s=lasts, what="chat turn")
+        return True
 
-    async def writer_spent(self, principal: str, turn_id: str, model: str, requests: int, used: TokenUsage) -> None:
-        """Record what a chat request's writer spent (``requests`` requests to ``model``) as ``principal``'s usage."""
-        if self.store is None or requests == 0:
+    async def writer_spent(
+        self, principal: str, turn_id: str, model: str, requests: int, used: TokenUsage, *, reserved: bool = False
+    ) -> None:
+        """Record what a chat request's writer spent (``requests`` requests to ``model``) as ``principal``'s usage,
+        releasing the turn's reservation (``reserved``) in the same transaction."""
+        if self.store is None or (requests == 0 and not reserved):
             return
         row = UsageRow(
             run_id=turn_id,
@@ -239,7 +263,7 @@ class FusionService:
         )
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.settle(turn_id, principal, [row])
+                await self.store.settle(turn_id, principal, [row] if requests else [])
             except Exception as exc:  # it runs as the turn ends: never hide why the turn ended
                 log.warning("chat %s: the writer's usage is not recorded: %s", turn_id, exc)
 
@@ -276,6 +300,12 @@ class FusionService:
     async def _background(self, live: LiveRun) -> None:
         """One run, start to record, in the service's task group."""
         transcripts: dict[str, list[dict[str, Any]]] = {}
+        lent = live.settings.api_key if live.settings is not self.settings else None
+        # A run may outlive its call: its lent key stays a secret of the process (for the log) as long as it runs.
+        with live_secret(lent.get_secret_value() if lent is not None else None):
+            await self._lifetime(live, transcripts)
+
+    async def _lifetime(self, live: LiveRun, transcripts: dict[str, list[dict[str, Any]]]) -> None:
         try:
             with live.scope:
                 if live.durable:
@@ -315,12 +345,15 @@ class FusionService:
     async def _run_now(self, live: LiveRun, transcripts: dict[str, list[dict[str, Any]]]) -> FusionResult:
         run_id, request = live.run_id, live.request
         arrived = anyio.current_time()
-        if not await self._acquire(run_id):
+        lent = live.settings is not self.settings
+        limiter = self.lent_limiter if lent else self.limiter
+        if not await self._acquire(run_id, limiter):
+            own = "FUSION_PASS_THROUGH_MAX_CONCURRENT, for callers paying with their own key"
+            setting = own if lent else "FUSION_MAX_CONCURRENT"
             result = FusionRefused(
                 "server_busy",
-                f"server busy: {plural(self.limiter.borrowed_tokens, 'fusion run')} in progress "
-                f"(FUSION_MAX_CONCURRENT) and none finished within {self.settings.queue_timeout_s:g} s; "
-                "try again shortly",
+                f"server busy: {plural(limiter.borrowed_tokens, 'fusion run')} in progress "
+                f"({setting}) and none finished within {self.settings.queue_timeout_s:g} s; try again shortly",
             ).result(run_id)
             return await self._refused(live, result)
         try:
@@ -330,7 +363,8 @@ class FusionService:
                     request, self.settings.files_max_bytes, cache_marker=self.settings.is_openrouter
                 )
                 request = request.model_copy(update={"attachments": material.attachments})
-            request = await check_catalogue(self.catalogue, request, self.settings.max_cost_usd)
+            cap, setting = live.max_cost_usd, self.settings.max_cost_usd
+            request = await check_catalogue(self.catalogue, request, cap, left_of=setting if cap != setting else None)
             request = _less_waiting(request, anyio.current_time() - arrived)
             live.request = request
             result = await self._fuse(live, material, transcripts)
@@ -342,7 +376,7 @@ class FusionService:
             message = redact(f"unexpected error: {type(exc).__name__}: {exc}", live.settings.secrets)
             result = await self._refused(live, FusionRefused("unexpected_error", message).result(run_id))
         finally:
-            self.limiter.release()
+            limiter.release()
         log.info("run %s for %s finished: %s in %.1f s", run_id, live.principal, result.status, result.timings.total)
         return result
 
@@ -401,17 +435,17 @@ class FusionService:
             except Exception as exc:
                 log.warning("run %s: its usage is not recorded: %s", live.run_id, exc)
 
-    async def _acquire(self, run_id: str) -> bool:
+    async def _acquire(self, run_id: str, limiter: anyio.CapacityLimiter) -> bool:
         """Take a run slot, waiting up to ``FUSION_QUEUE_TIMEOUT_S``; False when none came free."""
         try:
-            self.limiter.acquire_nowait()
+            limiter.acquire_nowait()
             return True
         except anyio.WouldBlock:
-            log.info("run %s queued: %s in progress", run_id, plural(self.limiter.borrowed_tokens, "fusion run"))
+            log.info("run %s queued: %s in progress", run_id, plural(limiter.borrowed_tokens, "fusion run"))
         with anyio.move_on_after(self.settings.queue_timeout_s):
-            await self.limiter.acquire()
+            await limiter.acquire()
             return True
-        log.warning("run %s refused: %s in progress", run_id, plural(self.limiter.borrowed_tokens, "run"))
+        log.warning("run %s refused: %s in progress", run_id, plural(limiter.borrowed_tokens, "run"))
         return False
 
     async def _fuse(
@@ -436,7 +470,8 @@ class FusionService:
                 return result
         cap = self.settings.principal_max_cost_usd_per_day
         if cap is not None and settings is self.settings:  # after the cache: an answer from it costs nothing
-            await daily_cap.reserve(store, principal, run_id, request, cap)
+            lasts = request.deadline_s or MAX_DEADLINE_S
+            await daily_cap.reserve(store, principal, run_id, request.cost_estimate, cap, lasts_s=lasts)
             live.reserved = True
         with self.pools.lease() as http:
             result = await run_fusion(

@@ -12,11 +12,20 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from fusion_mcp.config import Settings, load_settings
 from tests.fakes.provider_sim import ProviderSim
 from tests.fakes.search_apis import SearchApis
 from tests.fakes.web import Canary, Site
+
+# Property-based tests: a bounded number of examples in the default suite, more in CI. Each example may be a
+# request over loopback (no deadline: the machine may be busy), and they share module-scoped servers.
+settings.register_profile(
+    "default", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.register_profile("ci", settings.get_profile("default"), max_examples=150)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 API_KEY = "sk-or-v1-TESTKEY-0123456789abcdef-do-not-leak"
 PANEL = ("~anthropic/claude-opus-latest", "~openai/gpt-latest", "~google/gemini-pro-latest")

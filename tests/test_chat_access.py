@@ -25,6 +25,7 @@ from tests.fakes.provider_sim import ProviderSim, Reply, priced
 from tests.helpers import read_sse, recorded, wait_until
 
 TOKEN = "chat-token-0123456789-SECRET"
+KEY_PREFIX = "caller-key-"
 CALLER_KEY = "caller-key-0123456789-pays-for-this"
 WRITER = "acme/writer"
 USER = {"role": "user", "content": "Which of A and B should we choose?"}
@@ -33,7 +34,13 @@ FUSED = {"model": WRITER, "messages": [USER], "plugins": [{"id": "fusion"}]}
 
 @pytest.fixture(scope="module")
 def _lending(_sim: ProviderSim) -> Iterator[servers.Running]:
-    env = sim_env(_sim, FUSION_HTTP_TOKEN=TOKEN, FUSION_PASS_THROUGH_KEY="true", FUSION_KEEPALIVE_S="0.2")
+    env = sim_env(
+        _sim,
+        FUSION_HTTP_TOKEN=TOKEN,
+        FUSION_PASS_THROUGH_KEY="true",
+        FUSION_PASS_THROUGH_KEY_PREFIX=KEY_PREFIX,
+        FUSION_KEEPALIVE_S="0.2",
+    )
     with servers.http_server(env) as running:
         yield running
 
@@ -95,10 +102,10 @@ def test_a_callers_own_key_pays_for_every_request_and_is_never_kept(sim: Provide
     # The run is the key holder's, under a fingerprint of the key.
     owner = recorded(data["fusion"]["run_id"])["principal"]
     assert owner == key_principal(CALLER_KEY) and owner.startswith("key:") and CALLER_KEY not in owner
-    # A key opens the API routes, not /mcp.
+    # A key opens the API routes and /mcp alike: both front ends admit exactly the same callers.
     bearer = {"Authorization": f"Bearer {CALLER_KEY}"}
     assert httpx2.get(f"{lending}/v1/models", headers=bearer, timeout=10).status_code == 200
-    assert httpx2.post(f"{lending}/mcp", json={}, headers=bearer, timeout=10).status_code == 401
+    assert httpx2.post(f"{lending}/mcp", json={}, headers=bearer, timeout=10).status_code != 401
 
 
 def test_a_rejected_caller_key_is_a_401_that_never_echoes_it(sim: ProviderSim, lending: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fusion_mcp.admission import FusionRefused, incoming_depth
-from fusion_mcp.callers import bearer, forwardable_key, key_principal
+from fusion_mcp.callers import LENT_KEY_RULE, bearer, key_principal, lent_key
 from fusion_mcp.chat import FUSION_FUNCTION, fusion_arguments, tool_result
 from fusion_mcp.chat_http import upstream_error
 from fusion_mcp.chat_request import ChatError, plan_turn
@@ -83,10 +83,22 @@ def test_the_callers_fields_go_to_the_writer_without_the_servers_own() -> None:
             "n": 1,
         }
     )
-    assert read.fields == {"temperature": 0.1, "plugins": [{"id": "web"}]}
+    # The answer cap goes on every writer request: FUSION_MAX_COMPLETION_TOKENS when the caller set none.
+    assert read.fields == {"temperature": 0.1, "plugins": [{"id": "web"}], "max_completion_tokens": 16000}
     assert read.tools == [{"type": "function", "function": {"name": "f"}}, {"type": "openrouter:web_search"}]
     assert read.tool_choice == "auto" and read.fusion is not None
     assert (read.stream, read.include_usage) == (True, True)
+
+
+def test_the_writers_answer_cap_is_the_callers_within_the_servers() -> None:
+    """What the spending caps count for a writer request is a bound only if the request carries it."""
+    assert plan({"model": "w/x", "max_tokens": 500}).fields == {"max_tokens": 500}
+    both = plan({"model": "w/x", "max_tokens": 10**9, "max_completion_tokens": 20000})
+    assert both.fields == {"max_tokens": 16000, "max_completion_tokens": 16000} and both.max_tokens == 16000
+    for bad, detail in ((0, "greater than or equal to 1"), ("100", "valid integer"), (True, "valid integer")):
+        with pytest.raises(ChatError) as refused:
+            plan({"model": "w/x", "max_tokens": bad})
+        assert refused.value.param == "max_tokens" and detail in refused.value.message
 
 
 def test_the_writers_function_tool_is_the_mcp_tools_name_and_words() -> None:
@@ -164,9 +176,15 @@ def test_error_types_follow_the_status() -> None:
 def test_keys_a_caller_may_lend() -> None:
     assert bearer(b"Bearer abc") == "abc" and bearer(b"bearer  abc ") == "abc"
     assert bearer(b"Basic abc") is None and bearer(b"Bearer ") is None and bearer(b"") is None
-    assert forwardable_key(b"Bearer sk-or-v1-x", openrouter=True) == "sk-or-v1-x"
-    assert forwardable_key(b"Bearer my-token-of-the-server", openrouter=True) is None
-    assert forwardable_key(b"Bearer anything", openrouter=False) == "anything"
+    key = "sk-or-v1-0123456789abcdef"
+    assert lent_key(key, "sk-or-") == key
+    # Any other bearer must be a server token: never sent on as a key, whatever the provider.
+    assert lent_key("my-token-of-the-server", "sk-or-") is None and lent_key("anything", "sk-proj-") is None
+    assert lent_key(key, None) is None and lent_key(None, "sk-or-") is None
+    for bad in ("sk-or-short", "sk-or-" + "x" * 600, "sk-or-v1-caf\u00e9-0123456789", "sk-or-v1 with spaces 0123"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            lent_key(bad, "sk-or-")
+    assert LENT_KEY_RULE == "printable ASCII without spaces, 16 to 512 characters"
     assert key_principal("sk-or-v1-x") == key_principal("sk-or-v1-x") != key_principal("sk-or-v1-y")
     assert key_principal("sk-or-v1-x").startswith("key:") and len(key_principal("sk-or-v1-x")) == 20
 

@@ -122,7 +122,13 @@ async def test_a_caller_paying_with_its_own_key_is_counted_but_not_capped(
     sim: ProviderSim, store_env: dict[str, str]
 ) -> None:
     own_key = "sk-or-v1-CALLERS-OWN-KEY-0123456789"
-    env = sim_env(sim, **store_env, FUSION_PASS_THROUGH_KEY="true", FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY="0.001")
+    env = sim_env(
+        sim,
+        **store_env,
+        FUSION_PASS_THROUGH_KEY="true",
+        FUSION_PASS_THROUGH_KEY_PREFIX="sk-or-",
+        FUSION_PRINCIPAL_MAX_COST_USD_PER_DAY="0.001",
+    )
     chat = {"model": "openrouter/fusion", "messages": [{"role": "user", "content": "hello"}]}
     headers = {"Authorization": f"Bearer {own_key}"}
     with servers.in_process(env) as base:
