@@ -1,10 +1,12 @@
 """Files opened beneath their root: a directory flipped to a symlink while calls read through it never leads
-out of the root; ``openat2`` and the component-by-component walk each refuse a symlink at any component."""
+out of the root; ``openat2`` and the component-by-component walk each refuse a symlink at any component; a
+path that is not a file name (a NUL, a lone surrogate) is an argument refused by name, without a traceback."""
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from fusion_mcp.server import create_server
 from tests.conftest import PANEL, sim_env
 from tests.fakes.provider_sim import ProviderSim
 from tests.helpers import TOOL, structured
-from tests.test_files import files_rule
+from tests.test_files import call, files_rule, tree
 
 pytestmark = [
     pytest.mark.anyio,
@@ -206,3 +208,55 @@ def test_each_way_of_opening_never_reads_through_a_flipping_directory(
         os.close(root_fd)
     assert set(outcomes) <= {INSIDE, "ELOOP", "ENOTDIR", "ENOENT"}, outcomes
     assert outcomes[INSIDE] >= 300 and outcomes["ELOOP"] + outcomes["ENOTDIR"] >= 300, outcomes
+
+
+def refusal(detail: str) -> str:
+    return f"invalid argument files: must be {files_rule()} ({detail})"
+
+
+async def test_a_path_that_no_file_can_have_is_an_invalid_argument(
+    sim: ProviderSim, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, _ = tree(tmp_path)
+    caplog.set_level(logging.INFO)
+    for given, detail in {
+        "notes\x00.md": "'notes\\x00.md': contains a NUL character",
+        "notes\ud800.md": "'notes\\ud800.md': contains a lone surrogate, which is not UTF-8 text",
+    }.items():
+        result = await call(sim, {"prompt": "q", "files": ["notes.md", given]}, FUSION_FILES_ROOTS=str(root))
+        data = structured(result)
+        assert result.is_error and data["failure_reason"] == "invalid_arguments"
+        assert data["error"] == refusal(detail)
+    assert sim.requests == []
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+async def test_paths_that_cannot_be_resolved_or_shown_are_refused_when_read(
+    sim: ProviderSim, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, _ = tree(tmp_path)
+    caplog.set_level(logging.INFO)
+    (root / "latin.md").symlink_to(os.fsdecode(b"caf\xe9.md"))
+    (root / os.fsdecode(b"caf\xe9.md")).write_text("a name in Latin-1", encoding="utf-8")
+    for given, why in {
+        "~no-such-user-here/notes.md": "cannot be resolved",
+        "latin.md": "leads to a name that is not UTF-8 text",
+        "notes.md/inner.md": "changed while it was being read",  # ENOTDIR: a swap looks the same without a 2nd look
+        "x" * 300: "cannot be read (OSError)",  # ENAMETOOLONG
+    }.items():
+        data = structured(await call(sim, {"prompt": "q", "files": [given]}, FUSION_FILES_ROOTS=str(root)))
+        assert data["error"] == refusal(f"{given[:200]}: {why}"), data["error"]
+    assert sim.requests == []
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+async def test_over_http_a_nul_in_a_path_is_refused_before_the_roots_are_asked(http_server: str) -> None:
+    """The shared server has no roots: the argument is refused first. Its fixture fails the test if the server
+    logged a traceback."""
+    async with Client(f"{http_server}/mcp", mode="legacy") as client:
+        result = await client.call_tool(TOOL, {"prompt": "q", "files": ["a\x00b"]})
+    data = structured(result)
+    assert (data["failure_reason"], data["error"]) == (
+        "invalid_arguments",
+        refusal("'a\\x00b': contains a NUL character"),
+    )
