@@ -283,6 +283,12 @@ def _files(value: Any) -> tuple[str, ...]:
     if len(value) > MAX_FILES:
         raise ValueError(f"{len(value)} files given")
     paths = tuple(v.strip() for v in value)
+    for path in paths:
+        # Refused here, as what they are, rather than as whatever the file system calls make of them.
+        if "\x00" in path:
+            raise ValueError(f"{_shown(path)}: contains a NUL character")
+        if any("\ud800" <= c <= "\udfff" for c in path):  # JSON's "\ud800", a non-UTF-8 byte of argv: never valid JSON
+            raise ValueError(f"{_shown(path)}: contains a lone surrogate, which is not UTF-8 text")
     if len(set(paths)) < len(paths):
         raise ValueError("a path appears more than once")
     return paths
