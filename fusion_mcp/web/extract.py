@@ -30,6 +30,10 @@ _HIDDEN = (
 _BLANK_LINES = re.compile(r"\n{3,}")
 MAX_HTML_BYTES = 1_000_000
 """HTML past this is not extracted: trafilatura needs seconds per megabyte on link-stuffed pages."""
+MAX_URL_CHARS = 2000
+"""The longest URL a page or a search result can make fetchable (a link, a URL written in a page's text, a
+result's address). Real addresses are far shorter; a longer one is a page's choice made to carry data or to
+cost work, and no browser or server is obliged to accept it."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def _html(body: bytes, url: str | None, encoding: str | None) -> Page:
             absolute = urljoin(url or "", href)
         except ValueError:
             continue
-        if absolute.startswith(("http://", "https://")) and len(absolute) <= 2000:
+        if absolute.startswith(("http://", "https://")) and len(absolute) <= MAX_URL_CHARS:
             links[absolute] = None
     text = trafilatura.extract(
         tree,

@@ -24,6 +24,7 @@ import httpx2
 from ..config import Settings
 from ..errors import redact
 from ..text import one_line
+from .extract import MAX_URL_CHARS
 
 log = logging.getLogger(__name__)
 MAX_RESULTS = 10
@@ -210,7 +211,7 @@ def normalise(raw: list[dict[str, Any]], max_results: int) -> list[Hit]:
     seen: set[str] = set()
     for item in raw:
         url = str(item.get("url") or item.get("href") or "").strip()
-        if not url.startswith(("http://", "https://")) or len(url) > 2000 or url in seen:
+        if not url.startswith(("http://", "https://")) or len(url) > MAX_URL_CHARS or url in seen:
             continue
         seen.add(url)
         snippet = item.get("snippet") or item.get("content") or item.get("description") or item.get("body") or ""

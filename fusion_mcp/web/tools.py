@@ -15,6 +15,11 @@ Links a page offers are still the page's choice: a hostile page can list ``/leak
 steer the model to spell a secret one fetch at a time. So URLs first seen on a fetched page get two more
 rules: a member follows at most ``FUSION_FETCH_PAGE_LINKS`` of them, and none whose path or query carries
 :data:`ECHO_CHARS` or more consecutive characters of the question or its context.
+
+Work is bounded by what each piece of input is, not by what a page would like it to be: a page makes
+fetchable only URLs of at most :data:`~.extract.MAX_URL_CHARS` characters; the echo rule looks each run of a
+URL up in the question's runs, indexed once per run (:class:`Seed`); nothing is fetched, searched or parsed
+once the run's character budget is spent.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Container, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -34,7 +39,7 @@ import httpx2
 from ..config import Settings
 from ..models import Source
 from ..tls import default_tls
-from .extract import Page, strip_invisible, to_text
+from .extract import MAX_URL_CHARS, Page, strip_invisible, to_text
 from .fence import Fence
 from .fetch import SYSTEM_NETWORK, Fetched, Fetcher, FetchFailed, FetchRefused, Network
 from .search import MAX_RESULTS, Search, SearchUnavailable, make_search
@@ -96,7 +101,9 @@ or a page's links and text. Page-discovered URLs are the page's choice, and are 
 MAX_PAGE_URLS = 1000
 """URLs one page can make fetchable (its links, then URLs in its text): bounds the work on a link farm."""
 SCAN_CHARS = 200_000
-"""How much of a page's text is scanned for written URLs."""
+"""How much of a text is scanned for written URLs."""
+_TRAILING = ".,;:!?*_~'"
+"""Punctuation that ends a sentence more often than a URL."""
 log = logging.getLogger(__name__)
 
 
@@ -113,20 +120,56 @@ def normalise_url(url: str) -> str | None:
     return f"{parsed.scheme}://{parsed.netloc.decode('ascii', 'replace')}{path}"
 
 
-def urls_in(text: str, limit: int = MAX_PAGE_URLS) -> set[str]:
-    """The http(s) URLs written in ``text`` (at most ``limit``), trailing punctuation removed, normalised."""
+def urls_in(text: str, limit: int = MAX_PAGE_URLS, longest: int | None = None) -> set[str]:
+    """The http(s) URLs written in ``text`` (at most ``limit``), trailing punctuation removed, normalised.
+
+    ``longest``: URLs longer than this (as written) are left out: a page's text gets the cap its links get,
+    the question's URLs are the caller's own and get none.
+    """
     found: set[str] = set()
     for match in _URL.finditer(text[:SCAN_CHARS]):
-        url = match.group().rstrip(".,;:!?*_~'")
-        # Parentheses belong to the URL when balanced (Wikipedia's Foo_(bar)), else to the prose around it.
-        while url.endswith(")") and url.count(")") > url.count("("):
-            url = url[:-1].rstrip(".,;:!?*_~'")
+        url = _trim(match.group())
+        if longest is not None and len(url) > longest:
+            continue
         normal = normalise_url(url)
         if normal is not None:
             found.add(normal)
             if len(found) >= limit:
                 break
     return found
+
+
+def _trim(url: str) -> str:
+    """``url`` without the punctuation of the prose around it. Parentheses belong to the URL when balanced
+    (Wikipedia's Foo_(bar)), else to the prose; counted once, so a URL ending in thousands of ")" costs one
+    pass over it, not one per parenthesis."""
+    url = url.rstrip(_TRAILING)
+    surplus = url.count(")") - url.count("(")
+    end = len(url)
+    while surplus > 0 and url.endswith(")", 0, end):
+        end -= 1
+        surplus -= 1
+        while end and url[end - 1] in _TRAILING:
+            end -= 1
+    return url[:end]
+
+
+def ngrams(text: str) -> frozenset[str]:
+    """Every run of :data:`ECHO_CHARS` consecutive characters of ``text``: the echo rule's index of the question.
+
+    About 100 bytes per character of ``text`` (a 200,000-character question: ~20 MB, ~26 MB in CJK); built once
+    per run, and only when a page link is checked.
+    """
+    return frozenset(text[i : i + ECHO_CHARS] for i in range(len(text) - ECHO_CHARS + 1))
+
+
+def echoes(tail: str, grams: Container[str]) -> bool:
+    """Whether ``tail`` has a run of :data:`ECHO_CHARS` characters among ``grams`` (see :func:`ngrams`).
+
+    One lookup per run of ``tail``: the work follows the URL's length, never the question's (searching the
+    question for each run cost seconds for one long URL and a long question, on the event loop).
+    """
+    return any(tail[i : i + ECHO_CHARS] in grams for i in range(len(tail) - ECHO_CHARS + 1))
 
 
 def shown(url: str) -> str:
@@ -143,7 +186,8 @@ def digest(fetched: Fetched) -> tuple[Page, frozenset[str]]:
         url = normalise_url(link)
         if url is not None:
             known.add(url)
-    known |= urls_in(page.text, MAX_PAGE_URLS - len(known)) if len(known) < MAX_PAGE_URLS else set()
+    if len(known) < MAX_PAGE_URLS:
+        known |= urls_in(page.text, MAX_PAGE_URLS - len(known), longest=MAX_URL_CHARS)
     return page, frozenset(known)
 
 
@@ -176,6 +220,31 @@ async def open_web_tools(settings: Settings, network: Network = SYSTEM_NETWORK) 
         await search_http.aclose()
 
 
+class Seed:
+    """The question and its context as every toolbox of a run shares them (members and analyst get the same).
+
+    The URLs written in it are found once per run, not once per member. Its :func:`ngrams` are built on the
+    first page link a member checks, in a worker thread, once: most runs follow no page link, and the index
+    costs ~100 bytes per character of the question.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.urls = frozenset(urls_in(text))
+        self.builds = 0
+        """How many times the n-grams were built: at most once."""
+        self._grams: frozenset[str] | None = None
+        self._lock = anyio.Lock()
+
+    async def grams(self) -> frozenset[str]:
+        """The question's :func:`ngrams`, built on first use (the lock makes concurrent members wait for one build)."""
+        async with self._lock:
+            if self._grams is None:
+                self._grams = await anyio.to_thread.run_sync(ngrams, self.text)
+                self.builds += 1
+        return self._grams
+
+
 class RunWeb:
     """One run's web state: its fence, what is left of its character budget, the pages read so far."""
 
@@ -185,11 +254,15 @@ class RunWeb:
         self.budget = tools.settings.web_max_chars
         self.chars_left = self.budget
         self._pages: dict[str, tuple[str, Page, frozenset[str]] | str] = {}
+        self._seeds: dict[str, Seed] = {}
 
     def toolbox(self, seed: str, known: Mapping[str, Origin] | None = None) -> MemberWeb:
         """Tools for one member; it may fetch URLs written in ``seed`` (the question and its context) and
-        the ``known`` ones (with where each came from)."""
-        return MemberWeb(self, seed, dict(known or {}) | dict.fromkeys(urls_in(seed), "given"))
+        the ``known`` ones (with where each came from). Toolboxes given the same seed share its :class:`Seed`."""
+        shared = self._seeds.get(seed)
+        if shared is None:
+            shared = self._seeds[seed] = Seed(seed)
+        return MemberWeb(self, shared, dict(known or {}) | dict.fromkeys(shared.urls, "given"))
 
     async def page(self, url: str) -> tuple[str, Page, frozenset[str]] | str:
         """(final URL, page, URLs it links or names) for ``url``, fetched once per run; or why there is none."""
@@ -204,6 +277,10 @@ class RunWeb:
         else:
             if fetched.status >= 400:
                 found = f"failed: {shown(fetched.url)} answered HTTP {fetched.status}"
+            elif self.chars_left <= 0:
+                # Another member spent the budget while this page was on its way: nobody can read it now, so
+                # it is not parsed, nor cached (the budget never comes back within a run, so this is final).
+                return self.spent_refusal()
             else:
                 # Extraction takes ~100 ms on a long page (seconds on a hostile one): in a worker thread, so the
                 # event loop keeps streaming the other members, and abandoned if the member is cut off.
@@ -221,11 +298,18 @@ class RunWeb:
         self.chars_left -= granted
         return granted
 
+    def spent_refusal(self) -> str:
+        """What a member reads once the run's budget is spent."""
+        return (
+            f"refused: this run has read its budget of {self.budget:,} characters from the web "
+            "(FUSION_WEB_MAX_CHARS); answer with what you have"
+        )
+
 
 class MemberWeb:
     """One member's ``ToolBox``: the two tools, its URL provenance and the sources it read."""
 
-    def __init__(self, run: RunWeb, seed: str, known: dict[str, Origin]) -> None:
+    def __init__(self, run: RunWeb, seed: Seed, known: dict[str, Origin]) -> None:
         self.run = run
         self.seed = seed
         self.known = known
@@ -273,6 +357,8 @@ class MemberWeb:
         count = args.get("max_results", 5)
         if not isinstance(count, int) or isinstance(count, bool):
             return f'error: "max_results" must be a whole number from 1 to {MAX_RESULTS}'
+        if self.run.chars_left <= 0:
+            return self.run.spent_refusal()  # before the backend: nothing it answered could be read
         try:
             hits = await self.run.tools.search.search(query, count)
         except SearchUnavailable as exc:
@@ -287,7 +373,7 @@ class MemberWeb:
                 self.learn([url], "search")
         body = "\n".join(lines)
         if len(body) > self.run.chars_left:
-            return self._spent()
+            return self.run.spent_refusal()
         self.run.spend(len(body))
         return self.run.fence.wrap(body, source=SEARCH, query=query)
 
@@ -313,11 +399,12 @@ class MemberWeb:
                 f"refused: {url[:200]} did not appear in the question, its context, or an earlier search or fetch "
                 "result; search for it first"
             )
+        if self.run.chars_left <= 0:
+            return self.run.spent_refusal()  # before any request: nothing fetched now could be read
         if self.known.get(url) == "page" and not settings.fetch_any_url:
-            refusal = self._page_link_refusal(url)
+            refusal = await self._follow_page_link(url)
             if refusal is not None:
                 return refusal
-            self.page_links_used += 1
         found = await self.run.page(url)
         if isinstance(found, str):
             return found
@@ -332,7 +419,7 @@ class MemberWeb:
         cap = self.run.tools.settings.fetch_max_chars
         granted = self.run.spend(min(cap, len(page.text) - start))
         if granted == 0:
-            return self._spent()
+            return self.run.spent_refusal()
         end = start + granted
         if not any(s.url == final for s in self.sources):
             self.sources.append(Source(url=final, title=page.title))
@@ -342,26 +429,23 @@ class MemberWeb:
         title = f"Title: {page.title}\n\n" if page.title else ""
         return f"{head}\n{self.run.fence.wrap(title + page.text[start:end], source=FETCH, url=final)}"
 
-    def _page_link_refusal(self, url: str) -> str | None:
-        """Why a URL first seen on a page may not be followed, or None."""
+    async def _follow_page_link(self, url: str) -> str | None:
+        """Why a URL first seen on a page may not be followed; None when it may (it then counts as followed)."""
         budget = self.run.tools.settings.fetch_page_links
         if self.page_links_used >= budget:
             return (
                 f"refused: this answer has already followed {budget} links found on pages "
                 "(FUSION_FETCH_PAGE_LINKS); search for what you still need instead"
             )
+        # Counted before the wait for the question's index, so no other call can slip past the budget meanwhile;
+        # a refused link is given back.
+        self.page_links_used += 1
         parts = urlsplit(url)
         tail = unquote(f"{parts.path}?{parts.query}")
-        for start in range(len(tail) - ECHO_CHARS + 1):
-            if tail[start : start + ECHO_CHARS] in self.seed:
-                return (
-                    f"refused: {url[:200]} was offered by a page and repeats text of the question in its address "
-                    "(a page could use such links to carry the question away); search for it instead"
-                )
+        if len(tail) >= ECHO_CHARS and echoes(tail, await self.seed.grams()):
+            self.page_links_used -= 1
+            return (
+                f"refused: {url[:200]} was offered by a page and repeats text of the question in its address "
+                "(a page could use such links to carry the question away); search for it instead"
+            )
         return None
-
-    def _spent(self) -> str:
-        return (
-            f"refused: this run has read its budget of {self.run.budget:,} characters from the web "
-            "(FUSION_WEB_MAX_CHARS); answer with what you have"
-        )
