@@ -224,6 +224,58 @@ async def test_the_history_is_held_to_its_count_age_and_size_and_usage_outlives_
         assert [r["run_id"] for r in await store.recent()] == ["fus_6", "fus_5"]
 
 
+def kept(raw: Raw) -> dict[str, list[str]]:
+    """The history's run ids per principal, newest first."""
+    found: dict[str, list[str]] = {}
+    for principal, run_id in raw.rows("SELECT principal, run_id FROM {runs} ORDER BY created DESC, run_id DESC"):
+        found.setdefault(principal, []).append(run_id)
+    return found
+
+
+async def test_each_principal_keeps_its_share_of_the_history_and_key_holders_share_one(
+    store_env: dict[str, str],
+) -> None:
+    """Six runs shared by the principals with runs: Bob's ten trim only his own, down to his share; then lent
+    keys (two of them, one share) shrink the key holders' share and each other principal's to two."""
+    raw = Raw(store_env)
+    async with opened(store_env, max_runs=6) as store:
+        for i in range(2):
+            await store.save_run(request(), result(f"fus_a{i}"), {}, "alice")
+        for i in range(10):
+            await store.save_run(request(), result(f"fus_b{i}"), {}, "bob")
+        assert kept(raw) == {"bob": ["fus_b9", "fus_b8", "fus_b7"], "alice": ["fus_a1", "fus_a0"]}
+        for i in range(6):
+            await store.save_run(request(), result(f"fus_k{i}"), {}, f"key:{i % 2:016d}")
+    assert kept(raw) == {
+        f"key:{1:016d}": ["fus_k5"],
+        f"key:{0:016d}": ["fus_k4"],
+        "bob": ["fus_b9", "fus_b8"],
+        "alice": ["fus_a1", "fus_a0"],
+    }
+
+
+async def test_running_rows_and_each_principals_newest_run_survive_trimming(store_env: dict[str, str]) -> None:
+    """Running rows count towards a share but are never trimmed; a record larger than a whole share of the
+    size stays until its principal writes a newer one, and never costs another principal its newest."""
+    raw = Raw(store_env)
+    running = FusionResult(status="running", run_id="", pending=["a/x"])
+    async with opened(store_env, max_runs=2) as store:
+        for i in range(2):
+            await store.save_run(request(), result(f"fus_f{i}"), {}, "alice")
+        for i in range(3):
+            await store.save_run(request(), running.model_copy(update={"run_id": f"fus_r{i}"}), {}, "alice", {})
+        assert kept(raw) == {"alice": ["fus_r2", "fus_r1", "fus_r0", "fus_f1"]}
+    big = {"a/x": [{"role": "tool", "content": "a long page " * 2000}]}
+    async with opened(store_env, max_bytes=1000) as store:
+        await store.save_run(request(), result("fus_big1"), big, "bob")
+        assert kept(raw)["bob"] == ["fus_big1"]
+        await store.save_run(request(), result("fus_big2"), big, "bob")
+        await store.save_run(request(), result("fus_a"), {}, "carol")
+    assert kept(raw) == {"carol": ["fus_a"], "bob": ["fus_big2"], "alice": ["fus_r2", "fus_r1", "fus_r0", "fus_f1"]}
+    ((size,),) = raw.rows("SELECT bytes FROM {runs} WHERE run_id = 'fus_big2'")
+    assert size > 20_000
+
+
 # --- usage --------------------------------------------------------------------------------------------------
 
 

@@ -42,7 +42,13 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class Retention:
-    """How much a store keeps; each limit is enforced in SQL on every write of its table."""
+    """How much a store keeps; each limit is enforced in SQL on every write of its table.
+
+    The history's count and size are totals shared evenly by the principals that have runs in it (every
+    lent-key principal, ``key:...``, counting together as one): a principal past its share loses its oldest
+    finished runs, so one client's traffic cannot push another's runs out. Running rows, and each share's
+    newest finished run, are kept whatever their size.
+    """
 
     cache_ttl_s: float = 3600.0
     max_runs: int = 1000
