@@ -276,6 +276,44 @@ async def test_running_rows_and_each_principals_newest_run_survive_trimming(stor
     assert size > 20_000
 
 
+async def test_an_answer_from_the_cache_is_a_pointer_that_reads_as_its_original(store_env: dict[str, str]) -> None:
+    """Its row is small and lists and counts as before; it reads as the original's request and result with
+    its own id; once the original has left the history, it reads as run_not_found saying so."""
+    raw = Raw(store_env)
+    transcripts = {"a/x": [{"role": "user", "content": "what is 6*7?"}, {"role": "assistant", "content": "42"}]}
+    original = result("fus_1", responses=[PanelResponse(model="a/x", content="42 " * 500)])
+    served = original.model_copy(update={"run_id": "fus_2", "cached": True})
+    async with opened(store_env, max_runs=2) as store:
+        await store.save_run(request("what is 6*7?"), original, transcripts, "alice")
+        await store.save_run(request("what is 6*7?"), served, {}, "alice", cached_from="fus_1")
+        record = await store.run("fus_2", "alice")
+        assert await store.run("fus_2") == record  # the operator's view
+        assert await store.run("fus_2", "bob") is None
+        listed = await store.recent(1)
+        (alices,) = await store.usage(0, "principal")
+        await store.save_run(request("another"), result("fus_3"), {}, "alice")  # fus_1 leaves the history
+        gone = await store.run("fus_2", "alice")
+    ((size,),) = raw.rows("SELECT bytes FROM {runs} WHERE run_id = 'fus_2'")
+    assert size < 200
+    assert record is not None and {k: v for k, v in record.items() if k != "created"} == {
+        "schema": 3,
+        "run_id": "fus_2",
+        "principal": "alice",
+        "request": request("what is 6*7?").model_dump(mode="json"),
+        "result": served.to_json(),
+        "transcripts": {"cached_from": [{"run_id": "fus_1"}]},
+    }
+    assert [(r["run_id"], r["status"], r["cached"], r["cost"]) for r in listed] == [("fus_2", "ok", True, 0.06)]
+    assert (alices.runs, alices.requests, alices.cost) == (2, 4, pytest.approx(0.06))  # the cached run is free
+    why = (
+        "run 'fus_2' was answered from the cache of run 'fus_1', which has since left the run history "
+        "(FUSION_HISTORY_MAX_RUNS, FUSION_HISTORY_MAX_MB, FUSION_HISTORY_MAX_DAYS); make the call again for a "
+        "new answer"
+    )
+    assert gone is not None and gone["result"] == FusionResult.failure("fus_2", "run_not_found", why).to_json()
+    assert "request" not in gone and gone["transcripts"] == {"cached_from": [{"run_id": "fus_1"}]}
+
+
 # --- usage --------------------------------------------------------------------------------------------------
 
 

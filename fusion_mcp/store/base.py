@@ -3,8 +3,9 @@
 A store holds four things: the result cache, the run history, usage (one row per model of every run that
 ended, kept apart from the history so trimming it loses no spending), and reservations (the worst-case
 cost of runs in flight, for the daily cap per principal). :class:`Store` builds every row here — the run
-record with its shared texts, each secret redacted before anything is written, usage rows from a result,
-cache entries and their checks on the way back — and leaves the backends only the SQL of their dialect.
+record with its shared texts (or, for an answer from the cache, a pointer to the run it came from), each
+secret redacted before anything is written, usage rows from a result, cache entries and their checks on the
+way back — and leaves the backends only the SQL of their dialect.
 
 Every backend failure surfaces as :class:`StoreError`, one line without secrets.
 """
@@ -227,6 +228,7 @@ class Store(ABC):
         spent: Usage | None = None,
         secrets: tuple[str, ...] = (),
         settle: bool = True,
+        cached_from: str | None = None,
     ) -> None:
         """Record a run, replacing an earlier record of it; ``secrets`` are redacted beside the store's own.
 
@@ -235,8 +237,22 @@ class Store(ABC):
         result's usage; a cached result's cost nothing) are written with it and its reservation released, in
         one transaction — the run is recorded completely or not at all. ``settle=False`` writes the record only:
         a run found lost, whose spend nobody knows, keeps its reservation counting until it expires.
+
+        ``cached_from`` names the run (of the same principal) whose cached result answered this one: the record
+        is then only that pointer, and :meth:`run` reads the original's request and result through it, so a
+        client repeating a call does not copy its result into the history each time.
         """
-        row = self._run_row(request, result, transcripts, principal, owner, (*self._secrets, *secrets))
+        body: dict[str, Any]
+        if cached_from is not None:
+            # The cache is per principal, so the run it names is this principal's too.
+            body = {"cached_from": cached_from}
+        else:
+            shared, texts = share_texts(transcripts)
+            body = {"request": request.model_dump(mode="json"), "result": result.to_json()}
+            body |= {"transcripts": shared, "texts": texts}
+            if owner is not None:
+                body["owner"] = owner
+        row = self._run_row(request, result, body, principal, (*self._secrets, *secrets))
         usage = None
         if result.status != "running" and settle:
             usage = usage_rows(result.run_id, principal, row.created, spent or result.usage, free=result.cached)
@@ -263,11 +279,18 @@ class Store(ABC):
         return [dict(zip(keys, row, strict=True)) | {"cached": bool(row[7])} for row in rows]
 
     async def run(self, run_id: str, principal: str | None = None) -> dict[str, Any] | None:
-        """One run's record; another principal's run is None, exactly as a run that does not exist."""
+        """One run's record; another principal's run is None, exactly as a run that does not exist.
+
+        An answer from the cache reads as the run it came from: that run's request and result, with this
+        run's id and ``cached``; once that run has left the history, its result is ``run_not_found`` saying so.
+        """
         row = await self._run(run_id, principal)
         if row is None:
             return None
         record: dict[str, Any] = expand_texts(json.loads(row[0]))
+        original = record.get("cached_from")
+        if isinstance(original, str):
+            return await self._through_pointer(record, original)
         if row[1] is not None:
             record["heartbeat"] = row[1]  # a running row: when its process last said it was at it
         return record
@@ -354,25 +377,14 @@ class Store(ABC):
         self,
         request: FusionRequest,
         result: FusionResult,
-        transcripts: dict[str, list[dict[str, Any]]],
+        body: dict[str, Any],
         principal: str,
-        owner: dict[str, Any] | None,
         secrets: tuple[str, ...],
     ) -> RunRow:
-        shared, texts = share_texts(transcripts)
+        """The history row of ``result``: the listing's columns, and the record — ``body`` after the fields
+        every record starts with — as redacted JSON."""
         now = time.time()
-        record: dict[str, Any] = {
-            "schema": RESULT_SCHEMA,
-            "run_id": result.run_id,
-            "principal": principal,
-            "created": now,
-            "request": request.model_dump(mode="json"),
-            "result": result.to_json(),
-            "transcripts": shared,
-            "texts": texts,
-        }
-        if owner is not None:
-            record["owner"] = owner
+        record = {"schema": RESULT_SCHEMA, "run_id": result.run_id, "principal": principal, "created": now, **body}
         text = json.dumps(redact_value(record, secrets))
         return RunRow(
             run_id=result.run_id,
@@ -389,10 +401,33 @@ class Store(ABC):
             heartbeat=now if result.status == "running" else None,
         )
 
+    async def _through_pointer(self, pointer: dict[str, Any], original: str) -> dict[str, Any]:
+        """The record of an answer from the cache, read through its original run (see :meth:`run`)."""
+        run_id = pointer["run_id"]
+        row = await self._run(original, pointer.get("principal"))
+        source = expand_texts(json.loads(row[0])) if row is not None else {}
+        record = {k: v for k, v in pointer.items() if k != "cached_from"}
+        if isinstance(source.get("result"), dict):
+            record["request"] = source.get("request")
+            record["result"] = source["result"] | {"run_id": run_id, "cached": True}
+        else:  # gone (trimmed, expired), or not a run's full record
+            record["result"] = FusionResult.failure(run_id, "run_not_found", cache_gone(run_id, original)).to_json()
+        record["transcripts"] = {"cached_from": [{"run_id": original}]}
+        return record
+
     def _failed(self, what: str, exc: BaseException) -> StoreError:
         """``exc`` as a :class:`StoreError`: one line, naming the store, every secret removed."""
         detail = " ".join(str(exc).split()) or type(exc).__name__
         return StoreError(redact(f"{what} ({self.location}): {detail}", self._secrets))
+
+
+def cache_gone(run_id: str, original: str) -> str:
+    """Why an answer from the cache can no longer be read: the run it came from has left the history."""
+    return (
+        f"run {run_id!r} was answered from the cache of run {original!r}, which has since left the run history "
+        "(FUSION_HISTORY_MAX_RUNS, FUSION_HISTORY_MAX_MB, FUSION_HISTORY_MAX_DAYS); make the call again for a "
+        "new answer"
+    )
 
 
 def usage_rows(run_id: str, principal: str, created: float, usage: Usage, *, free: bool = False) -> list[UsageRow]:
