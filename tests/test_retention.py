@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
 
-from fusion_mcp.server import RESULT_TOOL_NAME
+from fusion_mcp.config import load_settings
+from fusion_mcp.server import RESULT_TOOL_NAME, create_server
 from tests import servers
-from tests.conftest import child_env, console_script, sim_env
+from tests.conftest import ANALYST, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim
 from tests.helpers import TOOL, over_http, structured
 from tests.test_store import Raw
@@ -95,3 +97,32 @@ async def test_alices_finished_run_is_still_found_after_bobs_thousand_cached_cal
     assert all("3 models  ok (cached)  q" in line for line in listing.stdout.splitlines())
     usage = json.loads(run("usage", "--json", env=env).stdout)["rows"]
     assert {r["key"]: (r["runs"], r["requests"]) for r in usage} == {"alice": (1, 4), "bob": (1 + HITS, 4)}
+
+
+async def test_a_large_file_for_eight_members_is_stored_once_and_reads_back_as_sent(
+    sim: ProviderSim, tmp_path: Path
+) -> None:
+    """A 1.5 MB text file and 8 panel entries: each member's user message and the analyst's carry it, the
+    record holds it once (today's release wrote it nine times), and the transcripts read back as sent."""
+    root = tmp_path / "project"
+    root.mkdir()
+    line = "the quick brown fox jumps over the lazy dog, line {:06d}\n"
+    (root / "big.txt").write_text("".join(line.format(i) for i in range(25_000)), encoding="utf-8")
+    size = (root / "big.txt").stat().st_size
+    panel = [f"x/m{i}" for i in range(8)]
+    env = sim_env(sim, FUSION_HOME=str(tmp_path / "home"), FUSION_FILES_ROOTS=str(root))
+    server = create_server(load_settings(environ=env))
+    async with Client(server) as client:
+        args = {"prompt": "how many lines?", "files": ["big.txt"], "analysis_models": panel}
+        result = structured(await client.call_tool(TOOL, args))
+        record = json.loads((await client.read_resource(f"fusion://runs/{result['run_id']}")).contents[0].text)
+    assert result["status"] == "ok" and len(result["responses"]) == 8
+    ((stored,),) = Raw({"FUSION_HOME": str(tmp_path / "home")}).rows("SELECT bytes FROM {runs}")
+    assert size < stored < 2 * size + 100_000
+    sent = {r.model: r.body["messages"] for r in sim.requests}
+    for model in panel:
+        messages = record["transcripts"][model]
+        assert messages[:2] == sent[model][:2]  # the system prompt, and the material with the question
+        assert messages[1]["content"][0]["text"].count("line 024999\n") == 1
+    (analyst,) = [r.body["messages"] for r in sim.requests if "response_format" in r.body]
+    assert record["transcripts"][f"analyst:{ANALYST}"][:2] == analyst[:2]

@@ -314,6 +314,52 @@ async def test_an_answer_from_the_cache_is_a_pointer_that_reads_as_its_original(
     assert "request" not in gone and gone["transcripts"] == {"cached_from": [{"run_id": "fus_1"}]}
 
 
+async def test_file_material_is_stored_once_per_record_and_reads_back_exactly(store_env: dict[str, str]) -> None:
+    """The material block, a text part of every member's user message and inside the analyst's, is stored
+    once; the transcripts read back as written. A record of the previous release (shared whole messages only)
+    still reads."""
+    raw = Raw(store_env)
+    material = "<material>\n" + "".join(f"line {i} of the attached file\n" for i in range(2000)) + "</material>"
+    question = "the question, long enough to be shared too " * 8
+    member = [
+        {"role": "system", "content": "you are a member"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": material, "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": question},
+            ],
+        },
+    ]
+    transcripts = {
+        "a/x": [*member, {"role": "assistant", "content": "42"}],
+        "b/y": [*member, {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}],
+        "analyst:j/z": [
+            {"role": "system", "content": "you are the analyst"},
+            {"role": "user", "content": f"<question>\n{question}\n</question>\n\n{material}\n\n{material}\nCompare"},
+            {"role": "assistant", "content": "{}"},
+        ],
+    }
+    old = {"run_id": "fus_old", "result": result("fus_old").to_json()}
+    old |= {"transcripts": {"a/x": [{"role": "user", "content": {"$text": 0}}]}, "texts": [question]}
+    async with opened(store_env) as store:
+        await store.save_run(request(), result("fus_1"), transcripts, "alice")
+        record = await store.run("fus_1", "alice")
+        raw.execute(
+            "INSERT INTO {runs} (run_id, principal, created, prompt_head, panel, status, cost, seconds, cached, "
+            "schema, bytes, record) VALUES ('fus_old', 'alice', ?, 'q', 'a/x', 'ok', NULL, 1.0, ?, 3, 0, ?)",
+            time.time() - 60,
+            False,
+            json.dumps(old),
+        )
+        older = await store.run("fus_old", "alice")
+    ((text, size),) = raw.rows("SELECT record, bytes FROM {runs} WHERE run_id = 'fus_1'")
+    assert text.count("line 1999 of the attached file") == 1 and text.count(question) == 1
+    assert size < len(json.dumps(material)) + len(question) + 3000
+    assert record is not None and record["transcripts"] == transcripts
+    assert older is not None and older["transcripts"] == {"a/x": [{"role": "user", "content": question}]}
+
+
 # --- usage --------------------------------------------------------------------------------------------------
 
 

@@ -510,40 +510,108 @@ def is_complete(result: FusionResult) -> bool:
 
 
 SHARED_TEXT_CHARS = 256
-"""Message texts at least this long that recur across a run's transcripts (the question, with its context,
-in every member's conversation) are stored once."""
+"""Texts at least this long are candidates for storing once per record: a message text that recurs across a
+run's transcripts (the question, with its context, in every member's conversation), and every text part of a
+message (the files' material, first in each member's user message, and inside the analyst's)."""
+
+Shared = str | dict[str, Any]
+"""A stored text: itself, ``{"$text": i}`` (the record's ``texts[i]``), or ``{"$join": [...]}`` (strings
+and ``{"$text": i}`` to be joined: a message with a shared text inside it)."""
 
 
 def share_texts(transcripts: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    """Transcripts with each long, repeated message text replaced by ``{"$text": i}``, and the texts."""
+    """Transcripts with each long, repeated text stored once, and the texts.
+
+    A message text that recurs whole becomes ``{"$text": i}``; so does each long text part (a list content's
+    ``{"type": "text", "text": ...}``), wherever it recurs: whole in another member's message, or inside a
+    longer message (the analyst reads the files' material inside its question), which becomes ``{"$join":
+    [...]}``. ``i`` indexes the returned texts, each of them distinct: within one record an index is shorter
+    than a digest, and the reader of records written before text parts were shared reads these too.
+    """
     counts: dict[str, int] = {}
+    parts: dict[str, None] = {}  # long text parts, in order of first appearance
     for messages in transcripts.values():
         for message in messages:
             content = message.get("content")
             if isinstance(content, str) and len(content) >= SHARED_TEXT_CHARS:
                 counts[content] = counts.get(content, 0) + 1
-    texts = [text for text, n in counts.items() if n > 1]
+            for text in _part_texts(content):
+                parts[text] = None
+    texts = list(dict.fromkeys([*parts, *(text for text, n in counts.items() if n > 1)]))
     index = {text: i for i, text in enumerate(texts)}
-    shared = {
-        name: [
-            m | {"content": {"$text": index[m["content"]]}}
-            if isinstance(m.get("content"), str) and m["content"] in index
-            else m
-            for m in messages
-        ]
-        for name, messages in transcripts.items()
-    }
+    inside = sorted(parts, key=len, reverse=True)  # the longest first: one inside another is found whole
+    shared = {name: [_shared_message(m, index, inside) for m in messages] for name, messages in transcripts.items()}
     return shared, texts
 
 
+def _part_texts(content: object) -> list[str]:
+    """The long texts of a list content's text parts."""
+    if not isinstance(content, list):
+        return []
+    texts = (part.get("text") for part in content if isinstance(part, dict))
+    return [t for t in texts if isinstance(t, str) and len(t) >= SHARED_TEXT_CHARS]
+
+
+def _shared_message(message: dict[str, Any], index: dict[str, int], inside: list[str]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, str) and len(content) >= SHARED_TEXT_CHARS:
+        return message | {"content": _shared(content, index, inside)}
+    if isinstance(content, list) and _part_texts(content):
+        parts = [
+            part | {"text": {"$text": index[part["text"]]}}
+            if isinstance(part, dict) and isinstance(part.get("text"), str) and part["text"] in index
+            else part
+            for part in content
+        ]
+        return message | {"content": parts}
+    return message
+
+
+def _shared(text: str, index: dict[str, int], inside: list[str]) -> Shared:
+    """``text`` as stored: a reference when it is shared whole, a join when shared texts lie inside it."""
+    if text in index:
+        return {"$text": index[text]}
+    pieces: list[Shared] = [text]
+    for part in inside:
+        if len(part) >= len(text):
+            continue
+        pieces = [p for piece in pieces for p in _split(piece, part, index[part])]
+    return text if len(pieces) == 1 else {"$join": pieces}
+
+
+def _split(piece: Shared, part: str, i: int) -> list[Shared]:
+    """``piece`` with each occurrence of ``part`` replaced by ``{"$text": i}`` (empty strings left out)."""
+    if not isinstance(piece, str) or part not in piece:
+        return [piece]
+    pieces: list[Shared] = []
+    for n, chunk in enumerate(piece.split(part)):
+        if n:
+            pieces.append({"$text": i})
+        if chunk:
+            pieces.append(chunk)
+    return pieces
+
+
 def expand_texts(record: dict[str, Any]) -> dict[str, Any]:
-    """A stored record as it was written: shared texts put back into every message that had them."""
+    """A stored record as it was written: shared texts put back into every message and text part that had them."""
     texts = record.pop("texts", None)
     if not texts:
         return record
+
+    def expanded(value: Shared) -> Shared:
+        if isinstance(value, dict) and isinstance(value.get("$text"), int):
+            return str(texts[value["$text"]])
+        if isinstance(value, dict) and isinstance(value.get("$join"), list):
+            return "".join(str(expanded(piece)) for piece in value["$join"])
+        return value
+
     for messages in record.get("transcripts", {}).values():
         for message in messages:
             content = message.get("content")
-            if isinstance(content, dict) and isinstance(content.get("$text"), int):
-                message["content"] = texts[content["$text"]]
+            if isinstance(content, dict):
+                message["content"] = expanded(content)
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), dict):
+                        part["text"] = expanded(part["text"])
     return record
