@@ -360,6 +360,22 @@ async def test_file_material_is_stored_once_per_record_and_reads_back_exactly(st
     assert older is not None and older["transcripts"] == {"a/x": [{"role": "user", "content": question}]}
 
 
+async def test_a_secret_across_the_edge_of_a_shared_text_is_redacted(store_env: dict[str, str]) -> None:
+    """A message holding a shared text is stored in pieces: a secret that began before the shared text and
+    ended inside it would be in neither piece, and whole again on reading, had it not been redacted first."""
+    head, tail = SECRET[:20], SECRET[20:]
+    part = tail + " and the rest of the attached file" * 10
+    transcripts = {
+        "a/x": [{"role": "user", "content": [{"type": "text", "text": part}, {"type": "text", "text": "q"}]}],
+        "analyst:j/z": [{"role": "user", "content": f"the key is {head}{part} as I said"}],
+    }
+    async with opened(store_env) as store:
+        await store.save_run(request(), result("fus_1"), transcripts, "alice")
+        record = await store.run("fus_1", "alice")
+    assert record is not None and SECRET not in json.dumps(record)
+    assert record["transcripts"]["analyst:j/z"][0]["content"].startswith("the key is [redacted] and the rest")
+
+
 # --- usage --------------------------------------------------------------------------------------------------
 
 

@@ -242,17 +242,19 @@ class Store(ABC):
         is then only that pointer, and :meth:`run` reads the original's request and result through it, so a
         client repeating a call does not copy its result into the history each time.
         """
+        secrets = (*self._secrets, *secrets)
         body: dict[str, Any]
         if cached_from is not None:
             # The cache is per principal, so the run it names is this principal's too.
             body = {"cached_from": cached_from}
         else:
-            shared, texts = share_texts(transcripts)
+            # Redacted before sharing: a secret cut in two where a shared text begins would escape redaction.
+            shared, texts = share_texts(redact_value(transcripts, secrets))
             body = {"request": request.model_dump(mode="json"), "result": result.to_json()}
             body |= {"transcripts": shared, "texts": texts}
             if owner is not None:
                 body["owner"] = owner
-        row = self._run_row(request, result, body, principal, (*self._secrets, *secrets))
+        row = self._run_row(request, result, body, principal, secrets)
         usage = None
         if result.status != "running" and settle:
             usage = usage_rows(result.run_id, principal, row.created, spent or result.usage, free=result.cached)
