@@ -394,9 +394,11 @@ class FusionService:
         run_owner: dict[str, Any] | None = None,
         *,
         spent: Usage | None = None,
+        cached_from: str | None = None,
     ) -> None:
         """Write ``live``'s record: running (with its owner), or its end with its usage (``spent``, else the
-        result's) and the release of its reservation, in one transaction."""
+        result's) and the release of its reservation, in one transaction; an answer from the cache records
+        the run it came from (``cached_from``) instead of a copy of its result."""
         if self.store is None:
             return
         # A full disk or a database outage must not lose the answer the caller is waiting for (nor stop a run
@@ -411,6 +413,7 @@ class FusionService:
                     run_owner,
                     spent=spent,
                     secrets=live.settings.secrets,
+                    cached_from=cached_from,
                 )
             except Exception as exc:
                 log.warning("run %s not recorded: %s", result.run_id, exc)
@@ -466,7 +469,7 @@ class FusionService:
             if hit is not None:
                 log.info("run %s answered from the cache (first run %s)", run_id, hit.run_id)
                 result = hit.model_copy(update={"run_id": run_id, "cached": True})
-                await self._record(live, result, {"cached_from": [{"run_id": hit.run_id}]})
+                await self._record(live, result, {}, cached_from=hit.run_id)  # a pointer, not a copy
                 return result
         cap = self.settings.principal_max_cost_usd_per_day
         if cap is not None and settings is self.settings:  # after the cache: an answer from it costs nothing

@@ -224,6 +224,158 @@ async def test_the_history_is_held_to_its_count_age_and_size_and_usage_outlives_
         assert [r["run_id"] for r in await store.recent()] == ["fus_6", "fus_5"]
 
 
+def kept(raw: Raw) -> dict[str, list[str]]:
+    """The history's run ids per principal, newest first."""
+    found: dict[str, list[str]] = {}
+    for principal, run_id in raw.rows("SELECT principal, run_id FROM {runs} ORDER BY created DESC, run_id DESC"):
+        found.setdefault(principal, []).append(run_id)
+    return found
+
+
+async def test_each_principal_keeps_its_share_of_the_history_and_key_holders_share_one(
+    store_env: dict[str, str],
+) -> None:
+    """Six runs shared by the principals with runs: Bob's ten trim only his own, down to his share; then lent
+    keys (two of them, one share) shrink the key holders' share and each other principal's to two."""
+    raw = Raw(store_env)
+    async with opened(store_env, max_runs=6) as store:
+        for i in range(2):
+            await store.save_run(request(), result(f"fus_a{i}"), {}, "alice")
+        for i in range(10):
+            await store.save_run(request(), result(f"fus_b{i}"), {}, "bob")
+        assert kept(raw) == {"bob": ["fus_b9", "fus_b8", "fus_b7"], "alice": ["fus_a1", "fus_a0"]}
+        for i in range(6):
+            await store.save_run(request(), result(f"fus_k{i}"), {}, f"key:{i % 2:016d}")
+    assert kept(raw) == {
+        f"key:{1:016d}": ["fus_k5"],
+        f"key:{0:016d}": ["fus_k4"],
+        "bob": ["fus_b9", "fus_b8"],
+        "alice": ["fus_a1", "fus_a0"],
+    }
+
+
+async def test_running_rows_and_each_principals_newest_run_survive_trimming(store_env: dict[str, str]) -> None:
+    """Running rows count towards a share but are never trimmed; a record larger than a whole share of the
+    size stays until its principal writes a newer one, and never costs another principal its newest."""
+    raw = Raw(store_env)
+    running = FusionResult(status="running", run_id="", pending=["a/x"])
+    async with opened(store_env, max_runs=2) as store:
+        for i in range(2):
+            await store.save_run(request(), result(f"fus_f{i}"), {}, "alice")
+        for i in range(3):
+            await store.save_run(request(), running.model_copy(update={"run_id": f"fus_r{i}"}), {}, "alice", {})
+        assert kept(raw) == {"alice": ["fus_r2", "fus_r1", "fus_r0", "fus_f1"]}
+    big = {"a/x": [{"role": "tool", "content": "a long page " * 2000}]}
+    async with opened(store_env, max_bytes=1000) as store:
+        await store.save_run(request(), result("fus_big1"), big, "bob")
+        assert kept(raw)["bob"] == ["fus_big1"]
+        await store.save_run(request(), result("fus_big2"), big, "bob")
+        await store.save_run(request(), result("fus_a"), {}, "carol")
+    assert kept(raw) == {"carol": ["fus_a"], "bob": ["fus_big2"], "alice": ["fus_r2", "fus_r1", "fus_r0", "fus_f1"]}
+    ((size,),) = raw.rows("SELECT bytes FROM {runs} WHERE run_id = 'fus_big2'")
+    assert size > 20_000
+
+
+async def test_an_answer_from_the_cache_is_a_pointer_that_reads_as_its_original(store_env: dict[str, str]) -> None:
+    """Its row is small and lists and counts as before; it reads as the original's request and result with
+    its own id; once the original has left the history, it reads as run_not_found saying so."""
+    raw = Raw(store_env)
+    transcripts = {"a/x": [{"role": "user", "content": "what is 6*7?"}, {"role": "assistant", "content": "42"}]}
+    original = result("fus_1", responses=[PanelResponse(model="a/x", content="42 " * 500)])
+    served = original.model_copy(update={"run_id": "fus_2", "cached": True})
+    async with opened(store_env, max_runs=2) as store:
+        await store.save_run(request("what is 6*7?"), original, transcripts, "alice")
+        await store.save_run(request("what is 6*7?"), served, {}, "alice", cached_from="fus_1")
+        record = await store.run("fus_2", "alice")
+        assert await store.run("fus_2") == record  # the operator's view
+        assert await store.run("fus_2", "bob") is None
+        listed = await store.recent(1)
+        (alices,) = await store.usage(0, "principal")
+        await store.save_run(request("another"), result("fus_3"), {}, "alice")  # fus_1 leaves the history
+        gone = await store.run("fus_2", "alice")
+    ((size,),) = raw.rows("SELECT bytes FROM {runs} WHERE run_id = 'fus_2'")
+    assert size < 200
+    assert record is not None and {k: v for k, v in record.items() if k != "created"} == {
+        "schema": 3,
+        "run_id": "fus_2",
+        "principal": "alice",
+        "request": request("what is 6*7?").model_dump(mode="json"),
+        "result": served.to_json(),
+        "transcripts": {"cached_from": [{"run_id": "fus_1"}]},
+    }
+    assert [(r["run_id"], r["status"], r["cached"], r["cost"]) for r in listed] == [("fus_2", "ok", True, 0.06)]
+    assert (alices.runs, alices.requests, alices.cost) == (2, 4, pytest.approx(0.06))  # the cached run is free
+    why = (
+        "run 'fus_2' was answered from the cache of run 'fus_1', which has since left the run history "
+        "(FUSION_HISTORY_MAX_RUNS, FUSION_HISTORY_MAX_MB, FUSION_HISTORY_MAX_DAYS); make the call again for a "
+        "new answer"
+    )
+    assert gone is not None and gone["result"] == FusionResult.failure("fus_2", "run_not_found", why).to_json()
+    assert "request" not in gone and gone["transcripts"] == {"cached_from": [{"run_id": "fus_1"}]}
+
+
+async def test_file_material_is_stored_once_per_record_and_reads_back_exactly(store_env: dict[str, str]) -> None:
+    """The material block, a text part of every member's user message and inside the analyst's, is stored
+    once; the transcripts read back as written. A record of the previous release (shared whole messages only)
+    still reads."""
+    raw = Raw(store_env)
+    material = "<material>\n" + "".join(f"line {i} of the attached file\n" for i in range(2000)) + "</material>"
+    question = "the question, long enough to be shared too " * 8
+    member = [
+        {"role": "system", "content": "you are a member"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": material, "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": question},
+            ],
+        },
+    ]
+    transcripts = {
+        "a/x": [*member, {"role": "assistant", "content": "42"}],
+        "b/y": [*member, {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}],
+        "analyst:j/z": [
+            {"role": "system", "content": "you are the analyst"},
+            {"role": "user", "content": f"<question>\n{question}\n</question>\n\n{material}\n\n{material}\nCompare"},
+            {"role": "assistant", "content": "{}"},
+        ],
+    }
+    old = {"run_id": "fus_old", "result": result("fus_old").to_json()}
+    old |= {"transcripts": {"a/x": [{"role": "user", "content": {"$text": 0}}]}, "texts": [question]}
+    async with opened(store_env) as store:
+        await store.save_run(request(), result("fus_1"), transcripts, "alice")
+        record = await store.run("fus_1", "alice")
+        raw.execute(
+            "INSERT INTO {runs} (run_id, principal, created, prompt_head, panel, status, cost, seconds, cached, "
+            "schema, bytes, record) VALUES ('fus_old', 'alice', ?, 'q', 'a/x', 'ok', NULL, 1.0, ?, 3, 0, ?)",
+            time.time() - 60,
+            False,
+            json.dumps(old),
+        )
+        older = await store.run("fus_old", "alice")
+    ((text, size),) = raw.rows("SELECT record, bytes FROM {runs} WHERE run_id = 'fus_1'")
+    assert text.count("line 1999 of the attached file") == 1 and text.count(question) == 1
+    assert size < len(json.dumps(material)) + len(question) + 3000
+    assert record is not None and record["transcripts"] == transcripts
+    assert older is not None and older["transcripts"] == {"a/x": [{"role": "user", "content": question}]}
+
+
+async def test_a_secret_across_the_edge_of_a_shared_text_is_redacted(store_env: dict[str, str]) -> None:
+    """A message holding a shared text is stored in pieces: a secret that began before the shared text and
+    ended inside it would be in neither piece, and whole again on reading, had it not been redacted first."""
+    head, tail = SECRET[:20], SECRET[20:]
+    part = tail + " and the rest of the attached file" * 10
+    transcripts = {
+        "a/x": [{"role": "user", "content": [{"type": "text", "text": part}, {"type": "text", "text": "q"}]}],
+        "analyst:j/z": [{"role": "user", "content": f"the key is {head}{part} as I said"}],
+    }
+    async with opened(store_env) as store:
+        await store.save_run(request(), result("fus_1"), transcripts, "alice")
+        record = await store.run("fus_1", "alice")
+    assert record is not None and SECRET not in json.dumps(record)
+    assert record["transcripts"]["analyst:j/z"][0]["content"].startswith("the key is [redacted] and the rest")
+
+
 # --- usage --------------------------------------------------------------------------------------------------
 
 

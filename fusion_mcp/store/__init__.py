@@ -10,9 +10,11 @@ Two implementations of one interface, :class:`Store`:
 The cache answers an identical call (prompt, context, panel, analyst, tool budget, web mode, token cap,
 temperature) within its TTL with the stored result, marked ``cached``, and no upstream request. Only
 successful runs are cached. The history keeps every run's full record — request, result and each model's
-transcript — bounded by count, age and size, with every secret redacted before it is written. Stored
-results carry the version of the result's shape (``RESULT_SCHEMA``): a result of another version, or one
-that no longer validates, is a cache miss, never an error, so an upgrade cannot break a call.
+transcript, each long text (a file's material) once — with every secret redacted before it is written; an
+answer from the cache is recorded as a pointer to the run it came from. It is bounded by age, and by count
+and size shared evenly by the principals that have runs in it, so no client's traffic pushes out another's
+runs. Stored results carry the version of the result's shape (``RESULT_SCHEMA``): a result of another
+version, or one that no longer validates, is a cache miss, never an error, so an upgrade cannot break a call.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 A store holds four things: the result cache, the run history, usage (one row per model of every run that
 ended, kept apart from the history so trimming it loses no spending), and reservations (the worst-case
 cost of runs in flight, for the daily cap per principal). :class:`Store` builds every row here — the run
-record with its shared texts, each secret redacted before anything is written, usage rows from a result,
-cache entries and their checks on the way back — and leaves the backends only the SQL of their dialect.
+record with its shared texts (or, for an answer from the cache, a pointer to the run it came from), each
+secret redacted before anything is written, usage rows from a result, cache entries and their checks on the
+way back — and leaves the backends only the SQL of their dialect.
 
 Every backend failure surfaces as :class:`StoreError`, one line without secrets.
 """
@@ -42,7 +43,13 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class Retention:
-    """How much a store keeps; each limit is enforced in SQL on every write of its table."""
+    """How much a store keeps; each limit is enforced in SQL on every write of its table.
+
+    The history's count and size are totals shared evenly by the principals that have runs in it (every
+    lent-key principal, ``key:...``, counting together as one): a principal past its share loses its oldest
+    finished runs, so one client's traffic cannot push another's runs out. Running rows, and each share's
+    newest finished run, are kept whatever their size.
+    """
 
     cache_ttl_s: float = 3600.0
     max_runs: int = 1000
@@ -221,6 +228,7 @@ class Store(ABC):
         spent: Usage | None = None,
         secrets: tuple[str, ...] = (),
         settle: bool = True,
+        cached_from: str | None = None,
     ) -> None:
         """Record a run, replacing an earlier record of it; ``secrets`` are redacted beside the store's own.
 
@@ -229,8 +237,24 @@ class Store(ABC):
         result's usage; a cached result's cost nothing) are written with it and its reservation released, in
         one transaction — the run is recorded completely or not at all. ``settle=False`` writes the record only:
         a run found lost, whose spend nobody knows, keeps its reservation counting until it expires.
+
+        ``cached_from`` names the run (of the same principal) whose cached result answered this one: the record
+        is then only that pointer, and :meth:`run` reads the original's request and result through it, so a
+        client repeating a call does not copy its result into the history each time.
         """
-        row = self._run_row(request, result, transcripts, principal, owner, (*self._secrets, *secrets))
+        secrets = (*self._secrets, *secrets)
+        body: dict[str, Any]
+        if cached_from is not None:
+            # The cache is per principal, so the run it names is this principal's too.
+            body = {"cached_from": cached_from}
+        else:
+            # Redacted before sharing: a secret cut in two where a shared text begins would escape redaction.
+            shared, texts = share_texts(redact_value(transcripts, secrets))
+            body = {"request": request.model_dump(mode="json"), "result": result.to_json()}
+            body |= {"transcripts": shared, "texts": texts}
+            if owner is not None:
+                body["owner"] = owner
+        row = self._run_row(request, result, body, principal, secrets)
         usage = None
         if result.status != "running" and settle:
             usage = usage_rows(result.run_id, principal, row.created, spent or result.usage, free=result.cached)
@@ -257,11 +281,18 @@ class Store(ABC):
         return [dict(zip(keys, row, strict=True)) | {"cached": bool(row[7])} for row in rows]
 
     async def run(self, run_id: str, principal: str | None = None) -> dict[str, Any] | None:
-        """One run's record; another principal's run is None, exactly as a run that does not exist."""
+        """One run's record; another principal's run is None, exactly as a run that does not exist.
+
+        An answer from the cache reads as the run it came from: that run's request and result, with this
+        run's id and ``cached``; once that run has left the history, its result is ``run_not_found`` saying so.
+        """
         row = await self._run(run_id, principal)
         if row is None:
             return None
         record: dict[str, Any] = expand_texts(json.loads(row[0]))
+        original = record.get("cached_from")
+        if isinstance(original, str):
+            return await self._through_pointer(record, original)
         if row[1] is not None:
             record["heartbeat"] = row[1]  # a running row: when its process last said it was at it
         return record
@@ -348,25 +379,14 @@ class Store(ABC):
         self,
         request: FusionRequest,
         result: FusionResult,
-        transcripts: dict[str, list[dict[str, Any]]],
+        body: dict[str, Any],
         principal: str,
-        owner: dict[str, Any] | None,
         secrets: tuple[str, ...],
     ) -> RunRow:
-        shared, texts = share_texts(transcripts)
+        """The history row of ``result``: the listing's columns, and the record — ``body`` after the fields
+        every record starts with — as redacted JSON."""
         now = time.time()
-        record: dict[str, Any] = {
-            "schema": RESULT_SCHEMA,
-            "run_id": result.run_id,
-            "principal": principal,
-            "created": now,
-            "request": request.model_dump(mode="json"),
-            "result": result.to_json(),
-            "transcripts": shared,
-            "texts": texts,
-        }
-        if owner is not None:
-            record["owner"] = owner
+        record = {"schema": RESULT_SCHEMA, "run_id": result.run_id, "principal": principal, "created": now, **body}
         text = json.dumps(redact_value(record, secrets))
         return RunRow(
             run_id=result.run_id,
@@ -383,10 +403,33 @@ class Store(ABC):
             heartbeat=now if result.status == "running" else None,
         )
 
+    async def _through_pointer(self, pointer: dict[str, Any], original: str) -> dict[str, Any]:
+        """The record of an answer from the cache, read through its original run (see :meth:`run`)."""
+        run_id = pointer["run_id"]
+        row = await self._run(original, pointer.get("principal"))
+        source = expand_texts(json.loads(row[0])) if row is not None else {}
+        record = {k: v for k, v in pointer.items() if k != "cached_from"}
+        if isinstance(source.get("result"), dict):
+            record["request"] = source.get("request")
+            record["result"] = source["result"] | {"run_id": run_id, "cached": True}
+        else:  # gone (trimmed, expired), or not a run's full record
+            record["result"] = FusionResult.failure(run_id, "run_not_found", cache_gone(run_id, original)).to_json()
+        record["transcripts"] = {"cached_from": [{"run_id": original}]}
+        return record
+
     def _failed(self, what: str, exc: BaseException) -> StoreError:
         """``exc`` as a :class:`StoreError`: one line, naming the store, every secret removed."""
         detail = " ".join(str(exc).split()) or type(exc).__name__
         return StoreError(redact(f"{what} ({self.location}): {detail}", self._secrets))
+
+
+def cache_gone(run_id: str, original: str) -> str:
+    """Why an answer from the cache can no longer be read: the run it came from has left the history."""
+    return (
+        f"run {run_id!r} was answered from the cache of run {original!r}, which has since left the run history "
+        "(FUSION_HISTORY_MAX_RUNS, FUSION_HISTORY_MAX_MB, FUSION_HISTORY_MAX_DAYS); make the call again for a "
+        "new answer"
+    )
 
 
 def usage_rows(run_id: str, principal: str, created: float, usage: Usage, *, free: bool = False) -> list[UsageRow]:
@@ -469,40 +512,108 @@ def is_complete(result: FusionResult) -> bool:
 
 
 SHARED_TEXT_CHARS = 256
-"""Message texts at least this long that recur across a run's transcripts (the question, with its context,
-in every member's conversation) are stored once."""
+"""Texts at least this long are candidates for storing once per record: a message text that recurs across a
+run's transcripts (the question, with its context, in every member's conversation), and every text part of a
+message (the files' material, first in each member's user message, and inside the analyst's)."""
+
+Shared = str | dict[str, Any]
+"""A stored text: itself, ``{"$text": i}`` (the record's ``texts[i]``), or ``{"$join": [...]}`` (strings
+and ``{"$text": i}`` to be joined: a message with a shared text inside it)."""
 
 
 def share_texts(transcripts: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    """Transcripts with each long, repeated message text replaced by ``{"$text": i}``, and the texts."""
+    """Transcripts with each long, repeated text stored once, and the texts.
+
+    A message text that recurs whole becomes ``{"$text": i}``; so does each long text part (a list content's
+    ``{"type": "text", "text": ...}``), wherever it recurs: whole in another member's message, or inside a
+    longer message (the analyst reads the files' material inside its question), which becomes ``{"$join":
+    [...]}``. ``i`` indexes the returned texts, each of them distinct: within one record an index is shorter
+    than a digest, and the reader of records written before text parts were shared reads these too.
+    """
     counts: dict[str, int] = {}
+    parts: dict[str, None] = {}  # long text parts, in order of first appearance
     for messages in transcripts.values():
         for message in messages:
             content = message.get("content")
             if isinstance(content, str) and len(content) >= SHARED_TEXT_CHARS:
                 counts[content] = counts.get(content, 0) + 1
-    texts = [text for text, n in counts.items() if n > 1]
+            for text in _part_texts(content):
+                parts[text] = None
+    texts = list(dict.fromkeys([*parts, *(text for text, n in counts.items() if n > 1)]))
     index = {text: i for i, text in enumerate(texts)}
-    shared = {
-        name: [
-            m | {"content": {"$text": index[m["content"]]}}
-            if isinstance(m.get("content"), str) and m["content"] in index
-            else m
-            for m in messages
-        ]
-        for name, messages in transcripts.items()
-    }
+    inside = sorted(parts, key=len, reverse=True)  # the longest first: one inside another is found whole
+    shared = {name: [_shared_message(m, index, inside) for m in messages] for name, messages in transcripts.items()}
     return shared, texts
 
 
+def _part_texts(content: object) -> list[str]:
+    """The long texts of a list content's text parts."""
+    if not isinstance(content, list):
+        return []
+    texts = (part.get("text") for part in content if isinstance(part, dict))
+    return [t for t in texts if isinstance(t, str) and len(t) >= SHARED_TEXT_CHARS]
+
+
+def _shared_message(message: dict[str, Any], index: dict[str, int], inside: list[str]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, str) and len(content) >= SHARED_TEXT_CHARS:
+        return message | {"content": _shared(content, index, inside)}
+    if isinstance(content, list) and _part_texts(content):
+        parts = [
+            part | {"text": {"$text": index[part["text"]]}}
+            if isinstance(part, dict) and isinstance(part.get("text"), str) and part["text"] in index
+            else part
+            for part in content
+        ]
+        return message | {"content": parts}
+    return message
+
+
+def _shared(text: str, index: dict[str, int], inside: list[str]) -> Shared:
+    """``text`` as stored: a reference when it is shared whole, a join when shared texts lie inside it."""
+    if text in index:
+        return {"$text": index[text]}
+    pieces: list[Shared] = [text]
+    for part in inside:
+        if len(part) >= len(text):
+            continue
+        pieces = [p for piece in pieces for p in _split(piece, part, index[part])]
+    return text if len(pieces) == 1 else {"$join": pieces}
+
+
+def _split(piece: Shared, part: str, i: int) -> list[Shared]:
+    """``piece`` with each occurrence of ``part`` replaced by ``{"$text": i}`` (empty strings left out)."""
+    if not isinstance(piece, str) or part not in piece:
+        return [piece]
+    pieces: list[Shared] = []
+    for n, chunk in enumerate(piece.split(part)):
+        if n:
+            pieces.append({"$text": i})
+        if chunk:
+            pieces.append(chunk)
+    return pieces
+
+
 def expand_texts(record: dict[str, Any]) -> dict[str, Any]:
-    """A stored record as it was written: shared texts put back into every message that had them."""
+    """A stored record as it was written: shared texts put back into every message and text part that had them."""
     texts = record.pop("texts", None)
     if not texts:
         return record
+
+    def expanded(value: Shared) -> Shared:
+        if isinstance(value, dict) and isinstance(value.get("$text"), int):
+            return str(texts[value["$text"]])
+        if isinstance(value, dict) and isinstance(value.get("$join"), list):
+            return "".join(str(expanded(piece)) for piece in value["$join"])
+        return value
+
     for messages in record.get("transcripts", {}).values():
         for message in messages:
             content = message.get("content")
-            if isinstance(content, dict) and isinstance(content.get("$text"), int):
-                message["content"] = texts[content["$text"]]
+            if isinstance(content, dict):
+                message["content"] = expanded(content)
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), dict):
+                        part["text"] = expanded(part["text"])
     return record

@@ -121,12 +121,23 @@ _VERSIONS = """CREATE TABLE IF NOT EXISTS fusion_schema (
     applied timestamptz NOT NULL DEFAULT now()
 )"""
 _TRIM_RUNS = """
+WITH grouped AS (
+    SELECT run_id, created, bytes, status,
+           CASE WHEN substr(principal, 1, 4) = 'key:' THEN 'key:' ELSE principal END AS grp
+    FROM fusion_runs
+), ranked AS (
+    SELECT run_id, status, row_number() OVER w AS n, sum(bytes) OVER w AS kept,
+           row_number() OVER (PARTITION BY grp, status = 'running' ORDER BY created DESC, run_id DESC) AS newest,
+           (SELECT count(DISTINCT grp) FROM grouped) AS shares
+    FROM grouped WINDOW w AS (PARTITION BY grp ORDER BY created DESC, run_id DESC)
+)
 DELETE FROM fusion_runs WHERE created < %(oldest)s OR run_id IN (
-    SELECT run_id FROM (
-        SELECT run_id, row_number() OVER w AS n, sum(bytes) OVER w AS kept
-        FROM fusion_runs WINDOW w AS (ORDER BY created DESC, run_id DESC)
-    ) AS ranked WHERE n > %(max_runs)s OR kept > %(max_bytes)s
+    SELECT run_id FROM ranked
+    WHERE status != 'running' AND newest > 1 AND (n * shares > %(max_runs)s OR kept * shares > %(max_bytes)s)
 )"""
+"""The history's age, and each principal's share of its count and size (see :class:`~.base.Retention`):
+``n`` and ``kept`` count a share's rows newest first, running ones included; a running row, or a share's
+newest finished one (``newest`` 1), is never deleted for count or size."""
 _TRIM_CACHE = """
 DELETE FROM fusion_cache WHERE created < %(expired)s OR key IN (
     SELECT key FROM (

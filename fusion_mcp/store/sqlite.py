@@ -131,12 +131,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 LATEST = 1 + len(MIGRATIONS)
 
 _TRIM_RUNS = """
+WITH grouped AS (
+    SELECT run_id, created, bytes, status,
+           CASE WHEN substr(principal, 1, 4) = 'key:' THEN 'key:' ELSE principal END AS grp
+    FROM runs
+), ranked AS (
+    SELECT run_id, status, row_number() OVER w AS n, sum(bytes) OVER w AS kept,
+           row_number() OVER (PARTITION BY grp, status = 'running' ORDER BY created DESC, run_id DESC) AS newest,
+           (SELECT count(DISTINCT grp) FROM grouped) AS shares
+    FROM grouped WINDOW w AS (PARTITION BY grp ORDER BY created DESC, run_id DESC)
+)
 DELETE FROM runs WHERE created < :oldest OR run_id IN (
-    SELECT run_id FROM (
-        SELECT run_id, row_number() OVER w AS n, sum(bytes) OVER w AS kept
-        FROM runs WINDOW w AS (ORDER BY created DESC, run_id DESC)
-    ) WHERE n > :max_runs OR kept > :max_bytes
+    SELECT run_id FROM ranked
+    WHERE status != 'running' AND newest > 1 AND (n * shares > :max_runs OR kept * shares > :max_bytes)
 )"""
+"""The history's age, and each principal's share of its count and size (see :class:`~.base.Retention`):
+``n`` and ``kept`` count a share's rows newest first, running ones included; a running row, or a share's
+newest finished one (``newest`` 1), is never deleted for count or size."""
 _TRIM_CACHE = """
 DELETE FROM cache WHERE created < :expired OR key IN (
     SELECT key FROM (
