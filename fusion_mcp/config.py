@@ -227,6 +227,7 @@ class Settings(BaseModel):
     max_connections: int = setting(1024, "FUSION_MAX_CONNECTIONS", ge=16, le=1_000_000, unit="HTTP connections")
     header_timeout_s: float = setting(10.0, "FUSION_HEADER_TIMEOUT_S", ge=0.5, le=600, unit="seconds")
     body_timeout_s: float = setting(30.0, "FUSION_BODY_TIMEOUT_S", ge=0.5, le=600, unit="seconds")
+    send_timeout_s: float = setting(30.0, "FUSION_SEND_TIMEOUT_S", ge=1, le=600, unit="seconds")
     max_sessions: int = setting(256, "FUSION_MAX_SESSIONS", ge=1, le=100_000, unit="MCP sessions")
     max_sessions_per_principal: int | None = setting(
         None,

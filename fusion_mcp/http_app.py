@@ -152,7 +152,11 @@ async def serve_http(
     limit, backlog = descriptor_budget(settings.max_connections, settings.max_concurrent * (MAX_PANEL + 1))
     # The guard answers a slow body with 408 itself; the connection table closes it a moment later if need be.
     connections = Connections(
-        limit=limit, header_s=settings.header_timeout_s, body_s=settings.body_timeout_s + 5, idle_s=IDLE_S
+        limit=limit,
+        header_s=settings.header_timeout_s,
+        body_s=settings.body_timeout_s + 5,
+        idle_s=IDLE_S,
+        send_s=settings.send_timeout_s,
     )
     config = uvicorn.Config(
         build_app(settings, stateless=stateless, connections=connections, place=place),

@@ -1,5 +1,9 @@
 """The HTTP guard: every request to the server passes these checks before the application sees it.
 
+A connection the connection table admitted on probation (beyond ``FUSION_MAX_CONNECTIONS``, every slot
+being served) gets ``/healthz`` and nothing else: any other request is a 503 naming the limit, and either
+way the connection closes after its response.
+
 In order, for every path but ``/healthz`` (open; it says only liveness and version):
 
 1. ``Host`` and ``Origin`` against the allow-lists, compared exactly (host and port; ``:*`` means any
@@ -54,6 +58,10 @@ OPEN_PATHS = frozenset({"/healthz"})
 SESSION = b"mcp-session-id"
 SETTLE_S = 2.0
 """How long a session's end waits for its requests already handed on to be answered."""
+AT_LIMIT = (
+    "the server is at its connection limit (FUSION_MAX_CONNECTIONS); only /healthz is served on this connection: "
+    "try again shortly"
+)
 
 
 def split_host(value: str, *, pattern: bool = False) -> tuple[str, str | None] | None:
@@ -160,6 +168,10 @@ class Guard:
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        probation = self.connections is not None and self.connections.on_probation(scope.get("client"))
+        if probation and scope["type"] == "http":
+            await self._on_probation(scope, receive, send)
+            return
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, self._watched(scope, send))
             return
@@ -213,6 +225,17 @@ class Guard:
             await self._forward(scope, receive, send, session)
             return
         await self._post(scope, receive, send, principal, session)
+
+    async def _on_probation(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A connection admitted beyond the cap: ``/healthz``, so a health check answers whatever floods the
+        cap; anything else is refused before any work, so a flood cannot grow past the cap through these
+        slots. Either way the connection closes after its response, giving its slot back."""
+        send = self._watched(scope, _closing(send))
+        if scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        code = "connection_limit" if scope["path"] in self.openai_paths else None
+        await refuse(send, 503, AT_LIMIT, {"Retry-After": "1"}, openai=code)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, principal: str, session: str) -> None:
         body = await self._body(scope, receive, send)
@@ -465,6 +488,18 @@ def _replay(body: bytes, then: Receive) -> Receive:
         return await then()
 
     return receive
+
+
+def _closing(send: Send) -> Send:
+    """``send``, with ``Connection: close`` on the response: uvicorn then closes the connection after it."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = dict(message, headers=[*headers, (b"connection", b"close")])
+        await send(message)
+
+    return closing
 
 
 def _who(scope: Scope) -> str:

@@ -56,6 +56,9 @@ class Reply:
     stream_error: str | None = None
     """Streaming only: after the content, send a chunk with ``error`` and ``finish_reason: "error"``."""
     chunk_delay: float = 0.0
+    linger: float = 0.0
+    """Streaming only: after the content, hold the stream open this long before its closing chunk (a model
+    still writing); a client that hangs up meanwhile is recorded in ``disconnects``."""
     keepalives: int = 2
     finish_reason: str = "stop"
     echo_auth: bool = False
@@ -83,7 +86,7 @@ class ProviderSim:
         self.scripts: dict[str, Script] = {}
         self.requests: list[Recorded] = []
         self.disconnects: list[str] = []
-        """Models whose request the client abandoned while the simulator was still "thinking"."""
+        """Models whose request the client abandoned while the simulator was still "thinking" (or lingering)."""
         self._lock = threading.Lock()
         self.catalogue: list[dict[str, Any]] | None = None
         """What ``GET /models`` lists (None: the endpoint answers 404, as many local servers do)."""
@@ -180,10 +183,13 @@ class ProviderSim:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         if watcher in done:
-            with self._lock:
-                self.disconnects.append(model)
+            self._abandoned(model)
             return False
         return True
+
+    def _abandoned(self, model: str) -> None:
+        with self._lock:
+            self.disconnects.append(model)
 
     async def _chat(self, request: Request) -> Response:
         raw = await request.body()
@@ -217,7 +223,8 @@ class ProviderSim:
             content += f" (the request said: {request.headers.get('authorization')})"
         concrete = model.lstrip("~").replace("-latest", "-20261101")
         if body.get("stream"):
-            return StreamingResponse(_sse(reply, concrete, content), media_type="text/event-stream")
+            stream = _sse(reply, concrete, content, lambda: self._abandoned(model))
+            return StreamingResponse(stream, media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if reply.tool_calls:
             message["tool_calls"] = reply.tool_calls
@@ -314,7 +321,7 @@ async def _parts(parts: list[bytes]):
         await asyncio.sleep(0.005)
 
 
-async def _sse(reply: Reply, model: str, content: str):
+async def _sse(reply: Reply, model: str, content: str, abandoned: Callable[[], None]):
     for _ in range(reply.keepalives):
         yield ": OPENROUTER PROCESSING\n\n"
 
@@ -364,6 +371,12 @@ async def _sse(reply: Reply, model: str, content: str):
         return
     if reply.annotations:
         yield chunk({"annotations": reply.annotations})
+    if reply.linger:
+        try:
+            await asyncio.sleep(reply.linger)
+        except asyncio.CancelledError:  # starlette cancels the stream when the client hangs up
+            abandoned()
+            raise
     finish = "tool_calls" if reply.tool_calls else reply.finish_reason
     yield chunk({}, finish)
     if reply.usage is not None:
