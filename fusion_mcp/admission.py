@@ -167,16 +167,7 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int, lent: bool = Fa
     under ``FUSION_FILES_ROOTS``, the local web tools (the server's search-API key, fetches from its network)
     — unless ``FUSION_PASS_THROUGH_SERVER_TOOLS`` allows them.
     """
-    prompt = args.prompt.strip()
-    if not prompt:
-        raise FusionRefused.bad_argument("prompt")
-    for name, text in (("prompt", args.prompt), ("context", args.context or "")):
-        if lone_surrogate(text):
-            raise FusionRefused.bad_argument(name, NOT_TEXT)
-    size = len(args.prompt) + len(args.context or "")
-    if size > settings.max_prompt_chars:
-        detail = f"{size:,} characters given, FUSION_MAX_PROMPT_CHARS is {settings.max_prompt_chars:,}"
-        raise FusionRefused.bad_argument("context" if args.context else "prompt", detail)
+    prompt = _question(args, settings)
     preset = next((name for name in PRESET_NAMES if name == args.preset), None)
     if args.preset is not None and preset is None:
         raise FusionRefused.bad_argument("preset")
@@ -197,10 +188,7 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int, lent: bool = Fa
         )
     server_tools = not lent or settings.pass_through_server_tools
     if files and not server_tools:
-        raise FusionRefused.bad_argument(
-            "files",
-            "this server reads its files only for callers that use its own key, see FUSION_PASS_THROUGH_SERVER_TOOLS",
-        )
+        raise FusionRefused.bad_argument("files", SERVER_FILES)
     tool_calls = settings.max_tool_calls if args.max_tool_calls is None else args.max_tool_calls
     if not MIN_TOOL_CALLS <= tool_calls <= MAX_TOOL_CALLS:
         raise FusionRefused.bad_argument("max_tool_calls", f"{tool_calls} given")
@@ -244,6 +232,22 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int, lent: bool = Fa
 
 
 NOT_TEXT = "holds a lone surrogate (\\ud800-\\udfff), which is not text: it cannot be sent to any model"
+SERVER_FILES = "this server reads its files only for callers that use its own key, see FUSION_PASS_THROUGH_SERVER_TOOLS"
+
+
+def _question(args: FusionArgs, settings: Settings) -> str:
+    """The prompt, stripped, once the prompt and context are text and fit ``FUSION_MAX_PROMPT_CHARS`` together."""
+    prompt = args.prompt.strip()
+    if not prompt:
+        raise FusionRefused.bad_argument("prompt")
+    for name, text in (("prompt", args.prompt), ("context", args.context or "")):
+        if lone_surrogate(text):
+            raise FusionRefused.bad_argument(name, NOT_TEXT)
+    size = len(args.prompt) + len(args.context or "")
+    if size > settings.max_prompt_chars:
+        detail = f"{size:,} characters given, FUSION_MAX_PROMPT_CHARS is {settings.max_prompt_chars:,}"
+        raise FusionRefused.bad_argument("context" if args.context else "prompt", detail)
+    return prompt
 
 
 def _analyst_id(value: Any) -> str:
@@ -287,8 +291,8 @@ def _files(value: Any) -> tuple[str, ...]:
         # Refused here, as what they are, rather than as whatever the file system calls make of them.
         if "\x00" in path:
             raise ValueError(f"{_shown(path)}: contains a NUL character")
-        if any("\ud800" <= c <= "\udfff" for c in path):  # JSON's "\ud800", a non-UTF-8 byte of argv: never valid JSON
-            raise ValueError(f"{_shown(path)}: contains a lone surrogate, which is not UTF-8 text")
+        if lone_surrogate(path):
+            raise ValueError(f"{_shown(path)}: {NOT_TEXT}")
     if len(set(paths)) < len(paths):
         raise ValueError("a path appears more than once")
     return paths

@@ -41,7 +41,7 @@ from .config import Settings
 from .errors import HTTPStatusError, Redactor, UpstreamError
 from .models import TokenUsage
 from .progress import ProgressEvent
-from .provider import ToolCall
+from .provider import MAX_RESPONSE_BYTES, ToolCall
 from .service import FusionService
 from .strict_json import JSONValueError
 from .text import one_line
@@ -53,8 +53,10 @@ CHAT_PATHS = frozenset({"/v1/chat/completions", "/api/v1/chat/completions"})
 MODELS_PATHS = frozenset({"/v1/models", "/api/v1/models"})
 API_PATHS = CHAT_PATHS | MODELS_PATHS
 OWNER = "fusion-mcp"
-MAX_UNSENT_CHARS = 1_000_000
-"""Streamed text that may wait for a client that reads slower than the writer writes (several whole answers)."""
+MAX_UNSENT_CHARS = MAX_RESPONSE_BYTES
+"""Streamed text that may wait for a client that reads slower than the writer writes: as much as one writer
+response may hold at most, so a turn of several writer requests cannot pile up more for a client that does not
+read (``FUSION_SEND_TIMEOUT_S`` ends the wait itself)."""
 SEND_GRACE_S = 5.0
 """How long the last words of a stream that failed may wait for the client to take them."""
 SSE_HEADERS = [

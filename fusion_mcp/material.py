@@ -39,6 +39,7 @@ import anyio.to_thread
 
 from .admission import FusionRefused
 from .models import Attachment, FusionRequest
+from .strict_json import lone_surrogate
 from .text import number
 
 CACHE_MARKER = {"type": "ephemeral"}
@@ -149,21 +150,13 @@ def _inside(given: str, roots: list[Path]) -> tuple[Path, Path]:
         real = (path if path.is_absolute() else roots[0] / path).resolve()
     except (OSError, RuntimeError):  # a symlink loop, an unreadable directory, ~user with no such user
         raise _refuse(given, "cannot be resolved") from None
-    if not _is_text(str(real)):
+    if lone_surrogate(str(real)):
         # Its name would reach the models, the provider's JSON and the history.
         raise _refuse(given, "leads to a name that is not UTF-8 text")
     for root in roots:
         if real == root or real.is_relative_to(root):
             return real, root
     raise _refuse(given, "outside the allowed roots")
-
-
-def _is_text(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # a byte that is not UTF-8, decoded as a lone surrogate
-        return False
-    return True
 
 
 def _read(given: str, root: Path, inner: str, budget: int) -> bytes:

@@ -221,7 +221,8 @@ async def test_a_path_that_no_file_can_have_is_an_invalid_argument(
     caplog.set_level(logging.INFO)
     for given, detail in {
         "notes\x00.md": "'notes\\x00.md': contains a NUL character",
-        "notes\ud800.md": "'notes\\ud800.md': contains a lone surrogate, which is not UTF-8 text",
+        "notes\ud800.md": "'notes\\ud800.md': holds a lone surrogate (\\ud800-\\udfff), which is not text: it "
+        "cannot be sent to any model",
     }.items():
         result = await call(sim, {"prompt": "q", "files": ["notes.md", given]}, FUSION_FILES_ROOTS=str(root))
         data = structured(result)

@@ -20,7 +20,7 @@ import pytest
 from fusion_mcp.config import load_settings
 from fusion_mcp.web.extract import MAX_URL_CHARS
 from fusion_mcp.web.fetch import Network
-from fusion_mcp.web.tools import ECHO_CHARS, WebTools, echoes, ngrams, open_web_tools, urls_in
+from fusion_mcp.web.tools import ECHO_CHARS, QuestionIndex, WebTools, echoes, open_web_tools, urls_in
 from tests.conftest import sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.fakes.search_apis import SearchApis
@@ -70,7 +70,7 @@ class CountingSet(set[str]):
 @pytest.mark.parametrize("question_chars", [100, 200_000])
 def test_the_echo_check_looks_each_run_of_the_url_up_once_whatever_the_questions_length(question_chars: int) -> None:
     question = ("The key is sk-live-abc123, keep it safe. " * (question_chars // 40 + 1))[:question_chars]
-    grams = CountingSet(ngrams(question))
+    grams = CountingSet(question[i : i + ECHO_CHARS] for i in range(len(question) - ECHO_CHARS + 1))
     tail = unquote(f"{FAR[: MAX_URL_CHARS - 40]}?from=text")
     assert echoes(tail, grams) is False
     assert grams.lookups == len(tail) - ECHO_CHARS + 1  # one per window of the URL, none per question character
@@ -78,6 +78,16 @@ def test_the_echo_check_looks_each_run_of_the_url_up_once_whatever_the_questions
     assert echoes("/leak/sk-live-a?", grams) is True and grams.lookups == 7  # stops at its first echo, "sk-live-"
     grams.lookups = 0
     assert echoes("/leak/a?", grams) is False and grams.lookups == 1  # a tail of ECHO_CHARS: one window
+
+
+def test_the_questions_index_answers_as_the_set_of_its_runs_would_in_8_bytes_a_run() -> None:
+    question = "Compare sk-live-abc123 with the café's menu; 💡 ideas welcome. " * 50
+    runs = {question[i : i + ECHO_CHARS] for i in range(len(question) - ECHO_CHARS + 1)}
+    index = QuestionIndex(question)
+    assert len(index) == len(runs) and index.nbytes == 8 * len(runs)
+    probes = [*runs, "sk-live-", "nothing!", "café's m", "", "x" * ECHO_CHARS, question[:ECHO_CHARS]]
+    assert all((probe in index) == (probe in runs) for probe in probes)
+    assert 42 not in index and len(QuestionIndex("short")) == 0
 
 
 async def test_the_questions_index_is_built_once_per_run_and_only_for_a_page_link(tools: WebTools) -> None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from array import array
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Container, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -154,17 +156,37 @@ def _trim(url: str) -> str:
     return url[:end]
 
 
-def ngrams(text: str) -> frozenset[str]:
-    """Every run of :data:`ECHO_CHARS` consecutive characters of ``text``: the echo rule's index of the question.
+class QuestionIndex:
+    """Every run of :data:`ECHO_CHARS` consecutive characters of a text (the question and its context), for the
+    echo rule: ``gram in index``.
 
-    About 100 bytes per character of ``text`` (a 200,000-character question: ~20 MB, ~26 MB in CJK); built once
-    per run, and only when a page link is checked.
+    Held as the sorted hashes of the runs, 8 bytes each (a set of the strings took ~100 bytes per character of
+    the question: 20 MB for 200,000 characters, for each run that follows a page link); a lookup is a binary
+    search. Two different runs sharing a hash would refuse a link that echoes nothing: a chance of about one
+    in 2^64 / (runs x lookups), far below a typo's.
     """
-    return frozenset(text[i : i + ECHO_CHARS] for i in range(len(text) - ECHO_CHARS + 1))
+
+    def __init__(self, text: str) -> None:
+        windows = {hash(text[i : i + ECHO_CHARS]) for i in range(len(text) - ECHO_CHARS + 1)}
+        self._hashes = array("q", sorted(windows))
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def __contains__(self, gram: object) -> bool:
+        if not isinstance(gram, str):
+            return False
+        key = hash(gram)
+        at = bisect_left(self._hashes, key)
+        return at < len(self._hashes) and self._hashes[at] == key
+
+    @property
+    def nbytes(self) -> int:
+        return self._hashes.itemsize * len(self._hashes)
 
 
 def echoes(tail: str, grams: Container[str]) -> bool:
-    """Whether ``tail`` has a run of :data:`ECHO_CHARS` characters among ``grams`` (see :func:`ngrams`).
+    """Whether ``tail`` has a run of :data:`ECHO_CHARS` characters among ``grams`` (see :class:`QuestionIndex`).
 
     One lookup per run of ``tail``: the work follows the URL's length, never the question's (searching the
     question for each run cost seconds for one long URL and a long question, on the event loop).
@@ -223,9 +245,8 @@ async def open_web_tools(settings: Settings, network: Network = SYSTEM_NETWORK) 
 class Seed:
     """The question and its context as every toolbox of a run shares them (members and analyst get the same).
 
-    The URLs written in it are found once per run, not once per member. Its :func:`ngrams` are built on the
-    first page link a member checks, in a worker thread, once: most runs follow no page link, and the index
-    costs ~100 bytes per character of the question.
+    The URLs written in it are found once per run, not once per member. Its :class:`QuestionIndex` is built on
+    the first page link a member checks, in a worker thread, once: most runs follow no page link.
     """
 
     def __init__(self, text: str) -> None:
@@ -233,14 +254,14 @@ class Seed:
         self.urls = frozenset(urls_in(text))
         self.builds = 0
         """How many times the n-grams were built: at most once."""
-        self._grams: frozenset[str] | None = None
+        self._grams: QuestionIndex | None = None
         self._lock = anyio.Lock()
 
-    async def grams(self) -> frozenset[str]:
-        """The question's :func:`ngrams`, built on first use (the lock makes concurrent members wait for one build)."""
+    async def grams(self) -> QuestionIndex:
+        """The question's index, built on first use (the lock makes concurrent members wait for one build)."""
         async with self._lock:
             if self._grams is None:
-                self._grams = await anyio.to_thread.run_sync(ngrams, self.text)
+                self._grams = await anyio.to_thread.run_sync(QuestionIndex, self.text)
                 self.builds += 1
         return self._grams
 
