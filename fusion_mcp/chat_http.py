@@ -260,6 +260,7 @@ class ChatApp:
                     "waiting to be sent; the request was stopped",
                     code="slow_reader",
                 )
+                log.warning("chat %s: %s", reply.base.get("id"), ended.error.message)
                 inner.cancel_scope.cancel()
             pieces_in.send_nowait(piece)
 

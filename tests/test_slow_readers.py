@@ -12,6 +12,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx2
 import pytest
@@ -71,8 +72,9 @@ def port_of(running: servers.Running) -> int:
     return int(running.base.rsplit(":", 1)[1])
 
 
-def chat_request(stream: bool, *extra: bytes) -> bytes:
-    body = json.dumps({"model": WRITER, "messages": [{"role": "user", "content": "q"}], "stream": stream}).encode()
+def chat_request(stream: bool, *extra: bytes, fields: dict[str, Any] | None = None) -> bytes:
+    chat = {"model": WRITER, "messages": [{"role": "user", "content": "q"}], "stream": stream, **(fields or {})}
+    body = json.dumps(chat).encode()
     head = [
         b"POST /v1/chat/completions HTTP/1.1",
         b"Host: 127.0.0.1",
@@ -243,3 +245,35 @@ def test_a_client_that_reads_slowly_but_steadily_is_not_cut(sim: ProviderSim, qu
     assert streamed_text(body) == BIG
     assert sim.disconnects == []
     assert "FUSION_SEND_TIMEOUT_S" not in quick.stderr[logged:]
+
+
+HUGE = " ".join([WORD] * 110)
+"""About 7 MB: a writer response within the provider client's 8 MiB cap."""
+
+
+@pytest.mark.anyio
+async def test_text_piling_up_for_a_client_that_does_not_read_is_bounded(
+    sim: ProviderSim, patient: servers.Running
+) -> None:
+    """A turn of two writer responses of ~7 MB each (before and after its run) for a client that reads nothing,
+    the send deadline far away: once more than one response's worth of text waits to be sent, the turn is
+    stopped, its second writer request abandoned, rather than held whole in memory."""
+
+    def writer(body: dict[str, Any]) -> Reply:
+        if "openrouter_fusion" not in json.dumps(body.get("tools") or []):
+            return Reply()
+        if any(m.get("role") == "tool" for m in body["messages"]):
+            return Reply(content=HUGE, linger=60)
+        call = {"id": "call_1", "type": "function", "function": {"name": "openrouter_fusion", "arguments": "{}"}}
+        return Reply(content=HUGE, tool_calls=[call])
+
+    sim.scripts[WRITER] = writer
+    logged = len(patient.stderr)
+    reader = client(port_of(patient), chat_request(True, fields={"plugins": [{"id": "fusion"}]}))
+    try:
+        await wait_until(lambda: len(sim.requests_for(WRITER)) == 2, 60)
+        await wait_until(lambda: sim.disconnects == [WRITER], 60)
+        await wait_until(lambda: "the client read the stream too slowly" in patient.stderr[logged:], 30)
+    finally:
+        reader.close()
+    assert "FUSION_SEND_TIMEOUT_S" not in patient.stderr[logged:]
