@@ -33,8 +33,8 @@ from bench.common import (
     spread,
     wait_until_up,
 )
-from fusion_mcp.analyst import analysis_schema, labels
-from fusion_mcp.chat import FUSION_FUNCTION
+from fusion_mcp.engine.analyst import analysis_schema, labels
+from fusion_mcp.openai_api.writer import FUSION_FUNCTION
 
 USER = [{"role": "user", "content": "benchmark question"}]
 FUSED_PROFILE = {"writer": 0.3, "members": (0.4, 1.1), "analyst": 0.5}

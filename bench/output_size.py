@@ -19,7 +19,7 @@ from mcp import Client
 
 from bench.common import panel, report, server_env, simulator
 from fusion_mcp.config import load_settings
-from fusion_mcp.server import create_server
+from fusion_mcp.mcp_server.server import create_server
 
 BUDGET_CHARS = 24_000
 

@@ -18,7 +18,7 @@ import httpx2
 from mcp import Client, StdioServerParameters
 
 from bench.common import fusion_command, median, panel, report, server_env, simulator, spread
-from fusion_mcp.analyst import analysis_schema, labels
+from fusion_mcp.engine.analyst import analysis_schema, labels
 
 PROFILES = {
     "realistic": {"members": (0.4, 1.1), "analyst": 0.5},

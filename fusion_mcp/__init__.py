@@ -4,12 +4,12 @@ The package's public surface is the contract (``FusionArgs``, ``FusionRequest``,
 settings, and :func:`run_fusion` for running one without MCP.
 """
 
-from .about import VERSION
 from .config import ConfigError, Settings, load_settings
-from .models import Analysis, FusionArgs, FusionRequest, FusionResult
-from .pipeline import run_fusion
-from .progress import ProgressEvent
-from .provider import Provider, new_http_client
+from .core.about import VERSION
+from .core.models import Analysis, FusionArgs, FusionRequest, FusionResult
+from .core.progress import ProgressEvent
+from .engine.pipeline import run_fusion
+from .providers.client import Provider, new_http_client
 
 __version__ = VERSION
 

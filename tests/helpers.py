@@ -16,7 +16,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
-from fusion_mcp.models import FusionResult
+from fusion_mcp.core.models import FusionResult
 
 MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 """What a Streamable HTTP client sends with every POST."""

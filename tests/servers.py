@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx2
 
 from fusion_mcp.config import load_settings
-from fusion_mcp.http_app import build_app
+from fusion_mcp.http.app import build_app
 from tests.conftest import child_env, console_script
 from tests.fakes.loopback import LoopbackServer
 

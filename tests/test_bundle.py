@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from mcp import Client, StdioServerParameters
 
-from fusion_mcp.about import HOMEPAGE
 from fusion_mcp.config import OPENROUTER_BASE_URL, PRESETS, SETTING_NAMES, is_secret
-from fusion_mcp.server import TOOL_NAME
+from fusion_mcp.core.about import HOMEPAGE
+from fusion_mcp.mcp_server.server import TOOL_NAME
 from tests.conftest import API_KEY, REPO, child_env, sim_env
 from tests.fakes.provider_sim import ProviderSim
 from tests.helpers import TOOL, structured

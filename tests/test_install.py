@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_mcp.about import DISTRIBUTION, HOMEPAGE, VERSION
+from fusion_mcp.core.about import DISTRIBUTION, HOMEPAGE, VERSION
 from tests.conftest import REPO, child_env, sim_env
 from tests.fakes.provider_sim import ProviderSim
 

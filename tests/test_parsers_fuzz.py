@@ -21,11 +21,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mcp import Client
 
-from fusion_mcp.admission import FusionRefused, prepare
-from fusion_mcp.chat import fusion_arguments
 from fusion_mcp.config import load_settings
-from fusion_mcp.models import FusionArgs, FusionResult
-from fusion_mcp.server import create_server
+from fusion_mcp.core.models import FusionArgs, FusionResult
+from fusion_mcp.engine.admission import FusionRefused, prepare
+from fusion_mcp.mcp_server.server import create_server
+from fusion_mcp.openai_api.writer import fusion_arguments
 from tests import servers
 from tests.conftest import sim_env
 from tests.fakes.provider_sim import ProviderSim

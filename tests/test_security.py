@@ -22,10 +22,10 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from fusion_mcp.catalogue import MAX_ALIASES, Catalogue
 from fusion_mcp.config import load_settings
-from fusion_mcp.http_guard import host_allowed, origin_allowed
-from fusion_mcp.server import create_server
+from fusion_mcp.http.guard import host_allowed, origin_allowed
+from fusion_mcp.mcp_server.server import create_server
+from fusion_mcp.providers.catalogue import MAX_ALIASES, Catalogue
 from fusion_mcp.store.sqlite import SqliteStore
 from fusion_mcp.web.fetch import Network
 from fusion_mcp.web.tools import open_web_tools

@@ -5,7 +5,7 @@ bundled ``pyproject.toml`` first; the settings arrive as environment variables f
 ``user_config`` (the API key from the system keychain).
 """
 
-from fusion_mcp.cli import main
+from fusion_mcp.cli.main import main
 
 if __name__ == "__main__":
     main([])

@@ -15,6 +15,12 @@ answer from the cache is recorded as a pointer to the run it came from. It is bo
 and size shared evenly by the principals that have runs in it, so no client's traffic pushes out another's
 runs. Stored results carry the version of the result's shape (``RESULT_SCHEMA``): a result of another
 version, or one that no longer validates, is a cache miss, never an error, so an upgrade cannot break a call.
+
+A new backend implements :class:`~fusion_mcp.store.base.Store` in a module of its own here and is chosen
+in :func:`open_store`.
+
+May import: :mod:`fusion_mcp.config`, :mod:`fusion_mcp.core` (and its database driver). Never the engine,
+the providers, the web tools or a front end.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ def open_store(settings: Settings) -> Store:
     """The store the settings name, not yet opened (no I/O here): PostgreSQL at ``FUSION_DATABASE_URL`` when
     it is set, else the SQLite file in ``FUSION_HOME``. Call :meth:`Store.open` next.
 
-    Raises :class:`~fusion_mcp.config.ConfigError` when the URL is set but psycopg is not installed.
+    Raises :class:`~fusion_mcp.config.settings.ConfigError` when the URL is set but psycopg is not installed.
     """
     retention = Retention.of(settings)
     if settings.database_url is None:

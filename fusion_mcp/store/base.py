@@ -24,10 +24,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from ..config import LOCAL_PRINCIPAL, Settings
-from ..errors import redact, redact_value
-from ..lenses import model_of
-from ..models import RESULT_SCHEMA, FusionRequest, FusionResult, Usage
+from ..config import Settings
+from ..core.callers import LOCAL_PRINCIPAL
+from ..core.errors import redact, redact_value
+from ..core.lenses import model_of
+from ..core.models import RESULT_SCHEMA, FusionRequest, FusionResult, Usage
 
 log = logging.getLogger("fusion_mcp.store")
 
@@ -191,7 +192,7 @@ class Store(ABC):
     async def cached(self, key: str) -> FusionResult | None:
         """The result cached under ``key`` within the TTL, or None.
 
-        A result of another :data:`~fusion_mcp.models.RESULT_SCHEMA`, or one that no longer validates, is a
+        A result of another :data:`~fusion_mcp.core.models.RESULT_SCHEMA`, or one that no longer validates, is a
         miss and its row is dropped: an upgrade cannot break a call.
         """
         row = await self._cache_get(key, time.time() - self.retention.cache_ttl_s)
@@ -270,7 +271,7 @@ class Store(ABC):
         await self._trim(self._trim_usage, now)
 
     async def heartbeat(self, run_ids: list[str]) -> None:
-        """Say these running runs are still being worked on (see :data:`fusion_mcp.live.LOST_AFTER_S`)."""
+        """Say these running runs are still being worked on (see :data:`fusion_mcp.engine.live.LOST_AFTER_S`)."""
         if run_ids:
             await self._heartbeat(run_ids, time.time())
 

@@ -29,7 +29,7 @@ import anyio
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..models import RESULT_SCHEMA
+from ..core.models import RESULT_SCHEMA
 from .base import (
     DAY_S,
     RunRow,

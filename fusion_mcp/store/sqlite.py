@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ..models import RESULT_SCHEMA
+from ..core.models import RESULT_SCHEMA
 from .base import (
     DAY_S,
     RunRow,

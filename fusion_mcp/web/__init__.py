@@ -1,1 +1,11 @@
-"""Web tools for the panel: the address policy and the guarded fetcher (search and wiring come next)."""
+"""Web tools for the panel: search, guarded fetching, extraction and fencing of untrusted pages.
+
+:mod:`~fusion_mcp.web.addresses` is the address policy (no private, loopback or metadata addresses),
+:mod:`~fusion_mcp.web.fetch` the guarded fetcher, :mod:`~fusion_mcp.web.extract` HTML to text,
+:mod:`~fusion_mcp.web.fence` marks fetched text as untrusted data, :mod:`~fusion_mcp.web.search` the
+search backends, :mod:`~fusion_mcp.web.tools` the per-run tool box a member calls,
+:mod:`~fusion_mcp.web.server_tools` the provider's own web tools. A new search backend goes in ``search``.
+
+May import: httpx2, :mod:`fusion_mcp.config`, :mod:`fusion_mcp.core`. Never the engine, the providers,
+the store or a front end.
+"""

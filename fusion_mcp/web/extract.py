@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 import lxml.html
 from lxml import etree
 
-from ..text import one_line
+from ..core.text import one_line
 
 INVISIBLE = re.compile(
     "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"

@@ -27,7 +27,7 @@ import anyio
 import httpcore2
 import httpx2
 
-from ..tls import default_tls
+from ..core.tls import default_tls
 from .addresses import refusal
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]

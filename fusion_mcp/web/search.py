@@ -22,8 +22,8 @@ import anyio.to_thread
 import httpx2
 
 from ..config import Settings
-from ..errors import redact
-from ..text import one_line
+from ..core.errors import redact
+from ..core.text import one_line
 from .extract import MAX_URL_CHARS
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import Source
-from ..text import one_line
+from ..core.models import Source
+from ..core.text import one_line
 from .extract import strip_invisible
 
 

@@ -39,8 +39,8 @@ import anyio.to_thread
 import httpx2
 
 from ..config import Settings
-from ..models import Source
-from ..tls import default_tls
+from ..core.models import Source
+from ..core.tls import default_tls
 from .extract import MAX_URL_CHARS, Page, strip_invisible, to_text
 from .fence import Fence
 from .fetch import SYSTEM_NETWORK, Fetched, Fetcher, FetchFailed, FetchRefused, Network

@@ -1,0 +1,614 @@
+"""The ``fusion-mcp`` command: the stdio server (default), ``serve``, ``ask``, ``doctor``, ``runs``, ``usage``
+and ``host-config``.
+
+Stdout belongs to JSON-RPC when serving stdio, so everything human goes to stderr. Only the server
+commands import the MCP SDK: ``ask`` goes through the same request path without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+from pydantic import ValidationError
+
+from ..config import PRESET_NAMES, ConfigError, Settings, check_bind, load_settings
+from ..core.about import HOMEPAGE, VERSION
+from ..core.errors import MIN_SECRET_CHARS, Redactor, live_secrets
+from ..core.limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
+from ..core.models import FusionArgs, FusionRequest, FusionResult, GuestAnswer
+from ..core.progress import ProgressEvent
+from ..core.render import render
+from ..core.text import plural
+from ..engine.admission import FusionRefused, argument_rule, prepare
+from ..engine.run import new_run_id
+from ..engine.service import FusionService
+from ..store import Store, StoreError, UsageBy, UsageTotal, open_store
+from .terminal import LiveProgress
+
+EXIT_CONFIG = 2
+STOP_GRACE_S = 1.5
+"""After SIGINT or SIGTERM, how long the stdio server may take to close its runs before it exits anyway."""
+RUNS_WIDTH = 100
+"""``fusion-mcp runs`` lines stay within this many columns."""
+ASK_FLAGS = {
+    "prompt": "PROMPT",
+    "context": "--context",
+    "analysis_models": "--models",
+    "model": "--model",
+    "max_tool_calls": "--max-tool-calls",
+    "preset": "--preset",
+    "deadline_s": "--deadline",
+    "answers": "--answer",
+    "files": "--file",
+}
+"""The ``ask`` option that carries each call argument, for refusals worded in the command's terms."""
+
+
+class _Redact(logging.Filter):
+    """Last line of defence: no secret reaches a log line, whatever formatted it — the message, the traceback
+    logged with it (an exception's text can quote a header it refused), or its stack.
+
+    The secrets are the settings' and the lent keys of the requests and runs going on at the time.
+    """
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self._secrets = secrets
+        self._redactor = Redactor(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lent = live_secrets()
+        redactor = Redactor((*self._secrets, *lent)) if lent else self._redactor
+        if not redactor:
+            return True
+        record.msg, record.args = redactor.text(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redactor.text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redactor.text(record.stack_info)
+        return True
+
+
+def _setup_logging(settings: Settings, worker: int | None = None) -> None:
+    """Logs to stderr, redacted; with replicas or workers each line says which process wrote it."""
+    where = ".".join(t for t in (settings.replica, None if worker is None else f"w{worker}") if t)
+    tag = f"[{where}] " if where else ""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"))
+    handler.addFilter(_Redact(settings.secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    for noisy in ("httpx2", "httpcore2", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in settings.short_secrets:
+        logging.getLogger("fusion_mcp").warning(
+            "%s is shorter than %d characters: it looks wrong, and a secret that short is not redacted from "
+            "logs and results",
+            name,
+            MIN_SECRET_CHARS,
+        )
+
+
+class Commands(Protocol):
+    """What the command builders use of ``add_subparsers()``'s result (argparse names its class privately)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS, help="TOML file with settings (or FUSION_CONFIG)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="fusion-mcp",
+        description="An MCP server that asks a panel of models and has an analyst compare their answers. "
+        "With no command it serves MCP over stdio, which is what an MCP host launches.",
+        epilog=f'First steps: fusion-mcp doctor; fusion-mcp ask "a question"; fusion-mcp host-config HOST --write. '
+        f"Settings: environment variables or --config FILE (fusion-mcp.example.toml). More: {HOMEPAGE}",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"fusion-mcp {VERSION}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for add in (_serve_command, _ask_command, _store_commands, _host_command):
+        add(commands, common)
+    return parser
+
+
+def _serve_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``serve``: stdio, or HTTP with ``--workers``."""
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="serve MCP over stdio, or over HTTP: Streamable HTTP at /mcp and OpenAI-compatible "
+        "/v1/chat/completions and /v1/models beside it",
+    )
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
+    serve.add_argument(
+        "--stateless",
+        action="store_true",
+        help="stateless Streamable HTTP, for several replicas behind a round-robin load balancer",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="HTTP: serve the port from N processes (auto: one per core); sessions of 2025-era clients are "
+        "routed to the process that holds them (default: 1)",
+    )
+    # A --workers server starts its workers with these; they are not for people.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-count", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-supervisor", type=int, help=argparse.SUPPRESS)
+
+
+def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``ask``: one fusion from the terminal."""
+    ask = commands.add_parser("ask", parents=[common], help="run one fusion from the terminal")
+    ask.add_argument("prompt", help="the question, self-contained")
+    ask.add_argument("--context", help="supporting material; @FILE reads it from a file")
+    ask.add_argument("--models", help="comma-separated panel model ids (default: FUSION_ANALYSIS_MODELS)")
+    ask.add_argument("--model", help="analyst model id (default: FUSION_MODEL)")
+    ask.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        help="panel and analyst preset (default: FUSION_PRESET): quality, budget, fast, or self (the analyst's "
+        "model under three lenses); --models and --model override it",
+    )
+    ask.add_argument(
+        "--answer",
+        action="append",
+        metavar="LABEL=TEXT|@FILE",
+        help="an answer you already have, compared with the panel's as guest:LABEL (repeatable, up to 4)",
+    )
+    ask.add_argument(
+        "--file",
+        action="append",
+        metavar="PATH",
+        help="a text file or image the panel reads as material (repeatable); inside FUSION_FILES_ROOTS, or "
+        "the current directory when that is not set",
+    )
+    ask.add_argument(
+        "--max-tool-calls", type=int, help=f"tool-call budget per model, {MIN_TOOL_CALLS}-{MAX_TOOL_CALLS}"
+    )
+    ask.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help=f"bound the run, {MIN_DEADLINE_S:g}-{MAX_DEADLINE_S:g} s "
+        "(default: none; the server uses FUSION_DEADLINE_S)",
+    )
+    ask.add_argument("--json", action="store_true", help="print the structured result as JSON")
+    ask.add_argument(
+        "--analysis-only", action="store_true", help="skip the analyst's final answer; print the analysis only"
+    )
+    ask.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run even if an identical question was answered recently (the cache is refreshed with this run)",
+    )
+
+
+def _store_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``doctor``, ``runs`` and ``usage``."""
+    commands.add_parser(
+        "doctor",
+        parents=[common],
+        help="check key, provider, model ids, web tools and the store (cache or database) before spending anything",
+    )
+
+    runs = commands.add_parser("runs", parents=[common], help="list recent runs, or show one (runs ID)")
+    runs.add_argument("target", nargs="*", metavar="ID", help="the run to show in full ('runs show ID' works too)")
+    runs.add_argument("--limit", type=int, default=20, help="how many recent runs to list (default: 20)")
+    runs.add_argument("--json", action="store_true", help="print JSON")
+
+    usage = commands.add_parser(
+        "usage",
+        parents=[common],
+        help="what each principal, model or day spent: runs, requests, tokens, cost (from the store, every replica)",
+    )
+    usage.add_argument(
+        "--since",
+        default="7d",
+        metavar="WHEN",
+        help="from this long ago (30m, 24h, 7d) or this UTC date (YYYY-MM-DD); default: 7d",
+    )
+    usage.add_argument("--by", choices=USAGE_GROUPS, default="principal", help="group by (default: principal)")
+    usage.add_argument("--principal", metavar="NAME", help="only this principal's usage")
+    usage.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _host_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``host-config``."""
+    from .host_config import HOSTS, add_arguments
+
+    host = commands.add_parser(
+        "host-config",
+        parents=[common],
+        help=f"print (or --write) the config entry of an MCP host: {', '.join(HOSTS)}",
+        description="Print the entry that makes an MCP host start this server, for that host's config format, "
+        "with the absolute path of this fusion-mcp and the settings it needs (the API key as a placeholder). "
+        "--write merges it into the host's config file, keeping a backup and every other server.",
+    )
+    add_arguments(host)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(config_path=getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"fusion-mcp: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    _setup_logging(settings, getattr(args, "worker_index", None))
+    # Anything this process starts is one level deeper, so a fusion server it launches refuses to fuse.
+    os.environ["FUSION_DEPTH"] = str(settings.depth + 1)
+
+    if args.command == "ask":
+        try:
+            code = anyio.run(_ask, settings, args)
+        except KeyboardInterrupt:
+            message = "interrupted from the terminal; upstream requests closed"
+            result = FusionResult.failure(new_run_id(), "cancelled", message)
+            _print_result(result, args.json)
+            code = 130
+        raise SystemExit(code)
+    if args.command == "doctor":
+        raise SystemExit(anyio.run(_doctor, settings))
+    if args.command == "runs":
+        raise SystemExit(anyio.run(_runs, settings, args))
+    if args.command == "usage":
+        raise SystemExit(anyio.run(_usage, settings, args))
+    if args.command == "host-config":
+        from .host_config import main as host_config
+
+        raise SystemExit(host_config(args, settings))
+    if args.command == "serve" and args.transport == "http":
+        try:
+            check_bind(settings, args.host)
+        except ConfigError as exc:
+            print(f"fusion-mcp: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
+        if args.workers > 1 and args.worker_index is None:
+            from ..http.workers import serve_workers
+
+            raise SystemExit(serve_workers(_worker_argv(args), args.host, args.port, args.workers, settings.depth))
+        from ..http.app import serve_http
+
+        place = None
+        if args.worker_index is not None:
+            from ..http.workers import WorkerPlace, follow_supervisor
+
+            follow_supervisor(args.worker_supervisor or os.getppid())
+            place = WorkerPlace(args.worker_index, args.worker_count, args.worker_dir)
+        try:
+            anyio.run(lambda: serve_http(settings, args.host, args.port, stateless=args.stateless, place=place))
+        except KeyboardInterrupt:
+            pass
+        return
+    if args.command == "serve" and args.workers > 1:
+        print("fusion-mcp: --workers needs --transport http", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+    _serve_stdio(settings)
+
+
+def _workers(value: str) -> int:
+    from ..http.workers import parse_workers
+
+    try:
+        return parse_workers(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers ")) from None
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """A worker's command line: this server's, one process of it."""
+    argv = ["serve", "--transport", "http", "--host", args.host, "--port", str(args.port)]
+    if args.stateless:
+        argv.append("--stateless")
+    if getattr(args, "config", None):
+        argv += ["--config", str(args.config)]
+    return argv
+
+
+def _serve_stdio(settings: Settings) -> None:
+    """The stdio server until the host closes stdin, or until SIGINT or SIGTERM (hosts send one, then the other).
+
+    On a signal every run is cancelled (its upstream requests closed) and the service closes; then the
+    process exits. It exits rather than unwinding further because the SDK reads stdin in a worker thread
+    that nothing can interrupt until the host writes or closes the pipe (the SDK's issue #3551).
+    """
+    from ..mcp_server.server import create_server
+
+    stopped = threading.Event()
+    server = create_server(settings, on_stopped=stopped.set)
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            if sys.platform != "win32":  # asyncio on Windows has no signal handlers; Ctrl-C stays KeyboardInterrupt
+                tg.start_soon(_stop_on_signal, tg.cancel_scope, stopped)
+            await server.run_stdio_async()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(serve)
+    except KeyboardInterrupt:
+        pass
+
+
+def _text_or_file(value: str, flag: str) -> str:
+    """``value``, or the text of the file it names as ``@FILE``; ``OSError`` names the flag."""
+    if not value.startswith("@"):
+        return value
+    try:
+        with open(value[1:], encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OSError(f"cannot read {flag} file {value[1:]!r}: {exc}") from None
+
+
+def _answers(values: list[str] | None) -> list[GuestAnswer] | None:
+    """``--answer LABEL=TEXT`` or ``LABEL=@FILE``, as the host's own answers."""
+    if values is None:
+        return None
+    answers = []
+    for value in values:
+        label, sep, content = value.partition("=")
+        if not sep:
+            raise OSError(f"--answer {value[:40]!r}: give it as LABEL=TEXT or LABEL=@FILE")
+        answers.append(GuestAnswer(label=label, content=_text_or_file(content, "--answer")))
+    return answers
+
+
+async def _stop_on_signal(scope: anyio.CancelScope, stopped: threading.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for number in signals:
+            logging.getLogger("fusion_mcp").info(
+                "stopping on %s: runs in progress are cancelled", signal.Signals(number).name
+            )
+            threading.Thread(target=_exit_when_stopped, args=(stopped,), daemon=True).start()
+            scope.cancel()
+            return
+
+
+def _exit_when_stopped(stopped: threading.Event) -> None:
+    if not stopped.wait(STOP_GRACE_S):
+        logging.getLogger("fusion_mcp").warning("the service did not close within %g s; exiting", STOP_GRACE_S)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+async def _ask(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        context = _text_or_file(args.context, "--context") if args.context else args.context
+        answers = _answers(args.answer)
+    except OSError as exc:
+        print(f"fusion-mcp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    call = FusionArgs(
+        prompt=args.prompt,
+        context=context,
+        analysis_models=args.models.split(",") if args.models is not None else None,
+        model=args.model,
+        max_tool_calls=args.max_tool_calls,
+        preset=args.preset,
+        answers=answers,
+        files=args.file,
+        # A terminal user may name files where they are; FUSION_FILES_ROOTS narrows that when set.
+        file_roots=None if settings.files_roots else [os.getcwd()],
+        # With no host model to write the final answer, the analyst writes one (as openrouter/fusion does).
+        final_answer=not args.analysis_only,
+        # A terminal user can wait: no deadline unless asked for, whatever FUSION_DEADLINE_S says.
+        deadline_s=args.deadline,
+    )
+    run_id = new_run_id()
+    try:
+        request = prepare(call, settings, depth=settings.depth)
+    except FusionRefused as refused:
+        if refused.argument is None:
+            _print_result(refused.result(run_id), args.json)
+            return 1
+        flag = ASK_FLAGS.get(refused.argument, refused.argument)
+        print(f"fusion-mcp: {flag}: must be {argument_rule(refused.argument, refused.detail)}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def plain(event: ProgressEvent) -> None:
+        print(f"[{int(event.progress)}/{event.total}] {event.message}", file=sys.stderr, flush=True)
+
+    live = LiveProgress(sys.stderr, request.analysis_models, request.model) if sys.stderr.isatty() else None
+    async with FusionService.open(settings) as service:
+        if live is None:
+            result = await service.run(request, run_id=run_id, on_event=plain, fresh=args.no_cache)
+        else:
+            with live.logging_above():
+                result = await _run_live(service, request, run_id, live, fresh=args.no_cache)
+    if result.cached:
+        print(
+            "fusion-mcp: answered from the cache (an identical question ran recently; no new cost). "
+            "--no-cache runs it again.",
+            file=sys.stderr,
+        )
+    _print_result(result, args.json)
+    return 0 if result.status == "ok" else 1
+
+
+async def _run_live(
+    service: FusionService, request: FusionRequest, run_id: str, live: LiveProgress, *, fresh: bool
+) -> FusionResult:
+    async with anyio.create_task_group() as tg:
+        live.draw()
+        tg.start_soon(live.tick)
+        result = await service.run(request, run_id=run_id, on_event=live.on_event, fresh=fresh)
+        if result.cached:
+            live.cached()
+        tg.cancel_scope.cancel()
+    return result
+
+
+def _print_result(result: FusionResult, as_json: bool) -> None:
+    print(json.dumps(result.to_json(), indent=2) if as_json else render(result), flush=True)
+
+
+async def _runs(settings: Settings, args: argparse.Namespace) -> int:
+    target = args.target[1:] if args.target[:1] == ["show"] else args.target
+    if len(target) > 1 or (args.target[:1] == ["show"] and not target):
+        print("fusion-mcp: runs takes one run id: 'fusion-mcp runs ID' (see 'fusion-mcp runs')", file=sys.stderr)
+        return EXIT_CONFIG
+    run_id = target[0] if target else None
+
+    async def show(store: Store) -> int:
+        if run_id is not None:
+            record = await store.run(run_id)
+            if record is None:
+                print(f"fusion-mcp: no run {run_id!r} in the history (it may have expired)", file=sys.stderr)
+                return 1
+            try:
+                shown = render(FusionResult.model_validate(record["result"])) if not args.json else None
+            except ValidationError:
+                shown = None  # recorded by a release with another result shape: the JSON still says it all
+            print(json.dumps(record, indent=2) if shown is None else shown)
+            if shown is not None:
+                print(f"\n(full record with transcripts: fusion-mcp runs {run_id} --json)")
+            return 0
+        rows = await store.recent(args.limit)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            print("no runs yet")
+        for row in rows:
+            print(run_line(row))
+        return 0
+
+    return await _with_store(settings, show)
+
+
+async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
+    """``work``'s exit code on the opened store; 1 when the store fails (said on stderr, without secrets)."""
+    store = open_store(settings)
+    try:
+        await store.open()
+        return await work(store)
+    except StoreError as exc:
+        print(f"fusion-mcp: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.aclose()
+
+
+USAGE_GROUPS: tuple[UsageBy, ...] = ("principal", "model", "day")
+"""What ``usage --by`` takes."""
+_SINCE = re.compile(r"(\d+(?:\.\d+)?)\s*([mhd])")
+
+
+def since_epoch(value: str, now: float) -> float:
+    """``--since``: ``30m``, ``24h``, ``7d`` before ``now``, or the start of a UTC date ``YYYY-MM-DD``;
+    ``ValueError`` otherwise."""
+    text = value.strip().lower()
+    match = _SINCE.fullmatch(text)
+    if match:
+        return now - float(match[1]) * {"m": 60, "h": 3600, "d": 86400}[match[2]]
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"--since {value[:40]!r}: give 30m, 24h, 7d (minutes, hours, days ago) or a date YYYY-MM-DD"
+        ) from None
+
+
+async def _usage(settings: Settings, args: argparse.Namespace) -> int:
+    now = time.time()
+    try:
+        since = since_epoch(args.since, now)
+    except ValueError as exc:
+        print(f"fusion-mcp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def report(store: Store) -> int:
+        rows = await store.usage(since, args.by, args.principal)
+        total = (await store.usage(since, "all", args.principal)) or [UsageTotal(key="total")]
+        _print_usage(rows, total[0], args, since)
+        return 0
+
+    return await _with_store(settings, report)
+
+
+def _print_usage(rows: list[UsageTotal], total: UsageTotal, args: argparse.Namespace, since: float) -> None:
+    if args.json:
+        report = {
+            "since": datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
+            "by": args.by,
+            "principal": args.principal,
+            "rows": [row.model_dump() for row in rows],
+            "total": total.model_dump(exclude={"key"}),
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        print(usage_table(rows, total, args.by, since))
+
+
+def usage_table(rows: list[UsageTotal], total: UsageTotal, by: UsageBy, since: float) -> str:
+    """``fusion-mcp usage`` as a table: a line per group, then the total."""
+    when = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if not rows:
+        return f"no usage since {when}"
+    width = max(len(by), *(len(r.key) for r in rows), len("total"))
+    columns = f"{'runs':>6}  {'requests':>8}  {'prompt tokens':>13}  {'completion tokens':>17}  {'cost':>10}"
+    head = f"{by:<{width}}  {columns}"
+
+    def line(r: UsageTotal) -> str:
+        return (
+            f"{r.key:<{width}}  {r.runs:>6,}  {r.requests:>8,}  {r.prompt_tokens:>13,}  {r.completion_tokens:>17,}  "
+            f"{'$' + format(r.cost, '.4f'):>10}"
+        )
+
+    lines = [f"usage since {when}", head, *map(line, rows), line(total)]
+    return "\n".join(lines)
+
+
+def run_line(row: dict[str, Any], width: int = RUNS_WIDTH) -> str:
+    """One run of ``fusion-mcp runs``: id, time, cost, seconds, panel size, status, then as much of the prompt
+    as fits in ``width`` columns (``runs ID`` shows the rest)."""
+    when = datetime.fromtimestamp(row["created"]).strftime("%m-%d %H:%M")
+    cost = f"${row['cost']:.4f}" if row["cost"] is not None else "-"
+    status = str(row["status"]).removeprefix("error:") + (" (cached)" if row["cached"] else "")
+    members = plural(len(str(row["panel"]).split(",")), "model")
+    head = f"{row['run_id']}  {when}  {cost:>8} {row['seconds']:6.1f} s  {members:<8}  {status}  "
+    prompt = " ".join(str(row["prompt_head"]).split())
+    room = width - len(head)
+    if len(prompt) > room:
+        prompt = prompt[: max(0, room - 3)] + "..."
+    return (head + prompt)[:width]
+
+
+async def _doctor(settings: Settings) -> int:
+    from .doctor import run_checks
+
+    checks = await run_checks(settings)
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(failed)} ok, {len(failed)} failed")
+    return 1 if failed else 0

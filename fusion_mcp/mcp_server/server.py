@@ -1,0 +1,417 @@
+"""The MCP layer: ``create_server()`` registers ``openrouter_fusion``, the run resources and ``/healthz``.
+
+This module, :mod:`~fusion_mcp.mcp_server.log_levels` and :mod:`~fusion_mcp.mcp_server.tasks` are the MCP layer (with
+:mod:`~fusion_mcp.http.app`, which mounts the SDK's app); nothing below them imports ``mcp``. A tool call is
+translated into :class:`FusionArgs` and handed to the process's :class:`FusionService`, which applies the
+same rules as every other front end; this layer only forwards progress and maps the result to
+``structuredContent`` (validated against the declared output schema) plus a markdown text block. Error
+results carry ``isError`` so hosts show them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
+from typing import Annotated, Any
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
+
+import anyio
+from mcp.server.extension import Extension
+from mcp.server.mcpserver import Context, ListRoots, MCPServer, Resolve
+from mcp.server.mcpserver.exceptions import ResourceError
+from mcp_types import CallToolRequestParams, CallToolResult, ListRootsResult, TextContent, ToolAnnotations
+from pydantic import Field, SecretStr
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..config import Preset, Settings
+from ..core.about import VERSION
+from ..core.budget import fit_json
+from ..core.callers import LOCAL_PRINCIPAL, principal_of, upstream_key_of
+from ..core.lenses import BUILTIN
+from ..core.limits import MAX_DEADLINE_S, MAX_FILES, MAX_GUESTS, MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
+from ..core.models import FusionArgs, FusionResult, GuestAnswer
+from ..core.progress import EventSink, ProgressEvent
+from ..core.render import render
+from ..core.tool_text import CONTEXT_HELP, DESCRIPTION, PROMPT_HELP, TOOL_NAME, TOOL_TITLE
+from ..engine.admission import ARGUMENT_RULES, FusionRefused, incoming_depth, parse_arguments
+from ..engine.run import new_run_id
+from ..engine.service import FusionService
+from ..store import StoreError
+from ..web.fetch import SYSTEM_NETWORK, Network
+from .log_levels import SessionLogLevels
+from .tasks import FusionTasks, task_call
+
+log = logging.getLogger("fusion_mcp")
+RESULT_TOOL_NAME = "openrouter_fusion_result"
+RESULT_TOOL_TITLE = "Fusion: the result of a run still going"
+
+MCP_EXTRAS = f"""
+
+Instead of pasting material, you may pass file paths in `files` (text and images, read by the server \
+inside the allowed roots). To have your own draft (or another agent's) compared with the panel's, pass it \
+in `answers` as {{label, content}}: it costs nothing and is never shown to the panel. A panel entry \
+`model#lens` ({", ".join(BUILTIN)}) runs a model with that lens; preset `self` runs the analyst's model \
+under three lenses."""
+"""What the MCP tool takes beyond the arguments every front end shares (``tool_text``)."""
+
+LONG_RUNS = """
+
+A run may take longer than this call: then the result has `status: "running"`, a `run_id` and the answers \
+finished so far; call `openrouter_fusion_result` with that run_id to wait for the rest."""
+
+RESULT_DESCRIPTION = """Get the result of an openrouter_fusion run that was still going when its call \
+returned (`status: "running"`). Waits up to `wait_s` seconds (default: as long as a call may) and returns \
+the finished result, or `running` again with the answers finished so far: then call it again."""
+
+INSTRUCTIONS = (
+    "fusion-mcp offers one tool, openrouter_fusion, that asks several models at once and returns an "
+    "analysis of where they agree and disagree. Write the final answer yourself from its result."
+)
+
+
+_caller: ContextVar[str] = ContextVar("fusion_caller", default=LOCAL_PRINCIPAL)
+_lent_key: ContextVar[SecretStr | None] = ContextVar("fusion_lent_key", default=None)
+"""The caller's own provider key (``FUSION_PASS_THROUGH_KEY``), when it pays for its runs itself."""
+
+
+async def _remember_caller(ctx: Any, call_next: Any) -> Any:
+    """Every MCP request runs knowing its caller (and the key it lends, if any), including handlers the SDK
+    gives no Context (static resources)."""
+    token = _caller.set(principal_of(ctx.request))
+    lent = _lent_key.set(upstream_key_of(ctx.request))
+    try:
+        result = await call_next(ctx)
+    finally:
+        _lent_key.reset(lent)
+        _caller.reset(token)
+    if ctx.method == "tools/list" and isinstance(result, dict):
+        # The SDK lets unknown arguments through silently; ours are refused, and the schema says so.
+        for tool in result.get("tools", ()):
+            if tool.get("name") == TOOL_NAME:
+                tool.get("inputSchema", {})["additionalProperties"] = False
+    return result
+
+
+class StrictArguments(Extension):
+    """Checks ``openrouter_fusion``'s arguments before the SDK does, so a wrong one gets the same error result
+    as every other refusal (``invalid_arguments``, naming the argument and its rule) rather than the SDK's
+    validation text, and an unknown one is refused instead of silently dropped."""
+
+    identifier = "io.github.fusion-mcp/strict-arguments"
+
+    async def intercept_tool_call(self, params: CallToolRequestParams, ctx: Any, call_next: Any) -> Any:
+        if params.name == TOOL_NAME:
+            try:
+                parse_arguments(params.arguments)
+            except FusionRefused as refused:
+                run_id = new_run_id()
+                log.info("run %s for %s refused: %s", run_id, _caller.get(), refused.message)
+                return as_tool_result(refused.result(run_id))
+        return await call_next(ctx)
+
+
+class _Running:
+    """The service while the server runs; the static resource gets no Context to find it through."""
+
+    service: FusionService | None = None
+
+
+ServiceSource = Callable[[], AbstractAsyncContextManager[FusionService]]
+"""Where the server's lifespan gets the process's :class:`FusionService` from."""
+
+
+def create_server(
+    settings: Settings,
+    network: Network = SYSTEM_NETWORK,
+    *,
+    service: ServiceSource | None = None,
+    on_stopped: Callable[[], None] | None = None,
+    health: Mapping[str, object] | None = None,
+) -> MCPServer[FusionService]:
+    """Build the server without running it, so tests and every transport share one construction.
+
+    ``network`` is how web fetches resolve names and connect: the system's unless a test fakes it.
+    ``service`` lends the server a service someone else opened (the HTTP app shares one between ``/mcp``
+    and the chat endpoint); by default the server's lifespan opens its own. ``on_stopped`` is called once
+    the service has closed (its runs cancelled, its connections and store closed), which is when a process
+    stopping on a signal may exit. ``health`` adds to ``/healthz`` which process answered (its replica, its
+    worker), never anything about runs or callers.
+    """
+    running = _Running()
+    # Long runs may be served as MCP tasks to clients that declare the extension (see mcp_tasks).
+    tasks = [_tasks(settings)] if settings.enabled and settings.long_runs else []
+    server: MCPServer[FusionService] = MCPServer(
+        "fusion-mcp",
+        title="Fusion",
+        instructions=INSTRUCTIONS,
+        version=VERSION,
+        lifespan=_lifespan(
+            service or (lambda: FusionService.open(settings, network, check_models=True)), running, on_stopped
+        ),
+        log_level=settings.log_level,
+        middleware=[_remember_caller],
+        extensions=[StrictArguments(), *tasks],
+    )
+    log_levels = SessionLogLevels()
+    log_levels.install(server)
+    _add_routes(server, running, health)
+    if settings.enabled:
+        annotations = ToolAnnotations(title=TOOL_TITLE, read_only_hint=True, open_world_hint=True)
+        tool = _fusion_tool(settings, log_levels)
+        description = DESCRIPTION + MCP_EXTRAS + (LONG_RUNS if settings.long_runs else "")
+        server.add_tool(tool, name=TOOL_NAME, title=TOOL_TITLE, description=description, annotations=annotations)
+        if settings.long_runs:
+            annotations = ToolAnnotations(title=RESULT_TOOL_TITLE, read_only_hint=True, open_world_hint=False)
+            server.add_tool(
+                _result_tool(settings, log_levels),
+                name=RESULT_TOOL_NAME,
+                title=RESULT_TOOL_TITLE,
+                description=RESULT_DESCRIPTION,
+                annotations=annotations,
+            )
+    return server
+
+
+def _tasks(settings: Settings) -> FusionTasks:
+    ttl_s = settings.history_max_days * 86400  # a task's result lives as long as its run in the history
+    return FusionTasks(TOOL_NAME, principal_of, lambda r: as_tool_result(r, settings.max_output_chars), ttl_s)
+
+
+def _lifespan(source: ServiceSource, running: _Running, on_stopped: Callable[[], None] | None) -> Any:
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[FusionService]) -> AsyncIterator[FusionService]:
+        # Entered once per process, whatever the transport: one pool, one store, one set of run slots.
+        try:
+            async with source() as service:
+                running.service = service
+                try:
+                    yield service
+                finally:
+                    running.service = None
+        finally:
+            if on_stopped is not None:
+                on_stopped()
+
+    return lifespan
+
+
+def _add_routes(server: MCPServer[FusionService], running: _Running, health: Mapping[str, object] | None) -> None:
+    @server.custom_route("/healthz", methods=["GET"])
+    async def healthz(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": VERSION, **(health or {})})
+
+    @server.resource(
+        "fusion://runs",
+        name="recent fusion runs",
+        description="Your 50 most recent runs: time, prompt head, panel, status, cost, seconds.",
+        mime_type="application/json",
+    )
+    async def recent_runs() -> str:
+        store = running.service.store if running.service is not None else None
+        try:
+            return json.dumps(await store.recent(50, _caller.get()) if store else [], indent=1)
+        except StoreError as exc:
+            raise ResourceError(f"the run history cannot be read right now: {exc}") from None
+
+    @server.resource(
+        "fusion://runs/{run_id}",
+        name="one fusion run",
+        description="One of your runs in full: request, result, every model's transcript with its tool calls.",
+        mime_type="application/json",
+    )
+    async def one_run(run_id: str, ctx: Context[FusionService]) -> str:
+        store = ctx.request_context.lifespan_context.store
+        try:
+            record = await store.run(run_id, _caller.get()) if store else None
+        except StoreError as exc:
+            raise ResourceError(f"the run history cannot be read right now: {exc}") from None
+        if record is None:
+            raise ResourceError(f"no run {run_id!r} in the history (it may have expired)")
+        return json.dumps(record, indent=1)
+
+
+async def _client_roots(files: list[str] | None, ctx: Context[FusionService]) -> ListRoots | None:
+    """Ask for the client's MCP roots when the call has files, the client declared roots, and it runs here.
+
+    A client on this machine (stdio, in memory) names directories of this machine. Over HTTP (a request
+    with headers) the client's directories are its own, not ours: only ``FUSION_FILES_ROOTS`` apply.
+    """
+    capabilities = ctx.client_capabilities
+    if not files or ctx.headers is not None or capabilities is None or capabilities.roots is None:
+        return None
+    return ListRoots()
+
+
+CLIENT_ROOTS = Resolve(_client_roots)
+
+
+def root_paths(roots: ListRootsResult | None) -> list[str] | None:
+    """The local directories of a client's ``file://`` roots; None when it declared none."""
+    paths = []
+    for root in roots.roots if roots is not None else []:
+        uri = urlparse(str(root.uri))
+        if uri.scheme == "file" and uri.netloc in ("", "localhost"):
+            paths.append(url2pathname(unquote(uri.path)))
+    return paths or None
+
+
+# The tool's arguments as the host model sees them: each one's type, bounds and the sentence describing it.
+PromptArg = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description=PROMPT_HELP,
+    ),
+]
+ContextArg = Annotated[str | None, Field(description=CONTEXT_HELP)]
+PanelArg = Annotated[
+    list[str] | None,
+    Field(
+        min_length=1,
+        max_length=MAX_PANEL,
+        description=f"Optional panel override: {ARGUMENT_RULES['analysis_models']}. Default: the configured panel.",
+    ),
+]
+AnalystArg = Annotated[str | None, Field(description="Optional analyst model id. Default: the configured analyst.")]
+ToolCallsArg = Annotated[
+    int | None,
+    Field(
+        ge=MIN_TOOL_CALLS,
+        le=MAX_TOOL_CALLS,
+        description=f"Optional tool-call budget per model: {ARGUMENT_RULES['max_tool_calls']}.",
+    ),
+]
+PresetArg = Annotated[
+    Preset | None,
+    Field(
+        description="Optional panel preset: quality (default: frontier models), budget (small models, strong "
+        "analyst), fast (two fast models), self (the analyst's model under three lenses, for an endpoint with one "
+        "model). analysis_models and model override it."
+    ),
+]
+AnswersArg = Annotated[
+    list[GuestAnswer] | None,
+    Field(
+        max_length=MAX_GUESTS,
+        description="Optional answers you already have (your own draft, another agent's), compared with the "
+        f"panel's under the same anonymous labels and named guest:<label> in the result: {ARGUMENT_RULES['answers']}. "
+        "Never sent to the panel; no cost.",
+    ),
+]
+FilesArg = Annotated[
+    list[str] | None,
+    Field(
+        max_length=MAX_FILES,
+        description=f"Optional files the panel reads as material: {ARGUMENT_RULES['files']}. Relative paths start "
+        "at the first root.",
+    ),
+]
+RootsArg = Annotated[ListRootsResult | None, CLIENT_ROOTS]
+"""Filled by the server (the client's MCP roots), never by the host model: not in the input schema."""
+
+
+def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
+    async def openrouter_fusion(
+        prompt: PromptArg,
+        ctx: Context[FusionService],
+        context: ContextArg = None,
+        analysis_models: PanelArg = None,
+        model: AnalystArg = None,
+        max_tool_calls: ToolCallsArg = None,
+        preset: PresetArg = None,
+        answers: AnswersArg = None,
+        files: FilesArg = None,
+        roots: RootsArg = None,
+    ) -> Annotated[CallToolResult, FusionResult]:
+        service = ctx.request_context.lifespan_context
+        run_id = new_run_id()
+        args = FusionArgs(
+            prompt=prompt,
+            context=context,
+            analysis_models=analysis_models,
+            model=model,
+            max_tool_calls=max_tool_calls,
+            preset=preset,
+            deadline_s=settings.run_deadline,
+            answers=answers,
+            files=files,
+            file_roots=root_paths(roots),
+        )
+        principal, api_key = _caller.get(), _lent_key.get()
+        try:
+            request = service.prepare(args, depth=incoming_depth(ctx.headers, settings), api_key=api_key)
+        except FusionRefused as refused:
+            log.info("run %s for %s refused: %s", run_id, principal, refused.message)
+            return as_tool_result(refused.result(run_id))
+        task = task_call.get()
+        if task is not None:  # served as an MCP task: the client polls tasks/get
+            service.start(request, run_id=run_id, principal=principal, api_key=api_key)
+            task.run_id = run_id
+            return as_tool_result(FusionResult(status="running", run_id=run_id))
+        forward = _progress(ctx, run_id, log_levels)
+        # A run that may outlive its call is waited on for the call's deadline, then goes on in the background.
+        wait_s = settings.deadline_s if settings.long_runs else None
+        result = await service.run(
+            request, run_id=run_id, on_event=forward, principal=principal, wait_s=wait_s, api_key=api_key
+        )
+        return as_tool_result(result, settings.max_output_chars)
+
+    return openrouter_fusion
+
+
+def _result_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
+    async def openrouter_fusion_result(
+        run_id: Annotated[
+            str,
+            Field(min_length=1, max_length=64, description="The run_id of a result whose status was running."),
+        ],
+        ctx: Context[FusionService],
+        wait_s: Annotated[
+            float | None,
+            Field(
+                ge=0,
+                le=MAX_DEADLINE_S,
+                description="Seconds to wait for the run to finish (default, and at most: as long as one call may "
+                "take, FUSION_DEADLINE_S).",
+            ),
+        ] = None,
+    ) -> Annotated[CallToolResult, FusionResult]:
+        service = ctx.request_context.lifespan_context
+        run_id = run_id.strip()
+        wait = settings.deadline_s if wait_s is None else min(wait_s, settings.deadline_s)
+        forward = _progress(ctx, run_id, log_levels)
+        result = await service.result(run_id, _caller.get(), wait_s=wait, on_event=forward)
+        return as_tool_result(result, settings.max_output_chars)
+
+    return openrouter_fusion_result
+
+
+def _progress(ctx: Context[FusionService], run_id: str, log_levels: SessionLogLevels) -> EventSink:
+    """Each run event as a progress notification (and a log message for older clients that asked)."""
+
+    async def forward(event: ProgressEvent) -> None:
+        log.info("run %s: %s", run_id, event.message)
+        try:
+            await ctx.report_progress(event.progress, event.total, event.message)
+            level = "warning" if event.kind in ("member_failed", "member_cut") else "info"
+            await log_levels.send(ctx, level, f"run {run_id}: {event.message}")
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # a client that went away must not sink the run
+            log.debug("progress notification failed: %r", exc)
+
+    return forward
+
+
+def as_tool_result(result: FusionResult, max_chars: int | None = None) -> CallToolResult:
+    """Both blocks within ``max_chars`` (``FUSION_MAX_OUTPUT_CHARS``): hosts pass one or the other to their model."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=render(result, max_chars))],
+        structured_content=fit_json(result, max_chars).to_json(),
+        is_error=result.status == "error",
+    )

@@ -1,0 +1,425 @@
+"""The chat-completions client: one POST, SSE or JSON, retries, typed errors, usage.
+
+Speaks the core of the OpenAI-compatible protocol that OpenRouter, Ollama, vLLM, LM Studio and most
+gateways share. Every request carries the explicit ``max_completion_tokens`` the caller put in the body,
+the attribution headers and ``x-openrouter-fusion-depth``, so a fusion server reached downstream can
+refuse to fuse again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx2
+
+from ..config import Settings
+from ..core.errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
+from ..core.limits import MAX_PANEL, MAX_RETRIES
+from ..core.models import TokenUsage
+from ..core.text import one_line
+from ..core.tls import default_tls
+
+log = logging.getLogger(__name__)
+DEPTH_HEADER = "x-openrouter-fusion-depth"
+MAX_RETRY_AFTER_S = 20.0
+DRAIN_S = 1.0
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+"""No honest chat completion is this large; past it the answer is cut and the member fails."""
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """The provider's ``Authorization`` header, or none when no key is configured (a local server)."""
+    if settings.api_key is None:
+        return {}
+    return {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"}
+
+
+TextSink = Callable[[str], None]
+"""Sees each piece of an answer's text as it streams in."""
+RetryListener = Callable[[int, float, str], Awaitable[None]]
+"""Told before each retry: its number (1 for the first), the seconds it waits, and what failed."""
+
+
+def new_http_client(max_connections: int = 64) -> httpx2.AsyncClient:
+    """The process-wide pool for provider requests.
+
+    Long read timeouts because reasoning models think for minutes; ``trust_env`` stays on so a
+    corporate proxy set in the environment still applies to the provider (never to web fetches).
+    """
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0),
+        limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        follow_redirects=False,
+        verify=default_tls(),
+    )
+
+
+RUNS_PER_POOL = 4
+"""Runs that share one pool of provider connections (see :class:`ProviderPools`)."""
+
+
+class ProviderPools:
+    """The process's provider connections: one pool per few runs, and one shared by everything else
+    (the catalogue, chat writer requests).
+
+    httpcore2 checks every idle connection of a pool (a socket poll each) whenever a request starts or ends,
+    so one pool for many concurrent runs spends more CPU on that than on the requests themselves: ~6 ms per
+    call at 32 concurrent runs (``docs/benchmarks.md``). A run leases the pool with the fewest runs; each
+    pool has room for every member and the analyst of :data:`RUNS_PER_POOL` runs, so a run never waits for
+    a connection another run holds.
+    """
+
+    def __init__(self, runs: int, shared: int) -> None:
+        count = max(1, -(-runs // RUNS_PER_POOL))
+        self._pools = [new_http_client(RUNS_PER_POOL * (MAX_PANEL + 1)) for _ in range(count)]
+        self._leases = [0] * count
+        self.shared = new_http_client(shared)
+
+    @contextmanager
+    def lease(self) -> Iterator[httpx2.AsyncClient]:
+        """The pool for one run, held until it ends."""
+        index = min(range(len(self._leases)), key=self._leases.__getitem__)
+        self._leases[index] += 1
+        try:
+            yield self._pools[index]
+        finally:
+            self._leases[index] -= 1
+
+    async def aclose(self) -> None:
+        for client in (*self._pools, self.shared):
+            await client.aclose()
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass
+class Completion:
+    """One assistant turn, whichever way it arrived."""
+
+    model: str
+    content: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Provider:
+    """Chat completions against one base URL, for one fusion run at one recursion depth."""
+
+    def __init__(self, http: httpx2.AsyncClient, settings: Settings, *, depth: int = 0) -> None:
+        self._http = http
+        self._url = f"{settings.base_url}/chat/completions"
+        self._secrets = settings.secrets
+        self._headers = {
+            "Content-Type": "application/json",
+            "HTTP-Referer": settings.app_url,
+            "X-OpenRouter-Title": settings.app_title,
+            "X-Title": settings.app_title,
+            DEPTH_HEADER: str(depth + 1),
+            **auth_headers(settings),
+        }
+
+    async def complete(
+        self,
+        body: dict[str, Any],
+        *,
+        on_text: TextSink | None = None,
+        deadline: float | None = None,
+        on_retry: RetryListener | None = None,
+    ) -> Completion:
+        """Send one chat completion, retrying what is worth retrying; raise :class:`UpstreamError`.
+
+        ``body["stream"]`` picks SSE; ``on_text`` then sees each piece of text as it arrives. ``deadline``
+        (``anyio.current_time()`` scale) stops retrying when the next wait would pass it: the caller gets
+        the last error rather than a retry that cannot finish in time. ``on_retry`` hears of each retry (the
+        run's progress shows it in the member's row); without one, retries are logged.
+        """
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                return await self._once(body, on_text)
+            except UpstreamError as exc:
+                if not exc.retryable or attempt == MAX_RETRIES or exc.partial:
+                    raise
+                delay = _backoff(attempt, getattr(exc, "retry_after", None))
+                if deadline is not None and anyio.current_time() + delay >= deadline:
+                    raise
+                if on_retry is not None:
+                    await on_retry(attempt + 1, delay, exc.message)
+                else:
+                    log.info("retrying %s in %.1f s after: %s", body.get("model"), delay, exc.message)
+                await anyio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _once(self, body: dict[str, Any], on_text: TextSink | None) -> Completion:
+        stream = bool(body.get("stream"))
+        try:
+            async with self._http.stream("POST", self._url, json=body, headers=self._headers) as response:
+                if response.status_code >= 400:
+                    raise self._status_error(response, await _read_capped(response))
+                if stream and response.headers.get("content-type", "").startswith("text/event-stream"):
+                    return await _parse_sse(response, on_text, self._secrets)
+                return _parse_json(await _read_capped(response), response, self._secrets)
+        except httpx2.TimeoutException as exc:
+            raise Timeout(f"the provider did not answer in time ({type(exc).__name__})") from None
+        except httpx2.ConnectError as exc:
+            raise ConnectionFailed(f"could not connect to the provider at {self._url}: {_describe(exc)}") from None
+        except httpx2.TransportError as exc:
+            raise ConnectionFailed(f"the connection to the provider broke: {_describe(exc)}") from None
+
+    def _status_error(self, response: httpx2.Response, raw: bytes) -> HTTPStatusError:
+        status = response.status_code
+        message, code = _error_message(raw)
+        retry_after = _retry_after(response.headers.get("retry-after"))
+        if status == 401:
+            message = f"the API key was rejected: {message}"
+        elif status == 402:
+            message = f"insufficient credits: {message}"
+        return HTTPStatusError(
+            redact(f"HTTP {status}: {message}", self._secrets),
+            status_code=status,
+            retry_after=retry_after,
+            code=code or ("model_not_found" if status == 404 else None),
+        )
+
+
+def _describe(exc: Exception) -> str:
+    detail = str(exc).strip()
+    return f"{type(exc).__name__} ({one_line(detail, 200)})" if detail else type(exc).__name__
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(retry_after, MAX_RETRY_AFTER_S)
+    # Full jitter keeps a panel of members that failed together from retrying in lockstep.
+    return (0.5 * 2**attempt) * (0.5 + random.random())
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None  # HTTP-date form: rare upstream, the default backoff is fine
+    return seconds if seconds is not None and 0 <= seconds < 3600 else None
+
+
+async def _read_capped(response: httpx2.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise BadResponse(f"the response was larger than {MAX_RESPONSE_BYTES // 2**20} MiB and was cut")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_message(raw: bytes) -> tuple[str, str | None]:
+    """Pull ``error.message`` (and a model-not-found code) out of an OpenRouter/OpenAI error body."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        text = raw.decode("utf-8", "replace").strip()
+        return (_clip(text) if text else "no error message"), None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or "no error message")
+        blob = json.dumps(error.get("metadata") or {}) + message
+        code = "model_not_found" if "model_not_found" in blob or "not a valid model" in blob else None
+        return _clip(message), code
+    if isinstance(error, str):
+        return _clip(error), None
+    return _clip(raw.decode("utf-8", "replace")), None
+
+
+def _clip(text: str, limit: int = 500) -> str:
+    return one_line(text, limit)
+
+
+def _parse_json(raw: bytes, response: httpx2.Response, secrets: tuple[str, ...]) -> Completion:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        kind = response.headers.get("content-type", "").split(";")[0].strip() or "a body"
+        raise BadResponse(
+            redact(
+                f"the provider answered with {kind} that is not JSON: {_clip(raw.decode('utf-8', 'replace'), 120)!r}",
+                secrets,
+            )
+        ) from None
+    if not isinstance(data, dict):
+        raise BadResponse("the provider answered with JSON that is not an object")
+    if "error" in data and not data.get("choices"):
+        message, _ = _error_message(raw)
+        code = data["error"].get("code") if isinstance(data["error"], dict) else None
+        raise UpstreamError(redact(f"provider error: {message}", secrets), status_code=_int_or_none(code))
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise BadResponse("the provider's answer has no choices")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    if choice.get("error"):
+        err = choice["error"]
+        text = err.get("message") if isinstance(err, dict) else str(err)
+        raise UpstreamError(redact(f"the model failed: {_clip(str(text))}", secrets))
+    calls = []
+    for i, call in enumerate(message.get("tool_calls") or []):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            calls.append(ToolCall(str(call.get("id") or f"call_{i}"), str(fn.get("name") or ""), _args(fn)))
+    return Completion(
+        model=str(data.get("model") or ""),
+        content=_text(message.get("content")),
+        tool_calls=calls,
+        finish_reason=choice.get("finish_reason"),
+        usage=parse_usage(data.get("usage")),
+        annotations=[a for a in message.get("annotations") or [] if isinstance(a, dict)],
+    )
+
+
+async def _sse_events(response: httpx2.Response) -> AsyncIterator[str]:
+    """The ``data`` of each event of an SSE stream, through httpx2's parser (multi-line ``data:``, ``event:``,
+    ``id:``, comments, CRLF and events split across reads are its business), within the size cap.
+
+    Comment lines (``: OPENROUTER PROCESSING``) are keep-alives and never become events; an event with no
+    data (a lone ``retry:`` or ``id:``) carries nothing for us and is skipped, as the SSE standard says.
+    """
+    size = 0
+    try:
+        async for event in httpx2.EventSource(response, max_event_size=MAX_RESPONSE_BYTES):
+            # Counted on what arrived and on what it decoded to, so a compressed stream is bounded too.
+            size += len(event.data)
+            if max(size, response.num_bytes_downloaded) > MAX_RESPONSE_BYTES:
+                raise BadResponse(f"the stream was longer than {MAX_RESPONSE_BYTES // 2**20} MiB and was cut")
+            if event.data:
+                yield event.data
+    except httpx2.SSEError as exc:
+        raise BadResponse(f"the stream broke the SSE format: {one_line(str(exc), 200)}") from None
+
+
+async def _drain(events: AsyncIterator[str]) -> None:
+    """Read what is left of a finished stream (its closing chunk), so the connection goes back to the pool.
+
+    Leaving a response unread closes its connection: every streamed request would then pay a new TCP (and
+    TLS) handshake. A server that keeps the stream open after ``[DONE]`` gets a moment, not more.
+    """
+    with anyio.move_on_after(DRAIN_S):
+        async for _ in events:
+            pass
+
+
+async def _parse_sse(response: httpx2.Response, on_text: TextSink | None, secrets: tuple[str, ...]) -> Completion:
+    out = Completion(model="", content="")
+    parts: list[str] = []
+    calls: dict[int, ToolCall] = {}
+    done = False
+    events = _sse_events(response)
+    try:
+        async for data in events:
+            if data.strip() == "[DONE]":
+                done = True
+                await _drain(events)
+                break
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise BadResponse(f"the stream sent a chunk that is not JSON: {_clip(data, 120)!r}") from None
+            if not isinstance(chunk, dict):
+                continue
+            out.model = out.model or str(chunk.get("model") or "")
+            if chunk.get("usage"):
+                out.usage = parse_usage(chunk["usage"])
+            choice = (chunk.get("choices") or [{}])[0]
+            if not isinstance(choice, dict):
+                continue
+            if chunk.get("error") or choice.get("finish_reason") == "error":
+                message, _ = _error_message(json.dumps({"error": chunk.get("error") or "the model failed"}).encode())
+                status = chunk["error"].get("code") if isinstance(chunk.get("error"), dict) else None
+                raise UpstreamError(
+                    redact(f"the stream ended with an error: {message}", secrets),
+                    status_code=_int_or_none(status),
+                )
+            delta = choice.get("delta") or {}
+            if isinstance(delta, dict):
+                text = _text(delta.get("content"))
+                if text:
+                    parts.append(text)
+                    if on_text is not None:
+                        on_text(text)
+                for call in delta.get("tool_calls") or []:
+                    _merge_call(calls, call)
+                out.annotations.extend(a for a in delta.get("annotations") or [] if isinstance(a, dict))
+            out.finish_reason = choice.get("finish_reason") or out.finish_reason
+    except UpstreamError as exc:
+        exc.partial = "".join(parts)
+        raise
+    except (httpx2.TransportError, httpx2.TimeoutException) as exc:
+        raise ConnectionFailed(f"the stream broke off: {_describe(exc)}", partial="".join(parts)) from None
+    if not done and out.finish_reason is None:
+        raise ConnectionFailed("the stream ended before the answer was complete", partial="".join(parts))
+    out.content = "".join(parts)
+    out.tool_calls = [calls[i] for i in sorted(calls)]
+    return out
+
+
+def _merge_call(calls: dict[int, ToolCall], delta: Any) -> None:
+    if not isinstance(delta, dict):
+        return
+    index = delta.get("index") if isinstance(delta.get("index"), int) else len(calls)
+    fn = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+    call = calls.setdefault(index, ToolCall(id="", name="", arguments=""))
+    call.id = call.id or str(delta.get("id") or f"call_{index}")
+    call.name += str(fn.get("name") or "")
+    call.arguments += fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
+
+
+def _args(fn: dict[str, Any]) -> str:
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        return args
+    return json.dumps(args) if args is not None else ""
+
+
+def _text(content: Any) -> str:
+    """Message content is a string, null, or (some providers) a list of typed parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def parse_usage(raw: Any) -> TokenUsage:
+    """Read an OpenAI/OpenRouter usage object, tolerating missing or odd fields."""
+    if not isinstance(raw, dict):
+        return TokenUsage()
+    details = raw.get("completion_tokens_details") if isinstance(raw.get("completion_tokens_details"), dict) else {}
+    cost = raw.get("cost")
+    prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
+    return TokenUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        reasoning_tokens=_count(details.get("reasoning_tokens")),
+        total_tokens=_count(raw.get("total_tokens")) or prompt + completion,
+        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+    )

@@ -1,0 +1,213 @@
+"""Presets, model checks against the provider's catalogue, the cost cap, and ``fusion-mcp doctor``."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from fusion_mcp.config import PRESETS, load_settings
+from fusion_mcp.mcp_server.server import create_server
+from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
+from tests.fakes.provider_sim import ProviderSim, priced
+from tests.helpers import TOOL, structured
+
+pytestmark = pytest.mark.anyio
+
+
+async def call(sim: ProviderSim, args: dict[str, Any], **env: str):
+    server = create_server(load_settings(environ=sim_env(sim, **env)))
+    async with Client(server) as client:
+        return await client.call_tool(TOOL, args)
+
+
+def no_panel_env() -> dict[str, str]:
+    """Settings that leave the panel to the preset (sim_env pins one)."""
+    return {"FUSION_ANALYSIS_MODELS": "", "FUSION_MODEL": ""}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+async def test_presets_choose_panel_and_analyst(sim: ProviderSim, preset: str) -> None:
+    data = structured(await call(sim, {"prompt": "q", "preset": preset}))
+    panel, analyst = PRESETS[preset]
+    assert [r["model"] for r in data["responses"]] == list(panel) and data["analyst_model"] == analyst
+
+
+async def test_explicit_models_override_a_preset_and_settings_pick_the_default(sim: ProviderSim) -> None:
+    data = structured(await call(sim, {"prompt": "q", "preset": "fast", "analysis_models": ["x/one"]}))
+    assert [r["model"] for r in data["responses"]] == ["x/one"] and data["analyst_model"] == PRESETS["fast"][1]
+    data = structured(await call(sim, {"prompt": "q"}, FUSION_PRESET="budget", **no_panel_env()))
+    assert [r["model"] for r in data["responses"]] == list(PRESETS["budget"][0])
+    before = len(sim.requests)
+    bad = await call(sim, {"prompt": "q", "preset": "cheap"})
+    assert bad.is_error and "preset" in bad.content[0].text and len(sim.requests) == before
+
+
+async def test_an_unknown_model_is_refused_with_the_closest_ids_before_spending(sim: ProviderSim) -> None:
+    sim.catalogue = [priced(m.lstrip("~")) for m in PANEL] + [priced("openai/gpt-5.2"), priced("openai/gpt-5.2-mini")]
+    sim.aliases = {m: priced(m.lstrip("~")) for m in PANEL}
+    result = await call(sim, {"prompt": "q", "analysis_models": [PANEL[0], "openai/gpt-5.3"]})
+    data = structured(result)
+    assert result.is_error and data["failure_reason"] == "invalid_model"
+    assert data["error"].startswith("unknown model id 'openai/gpt-5.3': the provider's catalogue does not list it")
+    assert "closest known ids: openai/gpt-5.2" in data["error"]
+    assert sim.requests == []  # no completion was requested
+
+
+async def test_aliases_resolve_and_providers_without_a_catalogue_are_not_blocked(sim: ProviderSim) -> None:
+    sim.catalogue = [priced("openai/gpt-5.2")]
+    sim.aliases = {m: priced(m.lstrip("~")) for m in PANEL}
+    assert structured(await call(sim, {"prompt": "q"}))["status"] == "ok"
+    sim.catalogue = None
+    assert structured(await call(sim, {"prompt": "q", "analysis_models": ["never/heard-of"]}))["status"] == "ok"
+
+
+async def test_the_cost_cap_refuses_a_run_whose_worst_case_exceeds_it(sim: ProviderSim) -> None:
+    sim.catalogue = [priced(m, prompt=3e-6, completion=15e-6) for m in PANEL]
+    # 3 members x 16000 tokens x $15/M = $0.72 before the analyst: far over a 10 cent cap.
+    result = await call(sim, {"prompt": "q"}, FUSION_MAX_COST_USD="0.10")
+    data = structured(result)
+    assert result.is_error and data["failure_reason"] == "cost_limit"
+    assert (
+        data["error"].startswith("estimated worst-case cost $") and "exceeds FUSION_MAX_COST_USD=$0.1" in data["error"]
+    )
+    assert sim.requests == []
+    ok = await call(sim, {"prompt": "q"}, FUSION_MAX_COST_USD="5", FUSION_MAX_COMPLETION_TOKENS="1000")
+    assert structured(ok)["status"] == "ok"
+
+
+async def test_results_carry_usage_and_cost_from_the_providers_usage_objects(sim: ProviderSim) -> None:
+    data = structured(await call(sim, {"prompt": "q"}))
+    rows = {(row["model"], row["role"]): row for row in data["usage"]["models"]}
+    assert rows[(PANEL[1], "panel")]["cost"] == 0.0015 and rows[(PANEL[1], "panel")]["reasoning_tokens"] == 7
+    assert data["usage"]["total"]["cost"] == pytest.approx(0.006)
+
+
+async def test_a_provider_unreachable_at_start_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from tests.helpers import wait_until
+
+    settings = load_settings(environ={"OPENROUTER_API_KEY": API_KEY, "OPENROUTER_BASE_URL": "http://127.0.0.1:9/v1"})
+    caplog.set_level(logging.INFO, logger="fusion_mcp")
+    async with Client(create_server(settings)):
+        await wait_until(lambda: "model ids not checked" in caplog.text)
+    record = next(r for r in caplog.records if "model ids not checked" in r.getMessage())
+    assert record.levelno == logging.WARNING
+    assert (
+        record.getMessage()
+        == "model ids not checked: the provider at http://127.0.0.1:9/v1 is unreachable (ConnectError)"
+    )
+
+
+def doctor(sim: ProviderSim, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [console_script(), "doctor"], env=child_env(**sim_env(sim, **env)), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_doctor_passes_on_a_good_setup(sim: ProviderSim) -> None:
+    sim.valid_key = API_KEY
+    sim.catalogue = [priced(m) for m in PANEL]
+    out = doctor(sim)
+    assert out.returncode == 0, out.stdout
+    assert "ok   key: accepted, used $1.25 of a $10 limit" in out.stdout
+    assert f"ok   model {PANEL[1]}: known (panel)" in out.stdout and "0 failed" in out.stdout
+    assert "ok   web tools: local: search via ddgs, best effort" in out.stdout
+    assert "ok   files: only inside the client's MCP roots" in out.stdout
+    assert "ok   runs: end with their call (55 s, FUSION_DEADLINE_S)" in out.stdout
+    assert API_KEY not in out.stdout + out.stderr
+
+
+def test_doctor_checks_a_lens_panel_once_per_model_and_names_roots_and_long_runs(
+    sim: ProviderSim, tmp_path: Path
+) -> None:
+    sim.catalogue = [priced("llama3")]
+    out = doctor(
+        sim,
+        FUSION_PRESET="self",
+        FUSION_ANALYSIS_MODELS="",
+        FUSION_MODEL="llama3",
+        FUSION_FILES_ROOTS=str(tmp_path),
+        FUSION_RUN_DEADLINE_S="600",
+    )
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.count("ok   model llama3: known") == 2  # once as the panel's model, once as the analyst
+    assert "#skeptic" not in out.stdout
+    assert f"ok   files: roots {tmp_path}; 2,000,000 bytes a call (FUSION_FILES_MAX_BYTES)" in out.stdout
+    assert "ok   runs: may outlive their call: 55 s a call, 600 s a run (FUSION_RUN_DEADLINE_S)" in out.stdout
+
+
+def test_doctor_reports_the_web_tools_and_models_that_cannot_use_them(sim: ProviderSim) -> None:
+    sim.catalogue = [priced(m, tools=m != PANEL[2]) for m in PANEL]
+    out = doctor(sim, FUSION_SEARXNG_URL="http://admin:hunter2@127.0.0.1:9/searx", FUSION_FETCH_PORTS="80,443,8080")
+    assert out.returncode == 1
+    assert (
+        "ok   web tools: local: search via SearXNG at http://***@127.0.0.1:9/searx; guarded fetch on ports 80, 443, "
+        "8080, URLs from the question or earlier results only"
+    ) in out.stdout
+    assert "hunter2" not in out.stdout + out.stderr
+    assert f"FAIL tools {PANEL[2]}: the catalogue lists no tool support" in out.stdout
+    off = doctor(sim, FUSION_WEB_TOOLS="off")
+    assert "ok   web tools: off (FUSION_WEB_TOOLS)" in off.stdout and "FAIL tools" not in off.stdout
+
+
+def test_doctor_names_a_misspelt_model_and_exits_non_zero(sim: ProviderSim) -> None:
+    sim.catalogue = [priced(m) for m in PANEL]
+    out = doctor(sim, FUSION_ANALYSIS_MODELS=f"{PANEL[0]},~openai/gtp-latest")
+    assert out.returncode == 1
+    assert "FAIL model ~openai/gtp-latest: not in the provider's catalogue (panel)" in out.stdout
+    assert "did you mean ~openai/gpt-latest?" in out.stdout and "1 failed" in out.stdout
+
+
+def test_doctor_fails_on_a_rejected_key_and_an_unreachable_provider(sim: ProviderSim) -> None:
+    sim.valid_key = "sk-other"
+    out = doctor(sim)
+    assert out.returncode == 1 and "FAIL key: the key was rejected (HTTP 401)" in out.stdout
+    down = doctor(sim, OPENROUTER_BASE_URL="http://127.0.0.1:9/v1")
+    assert down.returncode == 1 and "FAIL reach: cannot reach http://127.0.0.1:9/v1" in down.stdout
+    # Unreachable is not "no catalogue": the model check fails too, pointing at the reach line.
+    assert (
+        "FAIL models: model ids not checked: the provider at http://127.0.0.1:9/v1 is unreachable (ConnectError) "
+        "-> fix: see 'reach' above"
+    ) in down.stdout
+    assert "publishes no catalogue" not in down.stdout
+
+
+def test_doctor_tells_a_provider_without_a_catalogue_from_one_that_is_down(sim: ProviderSim) -> None:
+    out = doctor(sim)  # the simulator answers /models with 404 unless given a catalogue
+    assert "ok   models: the provider publishes no catalogue: model ids are checked on the first call" in out.stdout
+
+
+def test_doctor_says_where_to_get_a_key_and_how_to_go_without_one(sim: ProviderSim) -> None:
+    out = doctor(sim, OPENROUTER_API_KEY="", OPENROUTER_BASE_URL="https://openrouter.ai/api/v1")
+    assert (
+        "FAIL key: OPENROUTER_API_KEY is not set -> fix: create a key at https://openrouter.ai/keys and put it in "
+        "the server's environment (or a host entry's env), or use a local server instead: "
+        "OPENROUTER_BASE_URL=http://localhost:11434/v1 for Ollama"
+    ) in out.stdout
+
+
+def test_the_worst_case_estimate_counts_every_member_the_analyst_and_its_repair() -> None:
+    from fusion_mcp.core.models import FusionRequest
+    from fusion_mcp.providers.catalogue import ModelInfo, estimate_cost
+
+    request = FusionRequest(
+        prompt="p" * 2000, analysis_models=("a/x", "b/y"), model="j/z", max_tool_calls=1, max_completion_tokens=1000
+    )
+    infos = {
+        "a/x": ModelInfo("a/x", prompt_price=1e-6, completion_price=2e-6),
+        "b/y": ModelInfo("b/y", prompt_price=3e-6, completion_price=4e-6),
+        "j/z": ModelInfo("j/z", prompt_price=5e-6, completion_price=6e-6),
+    }
+    question = (2000 + 1500) / 3.5  # prompt and system text at 3.5 characters a token
+    members = question * 1e-6 + 1000 * 2e-6 + question * 3e-6 + 1000 * 4e-6
+    analyst = question + 2 * 1000  # it reads the question and both full answers
+    assert estimate_cost(request, infos) == pytest.approx(members + 2 * (analyst * 5e-6 + 1000 * 6e-6))
+    with_answer = request.model_copy(update={"final_answer": True})
+    assert estimate_cost(with_answer, infos) == pytest.approx(members + 3 * (analyst * 5e-6 + 1000 * 6e-6))
+    assert estimate_cost(request, {k: v for k, v in infos.items() if k != "b/y"}) is None
+    assert estimate_cost(request, infos | {"j/z": ModelInfo("j/z")}) is None
