@@ -81,7 +81,6 @@ def test_a_broken_layer_fails(tmp_path: Path, module: str, line: str, broken: se
     assert {key for key, verdict in verdicts.items() if verdict == "BROKEN"} == broken
 
 
-@pytest.mark.slow
 def test_mypy_strict_passes() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "mypy", "--cache-dir", os.devnull],

@@ -306,7 +306,7 @@ def write(host: Host, path: Path, name: str, document: dict[str, Any]) -> tuple[
 def _merge_json(host: Host, path: Path, text: str | None, name: str, document: dict[str, Any]) -> tuple[str, bool]:
     try:
         data = json.loads(text) if text is not None and text.strip() else dict(host.new_file)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise HostConfigError(
             f"{path} is not plain JSON ({exc.msg} at line {exc.lineno}; comments or trailing commas?): "
             "nothing was written; add the entry printed above by hand"

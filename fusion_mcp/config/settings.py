@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic.config import JsonDict
 from pydantic.fields import FieldInfo
 
 from ..core.about import HOMEPAGE
@@ -101,7 +102,7 @@ def setting(
     ``rule`` replaces the derived sentence; ``unit`` names what a number counts ("seconds"); ``empty`` says
     what leaving an optional setting empty means.
     """
-    extra = {k: v for k, v in (("rule", rule), ("unit", unit), ("empty", empty)) if v is not None}
+    extra: JsonDict = {k: v for k, v in (("rule", rule), ("unit", unit), ("empty", empty)) if v is not None}
     return Field(default, alias=name, json_schema_extra=extra or None, **bounds)
 
 
@@ -609,6 +610,15 @@ def rule(name: str) -> str:
     return f"{text}, or empty for {extra['empty']}" if "empty" in extra else text
 
 
+def _bound(field: FieldInfo, kind: type, name: str) -> float | None:
+    """A numeric bound of the setting (``Ge``'s ``ge``, ...), if it has one."""
+    for meta in field.metadata:
+        value = getattr(meta, name, None) if isinstance(meta, kind) else None
+        if isinstance(value, int | float):
+            return value
+    return None
+
+
 def _derived(field: FieldInfo, unit: object) -> str:
     kinds = [a for a in (get_args(field.annotation) or (field.annotation,)) if a is not type(None)]
     if typing.get_origin(field.annotation) is Literal:
@@ -621,9 +631,9 @@ def _derived(field: FieldInfo, unit: object) -> str:
     if kind in (int, float):
         noun = "a whole number" if kind is int else "a number"
         noun += f" of {unit}" if unit else ""
-        low = next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
-        high = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
-        above = next((m.gt for m in field.metadata if isinstance(m, annotated_types.Gt)), None)
+        low = _bound(field, annotated_types.Ge, "ge")
+        high = _bound(field, annotated_types.Le, "le")
+        above = _bound(field, annotated_types.Gt, "gt")
         if low is not None and high is not None:
             return f"{noun} from {number(low)} to {number(high)}"
         if above is not None:

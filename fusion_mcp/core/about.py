@@ -12,12 +12,12 @@ from importlib.metadata import metadata
 DISTRIBUTION = "fusion-panel-mcp"
 COMMAND = "fusion-mcp"
 _META = metadata(DISTRIBUTION)  # parsed once: it embeds the README
-VERSION = _META["Version"]
+VERSION: str = _META["Version"]
 
 
 def _homepage() -> str:
     for entry in _META.get_all("Project-URL") or []:
-        label, _, url = entry.partition(",")
+        label, _, url = str(entry).partition(",")
         if label.strip().lower() == "homepage":
             return url.strip()
     raise RuntimeError(f"the {DISTRIBUTION} distribution declares no Homepage in [project.urls]")  # pragma: no cover

@@ -10,7 +10,6 @@ request bodies; the grammar keeps a caller from steering either (``~x/../../inte
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from .limits import MAX_MODEL_ID_CHARS
 
@@ -21,7 +20,7 @@ MODEL_ID_RULE = (
 _ID = re.compile(r"[A-Za-z0-9~/._:@+-]+")
 
 
-def check_model_id(value: Any) -> str:
+def check_model_id(value: object) -> str:
     """A model id, stripped; raises ``ValueError`` saying what is wrong with this value (never echoing more
     than a short, printable head of it)."""
     if not isinstance(value, str) or not value.strip():

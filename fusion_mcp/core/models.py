@@ -197,7 +197,7 @@ class PanelResponse(_Model):
     @model_serializer(mode="wrap")
     def _omit_when_whole(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # A whole answer without web reading keeps OpenRouter's exact {model, content} shape.
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         if not self.truncated:
             data.pop("truncated", None)
             data.pop("truncated_reason", None)

@@ -18,7 +18,7 @@ def render(result: FusionResult, max_chars: int | None = None) -> str:
 
 def _render(result: FusionResult) -> str:
     if result.status == "error":
-        lines = [f"**Fusion failed** ({result.failure_reason}): {result.error}"]
+        lines: list[str] = [f"**Fusion failed** ({result.failure_reason}): {result.error}"]
         if result.responses:  # a run lost midway keeps the answers it had
             lines.append("\n# Answers finished before the run ended")
             lines += _answers(result)
@@ -26,7 +26,7 @@ def _render(result: FusionResult) -> str:
         lines.append(f"\n_run {result.run_id}_")
         return "\n".join(lines)
 
-    lines: list[str] = []
+    lines = []
     if result.status == "running":
         lines += _running(result)
     elif result.degraded:

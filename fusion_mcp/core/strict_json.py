@@ -30,6 +30,16 @@ class _NotFinite:
         self.text = text
 
 
+def as_object(value: object) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one: for reading optional parts of a reply."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_array(value: object) -> list[Any]:
+    """``value`` when it is a JSON array, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 def _constant(text: str) -> _NotFinite:
     return _NotFinite(text)
 

@@ -179,8 +179,8 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int, lent: bool = Fa
         args.analysis_models,
         settings.models_for(preset, analyst)[0],
     )
-    guests = _checked("answers", _guests, args.answers, ())
-    files = _checked("files", _files, args.files, ())
+    guests: tuple[GuestAnswer, ...] = _checked("answers", _guests, args.answers, ())
+    files: tuple[str, ...] = _checked("files", _files, args.files, ())
     roots = tuple(args.file_roots) if args.file_roots else tuple(str(r) for r in settings.files_roots)
     if files and not roots:
         raise FusionRefused.bad_argument(

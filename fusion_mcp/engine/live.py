@@ -28,6 +28,7 @@ import anyio
 from ..config import Settings
 from ..core.models import FusionRequest, FusionResult, Usage
 from ..core.progress import EventSink, ProgressEvent
+from ..core.strict_json import as_object
 from .member import MemberOutcome
 from .pipeline import so_far, spent_so_far
 
@@ -135,7 +136,7 @@ def lost_message(record: dict[str, Any]) -> str | None:
     Its owner is gone when its heartbeat is stale, or — on this host — when its process no longer exists, or
     when its pid is this process's but the row was written by an earlier process that had it.
     """
-    run_owner = record.get("owner") if isinstance(record.get("owner"), dict) else {}
+    run_owner = as_object(record.get("owner"))
     heartbeat = record.get("heartbeat")
     seen = _when(heartbeat) if isinstance(heartbeat, int | float) else "never"
     pid = run_owner.get("pid")

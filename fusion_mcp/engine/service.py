@@ -364,8 +364,10 @@ class FusionService:
                     request, self.settings.files_max_bytes, cache_marker=self.settings.is_openrouter
                 )
                 request = request.model_copy(update={"attachments": material.attachments})
-            cap, setting = live.max_cost_usd, self.settings.max_cost_usd
-            request = await check_catalogue(self.catalogue, request, cap, left_of=setting if cap != setting else None)
+            cap, configured = live.max_cost_usd, self.settings.max_cost_usd
+            request = await check_catalogue(
+                self.catalogue, request, cap, left_of=configured if cap != configured else None
+            )
             request = _less_waiting(request, anyio.current_time() - arrived)
             live.request = request
             result = await self._fuse(live, material, transcripts)

@@ -15,9 +15,11 @@ from typing import Any
 from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp_types import EmptyResult, SetLevelRequestParams
+from mcp_types import EmptyResult, LoggingLevel, SetLevelRequestParams
 
-LOG_LEVELS: tuple[str, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+from ..engine.service import FusionService
+
+LOG_LEVELS: tuple[LoggingLevel, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
 def lowlevel_server(server: MCPServer[Any]) -> Server[Any]:
@@ -56,7 +58,7 @@ class SessionLogLevels:
             self._levels.pop(next(iter(self._levels)))
         return EmptyResult()
 
-    async def send(self, ctx: Context, level: str, message: str) -> None:
+    async def send(self, ctx: Context[FusionService, Any], level: LoggingLevel, message: str) -> None:
         """Send ``message`` to the caller's connection if it asked for ``level`` or lower."""
         entry = self._levels.get(id(ctx.request_context.session.client_params))
         if entry is None or LOG_LEVELS.index(level) < LOG_LEVELS.index(entry[1]):

@@ -23,7 +23,7 @@ import anyio
 from mcp.server.extension import Extension
 from mcp.server.mcpserver import Context, ListRoots, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ResourceError
-from mcp_types import CallToolRequestParams, CallToolResult, ListRootsResult, TextContent, ToolAnnotations
+from mcp_types import CallToolRequestParams, CallToolResult, ListRootsResult, LoggingLevel, TextContent, ToolAnnotations
 from pydantic import Field, SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -201,9 +201,11 @@ def _lifespan(source: ServiceSource, running: _Running, on_stopped: Callable[[],
 
 
 def _add_routes(server: MCPServer[FusionService], running: _Running, health: Mapping[str, object] | None) -> None:
-    @server.custom_route("/healthz", methods=["GET"])
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": VERSION, **(health or {})})
+
+    # Called, not applied as a decorator: the SDK's custom_route is unannotated, and would untype healthz.
+    server.custom_route("/healthz", methods=["GET"])(healthz)
 
     @server.resource(
         "fusion://runs",
@@ -398,7 +400,7 @@ def _progress(ctx: Context[FusionService], run_id: str, log_levels: SessionLogLe
         log.info("run %s: %s", run_id, event.message)
         try:
             await ctx.report_progress(event.progress, event.total, event.message)
-            level = "warning" if event.kind in ("member_failed", "member_cut") else "info"
+            level: LoggingLevel = "warning" if event.kind in ("member_failed", "member_cut") else "info"
             await log_levels.send(ctx, level, f"run {run_id}: {event.message}")
         except anyio.get_cancelled_exc_class():
             raise

@@ -229,9 +229,10 @@ def _clamped(body: ChatBody, fields: dict[str, Any], cap: int) -> int:
     It is written into ``fields`` under the names the caller used (``max_completion_tokens`` when it used
     neither), so every writer request carries it: the worst case the spending caps count is then a bound.
     """
-    given = [n for n in ("max_tokens", "max_completion_tokens") if getattr(body, n) is not None]
-    limit = min([cap, *(getattr(body, n) for n in given)])
-    for name in given or ["max_completion_tokens"]:
+    caps = (("max_tokens", body.max_tokens), ("max_completion_tokens", body.max_completion_tokens))
+    given = {name: value for name, value in caps if value is not None}
+    limit = min([cap, *given.values()])
+    for name in list(given) or ["max_completion_tokens"]:
         fields[name] = limit
     return limit
 

@@ -22,6 +22,7 @@ import httpx2
 from ..config import Settings
 from ..core.lenses import model_of
 from ..core.models import FusionRequest
+from ..core.strict_json import as_array, as_object
 from .client import auth_headers
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ def _price(value: Any) -> float | None:
 
 
 def _info(item: dict[str, Any]) -> ModelInfo:
-    pricing = item.get("pricing") if isinstance(item.get("pricing"), dict) else {}
-    params = item.get("supported_parameters") if isinstance(item.get("supported_parameters"), list) else []
+    pricing = as_object(item.get("pricing"))
+    params = as_array(item.get("supported_parameters"))
     return ModelInfo(
         id=str(item.get("id")),
         prompt_price=_price(pricing.get("prompt")),

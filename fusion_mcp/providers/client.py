@@ -23,6 +23,7 @@ from ..config import Settings
 from ..core.errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
 from ..core.limits import MAX_PANEL, MAX_RETRIES
 from ..core.models import TokenUsage
+from ..core.strict_json import as_object
 from ..core.text import one_line
 from ..core.tls import default_tls
 
@@ -204,7 +205,7 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return min(retry_after, MAX_RETRY_AFTER_S)
     # Full jitter keeps a panel of members that failed together from retrying in lockstep.
-    return (0.5 * 2**attempt) * (0.5 + random.random())
+    return (0.5 * 2.0**attempt) * (0.5 + random.random())
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -269,23 +270,23 @@ def _parse_json(raw: bytes, response: httpx2.Response, secrets: tuple[str, ...])
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise BadResponse("the provider's answer has no choices")
     choice = choices[0]
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    reply = as_object(choice.get("message"))
     if choice.get("error"):
         err = choice["error"]
         text = err.get("message") if isinstance(err, dict) else str(err)
         raise UpstreamError(redact(f"the model failed: {_clip(str(text))}", secrets))
     calls = []
-    for i, call in enumerate(message.get("tool_calls") or []):
+    for i, call in enumerate(reply.get("tool_calls") or []):
         fn = call.get("function") if isinstance(call, dict) else None
         if isinstance(fn, dict):
             calls.append(ToolCall(str(call.get("id") or f"call_{i}"), str(fn.get("name") or ""), _args(fn)))
     return Completion(
         model=str(data.get("model") or ""),
-        content=_text(message.get("content")),
+        content=_text(reply.get("content")),
         tool_calls=calls,
         finish_reason=choice.get("finish_reason"),
         usage=parse_usage(data.get("usage")),
-        annotations=[a for a in message.get("annotations") or [] if isinstance(a, dict)],
+        annotations=[a for a in reply.get("annotations") or [] if isinstance(a, dict)],
     )
 
 
@@ -377,12 +378,15 @@ async def _parse_sse(response: httpx2.Response, on_text: TextSink | None, secret
 def _merge_call(calls: dict[int, ToolCall], delta: Any) -> None:
     if not isinstance(delta, dict):
         return
-    index = delta.get("index") if isinstance(delta.get("index"), int) else len(calls)
-    fn = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+    index = delta.get("index")
+    if not isinstance(index, int):
+        index = len(calls)
+    fn = as_object(delta.get("function"))
     call = calls.setdefault(index, ToolCall(id="", name="", arguments=""))
     call.id = call.id or str(delta.get("id") or f"call_{index}")
     call.name += str(fn.get("name") or "")
-    call.arguments += fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
+    arguments = fn.get("arguments")
+    call.arguments += arguments if isinstance(arguments, str) else ""
 
 
 def _args(fn: dict[str, Any]) -> str:
@@ -413,7 +417,7 @@ def parse_usage(raw: Any) -> TokenUsage:
     """Read an OpenAI/OpenRouter usage object, tolerating missing or odd fields."""
     if not isinstance(raw, dict):
         return TokenUsage()
-    details = raw.get("completion_tokens_details") if isinstance(raw.get("completion_tokens_details"), dict) else {}
+    details = as_object(raw.get("completion_tokens_details"))
     cost = raw.get("cost")
     prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
     return TokenUsage(

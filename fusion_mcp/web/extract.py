@@ -69,7 +69,7 @@ def _html(body: bytes, url: str | None, encoding: str | None) -> Page:
     tree = None
     for source in (text, body) if text is not None else (body,):
         try:
-            tree = lxml.html.fromstring(source, base_url=url)
+            tree = lxml.html.fromstring(source, base_url=url) if url else lxml.html.fromstring(source)
             break
         except ValueError:  # a str with an XML encoding declaration: parse the bytes instead
             continue
@@ -77,8 +77,9 @@ def _html(body: bytes, url: str | None, encoding: str | None) -> Page:
             return Page(None, "")
     if tree is None:
         return Page(None, "")
-    for element in tree.xpath(_HIDDEN):
-        if element.getparent() is not None:
+    hidden = tree.xpath(_HIDDEN)
+    for element in hidden if isinstance(hidden, list) else ():
+        if isinstance(element, lxml.html.HtmlElement) and element.getparent() is not None:
             element.drop_tree()
     title = tree.findtext(".//title")
     links: dict[str, None] = {}

@@ -24,9 +24,9 @@ from fusion_mcp.config import load_settings
 from fusion_mcp.engine.material import open_beneath, openat2_beneath, walk_beneath
 from fusion_mcp.mcp_server.server import create_server
 from tests.conftest import PANEL, sim_env
+from tests.engine.test_files import call, files_rule, tree
 from tests.fakes.provider_sim import ProviderSim
 from tests.helpers import TOOL, structured
-from tests.engine.test_files import call, files_rule, tree
 
 pytestmark = [
     pytest.mark.anyio,

@@ -194,4 +194,3 @@ def test_keys_a_caller_may_lend() -> None:
 def test_incoming_depth(headers: dict[str, str], env_depth: int, expected: int) -> None:
     settings = load_settings(environ={"FUSION_DEPTH": str(env_depth)})
     assert incoming_depth(headers, settings) == expected
-
