@@ -1,7 +1,18 @@
 """fusion-mcp: a panel of models and an analyst behind one MCP tool, ``openrouter_fusion``.
 
-The package's public surface is the contract (``FusionArgs``, ``FusionRequest``, ``FusionResult``), the
-settings, and :func:`run_fusion` for running one without MCP.
+The package's public surface, ``__all__``, is what a library user needs to run a fusion from Python: the
+contract (``FusionArgs``, ``FusionRequest``, ``FusionResult``, ``Analysis``, ``ProgressEvent``), the
+settings, a provider client and :func:`run_fusion`::
+
+    settings = load_settings()
+    request = FusionRequest(prompt="...", analysis_models=("a/x", "b/y"), model="c/z",
+                            max_tool_calls=4, max_completion_tokens=4096)
+    async with new_http_client() as http:
+        result = await run_fusion(request, Provider(http, settings))
+
+Everything else is importable but not promised. The subpackages, each a layer that imports only the
+layers below it: ``cli`` > ``http`` > ``mcp_server`` | ``openai_api`` > ``engine`` > ``providers`` |
+``web`` | ``store`` > ``config`` > ``core`` (see each one's docstring, and ``docs/architecture.md``).
 """
 
 from .config import ConfigError, Settings, load_settings

@@ -78,7 +78,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_mcpb_validates_and_packs_the_bundle(bundle: Path) -> None:
     names = set(zipfile.ZipFile(bundle).namelist())
-    assert {"manifest.json", "server/main.py", "pyproject.toml", "README.md", "fusion_mcp/cli.py"} <= names
+    assert {"manifest.json", "server/main.py", "pyproject.toml", "README.md", "fusion_mcp/cli/main.py"} <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert json.loads(zipfile.ZipFile(bundle).read("manifest.json")) == MANIFEST
     info = subprocess.run([MCPB, "info", str(bundle)], capture_output=True, text=True, timeout=60)
