@@ -154,3 +154,16 @@ def test_every_quoted_message_is_one_the_code_writes(tmp_path: Path) -> None:
         if missing:
             stale.append(f"{where}: {line!r} (not in the code: {missing})")
     assert not stale, "\n".join(stale)
+
+
+def test_the_readme_stays_a_front_page() -> None:
+    """At most 250 lines, the MCP Registry's ownership line, and a Development section of exactly two set-up
+    commands, the second the test command CI runs."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250
+    assert "<!-- mcp-name: io.github.fusion-panel-mcp/fusion-mcp -->" in readme.splitlines()
+    development = readme.split("\n## Development\n", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)```", development, re.DOTALL)
+    assert len(commands) == 2 and all(len(c.strip().splitlines()) == 1 for c in commands), commands
+    assert commands[1].strip() == ".venv/bin/python -m pytest"
+    assert (REPO / ".ci" / "run").read_text().rstrip().splitlines()[-1] == commands[1].strip()
