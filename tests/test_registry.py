@@ -18,6 +18,8 @@ import sys
 import time
 import tomllib
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +74,8 @@ def test_the_record_agrees_with_the_package() -> None:
         assert (package["registryType"], package["identifier"]) == ("pypi", PROJECT["name"])
         assert package["version"] == PROJECT["version"]
         # uvx runs the command named like the package: the distribution installs one by that name.
-        assert (
-            package["runtimeHint"] == "uvx" and PROJECT["scripts"][package["identifier"]] == "fusion_mcp.cli.main:main"
-        )
+        assert package["runtimeHint"] == "uvx"
+        assert PROJECT["scripts"][package["identifier"]] == PROJECT["scripts"]["fusion-mcp"]
 
 
 @pytest.mark.parametrize("index", [0, 1])
@@ -138,22 +139,26 @@ async def test_the_http_package_serves_at_its_url(sim: ProviderSim) -> None:
     url = package["transport"]["url"].replace("{port}", port)
     command = [_command(package), *_arguments(package, answers)]
     env = child_env(**(sim_env(sim) | _env(package, answers)))
+    with serving(command, env, url.removesuffix("/mcp") + "/healthz"):
+        async with Client(url) as client:
+            assert structured(await client.call_tool(TOOL, {"prompt": "q"}))["status"] == "ok"
+
+
+@contextmanager
+def serving(command: list[str], env: dict[str, str], health: str) -> Iterator[None]:
+    """``command`` running until the block ends, once ``health`` answers 200."""
     with subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
         try:
-            _wait_for(url.removesuffix("/mcp") + "/healthz", proc)
-            async with Client(url) as client:
-                assert structured(await client.call_tool(TOOL, {"prompt": "q"}))["status"] == "ok"
+            deadline = time.monotonic() + 20
+            while proc.poll() is None:
+                try:
+                    if httpx2.get(health, timeout=1).status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    time.sleep(0.05)
+                assert time.monotonic() < deadline, "the server did not answer its health check within 20 s"
+            assert proc.poll() is None, f"the server exited: {proc.stderr.read() if proc.stderr else ''}"
+            yield
         finally:
             proc.terminate()
             proc.wait(timeout=15)
-
-
-def _wait_for(health: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx2.get(health, timeout=1).status_code == 200:
-                return
-        except httpx2.TransportError:
-            time.sleep(0.05)
-    raise AssertionError(f"the server did not start: {proc.stderr.read() if proc.poll() is not None else ''}")
