@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from mcp import Client, StdioServerParameters
 
-from fusion_mcp.config import OPENROUTER_BASE_URL, PRESETS, SETTING_NAMES, is_secret
+from fusion_mcp.config import OPENROUTER_BASE_URL, PRESET_NAMES, PRESETS, SETTING_NAMES, is_secret
 from fusion_mcp.core.about import HOMEPAGE
 from fusion_mcp.mcp_server.server import TOOL_NAME
 from tests.conftest import API_KEY, REPO, child_env, sim_env
@@ -45,7 +45,9 @@ def test_the_manifest_agrees_with_the_package() -> None:
 def test_the_key_is_a_sensitive_user_setting_and_every_setting_reaches_the_server() -> None:
     config = MANIFEST["user_config"]
     key = config["openrouter_api_key"]
-    assert key["sensitive"] is True and key["required"] is True and key["type"] == "string"
+    # Optional: a local server (Ollama, vLLM) needs no key; empty reaches the server as "not set", and without a
+    # key on OpenRouter the server refuses to start, naming the setting.
+    assert key["sensitive"] is True and key["required"] is False and key["default"] == "" and key["type"] == "string"
     env = MANIFEST["server"]["mcp_config"]["env"]
     assert set(env) <= set(SETTING_NAMES)
     assert env["OPENROUTER_API_KEY"] == "${user_config.openrouter_api_key}" and is_secret("OPENROUTER_API_KEY")
@@ -55,6 +57,7 @@ def test_the_key_is_a_sensitive_user_setting_and_every_setting_reaches_the_serve
     # server as the literal "${user_config...}" text.
     assert all(c.get("required") or "default" in c for c in config.values())
     assert config["preset"]["default"] in PRESETS and config["base_url"]["default"] == OPENROUTER_BASE_URL
+    assert all(name in config["preset"]["description"] for name in PRESET_NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +89,14 @@ def test_mcpb_validates_and_packs_the_bundle(bundle: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("key", [API_KEY, None], ids=["key", "local-server-without-key"])
 async def test_the_packed_files_serve_with_the_settings_the_manifest_passes(
-    bundle: Path, sim: ProviderSim, tmp_path: Path
+    bundle: Path, sim: ProviderSim, tmp_path: Path, key: str | None
 ) -> None:
     root = tmp_path / "unpacked"
     zipfile.ZipFile(bundle).extractall(root)
     # What Claude Desktop substitutes: the user's answers (here the simulator's URL), else the defaults.
-    answers = {"openrouter_api_key": API_KEY, "base_url": sim.base_url}
+    answers = {"base_url": sim.base_url} | ({"openrouter_api_key": key} if key else {})
     values = {k: answers.get(k, c.get("default")) for k, c in MANIFEST["user_config"].items()}
     env = {
         name: re.sub(r"\$\{user_config\.([a-z_]+)\}", lambda m: str(values[m[1]]), value)
@@ -108,4 +112,4 @@ async def test_the_packed_files_serve_with_the_settings_the_manifest_passes(
     async with Client(params, mode="legacy") as client:
         assert [t.name for t in (await client.list_tools()).tools] == [TOOL]
         assert structured(await client.call_tool(TOOL, {"prompt": "q"}))["status"] == "ok"
-    assert sim.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
+    assert sim.requests[0].headers.get("authorization") == (f"Bearer {key}" if key else None)

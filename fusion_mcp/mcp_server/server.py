@@ -43,6 +43,7 @@ from ..engine.run import new_run_id
 from ..engine.service import FusionService
 from ..store import StoreError
 from ..web.fetch import SYSTEM_NETWORK, Network
+from .host_limits import output_budget
 from .log_levels import SessionLogLevels
 from .tasks import FusionTasks, task_call
 
@@ -361,7 +362,7 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
         result = await service.run(
             request, run_id=run_id, on_event=forward, principal=principal, wait_s=wait_s, api_key=api_key
         )
-        return as_tool_result(result, settings.max_output_chars)
+        return as_tool_result(result, output_budget(settings, client_name(ctx)))
 
     return openrouter_fusion
 
@@ -388,9 +389,15 @@ def _result_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
         wait = settings.deadline_s if wait_s is None else min(wait_s, settings.deadline_s)
         forward = _progress(ctx, run_id, log_levels)
         result = await service.result(run_id, _caller.get(), wait_s=wait, on_event=forward)
-        return as_tool_result(result, settings.max_output_chars)
+        return as_tool_result(result, output_budget(settings, client_name(ctx)))
 
     return openrouter_fusion_result
+
+
+def client_name(ctx: Context[FusionService]) -> str | None:
+    """The name the calling host gave itself (``clientInfo.name``), on either protocol era; None without one."""
+    params = ctx.request_context.session.client_params
+    return params.client_info.name if params is not None else None
 
 
 def _progress(ctx: Context[FusionService], run_id: str, log_levels: SessionLogLevels) -> EventSink:
