@@ -156,10 +156,11 @@ async def test_the_printed_entry_starts_the_server_as_a_host_would(sim: Provider
     # The host's expansion with the key in its environment; what the user pastes for a placeholder or a prompt.
     command, env = launch_of(host, entry, here, {"openrouter-key": API_KEY})
     env = {k: API_KEY if v == "sk-or-v1-..." else v for k, v in env.items()}
-    if host == "mcp-json":  # the canonical entry: fusion-mcp on PATH, the rest filled in by the user
-        command[0] = console_script()
-        env |= {"OPENROUTER_BASE_URL": sim.base_url} | USER
     base = child_env(FUSION_HOME=HOME_DIR, FUSION_CACHE="off")
+    if host == "mcp-json":  # the canonical entry, as written: the fusion-mcp on PATH, the key filled in by the user
+        assert command == ["fusion-mcp"]
+        base["PATH"] = os.pathsep.join([str(Path(console_script()).parent), base["PATH"]])
+        env |= {"OPENROUTER_BASE_URL": sim.base_url} | USER  # the user's own settings, and the simulator
     params = StdioServerParameters(command=command[0], args=command[1:], env=base | env)
     async with Client(params, mode="legacy") as client:
         assert [t.name for t in (await client.list_tools()).tools] == [TOOL]
