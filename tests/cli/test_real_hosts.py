@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 from mcp import Client, StdioServerParameters
 
+from tests import servers
 from tests.cli.entries import entry_of, launch_of
-from tests.conftest import API_KEY, HOME_DIR, child_env, console_script
+from tests.conftest import API_KEY, HOME_DIR, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim
 from tests.helpers import TOOL, structured
 
@@ -133,6 +134,8 @@ async def test_claude_code_reads_the_project_entry_and_starts_the_server(home: H
     (home.root / ".claude/settings.json").write_text(json.dumps({"enableAllProjectMcpServers": True}))
     listed = home.run(claude, "mcp", "list").stdout
     assert f"fusion: {console_script()}  - ✔ Connected" in listed and "Missing environment" not in listed
+    home.env.pop("OPENROUTER_API_KEY")  # what host-config warns about, Claude Code reports only here
+    assert "Missing environment variables: OPENROUTER_API_KEY" in home.run(claude, "mcp", "list").stdout
 
 
 async def test_claude_code_takes_the_printed_user_scope_command(home: Home) -> None:
@@ -162,6 +165,29 @@ async def test_codex_reads_the_entry_and_starts_the_server(home: Home, sim: Prov
     await call_as_launched(sim, command, env)
     written = (home.root / ".codex/config.toml").read_text()
     assert written.startswith("tool_output_token_limit = 28000\n")
+    # Codex's own diagnosis: every key written is one it knows (tool_output_token_limit, env_vars), and
+    # the variable the entry forwards is set; without it, Codex names it as host-config does.
+    checks = codex_doctor(home, codex)
+    assert "unrecognized" not in json.dumps(checks["config.load"]), checks["config.load"]
+    assert checks["mcp.config"]["status"] == "ok", checks["mcp.config"]
+    home.env.pop("OPENROUTER_API_KEY")
+    assert codex_doctor(home, codex)["mcp.config"]["details"]["fusion"] == "env var OPENROUTER_API_KEY is not set"
+
+
+def codex_doctor(home: Home, codex: str) -> dict[str, Any]:
+    """``codex doctor --json``'s checks, its reachability probes sent to a closed local port (kept offline)."""
+    closed = {k: "http://127.0.0.1:9" for k in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")}
+    out = subprocess.run(
+        [codex, "doctor", "--json"],
+        cwd=home.project,
+        env=home.env | closed,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    checks: dict[str, Any] = json.loads(out.stdout)["checks"]  # it exits 1 for the missing login: no matter
+    return checks
 
 
 async def test_opencode_reads_the_entry_and_starts_the_server(home: Home, sim: ProviderSim) -> None:
@@ -203,3 +229,34 @@ async def test_hosts_without_a_cli_start_the_server_from_the_written_file(
     # Claude Desktop expands nothing: the user pastes the key over the placeholder.
     env = {k: API_KEY if v == "sk-or-v1-..." else v for k, v in env.items()}
     await call_as_launched(sim, command, env)
+
+
+TOKEN = "host-token-0123456789abcdef"
+
+
+@pytest.mark.parametrize("host", ["claude-code", "opencode", "codex"])
+def test_each_host_sends_the_token_its_http_entry_refers_to(home: Home, sim: ProviderSim, host: str) -> None:
+    program = binary(host)
+    with servers.http_server(sim_env(sim, FUSION_HTTP_TOKEN=TOKEN)) as running:
+        url = f"{running.base}/mcp"
+        home.env["FUSION_HTTP_TOKEN"] = TOKEN  # in the host's environment only, never in its config
+        out = home.run(console_script(), "host-config", host, "--transport", "http", "--url", url, "--token", "--write")
+        assert "is not set here" not in out.stderr
+        assert TOKEN not in "".join(p.read_text() for p in home.root.rglob("*.json") if p.is_file()) + out.stdout
+        if host == "codex":  # `codex mcp list` does not connect: it reports the variable it will read
+            got = json.loads(home.run(program, "mcp", "get", "fusion", "--json").stdout)["transport"]
+            assert got["type"] == "streamable_http" and got["url"] == url
+            assert got["bearer_token_env_var"] == "FUSION_HTTP_TOKEN"
+            return
+        assert connected(home, host, program)
+        home.env["FUSION_HTTP_TOKEN"] = "wrong-token-0123456789abcdef"
+        assert not connected(home, host, program)  # the header really carries the variable's value
+
+
+def connected(home: Home, host: str, program: str) -> bool:
+    """The host's ``mcp list`` (which connects to each server) reports ``fusion`` connected."""
+    if host == "claude-code":
+        (home.root / ".claude").mkdir(exist_ok=True)
+        (home.root / ".claude/settings.json").write_text(json.dumps({"enableAllProjectMcpServers": True}))
+    listed = re.sub(r"\x1b\[[0-9;]*m", "", home.run(program, "mcp", "list").stdout)
+    return "✔ Connected" in listed if host == "claude-code" else "✓ fusion connected" in listed
