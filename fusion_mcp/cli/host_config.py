@@ -12,7 +12,8 @@ Secrets (the key, a search key, a token, a database URL) are never written in cl
 * Claude Code (``.mcp.json``, or ``claude mcp add``): ``${VAR}``, which Claude Code expands from the
   environment it runs in, in project and user scope alike (checked with Claude Code 2.1.332).
 * opencode: ``{env:VAR}``, expanded by opencode in any string of its config; also the HTTP token.
-* Cursor: ``${env:VAR}``, Cursor's interpolation in ``command``, ``args``, ``env``, ``url`` and ``headers``.
+* Cursor: ``${env:VAR}``, Cursor's documented interpolation in ``command``, ``args``, ``env``, ``url`` and
+  ``headers`` (no Cursor runs in the tests: its entry is launched with that expansion applied).
 * Codex: the variable's name in ``env_vars`` (Codex forwards it from its own environment); for HTTP,
   ``bearer_token_env_var``. Codex refuses a bearer token written in its config.
 * VS Code: a ``promptString`` input with ``password: true``, referenced as ``${input:id}``: VS Code asks
@@ -23,7 +24,8 @@ Secrets (the key, a search key, a token, a database URL) are never written in cl
 
 An entry that reads a variable from the host's environment fails silently when the variable is unset there
 (every host passes on the literal text or nothing), so this command warns when such a variable is unset in
-its own environment.
+its own environment. ``tests/cli/test_real_hosts.py`` has Claude Code, Codex and opencode read each entry
+back and start the server as they report it.
 
 Tool results: Codex keeps about 12,000 characters of a tool's output by default and cuts the middle out, while
 the server sends up to ``FUSION_MAX_OUTPUT_CHARS`` (24,000 by default). The Codex entry therefore sets Codex's
@@ -377,7 +379,9 @@ def referenced(host: Host, launch: Launch) -> tuple[str, ...]:
     """The variables the entry reads from the environment the host runs in."""
     if not host.reads_env:
         return ()
-    return (TOKEN,) if launch.url is not None and launch.token else () if launch.url is not None else launch.secrets
+    if launch.url is None:
+        return launch.secrets
+    return (TOKEN,) if launch.token else ()
 
 
 def notes(args: argparse.Namespace, host: Host, launch: Launch, environ: Mapping[str, str]) -> list[str]:
@@ -386,6 +390,12 @@ def notes(args: argparse.Namespace, host: Host, launch: Launch, environ: Mapping
         for name in launch.secrets:
             what = f"your OpenRouter API key (create one at {KEYS_PAGE})" if name == KEY else f"the value of {name}"
             found.append(f"replace {placeholder(name)} with {what}")
+        if launch.secrets and host is HOSTS["claude-desktop"]:
+            found.append(
+                "Claude Desktop reads no variable from its environment: to keep secrets out of its config, put them "
+                "in a config file (chmod 600) and run host-config again with --config FILE, or install the .mcpb "
+                "bundle, which keeps the key in the system keychain (see the README)"
+            )
     for name in referenced(host, launch):
         if not environ.get(name, "").strip():
             found.append(
