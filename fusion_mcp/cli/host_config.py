@@ -1,11 +1,44 @@
 """``fusion-mcp host-config HOST``: the entry that makes an MCP host start this server, in that host's format.
 
 Hosts start servers with a minimal environment and PATH, so the entry names the absolute path of the
-``fusion-mcp`` being run and passes the settings the server needs in its ``env``: the API key as a
-placeholder (VS Code prompts for it as a password input; Claude Code's project file reads it from the
-environment, since that file is often committed), the base URL when it is not OpenRouter's, and the
-config file when one is in use. ``--transport http`` gives an entry for a running ``serve --transport
-http`` instead.
+``fusion-mcp`` being run and carries, in its ``env``, every setting in force here that the server would not
+have on its own: each variable set in this environment whose value differs from what the config file (or,
+without one, the default) gives, plus ``FUSION_CONFIG`` when a config file is in use (what the file says is
+not repeated: the server reads the file). ``FUSION_DEPTH`` never travels: it is the process's own nesting.
+The API key is added when the server needs one (OpenRouter, or a key set here) and no config file holds it.
+
+Secrets (the key, a search key, a token, a database URL) are never written in clear. Per host:
+
+* Claude Code (``.mcp.json``, or ``claude mcp add``): ``${VAR}``, which Claude Code expands from the
+  environment it runs in, in project and user scope alike (checked with Claude Code 2.1.332).
+* opencode: ``{env:VAR}``, expanded by opencode in any string of its config; also the HTTP token.
+* Cursor: ``${env:VAR}``, Cursor's documented interpolation in ``command``, ``args``, ``env``, ``url`` and
+  ``headers`` (no Cursor runs in the tests: its entry is launched with that expansion applied).
+* Codex: the variable's name in ``env_vars`` (Codex forwards it from its own environment); for HTTP,
+  ``bearer_token_env_var``. Codex refuses a bearer token written in its config.
+* VS Code: a ``promptString`` input with ``password: true``, referenced as ``${input:id}``: VS Code asks
+  once and keeps the answer in its secret storage.
+* Claude Desktop: its config has no expansion, so a secret is a placeholder to replace by hand (or put it
+  in a config file, whose path the entry then carries; or use the ``.mcpb`` bundle, which keeps the key in
+  the OS keychain).
+
+An entry that reads a variable from the host's environment fails silently when the variable is unset there
+(every host passes on the literal text or nothing), so this command warns when such a variable is unset in
+its own environment. ``tests/cli/test_real_hosts.py`` has Claude Code, Codex and opencode read each entry
+back and start the server as they report it.
+
+Tool results: Codex keeps about 12,000 characters of a tool's output by default and cuts the middle out, while
+the server sends up to ``FUSION_MAX_OUTPUT_CHARS`` (24,000 by default). The Codex entry therefore sets Codex's
+own ``tool_output_token_limit`` (a top-level key: it applies to every tool) to that many tokens plus
+:data:`CODEX_OUTPUT_MARGIN`; Codex counts about four bytes a token, so a result of N characters fits in N
+tokens whatever its script. ``--write`` raises a lower limit already in the file and keeps a higher one.
+Claude Code (25,000 tokens by default, ``MAX_MCP_OUTPUT_TOKENS``) and opencode take 24,000 characters whole.
+
+``host-config mcp-json`` prints the canonical ``mcpServers`` entry committed as the repository's
+``mcp.json``: the ``fusion-mcp`` on PATH (as ``uv tool install`` or ``pipx`` put it there) with the key as a
+placeholder the server refuses to start with, for any host that reads that format.
+
+``--transport http`` gives an entry for a running ``serve --transport http`` instead.
 
 ``--write`` merges the entry into the host's config file: the old file is kept as a timestamped backup,
 every other server and setting stays, and the result is parsed back and compared before it replaces the
@@ -23,19 +56,26 @@ import shutil
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import KEYS_PAGE, OPENROUTER_BASE_URL, Settings
+from ..config import KEYS_PAGE, SETTING_NAMES, ConfigError, Settings, is_secret, load_settings, short_name
 from ..core.about import COMMAND
 
+KEY = "OPENROUTER_API_KEY"
+TOKEN = "FUSION_HTTP_TOKEN"
 KEY_PLACEHOLDER = "sk-or-v1-..."
-TOKEN_PLACEHOLDER = "<FUSION_HTTP_TOKEN>"
 DEFAULT_URL = "http://127.0.0.1:8765/mcp"
+CANONICAL = "mcp-json"
+"""The pseudo-host whose entry is the repository's ``mcp.json``."""
+CODEX_OUTPUT_MARGIN = 4000
+"""Tokens beyond ``FUSION_MAX_OUTPUT_CHARS`` in Codex's limit: the JSON around the answer."""
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_FIELDS = {str(f.alias): name for name, f in Settings.model_fields.items()}
+_NOT_CARRIED = frozenset({"FUSION_DEPTH"})
 
 
 @dataclass(frozen=True)
@@ -45,11 +85,15 @@ class Launch:
     command: str
     args: list[str]
     env: dict[str, str]
-    """Environment the server needs; the key's value is :data:`KEY_PLACEHOLDER` until a host replaces it."""
+    """Settings the server needs that are not secret, in clear."""
+    secrets: tuple[str, ...] = ()
+    """Secret settings the server needs: each host refers to the variable, or writes a placeholder."""
     url: str | None = None
     """Set for an HTTP entry (then ``command`` is unused)."""
     token: bool = False
     """The HTTP server asks for a bearer token."""
+    output_chars: int = 24000
+    """``FUSION_MAX_OUTPUT_CHARS`` in force: the longest tool result the server sends."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +106,10 @@ class Host:
     stdio: Callable[[Launch], dict[str, Any]]
     http: Callable[[Launch], dict[str, Any]] | None
     """None: the host's config file takes stdio servers only."""
+    reads_env: bool = True
+    """The entry takes secrets from the environment the host runs in (not a prompt, not a placeholder)."""
     extra: Callable[[Launch], dict[str, Any]] = field(default=lambda _: {})
-    """Top-level keys the entry needs beside the servers (VS Code's password inputs)."""
+    """Top-level keys the entry needs beside the servers (VS Code's password inputs, Codex's output limit)."""
     new_file: dict[str, Any] = field(default_factory=dict)
     """What a config file created from nothing starts with."""
 
@@ -88,82 +134,118 @@ def _codex_file() -> Path:
     return Path(os.environ.get("CODEX_HOME") or _home() / ".codex") / "config.toml"
 
 
-def _bearer(value: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {value}"}
+def placeholder(name: str) -> str:
+    """What a host that cannot refer to a variable gets in place of the secret ``name``."""
+    return KEY_PLACEHOLDER if name == KEY else f"<{name}>"
 
 
-def _with_env(launch: Launch, key_value: str) -> dict[str, str]:
-    return {k: key_value if v == KEY_PLACEHOLDER else v for k, v in launch.env.items()}
+def input_id(name: str) -> str:
+    """VS Code's input id for the secret ``name``: ``openrouter-key``, ``brave-api-key``, ``fusion-token``."""
+    return {KEY: "openrouter-key", TOKEN: "fusion-token"}.get(name) or short_name(name).replace("_", "-")
 
 
-def _plain_stdio(launch: Launch) -> dict[str, Any]:
-    return {"command": launch.command, "args": launch.args, "env": launch.env}
+def _env(launch: Launch, ref: Callable[[str], str]) -> dict[str, str]:
+    return {name: ref(name) for name in launch.secrets} | launch.env
 
 
-def _http(token: str, typed: dict[str, Any] | None = None) -> Callable[[Launch], dict[str, Any]]:
-    """An HTTP entry whose ``Authorization`` header (when the server asks for a token) carries ``token``."""
-    return lambda ln: (typed or {}) | {"url": ln.url} | ({"headers": _bearer(token)} if ln.token else {})
+def _stdio(ref: Callable[[str], str], typed: bool = False) -> Callable[[Launch], dict[str, Any]]:
+    """A ``command``/``args``/``env`` entry whose secrets are ``ref(name)`` (``"type": "stdio"`` if ``typed``)."""
+    kind = {"type": "stdio"} if typed else {}
+    return lambda ln: kind | {"command": ln.command, "args": ln.args, "env": _env(ln, ref)}
 
 
-def _typed_stdio(key: str) -> Callable[[Launch], dict[str, Any]]:
-    """A ``"type": "stdio"`` entry whose key is ``key``: an expansion the host makes, not a placeholder."""
-    return lambda ln: {"type": "stdio"} | _plain_stdio(ln) | {"env": _with_env(ln, key)}
+def _http(ref: Callable[[str], str], typed: bool = False) -> Callable[[Launch], dict[str, Any]]:
+    """An HTTP entry whose ``Authorization`` header (when the server asks for a token) refers to the token."""
+    kind = {"type": "http"} if typed else {}
+    return lambda ln: (
+        kind | {"url": ln.url} | ({"headers": {"Authorization": f"Bearer {ref(TOKEN)}"}} if ln.token else {})
+    )
+
+
+def _codex_stdio(launch: Launch) -> dict[str, Any]:
+    forwarded = {"env_vars": list(launch.secrets)} if launch.secrets else {}
+    return {"command": launch.command, "args": launch.args} | forwarded | {"env": launch.env}
+
+
+def _codex_limit(launch: Launch) -> dict[str, Any]:
+    return {"tool_output_token_limit": launch.output_chars + CODEX_OUTPUT_MARGIN}
+
+
+def _opencode_stdio(launch: Launch) -> dict[str, Any]:
+    env = _env(launch, lambda name: f"{{env:{name}}}")
+    return {"type": "local", "command": [launch.command, *launch.args], "environment": env, "enabled": True}
 
 
 def _vscode_inputs(launch: Launch) -> dict[str, Any]:
-    inputs = []
-    if launch.url is None and KEY_PLACEHOLDER in launch.env.values():
-        inputs.append({"type": "promptString", "id": "openrouter-key", "description": "OpenRouter API key"})
-    if launch.url is not None and launch.token:
-        inputs.append({"type": "promptString", "id": "fusion-token", "description": "fusion-mcp bearer token"})
-    return {"inputs": [i | {"password": True} for i in inputs]} if inputs else {}
+    names = [TOKEN] if launch.url is not None and launch.token else list(launch.secrets if launch.url is None else ())
+    titles = {KEY: "OpenRouter API key", TOKEN: "fusion-mcp bearer token"}
+    inputs = [
+        {"type": "promptString", "id": input_id(n), "description": titles.get(n, n), "password": True} for n in names
+    ]
+    return {"inputs": inputs} if inputs else {}
+
+
+def _claude_code(name: str) -> str:
+    return f"${{{name}}}"
+
+
+def _cursor(name: str) -> str:
+    return f"${{env:{name}}}"
+
+
+def _vscode(name: str) -> str:
+    return f"${{input:{input_id(name)}}}"
 
 
 HOSTS: dict[str, Host] = {
-    "claude-desktop": Host("Claude Desktop", "json", "mcpServers", _claude_desktop_file, _plain_stdio, None),
+    "claude-desktop": Host(
+        "Claude Desktop", "json", "mcpServers", _claude_desktop_file, _stdio(placeholder), None, reads_env=False
+    ),
     "claude-code": Host(
         "Claude Code",
         "json",
         "mcpServers",
         lambda: Path.cwd() / ".mcp.json",
-        # A project's .mcp.json is often committed: the key comes from the environment Claude Code runs in.
-        _typed_stdio("${OPENROUTER_API_KEY}"),
-        _http("${FUSION_HTTP_TOKEN}", {"type": "http"}),
+        _stdio(_claude_code, typed=True),
+        _http(_claude_code, typed=True),
     ),
     "cursor": Host(
-        "Cursor", "json", "mcpServers", lambda: _home() / ".cursor/mcp.json", _plain_stdio, _http(TOKEN_PLACEHOLDER)
+        "Cursor", "json", "mcpServers", lambda: _home() / ".cursor/mcp.json", _stdio(_cursor), _http(_cursor)
     ),
     "vscode": Host(
         "VS Code",
         "json",
         "servers",
         lambda: Path.cwd() / ".vscode/mcp.json",
-        _typed_stdio("${input:openrouter-key}"),
-        _http("${input:fusion-token}", {"type": "http"}),
-        _vscode_inputs,
+        _stdio(_vscode, typed=True),
+        _http(_vscode, typed=True),
+        reads_env=False,
+        extra=_vscode_inputs,
     ),
     "codex": Host(
         "Codex",
         "toml",
         "mcp_servers",
         _codex_file,
-        _plain_stdio,
-        # Codex refuses a token written in its config; it reads it from the variable named here.
-        lambda ln: {"url": ln.url} | ({"bearer_token_env_var": "FUSION_HTTP_TOKEN"} if ln.token else {}),
+        _codex_stdio,
+        lambda ln: {"url": ln.url} | ({"bearer_token_env_var": TOKEN} if ln.token else {}),
+        extra=_codex_limit,
     ),
     "opencode": Host(
         "opencode",
         "json",
         "mcp",
         lambda: _xdg_config() / "opencode/opencode.json",
-        lambda ln: {"type": "local", "command": [ln.command, *ln.args], "environment": ln.env, "enabled": True},
+        _opencode_stdio,
         lambda ln: (
             {"type": "remote", "url": ln.url, "enabled": True}
-            | ({"headers": _bearer(TOKEN_PLACEHOLDER)} if ln.token else {})
+            | ({"headers": {"Authorization": f"Bearer {{env:{TOKEN}}}"}} if ln.token else {})
         ),
         new_file={"$schema": "https://opencode.ai/config.json"},
     ),
 }
+MCP_JSON = Host("mcp.json", "json", "mcpServers", lambda: Path.cwd() / "mcp.json", _stdio(placeholder), None, False)
+"""The canonical entry (``host-config mcp-json``): the repository's ``mcp.json``."""
 
 
 class HostConfigError(Exception):
@@ -171,22 +253,25 @@ class HostConfigError(Exception):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("host", choices=list(HOSTS), help="the MCP host")
+    parser.add_argument(
+        "host", choices=[*HOSTS, CANONICAL], help=f"the MCP host ({CANONICAL}: the canonical mcpServers entry)"
+    )
     parser.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
     parser.add_argument("--url", help=f"the HTTP server's MCP endpoint (default: {DEFAULT_URL})")
     parser.add_argument(
-        "--token", action="store_true", help="the HTTP server asks for a bearer token: add its header (placeholder)"
+        "--token", action="store_true", help="the HTTP server asks for a bearer token: add its header (a reference)"
     )
     parser.add_argument("--name", default="fusion", help="the server's name in the host (default: fusion)")
     parser.add_argument("--write", action="store_true", help="merge the entry into the host's config file")
     parser.add_argument("--file", metavar="PATH", help="the config file to --write (default: the host's own)")
 
 
-def main(args: argparse.Namespace, settings: Settings) -> int:
+def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str] | None = None) -> int:
     """Print the entry (stdout: the snippet alone, so it can be piped); notes go to stderr."""
-    host = HOSTS[args.host]
+    environ = os.environ if environ is None else environ
+    host = MCP_JSON if args.host == CANONICAL else HOSTS[args.host]
     try:
-        launch = launch_for(settings, args)
+        launch = canonical_launch() if args.host == CANONICAL else launch_for(settings, args, environ)
         document = snippet(host, args.name, launch)
         print(render(host, document).rstrip("\n"))
         path = Path(args.file).expanduser() if args.file else host.default_file()
@@ -200,12 +285,22 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     except HostConfigError as exc:
         print(f"fusion-mcp: {exc}", file=sys.stderr)
         return 1
-    for note in notes(args, launch):
+    for note in notes(args, host, launch, environ):
         print(f"fusion-mcp: {note}", file=sys.stderr)
     return 0
 
 
-def launch_for(settings: Settings, args: argparse.Namespace) -> Launch:
+def canonical_launch() -> Launch:
+    """The repository's ``mcp.json``: the ``fusion-mcp`` on PATH, the key to fill in, nothing of this machine."""
+    return Launch(COMMAND, [], {}, (KEY,))
+
+
+def canonical_mcp_json() -> str:
+    """The text of the repository's ``mcp.json``."""
+    return render(MCP_JSON, snippet(MCP_JSON, "fusion", canonical_launch())) + "\n"
+
+
+def launch_for(settings: Settings, args: argparse.Namespace, environ: Mapping[str, str]) -> Launch:
     if not _NAME.fullmatch(args.name):
         raise HostConfigError(f"--name must be letters, digits, '-' or '_' (got {args.name!r})")
     if args.transport == "http" or args.url:
@@ -217,17 +312,44 @@ def launch_for(settings: Settings, args: argparse.Namespace) -> Launch:
         url = args.url or DEFAULT_URL
         if not url.startswith(("http://", "https://")):
             raise HostConfigError(f"--url must be an http:// or https:// URL (got {url!r})")
-        return Launch("", [], {}, url=url, token=args.token or bool(settings.principals))
+        token = args.token or bool(settings.principals)
+        return Launch("", [], {}, url=url, token=token, output_chars=settings.max_output_chars)
+    config = getattr(args, "config", None) or environ.get("FUSION_CONFIG") or None
+    env, secrets = carried(settings, Path(config).expanduser().resolve() if config else None, environ)
     command, command_args = executable()
+    return Launch(command, command_args, env, secrets, output_chars=settings.max_output_chars)
+
+
+def carried(
+    settings: Settings, config: Path | None, environ: Mapping[str, str]
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The settings the entry carries: (those in clear, the names of the secret ones).
+
+    Each variable set in ``environ`` whose setting differs from what ``config`` (or the default) gives, the
+    config file itself, and the key when the server needs one that the file does not hold.
+    """
+    try:
+        baseline = load_settings(environ={}, config_path=config)
+    except ConfigError:
+        # The file alone does not hold (a variable here overrides what fails in it): carry all that differs.
+        baseline = load_settings(environ={})
     env: dict[str, str] = {}
-    if settings.is_openrouter or settings.api_key is not None:
-        env["OPENROUTER_API_KEY"] = KEY_PLACEHOLDER
-    if settings.base_url != OPENROUTER_BASE_URL:
-        env["OPENROUTER_BASE_URL"] = settings.base_url
-    config = getattr(args, "config", None) or os.environ.get("FUSION_CONFIG")
-    if config:
-        env["FUSION_CONFIG"] = str(Path(config).expanduser().resolve())
-    return Launch(command, command_args, env)
+    secrets: list[str] = []
+    for name in SETTING_NAMES:
+        field_name = _FIELDS[name]
+        if name in _NOT_CARRIED or not environ.get(name, "").strip():
+            continue
+        if getattr(settings, field_name) == getattr(baseline, field_name):
+            continue
+        if is_secret(name):
+            secrets.append(name)
+        else:
+            env[name] = environ[name]
+    if KEY not in secrets and baseline.api_key is None and (settings.is_openrouter or settings.api_key is not None):
+        secrets.insert(0, KEY)
+    if config is not None:
+        env["FUSION_CONFIG"] = str(config)
+    return env, tuple(secrets)
 
 
 def executable() -> tuple[str, list[str]]:
@@ -253,19 +375,38 @@ def render(host: Host, document: dict[str, Any]) -> str:
     return to_toml(document)
 
 
-def notes(args: argparse.Namespace, launch: Launch) -> list[str]:
+def referenced(host: Host, launch: Launch) -> tuple[str, ...]:
+    """The variables the entry reads from the environment the host runs in."""
+    if not host.reads_env:
+        return ()
+    if launch.url is None:
+        return launch.secrets
+    return (TOKEN,) if launch.token else ()
+
+
+def notes(args: argparse.Namespace, host: Host, launch: Launch, environ: Mapping[str, str]) -> list[str]:
     found: list[str] = []
-    if KEY_PLACEHOLDER in launch.env.values() and args.host not in ("vscode", "claude-code"):
-        found.append(f"replace {KEY_PLACEHOLDER} with your OpenRouter API key (create one at {KEYS_PAGE})")
-    if args.host == "claude-code" and launch.url is None:
+    if not host.reads_env and host is not HOSTS["vscode"]:
+        for name in launch.secrets:
+            what = f"your OpenRouter API key (create one at {KEYS_PAGE})" if name == KEY else f"the value of {name}"
+            found.append(f"replace {placeholder(name)} with {what}")
+        if launch.secrets and host is HOSTS["claude-desktop"]:
+            found.append(
+                "Claude Desktop reads no variable from its environment: to keep secrets out of its config, put them "
+                "in a config file (chmod 600) and run host-config again with --config FILE, or install the .mcpb "
+                "bundle, which keeps the key in the system keychain (see the README)"
+            )
+    for name in referenced(host, launch):
+        if not environ.get(name, "").strip():
+            found.append(
+                f"{name} is not set here, and the entry reads it from the environment {host.title} runs in: "
+                f"set it there before starting {host.title}, which does not say when it is missing"
+            )
+    if host is HOSTS["claude-code"] and launch.url is None:
         found.append(
-            "Claude Code reads OPENROUTER_API_KEY from the environment it runs in. For every project instead of "
-            "this one: " + claude_code_command(args.name, launch)
+            "Claude Code reads the variables in ${...} from the environment it runs in. For every project instead "
+            "of this one: " + claude_code_command(args.name, launch)
         )
-    if launch.token and args.host in ("cursor", "opencode"):
-        found.append(f"replace {TOKEN_PLACEHOLDER} with the server's token")
-    if launch.token and args.host in ("claude-code", "codex"):
-        found.append("set FUSION_HTTP_TOKEN to the server's token in the environment the host runs in")
     if "/uv/" in launch.command.replace("\\", "/") and "cache" in launch.command.lower():
         found.append(
             "this fusion-mcp runs from uv's cache, which uv may clean: install it for good (uv tool install or "
@@ -275,11 +416,12 @@ def notes(args: argparse.Namespace, launch: Launch) -> list[str]:
 
 
 def claude_code_command(name: str, launch: Launch) -> str:
-    """``claude mcp add`` for the user scope: options before the server's name, as its docs want."""
-    env = " ".join(f"--env {k}={_shell(v)}" for k, v in launch.env.items())
-    return f"claude mcp add --scope user --transport stdio {env} {name} -- " + " ".join(
-        _shell(part) for part in [launch.command, *launch.args]
-    )
+    """``claude mcp add`` for the user scope. The name comes first: ``--env`` takes several values, so a name
+    after it is read as one more (``missing required argument 'commandOrUrl'``)."""
+    words = ["claude", "mcp", "add", name, "--scope", "user", "--transport", "stdio"]
+    for key, value in _env(launch, _claude_code).items():
+        words += ["--env", f"{key}={value}"]
+    return " ".join(_shell(word) for word in [*words, "--", launch.command, *launch.args])
 
 
 def _shell(text: str) -> str:
@@ -334,29 +476,55 @@ def _merge_toml(host: Host, path: Path, text: str | None, name: str, document: d
         raise HostConfigError(f"{path} is not valid TOML ({exc}): nothing was written") from None
     servers = before.get(host.servers_key, {})
     replaced = isinstance(servers, dict) and name in servers
-    # Our own table (and its sub-tables) goes; everything else stays byte for byte.
+    entry = document[host.servers_key][name]
+    # Top-level settings the entry needs (Codex's output limit): a higher one already there stays.
+    top = {k: v for k, v in document.items() if k != host.servers_key and not _higher(before.get(k), v)}
+    # Our own table (and its sub-tables) goes, and the top-level keys we set; everything else stays byte for byte.
     header = re.compile(rf"^\s*\[\s*{host.servers_key}\s*\.\s*(\"{re.escape(name)}\"|{re.escape(name)})\s*[.\]]")
     kept: list[str] = []
     dropping = False
-    for line in text.splitlines(keepends=True):
+    for line in _set_top(text, top).splitlines(keepends=True):
         if re.match(r"^\s*\[", line):
             dropping = bool(header.match(line))
         if not dropping:
             kept.append(line)
     body = "".join(kept).rstrip("\n")
-    new_text = (body + "\n\n" if body else "") + to_toml(document)
+    new_text = (body + "\n\n" if body else "") + to_toml({host.servers_key: {name: entry}})
     try:
         after = tomllib.loads(new_text)
     except tomllib.TOMLDecodeError:
         after = None
-    expected = dict(before) | {host.servers_key: {**(servers if isinstance(servers, dict) else {})}}
-    expected[host.servers_key][name] = document[host.servers_key][name]
+    expected = dict(before) | top | {host.servers_key: {**(servers if isinstance(servers, dict) else {})}}
+    expected[host.servers_key][name] = entry
     if after != expected:
         raise HostConfigError(
             f"{path} defines {host.servers_key}.{name} in a way this command cannot replace safely (an inline "
             "table or dotted keys): nothing was written; replace that entry by hand with the one printed above"
         )
     return new_text, replaced
+
+
+def _set_top(text: str, top: dict[str, Any]) -> str:
+    """``text`` with the top-level keys ``top`` set: on their own line where there is one, else before the
+    first table (or at the end of a file without tables)."""
+    lines = text.splitlines(keepends=True)
+    first_table = next((i for i, line in enumerate(lines) if re.match(r"^\s*\[", line)), len(lines))
+    missing = dict(top)
+    for i in range(first_table):
+        found = re.match(r"^\s*([A-Za-z0-9_-]+)\s*=", lines[i])
+        if found and found[1] in missing:
+            lines[i] = f"{_key(found[1])} = {_value(missing.pop(found[1]))}\n"
+    new = [f"{_key(k)} = {_value(v)}\n" for k, v in missing.items()]
+    if new and first_table < len(lines):
+        new.append("\n")
+    elif new and lines and not lines[-1].endswith("\n"):
+        new.insert(0, "\n")
+    return "".join(lines[:first_table] + new + lines[first_table:])
+
+
+def _higher(old: Any, new: Any) -> bool:
+    """A number already in the file at least as high as the one the entry asks for."""
+    return isinstance(old, int) and not isinstance(old, bool) and isinstance(new, int) and old >= new
 
 
 def _replace(path: Path, text: str) -> None:
@@ -378,9 +546,11 @@ def _replace(path: Path, text: str) -> None:
 
 
 def to_toml(document: dict[str, Any]) -> str:
-    """``{table: {name: {key: value}}}`` as ``[table.name]`` with its keys; nested tables inline."""
-    lines: list[str] = []
-    for table, entries in document.items():
+    """Top-level ``{key: value}`` first, then ``{table: {name: {key: value}}}`` as ``[table.name]`` with its keys;
+    nested tables inline."""
+    lines = [f"{_key(k)} = {_value(v)}" for k, v in document.items() if not isinstance(v, dict)]
+    lines += [""] if lines else []
+    for table, entries in ((k, v) for k, v in document.items() if isinstance(v, dict)):
         for name, entry in entries.items():
             lines.append(f"[{_key(table)}.{_key(name)}]")
             lines += [f"{_key(k)} = {_value(v)}" for k, v in entry.items()]
@@ -396,6 +566,8 @@ def _value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return _string(value)
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, dict):

@@ -248,7 +248,8 @@ def _host_command(commands: Commands, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help=f"print (or --write) the config entry of an MCP host: {', '.join(HOSTS)}",
         description="Print the entry that makes an MCP host start this server, for that host's config format, "
-        "with the absolute path of this fusion-mcp and the settings it needs (the API key as a placeholder). "
+        "with the absolute path of this fusion-mcp and the settings in force here (secrets as references the host "
+        "expands, or placeholders). "
         "--write merges it into the host's config file, keeping a backup and every other server.",
     )
     add_arguments(host)

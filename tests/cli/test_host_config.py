@@ -8,20 +8,25 @@ import os
 import subprocess
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
 
-from fusion_mcp.cli.host_config import HOSTS, main
+from fusion_mcp.cli.host_config import CODEX_OUTPUT_MARGIN, HOSTS, canonical_mcp_json, main
 from fusion_mcp.cli.main import _parser
 from fusion_mcp.config import load_settings
-from tests.conftest import API_KEY, child_env, console_script, sim_env
+from tests.cli.entries import SERVERS, command_of, entry_of, env_of, launch_of, parse
+from tests.conftest import API_KEY, HOME_DIR, REPO, child_env, console_script
 from tests.fakes.provider_sim import ProviderSim
 from tests.helpers import TOOL, structured
 
-SERVERS = {"claude-desktop": "mcpServers", "claude-code": "mcpServers", "cursor": "mcpServers"}
-SERVERS |= {"vscode": "servers", "codex": "mcp_servers", "opencode": "mcp"}
+USER_PANEL = ("~openai/gpt-latest", "~google/gemini-pro-latest")
+USER_ANALYST = "~google/gemini-pro-latest"
+USER = {"FUSION_ANALYSIS_MODELS": ",".join(USER_PANEL), "FUSION_MODEL": USER_ANALYST, "FUSION_WEB_TOOLS": "off"}
+UNSET = (
+    "fusion-mcp: OPENROUTER_API_KEY is not set here, and the entry reads it from the environment {title} runs in: "
+    "set it there before starting {title}, which does not say when it is missing"
+)
 
 
 def host_config(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -35,23 +40,20 @@ def host_config(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def parse(host: str, text: str) -> dict[str, Any]:
-    return tomllib.loads(text) if host == "codex" else json.loads(text)
-
-
-def command_of(host: str, entry: dict[str, Any]) -> list[str]:
-    return entry["command"] if host == "opencode" else [entry["command"], *entry["args"]]
-
-
-def env_of(host: str, entry: dict[str, Any]) -> dict[str, str]:
-    return entry["environment" if host == "opencode" else "env"]
-
-
 def test_every_host_has_an_entry_format() -> None:
-    assert set(HOSTS) == set(SERVERS)
+    assert set(HOSTS) | {"mcp-json"} == set(SERVERS)
 
 
-@pytest.mark.parametrize("host", list(SERVERS))
+REFERENCES = {
+    "claude-desktop": "sk-or-v1-...",
+    "claude-code": "${OPENROUTER_API_KEY}",
+    "cursor": "${env:OPENROUTER_API_KEY}",
+    "vscode": "${input:openrouter-key}",
+    "opencode": "{env:OPENROUTER_API_KEY}",
+}
+
+
+@pytest.mark.parametrize("host", list(HOSTS))
 def test_each_stdio_entry_parses_and_names_an_existing_absolute_executable(host: str) -> None:
     out = host_config(host, OPENROUTER_API_KEY=API_KEY)  # a key in force here is never copied into the entry
     assert out.returncode == 0, out.stderr
@@ -60,45 +62,119 @@ def test_each_stdio_entry_parses_and_names_an_existing_absolute_executable(host:
     command = command_of(host, entry)
     assert os.path.isabs(command[0]) and os.access(command[0], os.X_OK), command
     assert command[0] == console_script()  # the one installed here, not whatever "fusion-mcp" a PATH finds
-    key = env_of(host, entry)["OPENROUTER_API_KEY"]
+    if host == "codex":  # Codex forwards the variable from its own environment
+        assert entry["env_vars"] == ["OPENROUTER_API_KEY"] and env_of(host, entry) == {}
+    else:
+        assert env_of(host, entry) == {"OPENROUTER_API_KEY": REFERENCES[host]}
     if host == "vscode":
-        assert key == "${input:openrouter-key}"
         assert document["inputs"] == [
             {"type": "promptString", "id": "openrouter-key", "description": "OpenRouter API key", "password": True}
         ]
-    elif host == "claude-code":
-        assert key == "${OPENROUTER_API_KEY}" and entry["type"] == "stdio"
-        assert "claude mcp add --scope user --transport stdio --env OPENROUTER_API_KEY=sk-or-v1-... fusion -- " in (
-            out.stderr
-        )
-    else:
-        assert key == "sk-or-v1-..." and "replace sk-or-v1-... with your OpenRouter API key" in out.stderr
+    if host == "claude-code":
+        assert entry["type"] == "stdio"
+        # The name before the options: --env takes several values and would swallow it.
+        assert (
+            "claude mcp add fusion --scope user --transport stdio --env 'OPENROUTER_API_KEY=${OPENROUTER_API_KEY}' "
+            f"-- {console_script()}"
+        ) in out.stderr
+    placeholder = (
+        "fusion-mcp: replace sk-or-v1-... with your OpenRouter API key (create one at https://openrouter.ai/keys)"
+    )
+    assert (placeholder in out.stderr) == (host == "claude-desktop")
+    no_variables = (
+        "fusion-mcp: Claude Desktop reads no variable from its environment: to keep secrets out of its config, put "
+        "them in a config file (chmod 600) and run host-config again with --config FILE, or install the .mcpb bundle, "
+        "which keeps the key in the system keychain (see the README)"
+    )
+    assert (no_variables in out.stderr.splitlines()) == (host == "claude-desktop")
+    assert "is not set here" not in out.stderr  # the key is set: nothing to warn about
     assert API_KEY not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("host", ["claude-code", "cursor", "codex", "opencode"])
+def test_an_entry_reading_an_unset_variable_is_named_on_stderr(host: str) -> None:
+    out = host_config(host)
+    assert out.returncode == 0
+    assert UNSET.format(title=HOSTS[host].title) in out.stderr.splitlines()
+
+
+def test_the_users_settings_travel_with_the_entry_and_defaults_and_the_depth_do_not() -> None:
+    out = host_config(
+        "claude-code",
+        OPENROUTER_API_KEY=API_KEY,
+        FUSION_PRESET="quality",
+        FUSION_DEPTH="0",
+        BRAVE_API_KEY=API_KEY,
+        **USER,
+    )
+    env = env_of("claude-code", entry_of("claude-code", out.stdout))
+    secrets = {"OPENROUTER_API_KEY": "${OPENROUTER_API_KEY}", "BRAVE_API_KEY": "${BRAVE_API_KEY}"}
+    assert env == secrets | USER  # the default preset, the depth and no secret's value
+    assert API_KEY not in out.stdout + out.stderr
+
+
+def test_a_config_file_in_use_is_pointed_at_and_not_repeated(tmp_path: Path) -> None:
+    config = tmp_path / "fusion.toml"
+    config.write_text(f'api_key = "{API_KEY}"\n[fusion]\nmodel = "{USER_ANALYST}"\nweb_tools = "off"\n')
+    for host in HOSTS:
+        # The file's own values, and the same value again in the environment, are the file's to say.
+        out = host_config(host, FUSION_CONFIG=str(config), FUSION_MODEL=USER_ANALYST, FUSION_MAX_TOOL_CALLS="3")
+        assert out.returncode == 0, out.stderr
+        entry = entry_of(host, out.stdout)
+        assert env_of(host, entry) == {"FUSION_MAX_TOOL_CALLS": "3", "FUSION_CONFIG": str(config)}, host
+        assert "env_vars" not in entry and "inputs" not in parse(host, out.stdout)
+        assert "sk-or-v1-..." not in out.stdout and "replace" not in out.stderr and "not set here" not in out.stderr
+    assert API_KEY not in out.stdout
+
+
+def test_a_key_here_that_overrides_the_files_is_referenced(tmp_path: Path) -> None:
+    config = tmp_path / "fusion.toml"
+    config.write_text('api_key = "sk-or-v1-..."\n')  # the file alone would not start: the variable overrides it
+    out = host_config("opencode", "--config", str(config), OPENROUTER_API_KEY=API_KEY)
+    env = env_of("opencode", entry_of("opencode", out.stdout))
+    assert env == {"OPENROUTER_API_KEY": "{env:OPENROUTER_API_KEY}", "FUSION_CONFIG": str(config)}
 
 
 def test_the_entry_carries_a_local_base_url_and_the_config_file_in_use(tmp_path: Path) -> None:
     config = tmp_path / "fusion.toml"
     config.write_text('[fusion]\npreset = "fast"\n')
     out = host_config("codex", "--config", str(config), OPENROUTER_BASE_URL="http://localhost:11434/v1")
-    entry = tomllib.loads(out.stdout)["mcp_servers"]["fusion"]
+    document = tomllib.loads(out.stdout)
     # No key for a local server that needs none; the base URL and the config file travel with the entry.
-    assert entry["env"] == {"OPENROUTER_BASE_URL": "http://localhost:11434/v1", "FUSION_CONFIG": str(config)}
+    assert document["mcp_servers"]["fusion"]["env"] == {
+        "OPENROUTER_BASE_URL": "http://localhost:11434/v1",
+        "FUSION_CONFIG": str(config),
+    }
+    assert "env_vars" not in document["mcp_servers"]["fusion"]
+    # Codex keeps ~12,000 characters of a tool result unless told more: the server's 24,000 and its wrapping.
+    assert document["tool_output_token_limit"] == 24000 + CODEX_OUTPUT_MARGIN
+    assert out.stdout.startswith(f"tool_output_token_limit = {24000 + CODEX_OUTPUT_MARGIN}\n\n[mcp_servers.fusion]")
+    more = tomllib.loads(host_config("codex", FUSION_MAX_OUTPUT_CHARS="50000").stdout)
+    assert more["tool_output_token_limit"] == 50000 + CODEX_OUTPUT_MARGIN
+    assert more["mcp_servers"]["fusion"]["env"] == {"FUSION_MAX_OUTPUT_CHARS": "50000"}
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("host", ["claude-desktop", "codex", "opencode"])
+@pytest.mark.parametrize("host", list(SERVERS))
 async def test_the_printed_entry_starts_the_server_as_a_host_would(sim: ProviderSim, host: str) -> None:
-    entry = parse(host, host_config(host).stdout)[SERVERS[host]]["fusion"]
-    command = command_of(host, entry)
-    # What the user fills in: the real key; the test also points the server at the simulator.
-    env = {k: API_KEY if k == "OPENROUTER_API_KEY" else v for k, v in env_of(host, entry).items()}
-    params = StdioServerParameters(command=command[0], args=command[1:], env=child_env(**(sim_env(sim) | env)))
+    here = {"OPENROUTER_API_KEY": API_KEY, "OPENROUTER_BASE_URL": sim.base_url} | USER
+    entry = entry_of(host, host_config(host, **here).stdout)
+    # The host's expansion with the key in its environment; what the user pastes for a placeholder or a prompt.
+    command, env = launch_of(host, entry, here, {"openrouter-key": API_KEY})
+    env = {k: API_KEY if v == "sk-or-v1-..." else v for k, v in env.items()}
+    base = child_env(FUSION_HOME=HOME_DIR, FUSION_CACHE="off")
+    if host == "mcp-json":  # the canonical entry, as written: the fusion-mcp on PATH, the key filled in by the user
+        assert command == ["fusion-mcp"]
+        base["PATH"] = os.pathsep.join([str(Path(console_script()).parent), base["PATH"]])
+        env |= {"OPENROUTER_BASE_URL": sim.base_url} | USER  # the user's own settings, and the simulator
+    params = StdioServerParameters(command=command[0], args=command[1:], env=base | env)
     async with Client(params, mode="legacy") as client:
         assert [t.name for t in (await client.list_tools()).tools] == [TOOL]
         assert structured(await client.call_tool(TOOL, {"prompt": "q"}))["status"] == "ok"
+    assert {r.model for r in sim.requests} == set(USER_PANEL)  # the user's panel, not the default one
 
 
-@pytest.mark.parametrize("host", [h for h in SERVERS if h != "claude-desktop"])
+@pytest.mark.parametrize("host", [h for h in HOSTS if h != "claude-desktop"])
 def test_http_entries_name_the_url_and_how_the_token_is_sent(host: str) -> None:
     out = host_config(host, "--transport", "http", "--url", "https://fusion.example.com/mcp", "--token")
     assert out.returncode == 0, out.stderr
@@ -107,13 +183,21 @@ def test_http_entries_name_the_url_and_how_the_token_is_sent(host: str) -> None:
     assert entry["url"] == "https://fusion.example.com/mcp"
     expected = {
         "claude-code": ("headers", {"Authorization": "Bearer ${FUSION_HTTP_TOKEN}"}),
-        "cursor": ("headers", {"Authorization": "Bearer <FUSION_HTTP_TOKEN>"}),
+        "cursor": ("headers", {"Authorization": "Bearer ${env:FUSION_HTTP_TOKEN}"}),
         "vscode": ("headers", {"Authorization": "Bearer ${input:fusion-token}"}),
         "codex": ("bearer_token_env_var", "FUSION_HTTP_TOKEN"),
-        "opencode": ("headers", {"Authorization": "Bearer <FUSION_HTTP_TOKEN>"}),
+        "opencode": ("headers", {"Authorization": "Bearer {env:FUSION_HTTP_TOKEN}"}),
     }[host]
     assert entry[expected[0]] == expected[1]
     assert "command" not in entry and "env" not in entry
+    unset = (
+        f"fusion-mcp: FUSION_HTTP_TOKEN is not set here, and the entry reads it from the environment "
+        f"{HOSTS[host].title} runs in: set it there before starting {HOSTS[host].title}, which does not say when "
+        "it is missing"
+    )
+    assert (unset in out.stderr.splitlines()) == (host != "vscode")
+    quiet = host_config(host, "--transport", "http", "--token", FUSION_HTTP_TOKEN="t" * 40)
+    assert "is not set here" not in quiet.stderr
     plain = parse(host, host_config(host, "--transport", "http").stdout)[SERVERS[host]]["fusion"]
     assert plain["url"] == "http://127.0.0.1:8765/mcp" and "headers" not in plain
 
@@ -133,7 +217,7 @@ def test_claude_desktop_takes_stdio_only_and_bad_options_are_named() -> None:
 
 def write(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     args = _parser().parse_args(["host-config", *argv, "--write"])
-    code = main(args, load_settings(environ={}))
+    code = main(args, load_settings(environ={}), environ={})
     return code, capsys.readouterr().err
 
 
@@ -144,7 +228,7 @@ EXISTING_JSON = {
 OTHER = {"command": "/usr/bin/other-server", "args": ["--flag"], "env": {"OTHER_KEY": "x"}}
 
 
-@pytest.mark.parametrize("host", [h for h in SERVERS if h != "codex"])
+@pytest.mark.parametrize("host", [h for h in HOSTS if h != "codex"])
 def test_write_merges_into_a_json_file_with_other_servers_and_keeps_a_backup(
     host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -215,7 +299,11 @@ def test_write_replaces_our_codex_table_and_keeps_everything_else_byte_for_byte(
     code, err = write(capsys, "codex", "--file", str(path))
     assert code == 0 and "replaced server 'fusion'" in err
     text = path.read_text()
-    assert text.startswith(CODEX.split("[mcp_servers.fusion]")[0])  # comments and other tables untouched
+    # Comments and other tables untouched; Codex's output limit goes where top-level keys may be.
+    limit = f"tool_output_token_limit = {24000 + CODEX_OUTPUT_MARGIN}\n\n"
+    assert text.startswith(
+        CODEX.replace("\n[mcp_servers.other]", f"\n{limit}[mcp_servers.other]").split("[mcp_servers.fusion]")[0]
+    )
     assert '[profiles.fast]\nmodel = "gpt-5-mini"' in text and "/old/fusion-mcp" not in text
     data = tomllib.loads(text)
     assert data["mcp_servers"]["other"] == {
@@ -226,9 +314,32 @@ def test_write_replaces_our_codex_table_and_keeps_everything_else_byte_for_byte(
     assert data["mcp_servers"]["fusion"] == {
         "command": console_script(),
         "args": [],
-        "env": {"OPENROUTER_API_KEY": "sk-or-v1-..."},
+        "env_vars": ["OPENROUTER_API_KEY"],
+        "env": {},
     }
     assert data["model"] == "gpt-5" and data["profiles"] == {"fast": {"model": "gpt-5-mini"}}
+    assert data["tool_output_token_limit"] == 24000 + CODEX_OUTPUT_MARGIN
+
+
+@pytest.mark.parametrize(("old", "kept"), [(100, 24000 + CODEX_OUTPUT_MARGIN), (90000, 90000)])
+def test_write_raises_a_lower_codex_output_limit_and_keeps_a_higher_one(
+    old: int, kept: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'model = "gpt-5"\ntool_output_token_limit = {old}\n\n[profiles.fast]\nmodel = "gpt-5-mini"\n')
+    assert write(capsys, "codex", "--file", str(path))[0] == 0
+    text = path.read_text()
+    assert text.startswith(f'model = "gpt-5"\ntool_output_token_limit = {kept}\n')
+    assert text.count("tool_output_token_limit") == 1
+    assert tomllib.loads(text)["tool_output_token_limit"] == kept
+
+
+def test_the_repositorys_mcp_json_is_the_canonical_entry() -> None:
+    assert (REPO / "mcp.json").read_text() == canonical_mcp_json()
+    out = host_config("mcp-json", OPENROUTER_API_KEY=API_KEY, FUSION_MODEL=USER_ANALYST)
+    assert out.stdout == canonical_mcp_json()  # nothing of this machine or its settings
+    entry = entry_of("mcp-json", out.stdout)
+    assert entry == {"command": "fusion-mcp", "args": [], "env": {"OPENROUTER_API_KEY": "sk-or-v1-..."}}
 
 
 @pytest.mark.parametrize(
