@@ -32,6 +32,8 @@ the server sends up to ``FUSION_MAX_OUTPUT_CHARS`` (24,000 by default). The Code
 own ``tool_output_token_limit`` (a top-level key: it applies to every tool) to that many tokens plus
 :data:`CODEX_OUTPUT_MARGIN`; Codex counts about four bytes a token, so a result of N characters fits in N
 tokens whatever its script. ``--write`` raises a lower limit already in the file and keeps a higher one.
+The stdio entry also states ``FUSION_MAX_OUTPUT_CHARS``: without it the server, seeing Codex by name, fits
+results to what Codex keeps by default (:mod:`fusion_mcp.mcp_server.host_limits`).
 Claude Code (25,000 tokens by default, ``MAX_MCP_OUTPUT_TOKENS``) and opencode take 24,000 characters whole.
 
 ``host-config mcp-json`` prints the canonical ``mcpServers`` entry committed as the repository's
@@ -164,7 +166,10 @@ def _http(ref: Callable[[str], str], typed: bool = False) -> Callable[[Launch], 
 
 def _codex_stdio(launch: Launch) -> dict[str, Any]:
     forwarded = {"env_vars": list(launch.secrets)} if launch.secrets else {}
-    return {"command": launch.command, "args": launch.args} | forwarded | {"env": launch.env}
+    # The budget, stated: the server otherwise fits a result for Codex to what Codex keeps by default
+    # (mcp_server.host_limits), while this entry raises Codex's limit to take the whole budget.
+    env = launch.env | {"FUSION_MAX_OUTPUT_CHARS": str(launch.output_chars)}
+    return {"command": launch.command, "args": launch.args} | forwarded | {"env": env}
 
 
 def _codex_limit(launch: Launch) -> dict[str, Any]:

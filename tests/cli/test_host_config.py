@@ -53,6 +53,10 @@ REFERENCES = {
 }
 
 
+CODEX_BUDGET = {"FUSION_MAX_OUTPUT_CHARS": "24000"}
+"""The Codex entry states the budget it raised Codex's limit to: else the server fits results to Codex's default."""
+
+
 @pytest.mark.parametrize("host", list(HOSTS))
 def test_each_stdio_entry_parses_and_names_an_existing_absolute_executable(host: str) -> None:
     out = host_config(host, OPENROUTER_API_KEY=API_KEY)  # a key in force here is never copied into the entry
@@ -63,7 +67,7 @@ def test_each_stdio_entry_parses_and_names_an_existing_absolute_executable(host:
     assert os.path.isabs(command[0]) and os.access(command[0], os.X_OK), command
     assert command[0] == console_script()  # the one installed here, not whatever "fusion-mcp" a PATH finds
     if host == "codex":  # Codex forwards the variable from its own environment
-        assert entry["env_vars"] == ["OPENROUTER_API_KEY"] and env_of(host, entry) == {}
+        assert entry["env_vars"] == ["OPENROUTER_API_KEY"] and env_of(host, entry) == CODEX_BUDGET
     else:
         assert env_of(host, entry) == {"OPENROUTER_API_KEY": REFERENCES[host]}
     if host == "vscode":
@@ -121,7 +125,8 @@ def test_a_config_file_in_use_is_pointed_at_and_not_repeated(tmp_path: Path) -> 
         out = host_config(host, FUSION_CONFIG=str(config), FUSION_MODEL=USER_ANALYST, FUSION_MAX_TOOL_CALLS="3")
         assert out.returncode == 0, out.stderr
         entry = entry_of(host, out.stdout)
-        assert env_of(host, entry) == {"FUSION_MAX_TOOL_CALLS": "3", "FUSION_CONFIG": str(config)}, host
+        expected = {"FUSION_MAX_TOOL_CALLS": "3", "FUSION_CONFIG": str(config)}
+        assert env_of(host, entry) == expected | (CODEX_BUDGET if host == "codex" else {}), host
         assert "env_vars" not in entry and "inputs" not in parse(host, out.stdout)
         assert "sk-or-v1-..." not in out.stdout and "replace" not in out.stderr and "not set here" not in out.stderr
     assert API_KEY not in out.stdout
@@ -141,7 +146,7 @@ def test_the_entry_carries_a_local_base_url_and_the_config_file_in_use(tmp_path:
     out = host_config("codex", "--config", str(config), OPENROUTER_BASE_URL="http://localhost:11434/v1")
     document = tomllib.loads(out.stdout)
     # No key for a local server that needs none; the base URL and the config file travel with the entry.
-    assert document["mcp_servers"]["fusion"]["env"] == {
+    assert document["mcp_servers"]["fusion"]["env"] == CODEX_BUDGET | {
         "OPENROUTER_BASE_URL": "http://localhost:11434/v1",
         "FUSION_CONFIG": str(config),
     }
@@ -315,7 +320,7 @@ def test_write_replaces_our_codex_table_and_keeps_everything_else_byte_for_byte(
         "command": console_script(),
         "args": [],
         "env_vars": ["OPENROUTER_API_KEY"],
-        "env": {},
+        "env": CODEX_BUDGET,
     }
     assert data["model"] == "gpt-5" and data["profiles"] == {"fast": {"model": "gpt-5-mini"}}
     assert data["tool_output_token_limit"] == 24000 + CODEX_OUTPUT_MARGIN
