@@ -38,9 +38,11 @@ from ..engine.service import FusionService
 from ..store import Store, StoreError, UsageBy, UsageTotal, open_store
 from .terminal import LiveProgress
 
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
 STOP_GRACE_S = 1.5
 """After SIGINT or SIGTERM, how long the stdio server may take to close its runs before it exits anyway."""
+MAX_PORT = 65535
 RUNS_WIDTH = 100
 """``fusion-mcp runs`` lines stay within this many columns."""
 ASK_FLAGS = {
@@ -142,7 +144,7 @@ def _serve_command(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
+    serve.add_argument("--port", type=_port, default=8765, help="HTTP port, 1-65535 (default: 8765)")
     serve.add_argument(
         "--stateless",
         action="store_true",
@@ -290,27 +292,47 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ConfigError as exc:
             print(f"fusion-mcp: {exc}", file=sys.stderr)
             raise SystemExit(EXIT_CONFIG) from None
-        if args.workers > 1 and args.worker_index is None:
-            from ..http.workers import serve_workers
-
-            raise SystemExit(serve_workers(_worker_argv(args), args.host, args.port, args.workers, settings.depth))
-        from ..http.app import serve_http
-
-        place = None
-        if args.worker_index is not None:
-            from ..http.workers import WorkerPlace, follow_supervisor
-
-            follow_supervisor(args.worker_supervisor or os.getppid())
-            place = WorkerPlace(args.worker_index, args.worker_count, args.worker_dir)
-        try:
-            anyio.run(lambda: serve_http(settings, args.host, args.port, stateless=args.stateless, place=place))
-        except KeyboardInterrupt:
-            pass
-        return
+        raise SystemExit(_serve_http(settings, args))
     if args.command == "serve" and args.workers > 1:
         print("fusion-mcp: --workers needs --transport http", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
     _serve_stdio(settings)
+
+
+def _serve_http(settings: Settings, args: argparse.Namespace) -> int:
+    """``serve --transport http``: one process, the supervisor of ``--workers``, or one of its workers.
+
+    A port that cannot be had is said in one line (the same with and without workers), exit 1.
+    """
+    from ..http.app import serve_http, served_urls
+    from ..http.workers import PortUnavailable, WorkerPlace, follow_supervisor, serve_workers
+
+    def started() -> None:
+        print(served_urls(args.host, args.port, args.workers), file=sys.stderr, flush=True)
+
+    try:
+        if args.workers > 1 and args.worker_index is None:
+            return serve_workers(_worker_argv(args), args.host, args.port, args.workers, settings.depth, started)
+        place = None
+        if args.worker_index is not None:
+            follow_supervisor(args.worker_supervisor or os.getppid())
+            place = WorkerPlace(args.worker_index, args.worker_count, args.worker_dir)
+        anyio.run(
+            lambda: serve_http(
+                settings,
+                args.host,
+                args.port,
+                stateless=args.stateless,
+                place=place,
+                on_started=started if place is None else None,
+            )
+        )
+    except PortUnavailable as exc:
+        print(f"fusion-mcp: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _workers(value: str) -> int:
@@ -320,6 +342,13 @@ def _workers(value: str) -> int:
         return parse_workers(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers ")) from None
+
+
+def _port(value: str) -> int:
+    """``--port``: a whole number from 1 to 65535 (argparse names the option and exits 2 otherwise)."""
+    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_PORT} (got {value!r})")
+    return int(value)
 
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:

@@ -1,0 +1,62 @@
+"""``fusion-mcp serve`` at the command line: its arguments, a port it cannot have, what it says when it serves."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests import servers
+from tests.conftest import child_env, console_script, sim_env
+from tests.fakes.provider_sim import ProviderSim
+
+
+def serve(sim: ProviderSim, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [console_script(), "serve", "--transport", "http", *args],
+        env=child_env(**sim_env(sim)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_a_port_out_of_range_is_an_argument_error(sim: ProviderSim, port: str) -> None:
+    done = serve(sim, "--port", port)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.endswith(
+        f"fusion-mcp serve: error: argument --port: must be a whole number from 1 to 65535 (got '{port}')\n"
+    ), done.stderr
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another program listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "workers"])
+def test_a_busy_port_is_named_with_a_hint_and_exit_1(sim: ProviderSim, taken_port: int, workers: list[str]) -> None:
+    done = serve(sim, "--port", str(taken_port), *workers)
+    assert done.returncode == 1
+    # Nothing started, nothing else said: one line with what to do.
+    assert done.stderr == (
+        f"fusion-mcp: port {taken_port} on 127.0.0.1 is in use: stop the other server or pick another --port\n"
+    )
+
+
+def test_serve_says_where_it_serves(_http_server: servers.Running) -> None:
+    base = _http_server.base
+    said = _http_server.stderr
+    assert said.count("fusion-mcp: serving") == 1
+    assert f"fusion-mcp: serving {base}; Ctrl-C stops\n" in said
+    assert f"  MCP (Streamable HTTP):   {base}/mcp\n" in said
+    assert f"  OpenAI-compatible chat:  {base}/v1/chat/completions\n" in said
+    assert f"  health:                  {base}/healthz\n" in said
