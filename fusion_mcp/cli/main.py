@@ -40,6 +40,9 @@ from .terminal import LiveProgress
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_PIPE = 141
+"""Stdout's reader closed the pipe: 128 + SIGPIPE (13), the status a shell reports for a program SIGPIPE ended
+(``yes | head``); a literal, as Windows has no ``signal.SIGPIPE``."""
 STOP_GRACE_S = 1.5
 """After SIGINT or SIGTERM, how long the stdio server may take to close its runs before it exits anyway."""
 MAX_PORT = 65535
@@ -257,6 +260,20 @@ def _host_command(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command; a reader that went away (``fusion-mcp runs --json | head -1``) ends it quietly with
+    :data:`EXIT_PIPE`, with no traceback."""
+    try:
+        try:
+            _command(argv)
+        finally:
+            sys.stdout.flush()  # what is still buffered meets a closed pipe here, not in the interpreter's exit
+    except BrokenPipeError:
+        # Nothing more can be written there; stdout points at /dev/null so the interpreter's exit is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(EXIT_PIPE) from None
+
+
+def _command(argv: Sequence[str] | None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(config_path=getattr(args, "config", None))
