@@ -89,8 +89,9 @@ class _Redact(logging.Filter):
         return True
 
 
-def _setup_logging(settings: Settings, worker: int | None = None) -> None:
-    """Logs to stderr, redacted; with replicas or workers each line says which process wrote it."""
+def _setup_logging(settings: Settings, worker: int | None = None, *, quiet: bool = False) -> None:
+    """Logs to stderr, redacted; with replicas or workers each line says which process wrote it. ``quiet``
+    (``ask`` without ``--verbose``) shows warnings and errors only."""
     where = ".".join(t for t in (settings.replica, None if worker is None else f"w{worker}") if t)
     tag = f"[{where}] " if where else ""
     handler = logging.StreamHandler(sys.stderr)
@@ -99,6 +100,8 @@ def _setup_logging(settings: Settings, worker: int | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    if quiet and root.level < logging.WARNING:
+        root.setLevel(logging.WARNING)
     for noisy in ("httpx2", "httpcore2", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in settings.short_secrets:
@@ -206,6 +209,12 @@ def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     ask.add_argument("--json", action="store_true", help="print the structured result as JSON")
     ask.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the server's log lines (FUSION_LOG_LEVEL, default INFO); without it only warnings and errors",
+    )
+    ask.add_argument(
         "--analysis-only", action="store_true", help="skip the analyst's final answer; print the analysis only"
     )
     ask.add_argument(
@@ -280,7 +289,8 @@ def _command(argv: Sequence[str] | None) -> None:
     except ConfigError as exc:
         print(f"fusion-mcp: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    _setup_logging(settings, getattr(args, "worker_index", None))
+    quiet = args.command == "ask" and not args.verbose
+    _setup_logging(settings, getattr(args, "worker_index", None), quiet=quiet)
     # Anything this process starts is one level deeper, so a fusion server it launches refuses to fuse.
     os.environ["FUSION_DEPTH"] = str(settings.depth + 1)
 

@@ -57,6 +57,18 @@ def test_ask_exits_non_zero_on_an_error_result_and_on_bad_arguments(sim: Provide
     assert long.returncode == 2 and "fusion-mcp: --context: must be the material the panel needs" in long.stderr
 
 
+def test_ask_logs_warnings_only_unless_verbose(sim: ProviderSim) -> None:
+    short = "fusion_mcp: OPENROUTER_API_KEY is shorter than 8 characters: it looks wrong"
+    quiet = ask(sim, "q", "--analysis-only", OPENROUTER_API_KEY="k3y-x7")
+    assert quiet.returncode == 0, quiet.stderr
+    assert " INFO " not in quiet.stderr and f" WARNING {short}" in quiet.stderr, quiet.stderr
+    assert "[5/5] analysis ready" in quiet.stderr  # the progress lines are not logging: they stay
+    for flag in ("-v", "--verbose"):
+        loud = ask(sim, "q", "--analysis-only", flag, OPENROUTER_API_KEY="k3y-x7")
+        assert loud.returncode == 0 and f" WARNING {short}" in loud.stderr
+        assert " INFO fusion_mcp.engine.service: run fus_" in loud.stderr, loud.stderr
+
+
 def test_ask_takes_a_preset_and_says_when_an_answer_came_from_the_cache(sim: ProviderSim, tmp_path: Path) -> None:
     from fusion_mcp.config import PRESETS
 
@@ -220,7 +232,7 @@ def test_the_live_block_fits_80_columns_with_a_long_failure_a_retry_and_log_line
     sim.script(failing, Reply(status=400, error_message="the provider rejected this request because " + "x " * 150))
     sim.script(retried, Reply(status=502, error_message="upstream down", retry_after="0.2"), Reply())
     sim.script(slow, Reply(latency=1.2))
-    screen, out = screen_of(sim, "q", "--analysis-only")
+    screen, out = screen_of(sim, "q", "--analysis-only", "--verbose")
     assert out.startswith("# Fusion analysis: 2 answers")
     rows = {name: [i for i, line in enumerate(screen) if line.startswith(f"  {name} ")] for name in PANEL}
     rows["analyst"] = [i for i, line in enumerate(screen) if line.startswith(f"  analyst {ANALYST} ")]
