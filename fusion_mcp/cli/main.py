@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import anyio
 from pydantic import ValidationError
 
-from ..config import PRESET_NAMES, ConfigError, Settings, check_bind, load_settings
+from ..config import PRESET_NAMES, ConfigError, Settings, check_bind, load_settings, unknown_variables
 from ..core.about import HOMEPAGE, VERSION
 from ..core.errors import MIN_SECRET_CHARS, Redactor, live_secrets
 from ..core.limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
@@ -104,6 +104,9 @@ def _setup_logging(settings: Settings, worker: int | None = None, *, quiet: bool
         root.setLevel(logging.WARNING)
     for noisy in ("httpx2", "httpcore2", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if worker is None:  # said once per start: a --workers server's supervisor says it for its workers
+        for warning in unknown_variables(os.environ):
+            logging.getLogger("fusion_mcp").warning("%s", warning)
     for name in settings.short_secrets:
         logging.getLogger("fusion_mcp").warning(
             "%s is shorter than %d characters: it looks wrong, and a secret that short is not redacted from "

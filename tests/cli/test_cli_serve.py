@@ -60,3 +60,13 @@ def test_serve_says_where_it_serves(_http_server: servers.Running) -> None:
     assert f"  MCP (Streamable HTTP):   {base}/mcp\n" in said
     assert f"  OpenAI-compatible chat:  {base}/v1/chat/completions\n" in said
     assert f"  health:                  {base}/healthz\n" in said
+
+
+def test_an_unknown_variable_is_warned_once_per_start_even_with_workers(sim: ProviderSim) -> None:
+    with servers.http_server(sim_env(sim, FUSION_ANALYSYS_MODELS="a/x"), "--workers", "2") as running:
+        pass
+    warning = (
+        "WARNING fusion_mcp: environment variable FUSION_ANALYSYS_MODELS is not a setting of fusion-mcp and is "
+        "ignored; did you mean 'FUSION_ANALYSIS_MODELS'?"
+    )
+    assert running.stderr.count(warning) == 1, running.stderr
