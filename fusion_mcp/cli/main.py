@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 from pydantic import ValidationError
 
 from ..config import PRESET_NAMES, ConfigError, Settings, check_bind, load_settings, unknown_variables
@@ -46,6 +47,11 @@ EXIT_PIPE = 141
 STOP_GRACE_S = 1.5
 """After SIGINT or SIGTERM, how long the stdio server may take to close its runs before it exits anyway."""
 MAX_PORT = 65535
+STDIO_HINT = (
+    "fusion-mcp: serving MCP over stdio, for an MCP host to launch (fusion-mcp host-config HOST writes its entry); "
+    'press Ctrl-C to stop. From a terminal: fusion-mcp ask "a question"; see fusion-mcp --help'
+)
+"""Said on stderr when the stdio server starts on a terminal."""
 RUNS_WIDTH = 100
 """``fusion-mcp runs`` lines stay within this many columns."""
 ASK_FLAGS = {
@@ -406,7 +412,9 @@ def _serve_stdio(settings: Settings) -> None:
     async def serve() -> None:
         async with anyio.create_task_group() as tg:
             if sys.platform != "win32":  # asyncio on Windows has no signal handlers; Ctrl-C stays KeyboardInterrupt
-                tg.start_soon(_stop_on_signal, tg.cancel_scope, stopped)
+                await tg.start(_stop_on_signal, tg.cancel_scope, stopped)
+            if sys.stdin.isatty():  # a person typed the command (and Ctrl-C now stops it): no host writes here
+                print(STDIO_HINT, file=sys.stderr, flush=True)
             await server.run_stdio_async()
             tg.cancel_scope.cancel()
 
@@ -440,8 +448,11 @@ def _answers(values: list[str] | None) -> list[GuestAnswer] | None:
     return answers
 
 
-async def _stop_on_signal(scope: anyio.CancelScope, stopped: threading.Event) -> None:
+async def _stop_on_signal(
+    scope: anyio.CancelScope, stopped: threading.Event, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for number in signals:
             logging.getLogger("fusion_mcp").info(
                 "stopping on %s: runs in progress are cancelled", signal.Signals(number).name

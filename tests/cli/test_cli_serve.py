@@ -70,3 +70,42 @@ def test_an_unknown_variable_is_warned_once_per_start_even_with_workers(sim: Pro
         "ignored; did you mean 'FUSION_ANALYSIS_MODELS'?"
     )
     assert running.stderr.count(warning) == 1, running.stderr
+
+
+def test_the_stdio_server_started_from_a_terminal_says_what_it_is(sim: ProviderSim) -> None:
+    import os
+    import select
+    import signal
+
+    from fusion_mcp.cli.main import STDIO_HINT
+
+    master, slave = os.openpty()
+    try:
+        with subprocess.Popen(
+            [console_script()],
+            env=child_env(**sim_env(sim)),
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as proc:
+            assert proc.stderr is not None
+            said = b""
+            while STDIO_HINT.encode() not in said:
+                ready, _, _ = select.select([proc.stderr], [], [], 30)
+                assert ready and proc.poll() is None, said
+                said += os.read(proc.stderr.fileno(), 65536)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert said.decode().startswith(STDIO_HINT + "\n")
+
+
+def test_the_stdio_server_a_host_launches_says_nothing_of_the_kind(sim: ProviderSim) -> None:
+    from fusion_mcp.cli.main import STDIO_HINT
+
+    done = subprocess.run(
+        [console_script(), "serve"], env=child_env(**sim_env(sim)), input="", capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and STDIO_HINT not in done.stderr and done.stdout == ""
