@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -52,6 +53,8 @@ STDIO_HINT = (
     'press Ctrl-C to stop. From a terminal: fusion-mcp ask "a question"; see fusion-mcp --help'
 )
 """Said on stderr when the stdio server starts on a terminal."""
+DOCTOR_TIMEOUT_S = 15.0
+"""How long each of ``doctor``'s requests to the provider may take, unless ``--timeout`` says otherwise."""
 RUNS_WIDTH = 100
 """``fusion-mcp runs`` lines stay within this many columns."""
 ASK_FLAGS = {
@@ -235,10 +238,17 @@ def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 def _store_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     """``doctor``, ``runs`` and ``usage``."""
-    commands.add_parser(
+    doctor = commands.add_parser(
         "doctor",
         parents=[common],
         help="check key, provider, model ids, web tools and the store (cache or database) before spending anything",
+    )
+    doctor.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=DOCTOR_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long each request to the provider may take, 0.1-300 (default: {DOCTOR_TIMEOUT_S:g})",
     )
 
     runs = commands.add_parser("runs", parents=[common], help="list recent runs, or show one (runs ID)")
@@ -313,7 +323,7 @@ def _command(argv: Sequence[str] | None) -> None:
             code = 130
         raise SystemExit(code)
     if args.command == "doctor":
-        raise SystemExit(anyio.run(_doctor, settings))
+        raise SystemExit(anyio.run(_doctor, settings, args.timeout))
     if args.command == "runs":
         raise SystemExit(anyio.run(_runs, settings, args))
     if args.command == "usage":
@@ -385,6 +395,17 @@ def _port(value: str) -> int:
     if not value.strip().isdigit() or not 1 <= int(value) <= MAX_PORT:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_PORT} (got {value!r})")
     return int(value)
+
+
+def _timeout(value: str) -> float:
+    """``doctor --timeout``: seconds from 0.1 to 300."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0.1 <= seconds <= 300:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0.1 to 300 (got {value!r})")
+    return seconds
 
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:
@@ -673,10 +694,10 @@ def run_line(row: dict[str, Any], width: int = RUNS_WIDTH) -> str:
     return (head + prompt)[:width]
 
 
-async def _doctor(settings: Settings) -> int:
+async def _doctor(settings: Settings, timeout_s: float) -> int:
     from .doctor import run_checks
 
-    checks = await run_checks(settings)
+    checks = await run_checks(settings, timeout_s)
     for check in checks:
         print(check.line())
     failed = [c for c in checks if not c.ok]

@@ -103,10 +103,55 @@ async def test_a_provider_unreachable_at_start_is_logged_as_a_warning(caplog: py
     )
 
 
-def doctor(sim: ProviderSim, **env: str) -> subprocess.CompletedProcess[str]:
+def doctor(sim: ProviderSim, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [console_script(), "doctor"], env=child_env(**sim_env(sim, **env)), capture_output=True, text=True, timeout=60
+        [console_script(), "doctor", *args],
+        env=child_env(**sim_env(sim, **env)),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+
+
+def test_doctor_names_why_the_provider_cannot_be_reached(sim: ProviderSim) -> None:
+    import socket
+
+    refused = doctor(sim, OPENROUTER_BASE_URL="http://127.0.0.1:9/v1")
+    assert (
+        "FAIL reach: cannot reach http://127.0.0.1:9/v1: connection refused: nothing listens on 127.0.0.1:9 "
+        "-> fix: start the local server, or check the port in OPENROUTER_BASE_URL\n"
+    ) in refused.stdout
+    assert "FAIL key: could not ask http://127.0.0.1:9/v1/key: connection refused: nothing listens" in refused.stdout
+    unresolved = doctor(sim, OPENROUTER_BASE_URL="http://provider.invalid/v1")
+    assert (
+        "FAIL reach: cannot reach http://provider.invalid/v1: the name provider.invalid does not resolve "
+        "-> fix: check the host name in OPENROUTER_BASE_URL, and DNS\n"
+    ) in unresolved.stdout
+    plain = sim.base_url.replace("http://", "https://")  # TLS spoken to a plain-HTTP server
+    tls = doctor(sim, OPENROUTER_BASE_URL=plain)
+    assert (
+        f"FAIL reach: cannot reach {plain}: TLS failed (WRONG_VERSION_NUMBER) "
+        "-> fix: a server that speaks plain HTTP needs http:// in OPENROUTER_BASE_URL\n"
+    ) in tls.stdout
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        hung = doctor(sim, "--timeout", "0.5", OPENROUTER_BASE_URL=f"http://127.0.0.1:{port}/v1")
+    assert (
+        f"FAIL reach: cannot reach http://127.0.0.1:{port}/v1: no answer within 0.5 s -> fix: check that the server "
+        f"at 127.0.0.1:{port} is up and not overloaded, and that no firewall drops the connection; doctor --timeout "
+        "waits longer\n"
+    ) in hung.stdout
+    for out in (refused, unresolved, tls, hung):
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "301", "soon", "nan"])
+def test_doctor_timeout_is_checked_by_the_parser(sim: ProviderSim, value: str) -> None:
+    out = doctor(sim, "--timeout", value)
+    assert out.returncode == 2
+    assert f"argument --timeout: must be a number of seconds from 0.1 to 300 (got '{value}')" in out.stderr
 
 
 def test_doctor_passes_on_a_good_setup(sim: ProviderSim) -> None:
