@@ -57,6 +57,48 @@ async def test_an_unknown_model_is_refused_with_the_closest_ids_before_spending(
     assert sim.requests == []  # no completion was requested
 
 
+PRESET_WAY_OUT = (
+    "name the models this provider serves instead, with FUSION_ANALYSIS_MODELS and FUSION_MODEL (or the call's "
+    "analysis_models and model), or use the self preset with FUSION_MODEL set to one of them"
+)
+
+
+async def test_a_refused_id_a_preset_chose_names_the_preset_and_how_to_choose_instead(sim: ProviderSim) -> None:
+    sim.catalogue = [priced("llama3")]  # a local server: no preset's model is there
+    unknown = "unknown model id {!r}: the provider's catalogue does not list it; it came from {}: "
+
+    async def error(args: dict[str, Any], **env: str) -> str:
+        result = await call(sim, {"prompt": "q", **args}, **env)
+        data = structured(result)
+        assert result.is_error and data["failure_reason"] == "invalid_model"
+        return str(data["error"])
+
+    default = await error({}, **no_panel_env())
+    origin = "the default preset 'quality' (FUSION_PRESET is not set)"
+    assert default == unknown.format(PRESETS["quality"][0][0], origin) + PRESET_WAY_OUT
+    named = await error({}, FUSION_PRESET="budget", **no_panel_env())
+    assert named == unknown.format(PRESETS["budget"][0][0], "the preset 'budget' (FUSION_PRESET)") + PRESET_WAY_OUT
+    # The call's preset wins over FUSION_ANALYSIS_MODELS and FUSION_MODEL, and is named as the call's.
+    called = await error({"preset": "fast"}, FUSION_ANALYSIS_MODELS="llama3", FUSION_MODEL="llama3")
+    assert called == unknown.format(PRESETS["fast"][0][0], "the call's preset 'fast'") + PRESET_WAY_OUT
+    # Models the call chose are its own, whatever preset it named; the preset's analyst is still the preset's.
+    analyst = await error({"preset": "fast", "analysis_models": ["llama3"]})
+    assert analyst == unknown.format(PRESETS["fast"][1], "the call's preset 'fast'") + PRESET_WAY_OUT
+    lensed = await error({"preset": "self"}, **no_panel_env())
+    assert lensed == unknown.format(PRESETS["quality"][1], "the call's preset 'self'") + (
+        "the self preset takes its model from FUSION_MODEL (or the call's model), and the quality preset's analyst "
+        "when neither is set: set FUSION_MODEL to a model this provider serves"
+    )
+    # Ids named in settings or by the call: nothing about presets.
+    for args, env in (
+        ({}, {"FUSION_ANALYSIS_MODELS": "llama3,qwen9", "FUSION_MODEL": "llama3"}),
+        ({"model": "qwen9"}, {}),
+    ):
+        mine = await error({"analysis_models": ["llama3"], **args} if args else args, **env)
+        assert mine.startswith("unknown model id 'qwen9'") and "preset" not in mine, mine
+    assert sim.requests == []
+
+
 async def test_aliases_resolve_and_providers_without_a_catalogue_are_not_blocked(sim: ProviderSim) -> None:
     sim.catalogue = [priced("openai/gpt-5.2")]
     sim.aliases = {m: priced(m.lstrip("~")) for m in PANEL}
