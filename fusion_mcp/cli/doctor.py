@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -29,12 +33,13 @@ class Check:
         return f"{status} {self.name}: {self.detail}{fix}"
 
 
-async def run_checks(settings: Settings) -> list[Check]:
+async def run_checks(settings: Settings, timeout_s: float) -> list[Check]:
+    """Every check, in order; ``timeout_s`` bounds each request to the provider (``doctor --timeout``)."""
     async with new_http_client() as http:
-        checks = [await _key(http, settings), await _reachable(http, settings)]
-        checks += await _models(http, settings)
+        checks = [await _key(http, settings, timeout_s), await _reachable(http, settings, timeout_s)]
+        checks += await _models(http, settings, timeout_s)
         checks.append(_web(settings))
-        checks += await _tool_support(http, settings)
+        checks += await _tool_support(http, settings, timeout_s)
     checks.append(await _store(settings))
     checks += [_files(settings), _runs(settings)]
     return checks
@@ -66,7 +71,7 @@ def _runs(settings: Settings) -> Check:
     )
 
 
-async def _key(http: httpx2.AsyncClient, settings: Settings) -> Check:
+async def _key(http: httpx2.AsyncClient, settings: Settings, timeout_s: float) -> Check:
     if settings.api_key is None:
         if settings.is_openrouter:
             return Check(
@@ -78,10 +83,11 @@ async def _key(http: httpx2.AsyncClient, settings: Settings) -> Check:
             )
         return Check("key", True, "no key set (fine for a local server that needs none)")
     try:
-        with anyio.fail_after(15):
+        with anyio.fail_after(timeout_s):
             response = await http.get(f"{settings.base_url}/key", headers=auth_headers(settings))
     except (httpx2.HTTPError, TimeoutError) as exc:
-        return Check("key", False, f"could not ask {settings.base_url}/key: {type(exc).__name__}", "see 'reach'")
+        why, _ = unreachable(exc, settings.base_url, timeout_s)
+        return Check("key", False, f"could not ask {settings.base_url}/key: {why}", "see 'reach'")
     if response.status_code in (401, 403):
         return Check(
             "key",
@@ -104,22 +110,58 @@ async def _key(http: httpx2.AsyncClient, settings: Settings) -> Check:
     return Check("key", True, f"accepted{spent}{cap}")
 
 
-async def _reachable(http: httpx2.AsyncClient, settings: Settings) -> Check:
+async def _reachable(http: httpx2.AsyncClient, settings: Settings, timeout_s: float) -> Check:
     try:
-        with anyio.fail_after(15):
+        with anyio.fail_after(timeout_s):
             response = await http.get(f"{settings.base_url}/models")
     except (httpx2.HTTPError, TimeoutError) as exc:
-        return Check(
-            "reach",
-            False,
-            f"cannot reach {settings.base_url}: {type(exc).__name__}",
-            "check OPENROUTER_BASE_URL, the network, or that the local server is running",
-        )
+        why, fix = unreachable(exc, settings.base_url, timeout_s)
+        return Check("reach", False, f"cannot reach {settings.base_url}: {why}", fix)
     return Check("reach", True, f"{settings.base_url} answers (HTTP {response.status_code} for /models)")
 
 
-async def _models(http: httpx2.AsyncClient, settings: Settings) -> list[Check]:
-    client = CatalogueClient(http, settings)
+def unreachable(exc: BaseException, url: str, timeout_s: float) -> tuple[str, str]:
+    """Why a request to ``url`` got no answer, and what to do: the name, the connection, TLS or the time."""
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if isinstance(exc, TimeoutError | httpx2.TimeoutException):
+        return (
+            f"no answer within {timeout_s:g} s",
+            f"check that the server at {host}:{port} is up and not overloaded, and that no firewall drops the "
+            "connection; doctor --timeout waits longer",
+        )
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror):
+            return f"the name {host} does not resolve", "check the host name in OPENROUTER_BASE_URL, and DNS"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"TLS failed: the certificate of {host} is not trusted ({cause.verify_message})",
+                "a company CA goes in SSL_CERT_FILE; check that OPENROUTER_BASE_URL names the right host",
+            )
+        if isinstance(cause, ssl.SSLError):
+            return (
+                f"TLS failed ({cause.reason or cause})",
+                "a server that speaks plain HTTP needs http:// in OPENROUTER_BASE_URL",
+            )
+        if isinstance(cause, ConnectionRefusedError):
+            return (
+                f"connection refused: nothing listens on {host}:{port}",
+                "start the local server, or check the port in OPENROUTER_BASE_URL",
+            )
+    return type(exc).__name__, "check OPENROUTER_BASE_URL, the network, or that the local server is running"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from, innermost last."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+async def _models(http: httpx2.AsyncClient, settings: Settings, timeout_s: float) -> list[Check]:
+    client = CatalogueClient(http, settings, timeout_s)
     catalogue = await client.get()
     if catalogue.problem is not None:
         return [Check("models", False, f"model ids not checked: {catalogue.problem}", "see 'reach' above")]
@@ -166,11 +208,11 @@ def _without_userinfo(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", url)
 
 
-async def _tool_support(http: httpx2.AsyncClient, settings: Settings) -> list[Check]:
+async def _tool_support(http: httpx2.AsyncClient, settings: Settings, timeout_s: float) -> list[Check]:
     if settings.web_mode == "off":
         return []
     panel, analyst = settings.models_for()
-    silent = await without_tools(CatalogueClient(http, settings), (*map(model_of, panel), analyst))
+    silent = await without_tools(CatalogueClient(http, settings, timeout_s), (*map(model_of, panel), analyst))
     return [
         Check(
             f"tools {model}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 from pydantic import ValidationError
 
-from ..config import PRESET_NAMES, ConfigError, Settings, check_bind, load_settings
+from ..config import PRESET_NAMES, ConfigError, Settings, check_bind, load_settings, unknown_variables
 from ..core.about import HOMEPAGE, VERSION
 from ..core.errors import MIN_SECRET_CHARS, Redactor, live_secrets
 from ..core.limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
@@ -38,9 +40,21 @@ from ..engine.service import FusionService
 from ..store import Store, StoreError, UsageBy, UsageTotal, open_store
 from .terminal import LiveProgress
 
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_PIPE = 141
+"""Stdout's reader closed the pipe: 128 + SIGPIPE (13), the status a shell reports for a program SIGPIPE ended
+(``yes | head``); a literal, as Windows has no ``signal.SIGPIPE``."""
 STOP_GRACE_S = 1.5
 """After SIGINT or SIGTERM, how long the stdio server may take to close its runs before it exits anyway."""
+MAX_PORT = 65535
+STDIO_HINT = (
+    "fusion-mcp: serving MCP over stdio, for an MCP host to launch (fusion-mcp host-config HOST writes its entry); "
+    'press Ctrl-C to stop. From a terminal: fusion-mcp ask "a question"; see fusion-mcp --help'
+)
+"""Said on stderr when the stdio server starts on a terminal."""
+DOCTOR_TIMEOUT_S = 15.0
+"""How long each of ``doctor``'s requests to the provider may take, unless ``--timeout`` says otherwise."""
 RUNS_WIDTH = 100
 """``fusion-mcp runs`` lines stay within this many columns."""
 ASK_FLAGS = {
@@ -84,8 +98,9 @@ class _Redact(logging.Filter):
         return True
 
 
-def _setup_logging(settings: Settings, worker: int | None = None) -> None:
-    """Logs to stderr, redacted; with replicas or workers each line says which process wrote it."""
+def _setup_logging(settings: Settings, worker: int | None = None, *, quiet: bool = False) -> None:
+    """Logs to stderr, redacted; with replicas or workers each line says which process wrote it. ``quiet``
+    (``ask`` without ``--verbose``) shows warnings and errors only."""
     where = ".".join(t for t in (settings.replica, None if worker is None else f"w{worker}") if t)
     tag = f"[{where}] " if where else ""
     handler = logging.StreamHandler(sys.stderr)
@@ -94,8 +109,13 @@ def _setup_logging(settings: Settings, worker: int | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    if quiet and root.level < logging.WARNING:
+        root.setLevel(logging.WARNING)
     for noisy in ("httpx2", "httpcore2", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if worker is None:  # said once per start: a --workers server's supervisor says it for its workers
+        for warning in unknown_variables(os.environ):
+            logging.getLogger("fusion_mcp").warning("%s", warning)
     for name in settings.short_secrets:
         logging.getLogger("fusion_mcp").warning(
             "%s is shorter than %d characters: it looks wrong, and a secret that short is not redacted from "
@@ -142,7 +162,7 @@ def _serve_command(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
+    serve.add_argument("--port", type=_port, default=8765, help="HTTP port, 1-65535 (default: 8765)")
     serve.add_argument(
         "--stateless",
         action="store_true",
@@ -201,6 +221,12 @@ def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     ask.add_argument("--json", action="store_true", help="print the structured result as JSON")
     ask.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the server's log lines (FUSION_LOG_LEVEL, default INFO); without it only warnings and errors",
+    )
+    ask.add_argument(
         "--analysis-only", action="store_true", help="skip the analyst's final answer; print the analysis only"
     )
     ask.add_argument(
@@ -212,10 +238,17 @@ def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 def _store_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     """``doctor``, ``runs`` and ``usage``."""
-    commands.add_parser(
+    doctor = commands.add_parser(
         "doctor",
         parents=[common],
         help="check key, provider, model ids, web tools and the store (cache or database) before spending anything",
+    )
+    doctor.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=DOCTOR_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long each request to the provider may take, 0.1-300 (default: {DOCTOR_TIMEOUT_S:g})",
     )
 
     runs = commands.add_parser("runs", parents=[common], help="list recent runs, or show one (runs ID)")
@@ -256,13 +289,28 @@ def _host_command(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command; a reader that went away (``fusion-mcp runs --json | head -1``) ends it quietly with
+    :data:`EXIT_PIPE`, with no traceback."""
+    try:
+        try:
+            _command(argv)
+        finally:
+            sys.stdout.flush()  # what is still buffered meets a closed pipe here, not in the interpreter's exit
+    except BrokenPipeError:
+        # Nothing more can be written there; stdout points at /dev/null so the interpreter's exit is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(EXIT_PIPE) from None
+
+
+def _command(argv: Sequence[str] | None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(config_path=getattr(args, "config", None))
     except ConfigError as exc:
         print(f"fusion-mcp: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    _setup_logging(settings, getattr(args, "worker_index", None))
+    quiet = args.command == "ask" and not args.verbose
+    _setup_logging(settings, getattr(args, "worker_index", None), quiet=quiet)
     # Anything this process starts is one level deeper, so a fusion server it launches refuses to fuse.
     os.environ["FUSION_DEPTH"] = str(settings.depth + 1)
 
@@ -276,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = 130
         raise SystemExit(code)
     if args.command == "doctor":
-        raise SystemExit(anyio.run(_doctor, settings))
+        raise SystemExit(anyio.run(_doctor, settings, args.timeout))
     if args.command == "runs":
         raise SystemExit(anyio.run(_runs, settings, args))
     if args.command == "usage":
@@ -291,27 +339,47 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ConfigError as exc:
             print(f"fusion-mcp: {exc}", file=sys.stderr)
             raise SystemExit(EXIT_CONFIG) from None
-        if args.workers > 1 and args.worker_index is None:
-            from ..http.workers import serve_workers
-
-            raise SystemExit(serve_workers(_worker_argv(args), args.host, args.port, args.workers, settings.depth))
-        from ..http.app import serve_http
-
-        place = None
-        if args.worker_index is not None:
-            from ..http.workers import WorkerPlace, follow_supervisor
-
-            follow_supervisor(args.worker_supervisor or os.getppid())
-            place = WorkerPlace(args.worker_index, args.worker_count, args.worker_dir)
-        try:
-            anyio.run(lambda: serve_http(settings, args.host, args.port, stateless=args.stateless, place=place))
-        except KeyboardInterrupt:
-            pass
-        return
+        raise SystemExit(_serve_http(settings, args))
     if args.command == "serve" and args.workers > 1:
         print("fusion-mcp: --workers needs --transport http", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
     _serve_stdio(settings)
+
+
+def _serve_http(settings: Settings, args: argparse.Namespace) -> int:
+    """``serve --transport http``: one process, the supervisor of ``--workers``, or one of its workers.
+
+    A port that cannot be had is said in one line (the same with and without workers), exit 1.
+    """
+    from ..http.app import serve_http, served_urls
+    from ..http.workers import PortUnavailable, WorkerPlace, follow_supervisor, serve_workers
+
+    def started() -> None:
+        print(served_urls(args.host, args.port, args.workers), file=sys.stderr, flush=True)
+
+    try:
+        if args.workers > 1 and args.worker_index is None:
+            return serve_workers(_worker_argv(args), args.host, args.port, args.workers, settings.depth, started)
+        place = None
+        if args.worker_index is not None:
+            follow_supervisor(args.worker_supervisor or os.getppid())
+            place = WorkerPlace(args.worker_index, args.worker_count, args.worker_dir)
+        anyio.run(
+            lambda: serve_http(
+                settings,
+                args.host,
+                args.port,
+                stateless=args.stateless,
+                place=place,
+                on_started=started if place is None else None,
+            )
+        )
+    except PortUnavailable as exc:
+        print(f"fusion-mcp: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _workers(value: str) -> int:
@@ -321,6 +389,24 @@ def _workers(value: str) -> int:
         return parse_workers(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers ")) from None
+
+
+def _port(value: str) -> int:
+    """``--port``: a whole number from 1 to 65535 (argparse names the option and exits 2 otherwise)."""
+    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_PORT} (got {value!r})")
+    return int(value)
+
+
+def _timeout(value: str) -> float:
+    """``doctor --timeout``: seconds from 0.1 to 300."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0.1 <= seconds <= 300:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0.1 to 300 (got {value!r})")
+    return seconds
 
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:
@@ -348,7 +434,9 @@ def _serve_stdio(settings: Settings) -> None:
     async def serve() -> None:
         async with anyio.create_task_group() as tg:
             if sys.platform != "win32":  # asyncio on Windows has no signal handlers; Ctrl-C stays KeyboardInterrupt
-                tg.start_soon(_stop_on_signal, tg.cancel_scope, stopped)
+                await tg.start(_stop_on_signal, tg.cancel_scope, stopped)
+            if sys.stdin.isatty():  # a person typed the command (and Ctrl-C now stops it): no host writes here
+                print(STDIO_HINT, file=sys.stderr, flush=True)
             await server.run_stdio_async()
             tg.cancel_scope.cancel()
 
@@ -382,8 +470,11 @@ def _answers(values: list[str] | None) -> list[GuestAnswer] | None:
     return answers
 
 
-async def _stop_on_signal(scope: anyio.CancelScope, stopped: threading.Event) -> None:
+async def _stop_on_signal(
+    scope: anyio.CancelScope, stopped: threading.Event, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for number in signals:
             logging.getLogger("fusion_mcp").info(
                 "stopping on %s: runs in progress are cancelled", signal.Signals(number).name
@@ -604,10 +695,10 @@ def run_line(row: dict[str, Any], width: int = RUNS_WIDTH) -> str:
     return (head + prompt)[:width]
 
 
-async def _doctor(settings: Settings) -> int:
+async def _doctor(settings: Settings, timeout_s: float) -> int:
     from .doctor import run_checks
 
-    checks = await run_checks(settings)
+    checks = await run_checks(settings, timeout_s)
     for check in checks:
         print(check.line())
     failed = [c for c in checks if not c.ok]

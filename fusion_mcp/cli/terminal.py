@@ -6,6 +6,11 @@ terminal's width (less one column, where terminals differ on when they wrap). Lo
 the block is live go above it (:meth:`LiveProgress.logging_above`): a plain write to the same stream would
 land inside the block and be overwritten. When stderr is not a terminal the command prints plain lines
 instead (see ``cli``), so logs and CI output stay readable.
+
+The block never erases the screen from its own top line: when that line is the terminal's first (a terminal
+just cleared), "erase below" there erases the whole screen, which tmux (``scroll-on-clear``) and other
+terminals first scroll into the scrollback, leaving a copy of the block there. Its rows are cleared one by one
+instead, and "erase below" is only sent below them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from ..core.text import one_line, plural
 
 CLEAR_LINE = "\x1b[2K"
 CLEAR_BELOW = "\x1b[J"
+TICK_S = 0.5
+"""How often the block is redrawn when nothing happens, for the elapsed times."""
+NEXT_LINE = "\x1b[E"
+"""To the start of the next line, without scrolling (unlike a newline on the last line)."""
 
 
 class LiveProgress:
@@ -39,6 +48,8 @@ class LiveProgress:
         self._rows[self._analyst] = "waiting for the panel"
         self._done: dict[str, float] = {}
         self._retries: dict[str, int] = {}
+        self._waits: dict[str, tuple[float, str]] = {}
+        """Rows whose request waits to be retried: when the retry starts (seconds into the run), and why."""
         self._drawn = 0
         self._analysing = False
         # Log records may come from worker threads (the store writes in one): one writer at a time.
@@ -53,7 +64,7 @@ class LiveProgress:
                 self._rows[row] = f"{event.tool} {event.used}/{event.budget}"
             case "retry":
                 self._retries[row] = self._retries.get(row, 0) + 1
-                self._rows[row] = f"retrying in {event.delay:.1f} s after {event.error}"
+                self._waits[row] = (now + event.delay, event.error or "an error")
             case "member_answered":
                 self._rows[row], self._done[row] = "answered" + self._after_retries(row), now
             case "member_failed":
@@ -68,7 +79,20 @@ class LiveProgress:
                 self._rows[self._analyst], self._done[self._analyst] = done + self._after_retries(row), now
             case "analysis_skipped":
                 self._rows[self._analyst], self._done[self._analyst] = "not asked: too few answers", now
+        if event.kind != "retry":
+            self._waits.pop(row, None)
         self.draw()
+
+    def _state(self, row: str, now: float) -> str:
+        """The row's state; while a retry waits, how long it has left, and once it started, that it did."""
+        wait = self._waits.get(row)
+        if wait is None:
+            return self._rows[row]
+        start, error = wait
+        if now < start:
+            return f"retrying in {start - now:.1f} s after {error}"
+        doing = self._rows[row] if row == self._analyst else "thinking"
+        return f"{doing} ({_ordinal(self._retries[row])} try, after {error})"
 
     def cached(self) -> None:
         """The run was answered from the cache: no model worked."""
@@ -89,7 +113,9 @@ class LiveProgress:
     def write_above(self, text: str) -> None:
         """Print ``text`` above the block (it may wrap: it is not redrawn), then the block again."""
         with self._lock:
-            self._stream.write(self._up() + CLEAR_BELOW + text.rstrip("\n") + "\n")
+            # The block's rows cleared one by one, then the text where it began (see the module's docstring).
+            cleared = self._up() + (CLEAR_LINE + NEXT_LINE) * self._drawn + self._up()
+            self._stream.write(cleared + text.rstrip("\n") + "\n")
             self._drawn = 0
             self._stream.write(self._frame())
             self._stream.flush()
@@ -103,8 +129,9 @@ class LiveProgress:
         names = max(len(name) for name in self._rows)
         names = min(names, max(12, width // 2))
         lines = []
-        for name, state in self._rows.items():
+        for name in self._rows:
             seconds = self._done.get(name, now)
+            state = self._state(name, now)
             row = f"  {_cut(name, names):<{names}}  {seconds:6.1f} s  {one_line(state, width)}"
             lines.append(CLEAR_LINE + _cut(row, width) + "\n")
         self._drawn = len(lines)
@@ -119,9 +146,11 @@ class LiveProgress:
         return columns or shutil.get_terminal_size().columns
 
     async def tick(self) -> None:
-        """Keep the elapsed times moving while nothing else happens."""
+        """Keep the elapsed times moving while nothing else happens; redraw when a retry starts, too."""
         while True:
-            await anyio.sleep(0.5)
+            now = time.monotonic() - self._started
+            starts = [start - now for start, _ in self._waits.values() if start > now]
+            await anyio.sleep(min([TICK_S, *starts]))
             self.draw()
 
     @contextmanager
@@ -152,6 +181,12 @@ class _Above(logging.Handler):
             self._live.write_above(self.format(record))
         except Exception:
             self.handleError(record)
+
+
+def _ordinal(retries: int) -> str:
+    """The try a request is on after ``retries`` retries: ``2nd`` after one."""
+    n = retries + 1
+    return f"{n}{'nd' if n == 2 else 'rd' if n == 3 else 'th'}"
 
 
 def _cut(text: str, width: int) -> str:

@@ -32,6 +32,8 @@ from .settings import (
     Unmet,
     WebTools,
     check_bind,
+    closest_setting,
+    did_you_mean,
     is_loopback,
     is_placeholder,
     is_secret,
@@ -41,6 +43,7 @@ from .settings import (
     rule,
     setting,
     short_name,
+    unknown_variables,
 )
 
 __all__ = [
@@ -68,6 +71,8 @@ __all__ = [
     "Unmet",
     "WebTools",
     "check_bind",
+    "closest_setting",
+    "did_you_mean",
     "is_loopback",
     "is_placeholder",
     "is_secret",
@@ -77,4 +82,5 @@ __all__ = [
     "rule",
     "setting",
     "short_name",
+    "unknown_variables",
 ]

@@ -21,7 +21,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -697,13 +697,65 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     for key, written, value in entries:
         name = key.upper() if key.upper() in _BY_NAME else SHORT_NAMES.get(key.lower())
         if name is None:
-            close = difflib.get_close_matches(key.lower(), [*SHORT_NAMES, *map(str.lower, SETTING_NAMES)], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else " (fusion-mcp.example.toml lists every setting)"
-            raise ConfigError(f"config file {path}: unknown setting {written!r}{hint}")
+            raise ConfigError(f"config file {path}: unknown setting {written!r}{did_you_mean(key)}")
         if name in origins:
             raise ConfigError(f"config file {path}: {name} is set twice, as {origins[name]!r} and {written!r}")
         values[name], origins[name] = value, written
     return values, {name: f"config file {path}, key {written!r}" for name, written in origins.items()}
+
+
+OUR_VARIABLES = frozenset(
+    {
+        "FUSION_CONFIG",
+        "FUSION_SLOW",
+        "FUSION_NGINX",
+        "FUSION_NODE",
+        "FUSION_MCPB",
+        "FUSION_CONFORMANCE",
+        "FUSION_INSPECTOR",
+    }
+)
+"""Environment variables of ours that are not settings: the config file's path, and the tools the test suite
+and CI are told where to find (with every ``FUSION_TEST_*``). Never warned about."""
+_SETTING_PREFIX = re.compile(r"(?i)(FUSION|OPENROUTER)_")
+
+
+def closest_setting(written: str, among: Sequence[str] = SETTING_NAMES, cutoff: float = 0.6) -> str | None:
+    """The setting of ``among`` a name that is none most likely meant, or ``None``: compared by short names
+    (``analysys_models`` with ``analysis_models``), given in the style it was written (with or without the
+    prefix; in lower case if it was). The one rule for config-file keys and environment variables."""
+    shorts = {short_name(name): name for name in among}
+    close = difflib.get_close_matches(short_name(written.upper()), list(shorts), n=1, cutoff=cutoff)
+    if not close:
+        return None
+    name = shorts[close[0]] if _SETTING_PREFIX.match(written) else close[0]
+    return name.lower() if written.islower() else name.upper()
+
+
+def did_you_mean(written: str) -> str:
+    """What follows "``written`` is not a setting": the setting it most likely meant, or where they are listed."""
+    close = closest_setting(written)
+    return f"; did you mean {close!r}?" if close else " (fusion-mcp.example.toml lists every setting)"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``FUSION_*`` environment variable that is neither a setting nor ours, and for each
+    ``OPENROUTER_*`` one that is a misspelt setting (other programs have ``OPENROUTER_*`` variables of their
+    own, such as ``OPENROUTER_MODEL``: those are left alone)."""
+    found = []
+    openrouter = [name for name in SETTING_NAMES if name.startswith("OPENROUTER_")]
+    for name in sorted(environ):
+        if name in _BY_NAME or name in OUR_VARIABLES or name.startswith("FUSION_TEST_"):
+            continue
+        if name.startswith("FUSION_"):
+            found.append(
+                f"environment variable {name} is not a setting of fusion-mcp and is ignored{did_you_mean(name)}"
+            )
+        elif name.startswith("OPENROUTER_") and (close := closest_setting(name, openrouter, cutoff=0.8)):
+            found.append(
+                f"environment variable {name} is not a setting of fusion-mcp and is ignored; did you mean {close!r}?"
+            )
+    return found
 
 
 def _first_error(exc: ValidationError, values: Mapping[str, Any], origins: Mapping[str, str]) -> str:

@@ -138,6 +138,10 @@ class FusionRequest(_Model):
     cost_estimate: float | None = None
     """The run's worst-case cost in USD from catalogue prices (filled in by the catalogue check); None when
     the catalogue has no prices for one of its models."""
+    preset_origins: dict[str, str] = Field(default_factory=dict)
+    """Model ids a preset chose (not the call, ``FUSION_ANALYSIS_MODELS`` or ``FUSION_MODEL``), each with a
+    sentence naming the preset, where it was named and how to choose models instead: a refusal of an unknown
+    id ends with it."""
 
 
 # --- the analysis, exactly as OpenRouter shapes it ---------------------------------------------------

@@ -117,7 +117,8 @@ def _failures(result: FusionResult) -> list[str]:
         return []
     lines = ["\n## Failed models"]
     for f in result.failed_models:
-        code = f" (HTTP {f.status_code})" if f.status_code else ""
+        # The status once: a provider's error already starts with it ("HTTP 404: ...").
+        code = f" (HTTP {f.status_code})" if f.status_code and not f.error.startswith(f"HTTP {f.status_code}") else ""
         lines.append(f"- {f.model}{code}: {f.error}")
     return lines
 

@@ -179,6 +179,8 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int, lent: bool = Fa
         args.analysis_models,
         settings.models_for(preset, analyst)[0],
     )
+    given = {"panel_given": args.analysis_models is not None, "analyst_given": args.model is not None}
+    origins = _preset_origins(settings, preset, analyst=analyst, **given)
     guests: tuple[GuestAnswer, ...] = _checked("answers", _guests, args.answers, ())
     files: tuple[str, ...] = _checked("files", _files, args.files, ())
     roots = tuple(args.file_roots) if args.file_roots else tuple(str(r) for r in settings.files_roots)
@@ -228,7 +230,47 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int, lent: bool = Fa
         min_answers=settings.min_answers,
         files=files,
         file_roots=roots if files else (),
+        preset_origins={model: origin for model, origin in origins.items() if model in request_ids(panel, analyst)},
     )
+
+
+def _preset_origins(
+    settings: Settings, preset: Preset | None, *, panel_given: bool, analyst: str, analyst_given: bool
+) -> dict[str, str]:
+    """The model ids a preset chose for this call, each with a sentence saying which preset, where it was
+    named, and how to choose models instead. As in ``Settings.models_for``: the call's preset, over
+    ``FUSION_ANALYSIS_MODELS`` and ``FUSION_MODEL``, over ``FUSION_PRESET``; the self preset's panel is its
+    analyst (``FUSION_MODEL``, else the quality preset's)."""
+    chosen = preset or settings.preset
+    if preset is not None:
+        named = f"the call's preset {preset!r}"
+    elif "preset" in settings.model_fields_set:
+        named = f"the preset {chosen!r} (FUSION_PRESET)"
+    else:
+        named = f"the default preset {chosen!r} (FUSION_PRESET is not set)"
+    fixed = preset is not None and preset != "self"
+    lensed = preset == "self" or (preset is None and chosen == "self" and settings.configured_panel is None)
+    origins: dict[str, str] = {}
+    if not panel_given and not lensed and (fixed or settings.configured_panel is None):
+        origins.update(
+            (split_entry(entry)[0], f"it came from {named}: {PRESET_WAY_OUT}")
+            for entry in settings.models_for(preset, analyst)[0]
+        )
+    if not analyst_given and (fixed or settings.configured_analyst is None):
+        way_out = SELF_WAY_OUT if chosen == "self" else PRESET_WAY_OUT
+        origins[analyst] = f"it came from {named}: {way_out}"
+    return origins
+
+
+PRESET_WAY_OUT = (
+    "name the models this provider serves instead, with FUSION_ANALYSIS_MODELS and FUSION_MODEL (or the call's "
+    "analysis_models and model), or use the self preset with FUSION_MODEL set to one of them"
+)
+"""How to choose models instead of a preset's, which a local server serves none of."""
+SELF_WAY_OUT = (
+    "the self preset takes its model from FUSION_MODEL (or the call's model), and the quality preset's analyst "
+    "when neither is set: set FUSION_MODEL to a model this provider serves"
+)
 
 
 NOT_TEXT = "holds a lone surrogate (\\ud800-\\udfff), which is not text: it cannot be sent to any model"
@@ -349,6 +391,8 @@ async def check_catalogue(
         if not known:
             close = catalogue_now.closest(model)
             hint = f"; closest known ids: {', '.join(close)}" if close else ""
+            origin = request.preset_origins.get(model)
+            hint += f"; {origin}" if origin is not None else ""
             raise FusionRefused(
                 "invalid_model", f"unknown model id {model!r}: the provider's catalogue does not list it{hint}"
             )
@@ -365,7 +409,12 @@ async def check_catalogue(
 
 def request_models(request: FusionRequest) -> tuple[str, ...]:
     """Every model id a run asks (panel entries' models, then the analyst), each once."""
-    return tuple(dict.fromkeys((*(split_entry(e)[0] for e in request.analysis_models), request.model)))
+    return request_ids(request.analysis_models, request.model)
+
+
+def request_ids(panel: tuple[str, ...], analyst: str) -> tuple[str, ...]:
+    """The model ids of a panel's entries, then the analyst's, each once."""
+    return tuple(dict.fromkeys((*(split_entry(e)[0] for e in panel), analyst)))
 
 
 def _check_cost(request: FusionRequest, max_cost_usd: float, left_of: float | None) -> None:

@@ -12,9 +12,11 @@ the MCP server and to the chat routes (:class:`FrontEnds`).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
+import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,7 +30,7 @@ from .connections import Connections, descriptor_budget, guarded_protocol
 from .guard import MAX_BODY_BYTES, Guard
 from .session_routes import SessionRoutes
 from .sessions import SessionTable
-from .workers import WorkerPlace, port_socket, relay_socket
+from .workers import WorkerPlace, claim_port, port_socket, relay_socket
 
 log = logging.getLogger(__name__)
 IDLE_S = 5.0
@@ -138,15 +140,38 @@ def build_app(
     )
 
 
+def served_urls(host: str, port: int, workers: int = 1) -> str:
+    """What ``serve --transport http`` says on stderr once it serves: where each endpoint is."""
+    bare = host.strip("[]")
+    base = f"http://{f'[{bare}]' if ':' in bare else bare}:{port}"
+    where = " (every interface of this machine)" if bare in ("0.0.0.0", "::") else ""
+    processes = f" with {workers} workers" if workers > 1 else ""
+    return (
+        f"fusion-mcp: serving {base}{where}{processes}; Ctrl-C stops\n"
+        f"  MCP (Streamable HTTP):   {base}/mcp\n"
+        f"  OpenAI-compatible chat:  {base}/v1/chat/completions\n"
+        f"  health:                  {base}/healthz"
+    )
+
+
 async def serve_http(
-    settings: Settings, host: str, port: int, *, stateless: bool = False, place: WorkerPlace | None = None
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    stateless: bool = False,
+    place: WorkerPlace | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> None:
     """Serve until cancelled or signalled; call :func:`~fusion_mcp.config.settings.check_bind` first.
+
+    :class:`~fusion_mcp.http.workers.PortUnavailable` at once, before anything starts, if the port cannot be
+    had; ``on_started`` is called once the server accepts connections.
 
     As a worker of a ``--workers`` server (``place``) it listens on the shared port beside its siblings and
     on a loopback port of its own for requests they relay.
     """
-    import uvicorn
+    sockets = [claim_port(host, port)] if place is None else [port_socket(host, port), relay_socket(place)]
 
     # Every run may hold a connection to the provider per member and the analyst.
     limit, backlog = descriptor_budget(settings.max_connections, settings.max_concurrent * (MAX_PANEL + 1))
@@ -176,8 +201,17 @@ async def serve_http(
         # A stopped server must not wait forever for a fusion still streaming to a client.
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
-    if place is None:
-        await server.serve()
-        return
-    await server.serve(sockets=[port_socket(host, port), relay_socket(place)])
+    await _Server(config, on_started).serve(sockets=sockets)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying when it has started."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()

@@ -25,6 +25,7 @@ for them before it exits.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -90,6 +92,30 @@ def port_socket(host: str, port: int, *, share: bool = True) -> socket.socket:
     return sock
 
 
+class PortUnavailable(Exception):
+    """The server cannot have its port; the message names the port and what to do about it."""
+
+
+def claim_port(host: str, port: int, *, share: bool = False) -> socket.socket:
+    """:func:`port_socket`, or :class:`PortUnavailable` saying why not (the same words with and without
+    ``--workers``)."""
+    try:
+        return port_socket(host, port, share=share)
+    except OSError as exc:
+        raise PortUnavailable(port_problem(host, port, exc)) from None
+
+
+def port_problem(host: str, port: int, exc: OSError) -> str:
+    """Why ``host:port`` cannot be bound, with what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use: stop the other server or pick another --port"
+    if exc.errno == errno.EACCES:
+        return f"port {port} on {host} needs privileges this user does not have: pick one above 1023 with --port"
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return f"cannot serve on {host}: not an address of this machine ({exc.strerror or exc}); check --host"
+    return f"cannot serve on {host}:{port}: {exc.strerror or exc}"
+
+
 def relay_socket(place: WorkerPlace) -> socket.socket:
     """The worker's loopback socket for requests its siblings relay, on a port of its own choosing, which
     it writes where they look (:func:`~fusion_mcp.http.session_routes.worker_port_file`).
@@ -121,20 +147,19 @@ def follow_supervisor(supervisor: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve_workers(worker_argv: list[str], host: str, port: int, count: int, depth: int) -> int:
-    """Run ``count`` workers on ``host:port`` until signalled; the exit status.
+def serve_workers(
+    worker_argv: list[str], host: str, port: int, count: int, depth: int, on_started: Callable[[], None]
+) -> int:
+    """Run ``count`` workers on ``host:port`` until signalled; the exit status. :class:`PortUnavailable` at
+    once if the port cannot be had. ``on_started`` is called once the workers are started.
 
     ``worker_argv`` is a worker's command line after ``fusion-mcp`` (``serve --transport http ...``); each
     worker gets its place appended. ``depth`` is this server's own fusion depth, passed on unchanged: a
     worker is this server, not a process it launched.
     """
-    try:
-        # A plain bind first: SO_REUSEPORT alone would share the port with another server of this user.
-        port_socket(host, port, share=False).close()
-        reserved = port_socket(host, port)
-    except OSError as exc:
-        log.error("cannot bind %s:%d: %s", host, port, exc.strerror or exc)
-        return 1
+    # A plain bind first: SO_REUSEPORT alone would share the port with another server of this user.
+    claim_port(host, port).close()
+    reserved = claim_port(host, port, share=True)
     directory = Path(tempfile.mkdtemp(prefix="fusion-mcp-workers-"))
     env = dict(os.environ, FUSION_DEPTH=str(depth))
     stopping = False
@@ -158,7 +183,7 @@ def serve_workers(worker_argv: list[str], host: str, port: int, count: int, dept
     started = [time.monotonic()] * count
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    log.info("serving http://%s:%d with %d workers (pid %d supervises)", host, port, count, os.getpid())
+    on_started()
     try:
         while not stopping:
             time.sleep(0.2)

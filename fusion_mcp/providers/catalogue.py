@@ -110,8 +110,9 @@ def _inputs(architecture: Any) -> frozenset[str]:
 class CatalogueClient:
     """Fetches and caches the catalogue; every failure means "no catalogue", never an exception."""
 
-    def __init__(self, http: httpx2.AsyncClient, settings: Settings) -> None:
+    def __init__(self, http: httpx2.AsyncClient, settings: Settings, timeout_s: float = 15.0) -> None:
         self._http = http
+        self._timeout_s = timeout_s
         self._base = settings.base_url
         self._headers = auth_headers(settings)
         self._cached: Catalogue | None = None
@@ -127,7 +128,7 @@ class CatalogueClient:
     async def _fetch(self) -> Catalogue:
         url = f"{self._base}/models"
         try:
-            with anyio.fail_after(15):
+            with anyio.fail_after(self._timeout_s):
                 response = await self._http.get(url, headers=self._headers)
         except (httpx2.HTTPError, TimeoutError) as exc:
             # Not "no catalogue": the provider could not be asked, and every call will fail the same way.
@@ -174,7 +175,7 @@ class CatalogueClient:
         """
         path = quote(model, safe="/~:@+")
         try:
-            with anyio.fail_after(15):
+            with anyio.fail_after(self._timeout_s):
                 response = await self._http.get(f"{self._base}/model/{path}", headers=self._headers)
             if response.status_code != 200:
                 return None

@@ -282,3 +282,33 @@ def test_a_database_url_without_the_postgres_extra_says_how_to_install_it(monkey
         "FUSION_DATABASE_URL is set, but PostgreSQL support is not installed: pip install 'fusion-panel-mcp[postgres]'"
     )
     assert load_settings(environ={}).database_url is None  # without the URL nothing needs it
+
+
+def test_unknown_fusion_and_misspelt_openrouter_variables_are_named_with_the_setting_meant() -> None:
+    from fusion_mcp.config import unknown_variables
+
+    ignored = "is not a setting of fusion-mcp and is ignored"
+    assert unknown_variables(
+        {
+            "FUSION_ANALYSYS_MODELS": "a/x",
+            "FUSION_API_KEY": "k",
+            "FUSION_FROBNICATE": "1",
+            "OPENROUTER_APIKEY": "k",
+            # Settings, ours, and other programs' variables: nothing to say.
+            "FUSION_MODEL": "a/x",
+            "BRAVE_API_KEY": "k",
+            "FUSION_CONFIG": "f.toml",
+            "FUSION_TEST_DATABASE_URL": "postgresql://",
+            "FUSION_TEST_ANYTHING": "1",
+            "FUSION_SLOW": "1",
+            "FUSION_INSPECTOR": "/bin/x",
+            "OPENROUTER_MODEL": "x",
+            "OPENROUTER_API_BASE": "x",
+            "PATH": "/bin",
+        }
+    ) == [
+        f"environment variable FUSION_ANALYSYS_MODELS {ignored}; did you mean 'FUSION_ANALYSIS_MODELS'?",
+        f"environment variable FUSION_API_KEY {ignored}; did you mean 'OPENROUTER_API_KEY'?",
+        f"environment variable FUSION_FROBNICATE {ignored} (fusion-mcp.example.toml lists every setting)",
+        f"environment variable OPENROUTER_APIKEY {ignored}; did you mean 'OPENROUTER_API_KEY'?",
+    ]

@@ -30,14 +30,18 @@ def test_an_ok_result_shows_analysis_answers_sources_failures_and_cost() -> None
         result(
             "first answer",
             sources=[Source(url="https://a.test/", title="A"), Source(url="https://b.test/")],
-            failed_models=[FailedModel(model="m/9", error="HTTP 502: down", status_code=502)],
+            failed_models=[
+                FailedModel(model="m/9", error="HTTP 502: down", status_code=502),
+                FailedModel(model="m/8", error="the answer was cut off", status_code=200),
+            ],
             timings=Timings(members={"m/0": 1.25}, total=2.0),
         )
     )
     assert text.startswith("# Fusion analysis: 1 answer, analyst j/x\n\n## Consensus\n- (none)")
     assert "\n## m/0 (1.2 s)\nfirst answer" in text
     assert "- A <https://a.test/>\n- <https://b.test/>" in text
-    assert "- m/9 (HTTP 502): HTTP 502: down" in text
+    # The status said once: in the error when it starts with it, before it otherwise.
+    assert "- m/9: HTTP 502: down\n- m/8 (HTTP 200): the answer was cut off" in text
     assert text.endswith("_cost not reported · 0 prompt + 0 completion tokens · 2.0 s · run fus_1_")
 
 

@@ -330,6 +330,14 @@ def test_bad_workers_arguments_are_named(args: list[str], message: str) -> None:
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
+def test_the_supervisor_alone_says_where_the_workers_serve(workers: servers.Running) -> None:
+    said = workers.stderr
+    assert said.count("fusion-mcp: serving") == 1, said
+    assert f"fusion-mcp: serving {workers.base} with 2 workers; Ctrl-C stops\n" in said
+    assert f"  MCP (Streamable HTTP):   {workers.base}/mcp\n" in said
+    assert f"  OpenAI-compatible chat:  {workers.base}/v1/chat/completions\n" in said
+
+
 def test_a_busy_port_is_reported_at_once(sim: ProviderSim) -> None:
     with servers.http_server(sim_env(sim)) as running:
         port = running.base.rsplit(":", 1)[1]
@@ -340,4 +348,6 @@ def test_a_busy_port_is_reported_at_once(sim: ProviderSim) -> None:
             text=True,
             timeout=30,
         )
-    assert done.returncode == 1 and f"cannot bind 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert done.returncode == 1
+    busy = f"fusion-mcp: port {port} on 127.0.0.1 is in use: stop the other server or pick another --port"
+    assert busy in done.stderr

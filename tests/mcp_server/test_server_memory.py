@@ -136,7 +136,7 @@ async def test_one_member_failing_is_named_and_the_run_goes_on(sim: ProviderSim)
     assert [r["model"] for r in data["responses"]] == [A, C]
     assert "analysis" in data
     assert any(m and m.startswith(f"{B} failed") for _, _, m in progress)
-    assert f"{B} (HTTP 500): HTTP 500: internal trouble" in text(result)
+    assert f"{B}: HTTP 500: internal trouble" in text(result) and "(HTTP 500)" not in text(result)
 
 
 async def test_all_members_failing_is_all_panels_failed(sim: ProviderSim) -> None:

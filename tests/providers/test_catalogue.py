@@ -57,6 +57,48 @@ async def test_an_unknown_model_is_refused_with_the_closest_ids_before_spending(
     assert sim.requests == []  # no completion was requested
 
 
+PRESET_WAY_OUT = (
+    "name the models this provider serves instead, with FUSION_ANALYSIS_MODELS and FUSION_MODEL (or the call's "
+    "analysis_models and model), or use the self preset with FUSION_MODEL set to one of them"
+)
+
+
+async def test_a_refused_id_a_preset_chose_names_the_preset_and_how_to_choose_instead(sim: ProviderSim) -> None:
+    sim.catalogue = [priced("llama3")]  # a local server: no preset's model is there
+    unknown = "unknown model id {!r}: the provider's catalogue does not list it; it came from {}: "
+
+    async def error(args: dict[str, Any], **env: str) -> str:
+        result = await call(sim, {"prompt": "q", **args}, **env)
+        data = structured(result)
+        assert result.is_error and data["failure_reason"] == "invalid_model"
+        return str(data["error"])
+
+    default = await error({}, **no_panel_env())
+    origin = "the default preset 'quality' (FUSION_PRESET is not set)"
+    assert default == unknown.format(PRESETS["quality"][0][0], origin) + PRESET_WAY_OUT
+    named = await error({}, FUSION_PRESET="budget", **no_panel_env())
+    assert named == unknown.format(PRESETS["budget"][0][0], "the preset 'budget' (FUSION_PRESET)") + PRESET_WAY_OUT
+    # The call's preset wins over FUSION_ANALYSIS_MODELS and FUSION_MODEL, and is named as the call's.
+    called = await error({"preset": "fast"}, FUSION_ANALYSIS_MODELS="llama3", FUSION_MODEL="llama3")
+    assert called == unknown.format(PRESETS["fast"][0][0], "the call's preset 'fast'") + PRESET_WAY_OUT
+    # Models the call chose are its own, whatever preset it named; the preset's analyst is still the preset's.
+    analyst = await error({"preset": "fast", "analysis_models": ["llama3"]})
+    assert analyst == unknown.format(PRESETS["fast"][1], "the call's preset 'fast'") + PRESET_WAY_OUT
+    lensed = await error({"preset": "self"}, **no_panel_env())
+    assert lensed == unknown.format(PRESETS["quality"][1], "the call's preset 'self'") + (
+        "the self preset takes its model from FUSION_MODEL (or the call's model), and the quality preset's analyst "
+        "when neither is set: set FUSION_MODEL to a model this provider serves"
+    )
+    # Ids named in settings or by the call: nothing about presets.
+    for args, env in (
+        ({}, {"FUSION_ANALYSIS_MODELS": "llama3,qwen9", "FUSION_MODEL": "llama3"}),
+        ({"model": "qwen9"}, {}),
+    ):
+        mine = await error({"analysis_models": ["llama3"], **args} if args else args, **env)
+        assert mine.startswith("unknown model id 'qwen9'") and "preset" not in mine, mine
+    assert sim.requests == []
+
+
 async def test_aliases_resolve_and_providers_without_a_catalogue_are_not_blocked(sim: ProviderSim) -> None:
     sim.catalogue = [priced("openai/gpt-5.2")]
     sim.aliases = {m: priced(m.lstrip("~")) for m in PANEL}
@@ -103,10 +145,55 @@ async def test_a_provider_unreachable_at_start_is_logged_as_a_warning(caplog: py
     )
 
 
-def doctor(sim: ProviderSim, **env: str) -> subprocess.CompletedProcess[str]:
+def doctor(sim: ProviderSim, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [console_script(), "doctor"], env=child_env(**sim_env(sim, **env)), capture_output=True, text=True, timeout=60
+        [console_script(), "doctor", *args],
+        env=child_env(**sim_env(sim, **env)),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+
+
+def test_doctor_names_why_the_provider_cannot_be_reached(sim: ProviderSim) -> None:
+    import socket
+
+    refused = doctor(sim, OPENROUTER_BASE_URL="http://127.0.0.1:9/v1")
+    assert (
+        "FAIL reach: cannot reach http://127.0.0.1:9/v1: connection refused: nothing listens on 127.0.0.1:9 "
+        "-> fix: start the local server, or check the port in OPENROUTER_BASE_URL\n"
+    ) in refused.stdout
+    assert "FAIL key: could not ask http://127.0.0.1:9/v1/key: connection refused: nothing listens" in refused.stdout
+    unresolved = doctor(sim, OPENROUTER_BASE_URL="http://provider.invalid/v1")
+    assert (
+        "FAIL reach: cannot reach http://provider.invalid/v1: the name provider.invalid does not resolve "
+        "-> fix: check the host name in OPENROUTER_BASE_URL, and DNS\n"
+    ) in unresolved.stdout
+    plain = sim.base_url.replace("http://", "https://")  # TLS spoken to a plain-HTTP server
+    tls = doctor(sim, OPENROUTER_BASE_URL=plain)
+    assert (
+        f"FAIL reach: cannot reach {plain}: TLS failed (WRONG_VERSION_NUMBER) "
+        "-> fix: a server that speaks plain HTTP needs http:// in OPENROUTER_BASE_URL\n"
+    ) in tls.stdout
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        hung = doctor(sim, "--timeout", "0.5", OPENROUTER_BASE_URL=f"http://127.0.0.1:{port}/v1")
+    assert (
+        f"FAIL reach: cannot reach http://127.0.0.1:{port}/v1: no answer within 0.5 s -> fix: check that the server "
+        f"at 127.0.0.1:{port} is up and not overloaded, and that no firewall drops the connection; doctor --timeout "
+        "waits longer\n"
+    ) in hung.stdout
+    for out in (refused, unresolved, tls, hung):
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "301", "soon", "nan"])
+def test_doctor_timeout_is_checked_by_the_parser(sim: ProviderSim, value: str) -> None:
+    out = doctor(sim, "--timeout", value)
+    assert out.returncode == 2
+    assert f"argument --timeout: must be a number of seconds from 0.1 to 300 (got '{value}')" in out.stderr
 
 
 def test_doctor_passes_on_a_good_setup(sim: ProviderSim) -> None:
