@@ -65,10 +65,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import KEYS_PAGE, SETTING_NAMES, ConfigError, Settings, is_secret, load_settings, short_name
-from ..core.about import COMMAND
+from ..core.about import COMMAND, HOMEPAGE
 
 KEY = "OPENROUTER_API_KEY"
 TOKEN = "FUSION_HTTP_TOKEN"
+BUNDLE_DOCS = f"{HOMEPAGE}/blob/main/docs/hosts.md#claude-desktop-one-click-bundle"
+"""Where the ``.mcpb`` bundle is explained (the hosts page of the documentation)."""
 KEY_PLACEHOLDER = "sk-or-v1-..."
 DEFAULT_URL = "http://127.0.0.1:8765/mcp"
 CANONICAL = "mcp-json"
@@ -312,7 +314,7 @@ def launch_for(settings: Settings, args: argparse.Namespace, environ: Mapping[st
         if HOSTS[args.host].http is None:
             raise HostConfigError(
                 f"{HOSTS[args.host].title}'s config file starts stdio servers only: use the default stdio entry, "
-                "or the .mcpb bundle (see the README)"
+                f"or the .mcpb bundle ({BUNDLE_DOCS})"
             )
         url = args.url or DEFAULT_URL
         if not url.startswith(("http://", "https://")):
@@ -399,7 +401,7 @@ def notes(args: argparse.Namespace, host: Host, launch: Launch, environ: Mapping
             found.append(
                 "Claude Desktop reads no variable from its environment: to keep secrets out of its config, put them "
                 "in a config file (chmod 600) and run host-config again with --config FILE, or install the .mcpb "
-                "bundle, which keeps the key in the system keychain (see the README)"
+                f"bundle, which keeps the key in the system keychain ({BUNDLE_DOCS})"
             )
     for name in referenced(host, launch):
         if not environ.get(name, "").strip():
@@ -415,7 +417,7 @@ def notes(args: argparse.Namespace, host: Host, launch: Launch, environ: Mapping
     if "/uv/" in launch.command.replace("\\", "/") and "cache" in launch.command.lower():
         found.append(
             "this fusion-mcp runs from uv's cache, which uv may clean: install it for good (uv tool install or "
-            "pipx, see the README) and run host-config again"
+            "pipx: the README's Quick start) and run host-config again"
         )
     return found
 

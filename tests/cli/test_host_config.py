@@ -88,7 +88,8 @@ def test_each_stdio_entry_parses_and_names_an_existing_absolute_executable(host:
     no_variables = (
         "fusion-mcp: Claude Desktop reads no variable from its environment: to keep secrets out of its config, put "
         "them in a config file (chmod 600) and run host-config again with --config FILE, or install the .mcpb bundle, "
-        "which keeps the key in the system keychain (see the README)"
+        "which keeps the key in the system keychain "
+        "(https://github.com/fusion-panel-mcp/fusion-mcp/blob/main/docs/hosts.md#claude-desktop-one-click-bundle)"
     )
     assert (no_variables in out.stderr.splitlines()) == (host == "claude-desktop")
     assert "is not set here" not in out.stderr  # the key is set: nothing to warn about
