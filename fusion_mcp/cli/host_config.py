@@ -414,12 +414,28 @@ def notes(args: argparse.Namespace, host: Host, launch: Launch, environ: Mapping
             "Claude Code reads the variables in ${...} from the environment it runs in. For every project instead "
             "of this one: " + claude_code_command(args.name, launch)
         )
-    if "/uv/" in launch.command.replace("\\", "/") and "cache" in launch.command.lower():
+    place = transient_place(launch.command) if launch.url is None else None
+    if place:
         found.append(
-            "this fusion-mcp runs from uv's cache, which uv may clean: install it for good (uv tool install or "
-            "pipx: the README's Quick start) and run host-config again"
+            f"this fusion-mcp runs from {place}, which may be cleaned away, and the entry would then start nothing: "
+            "install it for good (uv tool install or pipx: the README's Quick start) and run host-config again"
         )
     return found
+
+
+def transient_place(command: str) -> str | None:
+    """Where ``command`` lives when that place may vanish (a cache, a temporary directory), in words; else None.
+
+    ``uvx`` and ``pipx run`` start commands from their caches, which they clean; a venv under the temporary
+    directory goes at the next reboot. An entry naming such a path stops working without a word.
+    """
+    parts = [part.lower() for part in Path(command).parts]
+    if any("cache" in part for part in parts):
+        return "uv's cache" if "uv" in parts else "a cache directory"
+    for temporary in {tempfile.gettempdir(), "/tmp", "/var/tmp"}:
+        if Path(command).is_relative_to(temporary):
+            return f"a temporary directory ({temporary})"
+    return None
 
 
 def claude_code_command(name: str, launch: Launch) -> str:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 from mcp import Client, StdioServerParameters
 
-from fusion_mcp.cli.host_config import CODEX_OUTPUT_MARGIN, HOSTS, canonical_mcp_json, main
+from fusion_mcp.cli.host_config import CODEX_OUTPUT_MARGIN, HOSTS, canonical_mcp_json, main, transient_place
 from fusion_mcp.cli.main import _parser
 from fusion_mcp.config import load_settings
 from tests.cli.entries import SERVERS, command_of, entry_of, env_of, launch_of, parse
@@ -365,3 +366,44 @@ def test_write_refuses_what_it_cannot_merge_safely_and_touches_nothing(
     code, err = write(capsys, host, "--file", str(path))
     assert code == 1 and message in err and "nothing was written" in err
     assert path.read_text() == content and not list(tmp_path.glob("*.bak"))
+
+
+@pytest.mark.parametrize(
+    ("where", "place"),
+    [
+        (".cache/uv/archive-v0/k3x/bin", "uv's cache"),
+        ("home/.local/pipx/.cache/f00/bin", "a cache directory"),
+        ("venv/bin", "a temporary directory"),
+    ],
+)
+def test_a_command_that_lives_where_it_may_vanish_is_named(tmp_path: Path, where: str, place: str) -> None:
+    """uvx and ``pipx run`` start commands from caches they clean, and a temporary folder goes at a reboot:
+    the entry would name a path that stops existing, so host-config says where it runs from."""
+    bin_dir = tmp_path / where
+    bin_dir.mkdir(parents=True)
+    # Python and the command as such a tool lays them out (links to this installation's).
+    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "fusion-mcp").symlink_to(console_script())
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    out = subprocess.run(
+        [str(bin_dir / "python"), "-m", "fusion_mcp", "host-config", "cursor"],
+        env=child_env(PYTHONPATH=os.pathsep.join([str(REPO), site]), OPENROUTER_API_KEY=API_KEY),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert command_of("cursor", entry_of("cursor", out.stdout))[0] == str(bin_dir / "fusion-mcp")
+    warning = [line for line in out.stderr.splitlines() if "which may be cleaned away" in line]
+    assert len(warning) == 1 and f"this fusion-mcp runs from {place}" in warning[0], out.stderr
+    assert warning[0].endswith(
+        "and the entry would then start nothing: install it for good (uv tool install or pipx: the README's Quick "
+        "start) and run host-config again"
+    )
+
+
+def test_a_command_in_a_lasting_place_gets_no_such_warning() -> None:
+    out = host_config("cursor", OPENROUTER_API_KEY=API_KEY)
+    # This installation is a lasting place unless the checkout itself sits in a temporary folder.
+    lasting = transient_place(console_script()) is None
+    assert out.returncode == 0 and ("which may be cleaned away" not in out.stderr) == lasting
