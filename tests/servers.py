@@ -26,6 +26,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_health(url: str, proc: subprocess.Popen[bytes], limit_s: float = 20) -> bool:
+    """Whether ``url`` answered 200 before ``proc`` ended or ``limit_s`` passed."""
+    deadline = time.monotonic() + limit_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx2.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx2.TransportError:
+            time.sleep(0.05)
+    return False
+
+
 @dataclass
 class Running:
     base: str

@@ -153,10 +153,14 @@ def unreachable(exc: BaseException, url: str, timeout_s: float) -> tuple[str, st
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it was raised from, innermost last."""
+    """``exc`` and what it was raised from, innermost last, through exception groups too: anyio raises one
+    ``OSError`` from a group of the attempts when a name (``localhost``) resolves to several addresses."""
     seen: BaseException | None = exc
     while seen is not None:
         yield seen
+        if isinstance(seen, BaseExceptionGroup):
+            for inner in seen.exceptions:
+                yield from _causes(inner)
         seen = seen.__cause__ or seen.__context__
 
 

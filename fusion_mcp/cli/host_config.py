@@ -63,8 +63,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from ..config import KEYS_PAGE, SETTING_NAMES, ConfigError, Settings, is_secret, load_settings, short_name
+from ..config import (
+    KEYS_PAGE,
+    SETTING_NAMES,
+    ConfigError,
+    Settings,
+    file_settings,
+    is_secret,
+    load_settings,
+    short_name,
+)
 from ..core.about import COMMAND, HOMEPAGE
 
 KEY = "OPENROUTER_API_KEY"
@@ -175,6 +185,10 @@ def _codex_stdio(launch: Launch) -> dict[str, Any]:
 
 
 def _codex_limit(launch: Launch) -> dict[str, Any]:
+    # Over HTTP the budget is the remote server's: it fits results to what Codex keeps by default unless its
+    # operator set FUSION_MAX_OUTPUT_CHARS, so raising Codex's limit here would promise what it may not send.
+    if launch.url is not None:
+        return {}
     return {"tool_output_token_limit": launch.output_chars + CODEX_OUTPUT_MARGIN}
 
 
@@ -337,26 +351,54 @@ def carried(
     """
     try:
         baseline = load_settings(environ={}, config_path=config)
+        key_in_file = baseline.api_key is not None
     except ConfigError:
         # The file alone does not hold (a variable here overrides what fails in it): carry all that differs.
         baseline = load_settings(environ={})
+        key_in_file = config is not None and KEY in _given_by(config)
     env: dict[str, str] = {}
     secrets: list[str] = []
     for name in SETTING_NAMES:
         field_name = _FIELDS[name]
         if name in _NOT_CARRIED or not environ.get(name, "").strip():
             continue
-        if getattr(settings, field_name) == getattr(baseline, field_name):
+        value = getattr(settings, field_name)
+        if value == getattr(baseline, field_name):
             continue
-        if is_secret(name):
+        if is_secret(name) or _has_password(environ[name]):
             secrets.append(name)
         else:
-            env[name] = environ[name]
-    if KEY not in secrets and baseline.api_key is None and (settings.is_openrouter or settings.api_key is not None):
+            env[name] = _spelled(value, environ[name])
+    if KEY not in secrets and not key_in_file and (settings.is_openrouter or settings.api_key is not None):
         secrets.insert(0, KEY)
     if config is not None:
         env["FUSION_CONFIG"] = str(config)
     return env, tuple(secrets)
+
+
+def _given_by(config: Path) -> frozenset[str]:
+    try:
+        return file_settings(config)
+    except ConfigError:
+        return frozenset()
+
+
+def _has_password(value: str) -> bool:
+    """A URL with a password in it (``https://user:pw@gateway``): carried as a secret, never in clear."""
+    try:
+        return urlsplit(value.strip()).password is not None
+    except ValueError:
+        return False
+
+
+def _spelled(value: object, given: str) -> str:
+    """A setting as the entry carries it: a path absolute (the host starts the server in another directory),
+    anything else as it was written."""
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, tuple) and value and all(isinstance(v, Path) for v in value):
+        return ",".join(str(v) for v in value)
+    return given
 
 
 def executable() -> tuple[str, list[str]]:
@@ -407,7 +449,7 @@ def notes(args: argparse.Namespace, host: Host, launch: Launch, environ: Mapping
         if not environ.get(name, "").strip():
             found.append(
                 f"{name} is not set here, and the entry reads it from the environment {host.title} runs in: "
-                f"set it there before starting {host.title}, which does not say when it is missing"
+                f"set it there before starting {host.title}, which says so at best in a diagnostic"
             )
     if host is HOSTS["claude-code"] and launch.url is None:
         found.append(
@@ -423,6 +465,10 @@ def notes(args: argparse.Namespace, host: Host, launch: Launch, environ: Mapping
     return found
 
 
+_CACHE_FOLDERS = frozenset({".cache", "cache", "caches"})
+"""Folders tools clean: ``~/.cache`` (uv, pipx on Linux), ``~/Library/Caches`` (macOS), ``...\\uv\\cache`` (Windows)."""
+
+
 def transient_place(command: str) -> str | None:
     """Where ``command`` lives when that place may vanish (a cache, a temporary directory), in words; else None.
 
@@ -430,7 +476,7 @@ def transient_place(command: str) -> str | None:
     directory goes at the next reboot. An entry naming such a path stops working without a word.
     """
     parts = [part.lower() for part in Path(command).parts]
-    if any("cache" in part for part in parts):
+    if any(part in _CACHE_FOLDERS for part in parts):
         return "uv's cache" if "uv" in parts else "a cache directory"
     for temporary in {tempfile.gettempdir(), "/tmp", "/var/tmp"}:
         if Path(command).is_relative_to(temporary):

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -294,12 +295,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         try:
             _command(argv)
-        finally:
+        except SystemExit:
             sys.stdout.flush()  # what is still buffered meets a closed pipe here, not in the interpreter's exit
+            raise
+        sys.stdout.flush()
     except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a pipe of some other kind broke: an error of its own, not a reader that left
         # Nothing more can be written there; stdout points at /dev/null so the interpreter's exit is quiet too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(EXIT_PIPE) from None
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout's reader is gone (its pipe reports an error); True where that cannot be asked."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows), or no stdout to ask
+        return True
 
 
 def _command(argv: Sequence[str] | None) -> None:

@@ -679,6 +679,12 @@ def postgres_installed() -> bool:
     return True
 
 
+def file_settings(path: Path) -> frozenset[str]:
+    """The names of the settings a config file gives (``OPENROUTER_API_KEY``, ...), whether or not they are valid
+    on their own; raises :class:`ConfigError` for a file that cannot be read as a config file at all."""
+    return frozenset(_read_toml(path)[0])
+
+
 def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """The file's settings by name, and where each came from (``file, key 'fusion.model'``)."""
     try:
@@ -713,6 +719,9 @@ OUR_VARIABLES = frozenset(
         "FUSION_MCPB",
         "FUSION_CONFORMANCE",
         "FUSION_INSPECTOR",
+        "FUSION_CLAUDE",
+        "FUSION_CODEX",
+        "FUSION_OPENCODE",
     }
 )
 """Environment variables of ours that are not settings: the config file's path, and the tools the test suite

@@ -245,7 +245,7 @@ def _preset_origins(
     if preset is not None:
         named = f"the call's preset {preset!r}"
     elif "preset" in settings.model_fields_set:
-        named = f"the preset {chosen!r} (FUSION_PRESET)"
+        named = f"the preset {chosen!r} (FUSION_PRESET, or preset in the config file)"
     else:
         named = f"the default preset {chosen!r} (FUSION_PRESET is not set)"
     fixed = preset is not None and preset != "self"

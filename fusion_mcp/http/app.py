@@ -30,7 +30,7 @@ from .connections import Connections, descriptor_budget, guarded_protocol
 from .guard import MAX_BODY_BYTES, Guard
 from .session_routes import SessionRoutes
 from .sessions import SessionTable
-from .workers import WorkerPlace, claim_port, port_socket, relay_socket
+from .workers import WorkerPlace, claim_port, port_sockets, relay_socket
 
 log = logging.getLogger(__name__)
 IDLE_S = 5.0
@@ -171,7 +171,7 @@ async def serve_http(
     As a worker of a ``--workers`` server (``place``) it listens on the shared port beside its siblings and
     on a loopback port of its own for requests they relay.
     """
-    sockets = [claim_port(host, port)] if place is None else [port_socket(host, port), relay_socket(place)]
+    sockets = claim_port(host, port) if place is None else [*port_sockets(host, port), relay_socket(place)]
 
     # Every run may hold a connection to the provider per member and the analyst.
     limit, backlog = descriptor_budget(settings.max_connections, settings.max_concurrent * (MAX_PANEL + 1))

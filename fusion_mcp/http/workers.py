@@ -75,32 +75,43 @@ def parse_workers(value: str) -> int:
     return int(value)
 
 
-def port_socket(host: str, port: int, *, share: bool = True) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (with ``SO_REUSEPORT`` if ``share``), not listening yet: uvicorn
-    listens once the app has started, so the kernel hands a worker no connection before it can serve."""
+def port_sockets(host: str, port: int, *, share: bool = True) -> list[socket.socket]:
+    """TCP sockets bound to ``host:port`` (with ``SO_REUSEPORT`` if ``share``), not listening yet: uvicorn
+    listens once the app has started, so the kernel hands a worker no connection before it can serve.
+
+    One socket for each address ``host`` resolves to, as asyncio's own server makes them (``localhost`` is
+    often ``127.0.0.1`` and ``::1``); an IPv6 socket takes IPv6 only, so ``::`` and ``0.0.0.0`` stay apart.
+    """
     bare = host.strip("[]")
-    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    infos = socket.getaddrinfo(bare or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+    sockets: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if share:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((bare, port))
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if share:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
     except OSError:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
-    return sock
+    return sockets
 
 
 class PortUnavailable(Exception):
     """The server cannot have its port; the message names the port and what to do about it."""
 
 
-def claim_port(host: str, port: int, *, share: bool = False) -> socket.socket:
-    """:func:`port_socket`, or :class:`PortUnavailable` saying why not (the same words with and without
+def claim_port(host: str, port: int, *, share: bool = False) -> list[socket.socket]:
+    """:func:`port_sockets`, or :class:`PortUnavailable` saying why not (the same words with and without
     ``--workers``)."""
     try:
-        return port_socket(host, port, share=share)
+        return port_sockets(host, port, share=share)
     except OSError as exc:
         raise PortUnavailable(port_problem(host, port, exc)) from None
 
@@ -125,7 +136,7 @@ def relay_socket(place: WorkerPlace) -> socket.socket:
     """
     from .session_routes import worker_port_file
 
-    sock = port_socket("127.0.0.1", 0, share=False)
+    (sock,) = port_sockets("127.0.0.1", 0, share=False)
     path = worker_port_file(place.directory, place.index)
     written = path.with_suffix(".tmp")
     written.write_text(str(sock.getsockname()[1]))
@@ -158,7 +169,8 @@ def serve_workers(
     worker is this server, not a process it launched.
     """
     # A plain bind first: SO_REUSEPORT alone would share the port with another server of this user.
-    claim_port(host, port).close()
+    for sock in claim_port(host, port):
+        sock.close()
     reserved = claim_port(host, port, share=True)
     directory = Path(tempfile.mkdtemp(prefix="fusion-mcp-workers-"))
     env = dict(os.environ, FUSION_DEPTH=str(depth))
@@ -207,6 +219,7 @@ def serve_workers(
                 log.warning("worker pid %d did not stop within %.0f s: killing it", worker.pid, STOP_S)
                 worker.kill()
                 worker.wait()
-        reserved.close()
+        for sock in reserved:
+            sock.close()
         shutil.rmtree(directory, ignore_errors=True)
     return 0

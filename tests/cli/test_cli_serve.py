@@ -109,3 +109,32 @@ def test_the_stdio_server_a_host_launches_says_nothing_of_the_kind(sim: Provider
         [console_script(), "serve"], env=child_env(**sim_env(sim)), input="", capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and STDIO_HINT not in done.stderr and done.stdout == ""
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "workers"])
+def test_an_ipv6_host_is_served_on_ipv6_only(sim: ProviderSim, workers: list[str]) -> None:
+    """Each address of --host gets a socket of its own family; an IPv6 one takes IPv6 only, as asyncio's does."""
+    port = servers.free_port()
+    with subprocess.Popen(
+        [console_script(), "serve", "--transport", "http", "--host", "::1", "--port", str(port), *workers],
+        env=child_env(**sim_env(sim)),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        try:
+            assert servers.wait_for_health(f"http://[::1]:{port}/healthz", proc)
+            with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)

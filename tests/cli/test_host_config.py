@@ -26,7 +26,7 @@ USER_ANALYST = "~google/gemini-pro-latest"
 USER = {"FUSION_ANALYSIS_MODELS": ",".join(USER_PANEL), "FUSION_MODEL": USER_ANALYST, "FUSION_WEB_TOOLS": "off"}
 UNSET = (
     "fusion-mcp: OPENROUTER_API_KEY is not set here, and the entry reads it from the environment {title} runs in: "
-    "set it there before starting {title}, which does not say when it is missing"
+    "set it there before starting {title}, which says so at best in a diagnostic"
 )
 
 
@@ -109,7 +109,7 @@ def test_the_users_settings_travel_with_the_entry_and_defaults_and_the_depth_do_
         "claude-code",
         OPENROUTER_API_KEY=API_KEY,
         FUSION_PRESET="quality",
-        FUSION_DEPTH="0",
+        FUSION_DEPTH="2",  # not the default, and still not carried: each launch starts at its own depth
         BRAVE_API_KEY=API_KEY,
         **USER,
     )
@@ -199,8 +199,8 @@ def test_http_entries_name_the_url_and_how_the_token_is_sent(host: str) -> None:
     assert "command" not in entry and "env" not in entry
     unset = (
         f"fusion-mcp: FUSION_HTTP_TOKEN is not set here, and the entry reads it from the environment "
-        f"{HOSTS[host].title} runs in: set it there before starting {HOSTS[host].title}, which does not say when "
-        "it is missing"
+        f"{HOSTS[host].title} runs in: set it there before starting {HOSTS[host].title}, which says so at best in "
+        "a diagnostic"
     )
     assert (unset in out.stderr.splitlines()) == (host != "vscode")
     quiet = host_config(host, "--transport", "http", "--token", FUSION_HTTP_TOKEN="t" * 40)
@@ -402,8 +402,79 @@ def test_a_command_that_lives_where_it_may_vanish_is_named(tmp_path: Path, where
     )
 
 
+@pytest.mark.parametrize(
+    ("command", "place"),
+    [
+        ("/root/.cache/uv/archive-v0/Kx1/bin/fusion-mcp", "uv's cache"),
+        ("/Users/me/Library/Caches/pipx/f00/bin/fusion-mcp", "a cache directory"),
+        ("/home/me/src/cachetools/.venv/bin/fusion-mcp", None),  # a word with "cache" in it is no cache
+        ("/home/me/.local/bin/fusion-mcp", None),
+        ("/opt/pipx/venvs/fusion-panel-mcp/bin/fusion-mcp", None),
+    ],
+)
+def test_where_a_command_may_vanish(command: str, place: str | None) -> None:
+    assert transient_place(command) == place
+
+
 def test_a_command_in_a_lasting_place_gets_no_such_warning() -> None:
     out = host_config("cursor", OPENROUTER_API_KEY=API_KEY)
     # This installation is a lasting place unless the checkout itself sits in a temporary folder.
     lasting = transient_place(console_script()) is None
     assert out.returncode == 0 and ("which may be cleaned away" not in out.stderr) == lasting
+
+
+SECRETS = {
+    "OPENROUTER_API_KEY": "sk-or-v1-CANARY-key-0123456789",
+    "FUSION_DATABASE_URL": "postgresql://fusion:CANARY-db-password@db.example:5432/fusion",
+    "FUSION_HTTP_TOKEN": "CANARY-token-0123456789abcdef",
+    "FUSION_HTTP_TOKENS": "alice:CANARY-alice-0123456789ab",
+    "BRAVE_API_KEY": "CANARY-brave-0123456789",
+    "TAVILY_API_KEY": "CANARY-tavily-0123456789",
+    # Not a secret setting, but a URL with a password in it is carried as one.
+    "OPENROUTER_BASE_URL": "https://gateway-user:CANARY-url-password@gateway.example/v1",
+}
+
+
+@pytest.mark.parametrize(
+    ("host", "transport"),
+    [(h, t) for h in HOSTS for t in ("stdio", "http") if t == "stdio" or HOSTS[h].http],
+        (host, transport)
+        for host in HOSTS
+        for transport in ("stdio", "http")
+        if transport == "stdio" or HOSTS[host].http
+    ],
+)
+def test_no_secret_reaches_the_entry_the_file_or_the_terminal(tmp_path: Path, host: str, transport: str) -> None:
+    target = tmp_path / ("config.toml" if HOSTS[host].format == "toml" else "config.json")
+    out = host_config(host, "--transport", transport, "--write", "--file", str(target), **SECRETS)
+    assert out.returncode == 0, out.stderr
+    seen = out.stdout + out.stderr + target.read_text()
+    assert "CANARY" not in seen, [line for line in seen.splitlines() if "CANARY" in line]
+    if transport == "stdio" and HOSTS[host].reads_env:
+        # Each is referenced for the host to expand from its environment: the server still gets every one.
+        _, env = launch_of(host, entry_of(host, out.stdout), SECRETS)
+        assert {k: env.get(k) for k in SECRETS} == SECRETS
+
+
+def test_a_relative_home_travels_as_an_absolute_path(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [console_script(), "host-config", "claude-code"],
+        env=child_env(OPENROUTER_API_KEY=API_KEY, FUSION_HOME="state/fusion"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    # The host starts the server in a directory of its own: a relative path would land elsewhere.
+    assert env_of("claude-code", entry_of("claude-code", out.stdout))["FUSION_HOME"] == str(tmp_path / "state/fusion")
+
+
+def test_a_key_in_a_file_that_only_holds_with_the_environment_is_not_added(tmp_path: Path) -> None:
+    config = tmp_path / "fusion.toml"
+    config.write_text(f'api_key = "{API_KEY}"\nmax_tool_calls = 99\n')  # 99 is out of range; the variable wins
+    out = host_config("claude-code", FUSION_CONFIG=str(config), FUSION_MAX_TOOL_CALLS="3")
+    assert out.returncode == 0, out.stderr
+    env = env_of("claude-code", entry_of("claude-code", out.stdout))
+    # A reference to an unset OPENROUTER_API_KEY would override the file's key and stop the server at start.
+    assert env == {"FUSION_MAX_TOOL_CALLS": "3", "FUSION_CONFIG": str(config)}

@@ -242,7 +242,9 @@ def test_each_host_sends_the_token_its_http_entry_refers_to(home: Home, sim: Pro
         home.env["FUSION_HTTP_TOKEN"] = TOKEN  # in the host's environment only, never in its config
         out = home.run(console_script(), "host-config", host, "--transport", "http", "--url", url, "--token", "--write")
         assert "is not set here" not in out.stderr
-        assert TOKEN not in "".join(p.read_text() for p in home.root.rglob("*.json") if p.is_file()) + out.stdout
+        configs = [p for p in home.root.rglob("*") if p.is_file() and p.suffix in (".json", ".toml")]
+        written = "".join(p.read_text(errors="replace") for p in configs)  # Codex's config.toml too
+        assert TOKEN not in written + out.stdout + out.stderr
         if host == "codex":  # `codex mcp list` does not connect: it reports the variable it will read
             got = json.loads(home.run(program, "mcp", "get", "fusion", "--json").stdout)["transport"]
             assert got["type"] == "streamable_http" and got["url"] == url

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from fusion_mcp.config import QUALITY_PANEL, SHORT_NAMES, ConfigError, is_secret, load_settings
+from fusion_mcp.config import QUALITY_PANEL, SETTING_NAMES, SHORT_NAMES, ConfigError, is_secret, load_settings
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "fusion-mcp.example.toml"
@@ -312,3 +313,35 @@ def test_unknown_fusion_and_misspelt_openrouter_variables_are_named_with_the_set
         f"environment variable FUSION_FROBNICATE {ignored} (fusion-mcp.example.toml lists every setting)",
         f"environment variable OPENROUTER_APIKEY {ignored}; did you mean 'OPENROUTER_API_KEY'?",
     ]
+
+
+# Names that look like ours and are not variables: misspellings the warning tests use on purpose, and Python
+# constants (the chat writer's function tool, the simulator's).
+NOT_VARIABLES = {
+    "FUSION_ANALYSYS_MODELS",
+    "FUSION_API_KEY",
+    "FUSION_FROBNICATE",
+    "FUSION_TEMPERATURE_UNRELATED",
+    "FUSION_FUNCTION",
+    "FUSION_TOOL",
+}
+
+
+def test_every_fusion_variable_the_project_names_is_a_setting_or_known_to_the_warning() -> None:
+    """A variable CI, the tests or the docs set that the unknown-variable warning does not know would be warned
+    about on every start (FUSION_CLAUDE was, until it was added)."""
+    from fusion_mcp.config.settings import OUR_VARIABLES
+
+    places = [REPO / "README.md", REPO / ".ci" / "run", *REPO.glob(".ci/*.sh")]
+    for folder in ("tests", "bench", "docs", "fusion_mcp", "bundle"):
+        places += [p for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".md", ".sh", ".json", ".toml")]
+    unknown = {
+        f"{name} ({place.relative_to(REPO)})"
+        for place in places
+        for name in re.findall(r"\bFUSION_[A-Z0-9_]+\b", place.read_text(errors="replace"))
+        if name not in SETTING_NAMES
+        and name not in OUR_VARIABLES
+        and name not in NOT_VARIABLES
+        and not name.startswith("FUSION_TEST_")
+    }
+    assert unknown == set()

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from mcp import Client
 
@@ -16,6 +17,8 @@ from tests.fakes.provider_sim import ProviderSim, priced
 from tests.helpers import TOOL, structured
 
 pytestmark = pytest.mark.anyio
+
+NAMED_BUDGET = "the preset 'budget' (FUSION_PRESET, or preset in the config file)"
 
 
 async def call(sim: ProviderSim, args: dict[str, Any], **env: str):
@@ -77,7 +80,7 @@ async def test_a_refused_id_a_preset_chose_names_the_preset_and_how_to_choose_in
     origin = "the default preset 'quality' (FUSION_PRESET is not set)"
     assert default == unknown.format(PRESETS["quality"][0][0], origin) + PRESET_WAY_OUT
     named = await error({}, FUSION_PRESET="budget", **no_panel_env())
-    assert named == unknown.format(PRESETS["budget"][0][0], "the preset 'budget' (FUSION_PRESET)") + PRESET_WAY_OUT
+    assert named == unknown.format(PRESETS["budget"][0][0], NAMED_BUDGET) + PRESET_WAY_OUT
     # The call's preset wins over FUSION_ANALYSIS_MODELS and FUSION_MODEL, and is named as the call's.
     called = await error({"preset": "fast"}, FUSION_ANALYSIS_MODELS="llama3", FUSION_MODEL="llama3")
     assert called == unknown.format(PRESETS["fast"][0][0], "the call's preset 'fast'") + PRESET_WAY_OUT
@@ -298,3 +301,20 @@ def test_the_worst_case_estimate_counts_every_member_the_analyst_and_its_repair(
     assert estimate_cost(with_answer, infos) == pytest.approx(members + 3 * (analyst * 5e-6 + 1000 * 6e-6))
     assert estimate_cost(request, {k: v for k, v in infos.items() if k != "b/y"}) is None
     assert estimate_cost(request, infos | {"j/z": ModelInfo("j/z")}) is None
+
+
+def test_a_refusal_from_every_address_of_a_name_is_named_too() -> None:
+    """``localhost`` may resolve to ::1 and 127.0.0.1: anyio then raises one OSError from a group of the
+    attempts. The reason is inside the group, as a provider client would receive it."""
+    from fusion_mcp.cli.doctor import unreachable
+
+    attempts = [ConnectionRefusedError(111, "Connection refused"), ConnectionRefusedError(111, "Connection refused")]
+    try:
+        try:
+            raise OSError("All connection attempts failed") from ExceptionGroup("", attempts)
+        except OSError as inner:
+            raise httpx2.ConnectError("All connection attempts failed") from inner
+    except httpx2.ConnectError as exc:
+        why, fix = unreachable(exc, "http://localhost:11434/v1", 15)
+    assert why == "connection refused: nothing listens on localhost:11434"
+    assert fix == "start the local server, or check the port in OPENROUTER_BASE_URL"
