@@ -438,11 +438,6 @@ SECRETS = {
 @pytest.mark.parametrize(
     ("host", "transport"),
     [(h, t) for h in HOSTS for t in ("stdio", "http") if t == "stdio" or HOSTS[h].http],
-        (host, transport)
-        for host in HOSTS
-        for transport in ("stdio", "http")
-        if transport == "stdio" or HOSTS[host].http
-    ],
 )
 def test_no_secret_reaches_the_entry_the_file_or_the_terminal(tmp_path: Path, host: str, transport: str) -> None:
     target = tmp_path / ("config.toml" if HOSTS[host].format == "toml" else "config.json")
