@@ -17,23 +17,13 @@ from fusion_mcp.core.lenses import PANEL_ENTRIES_RULE
 from fusion_mcp.core.models import FusionArgs
 from fusion_mcp.engine.admission import ARGUMENT_RULES, FusionRefused, prepare
 from fusion_mcp.mcp_server.server import create_server
-from tests.conftest import ANALYST, PANEL, child_env, console_script, sim_env
+from tests.cli.test_cli_ask import ask
+from tests.conftest import ANALYST, PANEL, child_env, sim_env
 from tests.fakes.provider_sim import ProviderSim, priced
 from tests.helpers import TOOL, structured
 
 pytestmark = pytest.mark.anyio
 TOKEN_COUNTS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens")
-
-
-def ask(sim: ProviderSim, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [console_script(), "ask", *args],
-        env=child_env(**sim_env(sim, **env)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 async def tool(sim: ProviderSim, args: dict[str, Any], **env: str) -> dict[str, Any]:
