@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -19,9 +19,11 @@ from ..core.models import FusionRequest, Source, analyst_reserve
 from ..core.progress import EventSink, ProgressEvent, ProgressKind
 from ..providers.client import Provider, RetryListener
 from ..web.server_tools import cited_sources, server_tools
-from ..web.tools import MemberWeb, Origin, RunWeb, WebTools
 from .material import Material
 from .member import MemberOutcome, ToolReporter
+
+if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
+    from ..web.tools import MemberWeb, Origin, RunWeb, WebTools
 
 
 def new_run_id() -> str:

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -33,14 +33,17 @@ from ..core.text import plural
 from ..providers.catalogue import CatalogueClient
 from ..providers.client import Provider, ProviderPools
 from ..store import Store, StoreError, UsageRow, cache_key, open_store
-from ..web.fetch import SYSTEM_NETWORK, Network
-from ..web.tools import WebTools, open_web_tools
+from ..web.network import SYSTEM_NETWORK, Network
+from ..web.toolbox import open_web_tools
 from . import daily_cap
 from .admission import FusionRefused, check_catalogue, prepare
 from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
 from .material import Material, read_material, without_image_data
 from .pipeline import run_fusion
 from .run import new_run_id
+
+if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
+    from ..web.tools import WebTools
 
 log = logging.getLogger(__name__)
 LENT_WRITERS_PER_RUN = 4

@@ -43,7 +43,8 @@ from ..core.models import Source
 from ..core.tls import default_tls
 from .extract import MAX_URL_CHARS, Page, strip_invisible, to_text
 from .fence import Fence
-from .fetch import SYSTEM_NETWORK, Fetched, Fetcher, FetchFailed, FetchRefused, Network
+from .fetch import Fetched, Fetcher, FetchFailed, FetchRefused
+from .network import SYSTEM_NETWORK, Network
 from .search import MAX_RESULTS, Search, SearchUnavailable, make_search
 
 SEARCH = "web_search"
