@@ -70,10 +70,10 @@ class Progress:
         self._steps = 0
         self._minor = 0
         per_model = request.max_tool_calls + MAX_RETRIES * (request.max_tool_calls + 6)
-        self._minor_step = 1 / ((len(self._panel) + 1) * per_model + 1)
+        self._minor_step = 1 / ((len(self._panel) + 1) * per_model + 2)
 
     async def emit(self, kind: ProgressKind, **fields: Any) -> None:
-        if kind in ("tool", "retry"):
+        if kind in ("started", "tool", "retry"):  # started above 0: a queued call's notification came at 0
             self._minor += 1
         elif kind != "started":
             self._steps += 1
