@@ -1,0 +1,83 @@
+"""Start-up does no work the first call could do: web tools load when first used (a server started with them
+off never imports the fetcher or lxml), the TLS context on the first HTTPS request (never for an http://
+provider)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx2
+import pytest
+
+from fusion_mcp.providers.client import new_http_client
+from tests.conftest import child_env, sim_env
+from tests.fakes.provider_sim import ProviderSim
+from tests.fakes.web import TlsSite
+
+WEB_MODULES = (
+    "lxml",
+    "trafilatura",
+    "ddgs",
+    "h2",
+    "fusion_mcp.web.fetch",
+    "fusion_mcp.web.search",
+    "fusion_mcp.web.tools",
+)
+SCRIPT = f"""
+import sys
+
+import anyio
+from mcp import Client
+
+from fusion_mcp.config import load_settings
+from fusion_mcp.core.tls import default_tls
+from fusion_mcp.mcp_server.server import create_server
+
+
+async def main() -> None:
+    async with Client(create_server(load_settings())) as client:
+        result = await client.call_tool("openrouter_fusion", {{"prompt": "q"}})
+    print("STATUS", result.structured_content["status"], file=sys.stderr)
+
+
+anyio.run(main)
+web = {WEB_MODULES!r}
+print("LOADED", sorted(m for m in sys.modules if m in web or m.split(".")[0] in web), file=sys.stderr)
+print("TLS contexts", default_tls.cache_info().currsize, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("web_tools", "loaded", "tls"),
+    [
+        # The provider (the simulator) is reached over http://: no TLS context is loaded.
+        ("off", [], 0),
+        # Ours: the tool box opens with the service (its search client and fetcher share the process's TLS
+        # context); lxml and ddgs wait for the first page or search.
+        ("local", ["fusion_mcp.web.fetch", "fusion_mcp.web.search", "fusion_mcp.web.tools"], 1),
+    ],
+)
+def test_the_stdio_server_imports_the_web_tools_only_when_they_are_on(
+    sim: ProviderSim, web_tools: str, loaded: list[str], tls: int
+) -> None:
+    env = child_env(**sim_env(sim, FUSION_WEB_TOOLS=web_tools))
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    assert "STATUS ok" in out.stderr, out.stderr
+    assert f"LOADED {loaded!r}" in out.stderr, out.stderr
+    assert f"TLS contexts {tls}" in out.stderr, out.stderr
+
+
+@pytest.mark.anyio
+async def test_the_provider_pool_verifies_https_with_the_process_context() -> None:
+    """Made on first use, the HTTPS side is not weakened: a certificate from an unknown CA is refused."""
+    site = TlsSite()
+    try:
+        async with new_http_client() as http:
+            with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await http.get(f"https://127.0.0.1:{site.port}/page")
+            # Plain HTTP to the same port goes through the other pool, without TLS: the server hangs up on it.
+            with pytest.raises(httpx2.RemoteProtocolError, match="Server disconnected without sending a response"):
+                await http.get(f"http://127.0.0.1:{site.port}/page")
+    finally:
+        site.close()
