@@ -31,7 +31,7 @@ from .member import MemberOutcome
 from .run import Clock, Progress, Run, RunTools, merge_sources, new_run_id
 
 if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
-    from ..web.tools import WebTools
+    from ..web.toolbox import WebBox
 
 __all__ = ["EventSink", "ProgressEvent", "new_run_id", "run_fusion"]
 
@@ -43,7 +43,7 @@ async def run_fusion(
     on_event: EventSink | None = None,
     run_id: str | None = None,
     transcripts: dict[str, list[dict[str, Any]]] | None = None,
-    web: WebTools | None = None,
+    web: WebBox | None = None,
     material: Material | None = None,
     outcomes: dict[str, MemberOutcome] | None = None,
     analyst_turns: list[MemberOutcome] | None = None,

@@ -23,7 +23,8 @@ from .material import Material
 from .member import MemberOutcome, ToolReporter
 
 if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
-    from ..web.tools import MemberWeb, Origin, RunWeb, WebTools
+    from ..web.toolbox import WebBox
+    from ..web.tools import MemberWeb, Origin, RunWeb
 
 
 def new_run_id() -> str:
@@ -107,7 +108,7 @@ class RunTools:
     neither. Models the catalogue marks as unable to call tools get none.
     """
 
-    def __init__(self, request: FusionRequest, web: WebTools | None) -> None:
+    def __init__(self, request: FusionRequest, web: WebBox | None) -> None:
         self._request = request
         self._seed = f"{request.prompt}\n{request.context or ''}"
         self._web: RunWeb | None = web.run() if web is not None and request.web_tools == "local" else None

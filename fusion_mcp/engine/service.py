@@ -43,7 +43,7 @@ from .pipeline import run_fusion
 from .run import new_run_id
 
 if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
-    from ..web.tools import WebTools
+    from ..web.toolbox import WebBox
 
 log = logging.getLogger(__name__)
 LENT_WRITERS_PER_RUN = 4
@@ -85,7 +85,7 @@ class FusionService:
         self,
         settings: Settings,
         pools: ProviderPools,
-        web: WebTools | None,
+        web: WebBox | None,
         store: Store | None,
         runs: TaskGroup,
     ) -> None:
