@@ -87,3 +87,17 @@ async def test_the_provider_pool_verifies_https_with_the_process_context() -> No
                 await http.get(f"http://127.0.0.1:{site.port}/page")
     finally:
         site.close()
+
+
+@pytest.mark.anyio
+async def test_a_proxy_in_the_environment_still_carries_provider_requests(
+    sim: ProviderSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a proxy set, httpx2 builds the transport itself (its proxies come from the environment only then)."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", sim.base_url.split("/api/")[0])  # the simulator stands in for the proxy
+    async with new_http_client() as http:
+        response = await http.get("http://provider.invalid/api/v1/models")  # a name that resolves nowhere
+    # The simulator's server got it (it routes no absolute-form target, hence its 404): no lookup was tried.
+    assert (response.status_code, response.headers["server"], response.text) == (404, "uvicorn", "Not Found")
