@@ -262,6 +262,9 @@ class Timings(_Model):
     """Seconds from the panel's start to each member's answer or failure."""
     analyst: float | None = None
     total: float = 0.0
+    queued: float = 0.0
+    """Seconds the call waited for a run slot (``FUSION_MAX_CONCURRENT``) before its run started; 0 when one was
+    free. Not part of ``total``, which counts from the run's start."""
 
 
 class FusionResult(_Model):

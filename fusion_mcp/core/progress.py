@@ -14,6 +14,7 @@ from .limits import MAX_RETRIES
 from .text import plural
 
 ProgressKind = Literal[
+    "queued",
     "started",
     "tool",
     "retry",
@@ -58,12 +59,16 @@ class ProgressEvent:
     """``member_cut``: characters of its answer kept."""
     duration: float = 0.0
     """``analyst_done``: seconds the analysis took."""
+    running: int = 0
+    """``queued``: runs in progress, holding every run slot the call could take."""
 
     @property
     def message(self) -> str:
         """The event as one line a person reads (the progress notification's text)."""
         seconds = f"{self.elapsed:.1f} s"
         match self.kind:
+            case "queued":
+                return f"waiting for a run slot: {plural(self.running, 'run')} in progress"
             case "started":
                 return f"fusion started: panel of {len(self.panel)} ({', '.join(self.panel)}), analyst {self.model}"
             case "tool":

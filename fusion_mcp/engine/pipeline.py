@@ -7,7 +7,7 @@ so nothing here imports ``mcp``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -24,12 +24,14 @@ from ..core.models import (
 )
 from ..core.progress import EventSink, ProgressEvent
 from ..providers.client import Provider
-from ..web.tools import WebTools
 from . import panel
 from .analyst import AnalystOutcome, run_analyst
 from .material import Material
 from .member import MemberOutcome
 from .run import Clock, Progress, Run, RunTools, merge_sources, new_run_id
+
+if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
+    from ..web.toolbox import WebBox
 
 __all__ = ["EventSink", "ProgressEvent", "new_run_id", "run_fusion"]
 
@@ -41,7 +43,7 @@ async def run_fusion(
     on_event: EventSink | None = None,
     run_id: str | None = None,
     transcripts: dict[str, list[dict[str, Any]]] | None = None,
-    web: WebTools | None = None,
+    web: WebBox | None = None,
     material: Material | None = None,
     outcomes: dict[str, MemberOutcome] | None = None,
     analyst_turns: list[MemberOutcome] | None = None,

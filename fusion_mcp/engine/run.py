@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -19,9 +19,12 @@ from ..core.models import FusionRequest, Source, analyst_reserve
 from ..core.progress import EventSink, ProgressEvent, ProgressKind
 from ..providers.client import Provider, RetryListener
 from ..web.server_tools import cited_sources, server_tools
-from ..web.tools import MemberWeb, Origin, RunWeb, WebTools
 from .material import Material
 from .member import MemberOutcome, ToolReporter
+
+if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
+    from ..web.toolbox import WebBox
+    from ..web.tools import MemberWeb, Origin, RunWeb
 
 
 def new_run_id() -> str:
@@ -68,10 +71,10 @@ class Progress:
         self._steps = 0
         self._minor = 0
         per_model = request.max_tool_calls + MAX_RETRIES * (request.max_tool_calls + 6)
-        self._minor_step = 1 / ((len(self._panel) + 1) * per_model + 1)
+        self._minor_step = 1 / ((len(self._panel) + 1) * per_model + 2)
 
     async def emit(self, kind: ProgressKind, **fields: Any) -> None:
-        if kind in ("tool", "retry"):
+        if kind in ("started", "tool", "retry"):  # started above 0: a queued call's notification came at 0
             self._minor += 1
         elif kind != "started":
             self._steps += 1
@@ -105,7 +108,7 @@ class RunTools:
     neither. Models the catalogue marks as unable to call tools get none.
     """
 
-    def __init__(self, request: FusionRequest, web: WebTools | None) -> None:
+    def __init__(self, request: FusionRequest, web: WebBox | None) -> None:
         self._request = request
         self._seed = f"{request.prompt}\n{request.context or ''}"
         self._web: RunWeb | None = web.run() if web is not None and request.web_tools == "local" else None

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -28,19 +28,22 @@ from ..core.errors import live_secret, redact, redact_value
 from ..core.lenses import model_of
 from ..core.limits import MAX_DEADLINE_S
 from ..core.models import FusionArgs, FusionRequest, FusionResult, TokenUsage, Usage
-from ..core.progress import EventSink
+from ..core.progress import EventSink, ProgressEvent
 from ..core.text import plural
 from ..providers.catalogue import CatalogueClient
 from ..providers.client import Provider, ProviderPools
 from ..store import Store, StoreError, UsageRow, cache_key, open_store
-from ..web.fetch import SYSTEM_NETWORK, Network
-from ..web.tools import WebTools, open_web_tools
+from ..web.network import SYSTEM_NETWORK, Network
+from ..web.toolbox import open_web_tools
 from . import daily_cap
 from .admission import FusionRefused, check_catalogue, prepare
 from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
 from .material import Material, read_material, without_image_data
 from .pipeline import run_fusion
 from .run import new_run_id
+
+if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
+    from ..web.toolbox import WebBox
 
 log = logging.getLogger(__name__)
 LENT_WRITERS_PER_RUN = 4
@@ -82,7 +85,7 @@ class FusionService:
         self,
         settings: Settings,
         pools: ProviderPools,
-        web: WebTools | None,
+        web: WebBox | None,
         store: Store | None,
         runs: TaskGroup,
     ) -> None:
@@ -348,7 +351,8 @@ class FusionService:
         arrived = anyio.current_time()
         lent = live.settings is not self.settings
         limiter = self.lent_limiter if lent else self.limiter
-        if not await self._acquire(run_id, limiter):
+        queued = await self._acquire(live, limiter)
+        if queued is None:
             own = "FUSION_PASS_THROUGH_MAX_CONCURRENT, for callers paying with their own key"
             setting = own if lent else "FUSION_MAX_CONCURRENT"
             result = FusionRefused(
@@ -356,7 +360,7 @@ class FusionService:
                 f"server busy: {plural(limiter.borrowed_tokens, 'fusion run')} in progress "
                 f"({setting}) and none finished within {self.settings.queue_timeout_s:g} s; try again shortly",
             ).result(run_id)
-            return await self._refused(live, result)
+            return await self._refused(live, _queued(result, anyio.current_time() - arrived))
         try:
             material = None
             if request.files:
@@ -370,14 +374,16 @@ class FusionService:
             )
             request = _less_waiting(request, anyio.current_time() - arrived)
             live.request = request
-            result = await self._fuse(live, material, transcripts)
+            result = _queued(await self._fuse(live, material, transcripts), queued)
         except FusionRefused as refused:
             log.info("run %s refused before spending: %s", run_id, refused.message)
-            return await self._refused(live, refused.result(run_id))
+            return await self._refused(live, _queued(refused.result(run_id), queued))
         except Exception as exc:
             log.exception("run %s failed unexpectedly", run_id)
             message = redact(f"unexpected error: {type(exc).__name__}: {exc}", live.settings.secrets)
-            result = await self._refused(live, FusionRefused("unexpected_error", message).result(run_id))
+            result = await self._refused(
+                live, _queued(FusionRefused("unexpected_error", message).result(run_id), queued)
+            )
         finally:
             limiter.release()
         log.info("run %s for %s finished: %s in %.1f s", run_id, live.principal, result.status, result.timings.total)
@@ -441,18 +447,23 @@ class FusionService:
             except Exception as exc:
                 log.warning("run %s: its usage is not recorded: %s", live.run_id, exc)
 
-    async def _acquire(self, run_id: str, limiter: anyio.CapacityLimiter) -> bool:
-        """Take a run slot, waiting up to ``FUSION_QUEUE_TIMEOUT_S``; False when none came free."""
+    async def _acquire(self, live: LiveRun, limiter: anyio.CapacityLimiter) -> float | None:
+        """Take a run slot, waiting up to ``FUSION_QUEUE_TIMEOUT_S``: the seconds waited (0 when one was free),
+        None when none came free. A call that waits is told so first (a ``queued`` event)."""
         try:
             limiter.acquire_nowait()
-            return True
+            return 0.0
         except anyio.WouldBlock:
-            log.info("run %s queued: %s in progress", run_id, plural(limiter.borrowed_tokens, "fusion run"))
+            pass
+        arrived, running = anyio.current_time(), limiter.borrowed_tokens
+        log.info("run %s queued: %s in progress", live.run_id, plural(running, "fusion run"))
+        panel = live.request.analysis_models
+        await live.emit(ProgressEvent("queued", 0.0, len(panel) + 2, 0.0, panel=panel, running=running))
         with anyio.move_on_after(self.settings.queue_timeout_s):
             await limiter.acquire()
-            return True
-        log.warning("run %s refused: %s in progress", run_id, plural(limiter.borrowed_tokens, "run"))
-        return False
+            return max(anyio.current_time() - arrived, 1e-6)  # it waited: never reported as 0
+        log.warning("run %s refused: %s in progress", live.run_id, plural(limiter.borrowed_tokens, "run"))
+        return None
 
     async def _fuse(
         self, live: LiveRun, material: Material | None, transcripts: dict[str, list[dict[str, Any]]]
@@ -593,6 +604,14 @@ def _redacted(result: FusionResult, secrets: tuple[str, ...]) -> FusionResult:
     data = result.model_dump()
     clean = redact_value(data, secrets)
     return result if clean == data else FusionResult.model_validate(clean)
+
+
+def _queued(result: FusionResult, seconds: float) -> FusionResult:
+    """``result`` saying how long its call waited for a run slot (``timings.queued``)."""
+    if seconds <= 0:
+        return result
+    timings = result.timings.model_copy(update={"queued": max(round(seconds, 3), 0.001)})
+    return result.model_copy(update={"timings": timings})
 
 
 def _less_waiting(request: FusionRequest, waited: float) -> FusionRequest:

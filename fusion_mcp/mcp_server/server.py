@@ -42,7 +42,7 @@ from ..engine.admission import ARGUMENT_RULES, FusionRefused, incoming_depth, pa
 from ..engine.run import new_run_id
 from ..engine.service import FusionService
 from ..store import StoreError
-from ..web.fetch import SYSTEM_NETWORK, Network
+from ..web.network import SYSTEM_NETWORK, Network
 from .host_limits import output_budget
 from .log_levels import SessionLogLevels
 from .tasks import FusionTasks, task_call

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
+from urllib.request import getproxies
 
 import anyio
 import httpx2
@@ -52,14 +55,56 @@ def new_http_client(max_connections: int = 64) -> httpx2.AsyncClient:
     """The process-wide pool for provider requests.
 
     Long read timeouts because reasoning models think for minutes; ``trust_env`` stays on so a
-    corporate proxy set in the environment still applies to the provider (never to web fetches).
+    corporate proxy set in the environment still applies to the provider (never to web fetches). Without one,
+    the connections are made by :class:`FirstUseTransport`: the TLS context is loaded on the first https://
+    request, never for a provider reached over http://. (httpx2 reads the environment's proxies only when it
+    builds the transport itself, so with a proxy set it does, with the process's context, as before.)
     """
+    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    proxied = any(getproxies().get(scheme) for scheme in ("http", "https", "all"))
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0),
-        limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        limits=limits,
         follow_redirects=False,
-        verify=default_tls(),
+        verify=default_tls() if proxied else True,  # True: unused, the transport below verifies
+        transport=None if proxied else FirstUseTransport(limits),
     )
+
+
+@cache
+def _plain_only() -> ssl.SSLContext:
+    """The context of the plain-HTTP transport, which is never asked for TLS (https:// goes elsewhere): it
+    verifies certificates and host names like any client context and trusts no CA, so it could complete no
+    handshake at all. Cheap: no CA bundle is loaded."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+class FirstUseTransport(httpx2.AsyncBaseTransport):
+    """httpx2's pooled transport, made on the first request of its scheme: http:// through one, https://
+    through one with the process's TLS context (:func:`~fusion_mcp.core.tls.default_tls`, loaded then).
+
+    Loading the CA bundle takes ~35 ms of a start-up hosts wait for; a local provider never needs it. A
+    provider speaks one scheme, so in practice one of the two pools is ever made (each has ``limits``).
+    """
+
+    def __init__(self, limits: httpx2.Limits) -> None:
+        self._limits = limits
+        self._plain: httpx2.AsyncHTTPTransport | None = None
+        self._tls: httpx2.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.scheme == "https":
+            if self._tls is None:
+                self._tls = httpx2.AsyncHTTPTransport(verify=default_tls(), limits=self._limits)
+            return await self._tls.handle_async_request(request)
+        if self._plain is None:
+            self._plain = httpx2.AsyncHTTPTransport(verify=_plain_only(), limits=self._limits)
+        return await self._plain.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for transport in (self._plain, self._tls):
+            if transport is not None:
+                await transport.aclose()
 
 
 RUNS_PER_POOL = 4

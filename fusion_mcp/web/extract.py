@@ -13,9 +13,6 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
-import lxml.html
-from lxml import etree
-
 from ..core.text import one_line
 
 INVISIBLE = re.compile(
@@ -61,7 +58,10 @@ def to_text(body: bytes, content_type: str, encoding: str | None = None, url: st
 
 
 def _html(body: bytes, url: str | None, encoding: str | None) -> Page:
-    import trafilatura  # on first use: it adds ~0.1 s to a start-up that hosts wait for
+    # On first use: lxml and trafilatura add ~0.1 s to a start-up that hosts wait for, with web tools off too.
+    import lxml.html
+    import trafilatura
+    from lxml import etree
 
     # lxml reads bytes as Latin-1 unless the page has a <meta charset>: decode by the header's charset,
     # else UTF-8, and only then leave it to lxml's own detection.

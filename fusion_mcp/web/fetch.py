@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import re
-import socket
-import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,9 +27,8 @@ import httpx2
 
 from ..core.tls import default_tls
 from .addresses import refusal
-
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-Connector = Callable[[str, int, float | None], Awaitable[httpcore2.AsyncNetworkStream]]
+from .network import SYSTEM_NETWORK, Connector, Resolver, system_resolve
+from .network import Network as Network  # where tests and benchmarks have always named it
 
 TEXT_TYPES = (
     "text/html",
@@ -52,25 +49,6 @@ class FetchRefused(Exception):
 
 class FetchFailed(Exception):
     """The fetch was allowed but did not work; ``str()`` is what the model reads."""
-
-
-async def system_resolve(host: str, port: int) -> list[str]:
-    """Every address the system resolver gives for ``host`` (glibc accepts 127.1, 0x7f.1, 2130706433...)."""
-    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-@dataclass(frozen=True)
-class Network:
-    """How fetches resolve names and open connections: the system's, unless a test fakes the outside world."""
-
-    resolve: Resolver = system_resolve
-    connect: Connector | None = None
-    ssl_context: ssl.SSLContext | None = None
-    """The CAs and TLS settings fetches use; None: the default context (certificates verified, host names too)."""
-
-
-SYSTEM_NETWORK = Network()
 
 
 class GuardedBackend(httpcore2.AsyncNetworkBackend):

@@ -43,7 +43,8 @@ from ..core.models import Source
 from ..core.tls import default_tls
 from .extract import MAX_URL_CHARS, Page, strip_invisible, to_text
 from .fence import Fence
-from .fetch import SYSTEM_NETWORK, Fetched, Fetcher, FetchFailed, FetchRefused, Network
+from .fetch import Fetched, Fetcher, FetchFailed, FetchRefused
+from .network import SYSTEM_NETWORK, Network
 from .search import MAX_RESULTS, Search, SearchUnavailable, make_search
 
 SEARCH = "web_search"
@@ -216,13 +217,30 @@ def digest(fetched: Fetched) -> tuple[Page, frozenset[str]]:
 class WebTools:
     """The process-wide part: one guarded fetcher and one search backend, shared by every run."""
 
-    def __init__(self, settings: Settings, search: Search, fetcher: Fetcher) -> None:
+    def __init__(
+        self, settings: Settings, search: Search, fetcher: Fetcher, search_http: httpx2.AsyncClient | None = None
+    ) -> None:
         self.settings = settings
         self.search = search
         self.fetcher = fetcher
+        self._search_http = search_http
 
     def run(self, fence: Fence | None = None) -> RunWeb:
         return RunWeb(self, fence or Fence())
+
+    async def aclose(self) -> None:
+        await self.fetcher.aclose()
+        if self._search_http is not None:
+            await self._search_http.aclose()
+
+
+def make_web_tools(settings: Settings, network: Network = SYSTEM_NETWORK) -> WebTools:
+    """The process's web tools (``FUSION_WEB_TOOLS`` resolves to ``local``); close them with ``aclose``."""
+    # The search client is an ordinary one (a configured backend may live on the local network or behind
+    # the environment's proxy); only fetches of model-chosen URLs go through the guard.
+    search_http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0), follow_redirects=False, verify=default_tls())
+    fetcher = Fetcher(network=network, allowed_ports=settings.fetch_ports)
+    return WebTools(settings, make_search(settings, search_http), fetcher, search_http)
 
 
 @asynccontextmanager
@@ -231,15 +249,11 @@ async def open_web_tools(settings: Settings, network: Network = SYSTEM_NETWORK) 
     if settings.web_mode != "local":
         yield None
         return
-    # The search client is an ordinary one (a configured backend may live on the local network or behind
-    # the environment's proxy); only fetches of model-chosen URLs go through the guard.
-    search_http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0), follow_redirects=False, verify=default_tls())
-    fetcher = Fetcher(network=network, allowed_ports=settings.fetch_ports)
+    web = make_web_tools(settings, network)
     try:
-        yield WebTools(settings, make_search(settings, search_http), fetcher)
+        yield web
     finally:
-        await fetcher.aclose()
-        await search_http.aclose()
+        await web.aclose()
 
 
 class Seed:

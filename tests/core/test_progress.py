@@ -12,6 +12,8 @@ PANEL = ("a/x", "b/y", "c/z")
 @pytest.mark.parametrize(
     ("kind", "fields", "message"),
     [
+        ("queued", {"running": 1}, "waiting for a run slot: 1 run in progress"),
+        ("queued", {"running": 32}, "waiting for a run slot: 32 runs in progress"),
         ("started", {"model": "j/x"}, "fusion started: panel of 3 (a/x, b/y, c/z), analyst j/x"),
         ("tool", {"model": "b/y", "tool": "web_search", "used": 2, "budget": 8}, "b/y: web_search 2/8"),
         ("member_answered", {"model": "b/y", "answered": 2}, "2/3 answered: b/y in 1.5 s"),

@@ -105,7 +105,7 @@ async def test_files_outside_the_roots_are_refused_before_anything_is_sent(sim: 
             "failed_models": [],
             "sources": [],
             "usage": {"models": [], "total": _zero_usage()},
-            "timings": {"members": {}, "analyst": None, "total": 0.0},
+            "timings": {"members": {}, "analyst": None, "total": 0.0, "queued": 0.0},
             "cached": False,
             "degraded": False,
         }

@@ -101,7 +101,7 @@ async def test_depth_and_key_refusals_are_worded_alike(
         "failed_models": [],
         "sources": [],
         "usage": {"models": [], "total": dict.fromkeys(TOKEN_COUNTS, 0) | {"cost": None}},
-        "timings": {"members": {}, "analyst": None, "total": 0.0},
+        "timings": {"members": {}, "analyst": None, "total": 0.0, "queued": 0.0},
         "cached": False,
         "degraded": False,
     }

@@ -122,6 +122,7 @@ async def test_concurrency_cap_and_queue_timeout(sim: ProviderSim, queue_s: str,
     if second == "server_busy":
         assert results["second"]["is_error"] and results["second"]["failure_reason"] == "server_busy"
         assert results["second"]["error"].startswith("server busy: 1 fusion run in progress (FUSION_MAX_CONCURRENT)")
+        assert results["second"]["timings"]["queued"] > 0  # it waited the queue's time out
         assert not any(r.body["messages"][-1]["content"].endswith("second") for r in sim.requests)
     else:
         assert results["second"]["status"] == "ok"

@@ -135,7 +135,7 @@ async def test_an_unknown_run_is_not_found(sim: ProviderSim) -> None:
             "total": {"prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0, "total_tokens": 0}
             | {"cost": None},
         },
-        "timings": {"members": {}, "analyst": None, "total": 0.0},
+        "timings": {"members": {}, "analyst": None, "total": 0.0, "queued": 0.0},
         "cached": False,
         "degraded": False,
     }

@@ -1,0 +1,103 @@
+"""Start-up does no work the first call could do: web tools load when first used (a server started with them
+off never imports the fetcher or lxml), the TLS context on the first HTTPS request (never for an http://
+provider)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx2
+import pytest
+
+from fusion_mcp.providers.client import new_http_client
+from tests.conftest import child_env, sim_env
+from tests.fakes.provider_sim import ProviderSim
+from tests.fakes.web import TlsSite
+
+WEB_MODULES = (
+    "lxml",
+    "trafilatura",
+    "ddgs",
+    "h2",
+    "fusion_mcp.web.fetch",
+    "fusion_mcp.web.search",
+    "fusion_mcp.web.tools",
+)
+SCRIPT = f"""
+import sys
+
+import anyio
+from mcp import Client
+
+from fusion_mcp.config import load_settings
+from fusion_mcp.core.tls import default_tls
+from fusion_mcp.mcp_server.server import create_server
+
+
+def report(when: str) -> None:
+    web = {WEB_MODULES!r}
+    loaded = sorted(m for m in sys.modules if m in web or m.split(".")[0] in web)
+    print(when, loaded, "TLS contexts", default_tls.cache_info().currsize, file=sys.stderr)
+
+
+async def main() -> None:
+    async with Client(create_server(load_settings())) as client:
+        await client.list_tools()
+        report("STARTED")
+        result = await client.call_tool("openrouter_fusion", {{"prompt": "q"}})
+    print("STATUS", result.structured_content["status"], file=sys.stderr)
+
+
+anyio.run(main)
+report("CALLED")
+"""
+
+
+@pytest.mark.parametrize(
+    ("web_tools", "loaded", "tls"),
+    [
+        # The provider (the simulator) is reached over http://: no TLS context is loaded.
+        ("off", [], 0),
+        # Ours: the tool box is made for the first run (its search client and fetcher share the process's TLS
+        # context); lxml and ddgs wait for the first page or search.
+        ("local", ["fusion_mcp.web.fetch", "fusion_mcp.web.search", "fusion_mcp.web.tools"], 1),
+    ],
+)
+def test_the_stdio_server_imports_the_web_tools_only_when_they_are_on(
+    sim: ProviderSim, web_tools: str, loaded: list[str], tls: int
+) -> None:
+    env = child_env(**sim_env(sim, FUSION_WEB_TOOLS=web_tools))
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    assert "STATUS ok" in out.stderr, out.stderr
+    assert "STARTED [] TLS contexts 0" in out.stderr, out.stderr  # started and listed its tools: nothing yet
+    assert f"CALLED {loaded!r} TLS contexts {tls}" in out.stderr, out.stderr
+
+
+@pytest.mark.anyio
+async def test_the_provider_pool_verifies_https_with_the_process_context() -> None:
+    """Made on first use, the HTTPS side is not weakened: a certificate from an unknown CA is refused."""
+    site = TlsSite()
+    try:
+        async with new_http_client() as http:
+            with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await http.get(f"https://127.0.0.1:{site.port}/page")
+            # Plain HTTP to the same port goes through the other pool, without TLS: the server hangs up on it.
+            with pytest.raises(httpx2.RemoteProtocolError, match="Server disconnected without sending a response"):
+                await http.get(f"http://127.0.0.1:{site.port}/page")
+    finally:
+        site.close()
+
+
+@pytest.mark.anyio
+async def test_a_proxy_in_the_environment_still_carries_provider_requests(
+    sim: ProviderSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a proxy set, httpx2 builds the transport itself (its proxies come from the environment only then)."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", sim.base_url.split("/api/")[0])  # the simulator stands in for the proxy
+    async with new_http_client() as http:
+        response = await http.get("http://provider.invalid/api/v1/models")  # a name that resolves nowhere
+    # The simulator's server got it (it routes no absolute-form target, hence its 404): no lookup was tried.
+    assert (response.status_code, response.headers["server"], response.text) == (404, "uvicorn", "Not Found")
