@@ -96,6 +96,16 @@ class LiveRun:
         result.timings.total = round(time.time() - self.started, 3)
         return result
 
+    def release(self) -> None:
+        """Keep the result, not the stream: once its record is written a finished run is read for its result,
+        owner and start time only, so its members' outcomes (each with the chunks of its last turn), the
+        analyst's turns and its listeners are let go."""
+        for outcome in (*self.outcomes.values(), *self.analyst_turns):
+            outcome.streamed.clear()
+        self.outcomes.clear()
+        self.analyst_turns.clear()
+        self.listeners.clear()
+
     def stop(self, reason: str) -> None:
         self.stop_reason = reason
         self.scope.cancel()

@@ -338,6 +338,7 @@ class FusionService:
                 await self._record(live, live.result, transcripts, spent=live.spent())
         if not live.settled:
             await self._settle_usage(live)
+        live.release()
         live.done.set()
         finished = [k for k, v in self._live.items() if v.done.is_set()]
         for run_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
