@@ -18,6 +18,7 @@ from fusion_mcp.engine.member import MemberOutcome
 from fusion_mcp.engine.service import FusionService
 from tests.conftest import ANALYST, sim_env
 from tests.fakes.provider_sim import ProviderSim
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
 LONG_PANEL = [f"x/m{i}-len8000" for i in range(8)]
@@ -41,14 +42,18 @@ def reachable(live: LiveRun) -> list[object]:
     return list(seen.values())
 
 
-async def fuse_all(service: FusionService, prompts: list[str]) -> list[str]:
-    run_ids = []
+async def fuse_all(service: FusionService, prompts: list[str]) -> list[LiveRun]:
+    """Run each prompt; the runs as the service keeps them, once each one's record is written."""
+    kept = []
     for prompt in prompts:
         request = service.prepare(FusionArgs(prompt=prompt), depth=0)
         result = await service.run(request)
         assert result.status == "ok" and len(result.responses) == len(LONG_PANEL)
-        run_ids.append(result.run_id)
-    return run_ids
+        live = service.live(result.run_id, LOCAL_PRINCIPAL)
+        assert live is not None
+        kept.append(live)
+    await wait_until(lambda: all(live.ended for live in kept))  # the caller is answered before the record
+    return kept
 
 
 def long_settings(sim: ProviderSim, **env: str) -> Any:
@@ -59,9 +64,8 @@ async def test_a_finished_run_holds_its_result_and_no_streamed_chunks(sim: Provi
     """The LiveRun the service keeps after a run holds its result, whole, and nothing of its stream: no member
     outcome, no list of streamed chunks, no transcript, anywhere it reaches."""
     async with FusionService.open(long_settings(sim)) as service:
-        (run_id,) = await fuse_all(service, ["what is kept?"])
-        live = service.live(run_id, LOCAL_PRINCIPAL)
-        assert live is not None and live.done.is_set()
+        (live,) = await fuse_all(service, ["what is kept?"])
+        assert live.done.is_set()
         assert live.result is not None and live.result.status == "ok"
         assert [len(r.content) for r in live.result.responses] == [8000] * len(LONG_PANEL)
         assert (len(live.outcomes), len(live.analyst_turns), len(live.listeners)) == (0, 0, 0)
@@ -77,19 +81,19 @@ async def test_memory_kept_per_finished_run_is_bounded(sim: ProviderSim) -> None
     after they finish, counted by tracemalloc after a collection, is under 150 KiB a run — their results (~64 KB
     of answers each), not their streams (~1,300 chunks a member)."""
     assert KEEP_FINISHED >= RUNS + 2
-    async with FusionService.open(long_settings(sim, FUSION_HISTORY="off")) as service:
+    async with FusionService.open(long_settings(sim)) as service:
         await fuse_all(service, ["warm-up 1", "warm-up 2"])  # pools, caches and lazy imports settle first
         sim.requests.clear()
         gc.collect()
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            run_ids = await fuse_all(service, [f"question {i}" for i in range(RUNS)])
+            kept_runs = await fuse_all(service, [f"question {i}" for i in range(RUNS)])
             sim.requests.clear()  # the simulator (in this process) records every request it served
             gc.collect()
             kept = (tracemalloc.get_traced_memory()[0] - before) / RUNS
         finally:
             tracemalloc.stop()
-        assert all(isinstance(service.live(r, LOCAL_PRINCIPAL), LiveRun) for r in run_ids)
+        assert all(service.live(r.run_id, LOCAL_PRINCIPAL) is r for r in kept_runs)
     print(f"memory kept per finished run: {kept / 1024:.0f} KiB")
     assert kept < KEPT_PER_RUN
