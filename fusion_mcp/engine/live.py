@@ -83,6 +83,8 @@ class LiveRun:
     """The history has a ``running`` row of it, naming this process, whose heartbeat the process renews."""
     ended: bool = False
     """Its end is handled: recorded, or its record failed (the running row, no longer renewed, reads as lost)."""
+    end_handled: anyio.Event = field(default_factory=anyio.Event)
+    """Set with ``ended``: what a reader of its record waits on."""
     max_cost_usd: float | None = None
     """Its worst case may not pass this (``FUSION_MAX_COST_USD``, or what a chat turn has left of it)."""
 

@@ -276,6 +276,13 @@ class FusionService:
         live.stop(reason)
         return True
 
+    async def record_written(self, run_id: str, principal: str) -> None:
+        """Wait until ``principal``'s run ``run_id``, if this process has it and it has finished, has its record
+        written (or its record failed): the caller has its result a moment before, and may read the record next."""
+        live = self.live(run_id, principal)
+        if live is not None and live.done.is_set():
+            await live.end_handled.wait()
+
     def live(self, run_id: str, principal: str) -> LiveRun | None:
         """``principal``'s run ``run_id`` if this process has it (running or recently finished)."""
         live = self._live.get(run_id)
@@ -328,6 +335,7 @@ class FusionService:
         if not live.settled:
             await self._settle_usage(live)
         live.ended = True
+        live.end_handled.set()
         live.release()
         live.done.set()
         ended = [k for k, v in self._live.items() if v.ended]
