@@ -75,6 +75,16 @@ class LiveRun:
     """Its worst case is reserved under the daily cap (released when its end is in the store)."""
     settled: bool = False
     """Its end is in the store: the final record with its usage, or (a run without a record) its usage."""
+    to_record: bool = False
+    """Its result is recorded once its caller has it: a run that ran, or was answered from the cache."""
+    cached_from: str | None = None
+    """The run whose cached result answered it: its record is a pointer to that run."""
+    row: bool = False
+    """The history has a ``running`` row of it, naming this process, whose heartbeat the process renews."""
+    ended: bool = False
+    """Its end is handled: recorded, or its record failed (the running row, no longer renewed, reads as lost)."""
+    end_handled: anyio.Event = field(default_factory=anyio.Event)
+    """Set with ``ended``: what a reader of its record waits on."""
     max_cost_usd: float | None = None
     """Its worst case may not pass this (``FUSION_MAX_COST_USD``, or what a chat turn has left of it)."""
 
@@ -95,6 +105,20 @@ class LiveRun:
         result = so_far(self.request, self.outcomes, self.run_id, resume_instructions(self.run_id, call_wait_s))
         result.timings.total = round(time.time() - self.started, 3)
         return result
+
+    def running_row(self, call_wait_s: float) -> FusionResult:
+        """What its running row holds: the run with every member pending (small: no answers in it)."""
+        return so_far(self.request, {}, self.run_id, resume_instructions(self.run_id, call_wait_s))
+
+    def release(self) -> None:
+        """Keep the result, not the stream: once its record is written a finished run is read for its result,
+        owner and start time only, so its members' outcomes (each with the chunks of its last turn), the
+        analyst's turns and its listeners are let go."""
+        for outcome in (*self.outcomes.values(), *self.analyst_turns):
+            outcome.streamed.clear()
+        self.outcomes.clear()
+        self.analyst_turns.clear()
+        self.listeners.clear()
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason

@@ -279,6 +279,13 @@ class FusionService:
         live.stop(reason)
         return True
 
+    async def record_written(self, run_id: str, principal: str) -> None:
+        """Wait until ``principal``'s run ``run_id``, if this process has it and it has finished, has its record
+        written (or its record failed): the caller has its result a moment before, and may read the record next."""
+        live = self.live(run_id, principal)
+        if live is not None and live.done.is_set():
+            await live.end_handled.wait()
+
     def live(self, run_id: str, principal: str) -> LiveRun | None:
         """``principal``'s run ``run_id`` if this process has it (running or recently finished)."""
         live = self._live.get(run_id)
@@ -320,31 +327,50 @@ class FusionService:
                 await self._settle(live, transcripts)
 
     async def _settle(self, live: LiveRun, transcripts: dict[str, list[dict[str, Any]]]) -> None:
-        """Record a run's end: its result, or — stopped from outside, or by the service closing — why it ended."""
+        """Record a run's end: its result (handed to its callers first), or — stopped from outside, or by the
+        service closing — why it ended. Then it keeps its result, not its stream (:meth:`LiveRun.release`)."""
         if live.result is None:
-            if live.stop_reason:
-                live.result = FusionResult.failure(live.run_id, "cancelled", f"the run was {live.stop_reason}")
-            else:
-                elapsed = time.time() - live.started
-                lost = live.snapshot(self.settings.deadline_s).model_copy(
-                    update={
-                        "status": "error",
-                        "failure_reason": "run_lost",
-                        "error": f"the server shut down {elapsed:.0f} s into the run, before it finished; what had "
-                        "finished is kept here; run the call again for the rest",
-                        "pending": None,
-                        "instructions": None,
-                    }
-                )
-                live.result = lost
+            live.result = self._stopped(live)
             if live.durable:
                 await self._record(live, live.result, transcripts, spent=live.spent())
+        elif self.store is not None and (live.to_record or live.durable):
+            await self._answer_then_record(live, transcripts)
         if not live.settled:
             await self._settle_usage(live)
+        live.ended = True
+        live.end_handled.set()
+        live.release()
         live.done.set()
-        finished = [k for k, v in self._live.items() if v.done.is_set()]
-        for run_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+        ended = [k for k, v in self._live.items() if v.ended]
+        for run_id in ended[: max(0, len(ended) - KEEP_FINISHED)]:
             del self._live[run_id]
+
+    async def _answer_then_record(self, live: LiveRun, transcripts: dict[str, list[dict[str, Any]]]) -> None:
+        """Hand the result to its callers, then write its record (with its usage and the release of its
+        reservation, in one transaction). A run without a running row gets one first — small: its request and
+        this process as its owner — so a crash between the two leaves it in the history as lost, never missing;
+        a record that fails leaves that row, no longer renewed, to read as lost."""
+        assert live.result is not None
+        if not live.row:
+            await self._record(live, live.running_row(self.settings.deadline_s), {}, owner())
+        live.done.set()
+        await self._record(live, live.result, without_image_data(transcripts), cached_from=live.cached_from)
+
+    def _stopped(self, live: LiveRun) -> FusionResult:
+        """The result of a run that ended without one: stopped from outside, or by the service closing."""
+        if live.stop_reason:
+            return FusionResult.failure(live.run_id, "cancelled", f"the run was {live.stop_reason}")
+        elapsed = time.time() - live.started
+        return live.snapshot(self.settings.deadline_s).model_copy(
+            update={
+                "status": "error",
+                "failure_reason": "run_lost",
+                "error": f"the server shut down {elapsed:.0f} s into the run, before it finished; what had "
+                "finished is kept here; run the call again for the rest",
+                "pending": None,
+                "instructions": None,
+            }
+        )
 
     async def _run_now(self, live: LiveRun, transcripts: dict[str, list[dict[str, Any]]]) -> FusionResult:
         run_id, request = live.run_id, live.request
@@ -390,9 +416,7 @@ class FusionService:
         return result
 
     async def _refused(self, live: LiveRun, result: FusionResult) -> FusionResult:
-        """A run that never got going: recorded only when its running row needs replacing."""
-        if live.durable:
-            await self._record(live, result, {})
+        """A run that never got going: recorded (once its caller has it) only when its running row needs replacing."""
         return result
 
     async def _record(
@@ -407,7 +431,7 @@ class FusionService:
     ) -> None:
         """Write ``live``'s record: running (with its owner), or its end with its usage (``spent``, else the
         result's) and the release of its reservation, in one transaction; an answer from the cache records
-        the run it came from (``cached_from``) instead of a copy of its result."""
+        the run it came from (``cached_from``) instead of a copy of its result. A failure is logged."""
         if self.store is None:
             return
         # A full disk or a database outage must not lose the answer the caller is waiting for (nor stop a run
@@ -425,10 +449,17 @@ class FusionService:
                     cached_from=cached_from,
                 )
             except Exception as exc:
-                log.warning("run %s not recorded: %s", result.run_id, exc)
+                if result.status == "running":
+                    log.warning("run %s not recorded as running: %s", result.run_id, exc)
+                elif live.row:
+                    log.warning("run %s not recorded (the history will show it as lost): %s", result.run_id, exc)
+                else:
+                    log.warning("run %s not recorded: %s", result.run_id, exc)
                 return
         if result.status != "running":
             live.settled = True
+        elif run_owner is not None:
+            live.row = True
 
     async def _settle_usage(self, live: LiveRun) -> None:
         """A run that ends without a record (one that ended with its call): write what it spent, and release
@@ -482,9 +513,8 @@ class FusionService:
             hit = await self._cached(key)
             if hit is not None:
                 log.info("run %s answered from the cache (first run %s)", run_id, hit.run_id)
-                result = hit.model_copy(update={"run_id": run_id, "cached": True})
-                await self._record(live, result, {}, cached_from=hit.run_id)  # a pointer, not a copy
-                return result
+                live.to_record, live.cached_from = True, hit.run_id  # its record: a pointer, not a copy
+                return hit.model_copy(update={"run_id": run_id, "cached": True})
         cap = self.settings.principal_max_cost_usd_per_day
         if cap is not None and settings is self.settings:  # after the cache: an answer from it costs nothing
             lasts = request.deadline_s or MAX_DEADLINE_S
@@ -506,10 +536,9 @@ class FusionService:
         if cap is not None and spent is not None and spent > cap:
             # The estimate is a worst case, so this means prices or usage differ from the catalogue's.
             log.warning("run %s cost $%.4f, over FUSION_MAX_COST_USD=$%g", run_id, spent, cap)
-        if store is not None:
-            if self.settings.cache:
-                await self._remember(key, result, settings.secrets)
-            await self._record(live, result, without_image_data(transcripts))
+        if store is not None and self.settings.cache:
+            await self._remember(key, result, settings.secrets)
+        live.to_record = True  # once its caller has it
         return result
 
     async def _cached(self, key: str) -> FusionResult | None:
@@ -579,7 +608,7 @@ class FusionService:
         """Tell the history, now and then, that this process is still working on its durable runs."""
         while True:
             await anyio.sleep(HEARTBEAT_S)
-            going = [r.run_id for r in self._live.values() if r.durable and not r.done.is_set()]
+            going = [r.run_id for r in self._live.values() if r.row and not r.ended]
             if going and self.store is not None:
                 try:
                     await self.store.heartbeat(going)

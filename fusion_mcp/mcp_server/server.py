@@ -229,6 +229,7 @@ def _add_routes(server: MCPServer[FusionService], running: _Running, health: Map
     )
     async def one_run(run_id: str, ctx: Context[FusionService]) -> str:
         store = ctx.request_context.lifespan_context.store
+        await ctx.request_context.lifespan_context.record_written(run_id, _caller.get())  # answered before recorded
         try:
             record = await store.run(run_id, _caller.get()) if store else None
         except StoreError as exc:

@@ -20,7 +20,7 @@ from fusion_mcp.core.models import FusionResult
 from fusion_mcp.mcp_server.server import create_server
 from tests.conftest import sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import TOOL, structured
+from tests.helpers import TOOL, structured, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 SEED = 20261124
@@ -75,6 +75,10 @@ def check(data: dict[str, Any], args: dict[str, Any]) -> None:
         assert (result.analysis is None) != (result.analysis_error is None)
 
 
+def no_runs() -> bool:
+    return not [t for t in asyncio.all_tasks() if t.get_name().startswith("fusion run ")]
+
+
 async def test_soak(sim: ProviderSim) -> None:
     rng = random.Random(SEED)
     server = create_server(load_settings(environ=sim_env(sim, FUSION_DEADLINE_S="20", FUSION_LOG_LEVEL="WARNING")))
@@ -82,6 +86,7 @@ async def test_soak(sim: ProviderSim) -> None:
         for i in range(10):  # warm-up: imports, pools, caches
             args = script_call(sim, rng, f"warm{i}")
             check(structured(await client.call_tool(TOOL, args)), args)
+        await wait_until(no_runs)  # each run's task ends once its record is written, just after its answer
         tasks_before = len(asyncio.all_tasks())
         rss_before = rss_mib()
 
@@ -99,6 +104,7 @@ async def test_soak(sim: ProviderSim) -> None:
 
         rss_after = rss_mib()
         print(f"soak: rss {rss_before:.1f} -> {rss_after:.1f} MiB")
+        await wait_until(no_runs)
         assert len(asyncio.all_tasks()) == tasks_before
         # 260 runs keep no state: growth beyond allocator noise would be a leak.
         assert rss_after - rss_before < 64, (rss_before, rss_after)

@@ -1,0 +1,134 @@
+"""Answer first, record after: the caller has its result while the record is still being written (a
+PostgreSQL lock holds the write), the record follows, shutdown waits for it; a record that fails after the
+answer is logged and leaves the run in the history as lost, never missing."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import anyio
+import psycopg
+import pytest
+from mcp import Client
+
+from fusion_mcp.config import load_settings
+from fusion_mcp.mcp_server.server import RESULT_TOOL_NAME, create_server
+from fusion_mcp.store import open_store
+from tests.conftest import PANEL, child_env, console_script, sim_env
+from tests.fakes.provider_sim import ProviderSim
+from tests.helpers import TOOL, structured
+from tests.store.test_store import Raw
+
+pytestmark = pytest.mark.anyio
+LONG_RUNS = {"FUSION_DEADLINE_S": "20", "FUSION_RUN_DEADLINE_S": "30"}
+"""Runs that may outlive their call: their running row is written when they start."""
+REFUSE_FINISHED = {
+    "sqlite": "CREATE TRIGGER fault_insert BEFORE INSERT ON runs WHEN NEW.status <> 'running' "
+    "BEGIN SELECT RAISE(ABORT, 'injected fault'); END; "
+    "CREATE TRIGGER fault_update BEFORE UPDATE ON runs WHEN NEW.status <> 'running' "
+    "BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+    "postgres": "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.status <> 'running' "
+    "THEN RAISE EXCEPTION 'injected fault'; END IF; RETURN NEW; END $$; "
+    "CREATE TRIGGER fault BEFORE INSERT OR UPDATE ON fusion_runs FOR EACH ROW EXECUTE FUNCTION fault();",
+}
+"""The database takes a run's running row and refuses its end."""
+
+
+async def open_schema(env: dict[str, str]) -> None:
+    store = open_store(load_settings(environ=env))
+    try:
+        await store.open()
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("long_runs", [False, True], ids=["ends-with-call", "may-outlive-call"])
+async def test_the_caller_has_its_result_while_the_record_waits_and_shutdown_waits_for_it(
+    sim: ProviderSim, database_url: str, long_runs: bool
+) -> None:
+    """A transaction holds ``fusion_reservations`` (EXCLUSIVE: reads pass, writes wait), so the run's record —
+    its row, usage rows and reservation release, in one transaction — cannot commit. The call answers all the
+    same; meanwhile the history has the run as running; closing the server waits for the record, which is
+    complete (status and usage) once the lock is released."""
+    env = sim_env(sim, FUSION_DATABASE_URL=database_url, **(LONG_RUNS if long_runs else {}))
+    raw = Raw(env)
+    await open_schema(env)
+    answered, close, closed = anyio.Event(), anyio.Event(), anyio.Event()
+    found: dict[str, str] = {}
+
+    async def serve() -> None:
+        async with Client(create_server(load_settings(environ=env))) as client:
+            result = structured(await client.call_tool(TOOL, {"prompt": "answer first"}))
+            found.update(run_id=result["run_id"], status=result["status"])
+            answered.set()
+            await close.wait()
+        closed.set()
+
+    with psycopg.connect(database_url) as lock:
+        lock.execute("LOCK TABLE fusion_reservations IN EXCLUSIVE MODE")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            try:
+                with anyio.fail_after(30):
+                    await answered.wait()
+                run_id = found["run_id"]
+                assert found["status"] == "ok"
+                assert raw.rows("SELECT status FROM {runs} WHERE run_id = ?", run_id) == [("running",)]
+                close.set()
+                await anyio.sleep(0.5)  # the server is closing: it waits for the record
+                assert not closed.is_set()
+                assert raw.rows("SELECT status FROM {runs} WHERE run_id = ?", run_id) == [("running",)]
+            finally:
+                lock.rollback()  # whatever happened: a server stopping must not wait on the test forever
+    assert raw.rows("SELECT status FROM {runs} WHERE run_id = ?", run_id) == [("ok",)]
+    assert raw.rows("SELECT count(*), sum(requests) FROM {usage} WHERE run_id = ?", run_id) == [(4, 4)]
+
+
+async def test_a_record_that_fails_after_the_answer_is_logged_and_the_run_reads_as_lost(
+    sim: ProviderSim, store_env: dict[str, str]
+) -> None:
+    """``ask`` answers, then the database refuses the run's record: the log says so, in these words, and the
+    run is in the history as running, owned by the ``ask`` process (what it spent is in usage all the same);
+    once that process is gone, the result tool says it was lost (and, the database taking records again,
+    records it so), and ``fusion-mcp runs ID`` shows it lost."""
+    env = sim_env(sim, **store_env)
+    await open_schema(env)
+    raw = Raw(env)
+    raw.script(REFUSE_FINISHED["sqlite"], REFUSE_FINISHED["postgres"])
+    asked = subprocess.run(  # noqa: ASYNC221 - nothing else runs meanwhile
+        [console_script(), "ask", "--json", "answered, then lost"],
+        env=child_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert asked.returncode == 0, asked.stderr
+    result = json.loads(asked.stdout)
+    run_id = result["run_id"]
+    assert result["status"] == "ok" and len(result["responses"]) == len(PANEL)
+    logged = [line for line in asked.stderr.splitlines() if "not recorded" in line]
+    assert len(logged) == 1
+    assert re.search(rf"run {run_id} not recorded \(the history will show it as lost\): .*injected fault", logged[0]), (
+        logged
+    )
+    assert raw.rows("SELECT status FROM {runs} WHERE run_id = ?", run_id) == [("running",)]
+    assert raw.rows("SELECT count(*) FROM {usage} WHERE run_id = ?", run_id) == [(4,)]  # what it spent counts
+
+    raw.script("DROP TRIGGER fault_insert; DROP TRIGGER fault_update;", "DROP TRIGGER fault ON fusion_runs;")
+    async with Client(create_server(load_settings(environ=env | LONG_RUNS))) as client:  # offers the result tool
+        lost = structured(await client.call_tool(RESULT_TOOL_NAME, {"run_id": run_id, "wait_s": 0}))
+    assert lost["status"] == "error" and lost["failure_reason"] == "run_lost"
+    assert re.fullmatch(
+        r"the server that was running it \(process \d+ on .+, last heard from .+ UTC\) stopped before it "
+        r"finished — a restart, a crash or a kill ends the runs in flight, and what they had done is lost; run "
+        r"the call again",
+        lost["error"],
+    ), lost["error"]
+    assert raw.rows("SELECT status FROM {runs} WHERE run_id = ?", run_id) == [("error:run_lost",)]
+    shown = subprocess.run(  # noqa: ASYNC221
+        [console_script(), "runs", run_id], env=child_env(**env), capture_output=True, text=True, check=False
+    )
+    assert shown.returncode == 0 and "stopped before it finished" in " ".join(shown.stdout.split())
