@@ -76,6 +76,7 @@ async def test_a_finished_run_holds_its_result_and_no_streamed_chunks(sim: Provi
         assert not [o for o in held if isinstance(o, dict) and "role" in o and "content" in o]  # no transcript
 
 
+@pytest.mark.slow  # ~50 s: 30 runs of 8 streamed members under tracemalloc (CI runs it)
 async def test_memory_kept_per_finished_run_is_bounded(sim: ProviderSim) -> None:
     """30 runs of 8 members x ~2,000 tokens, all of them still kept (``KEEP_FINISHED``): what stays allocated
     after they finish, counted by tracemalloc after a collection, is under 150 KiB a run — their results (~64 KB
