@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from itertools import pairwise
 from typing import Any
 
@@ -39,7 +40,11 @@ async def test_a_queued_call_is_told_it_waits_and_its_result_says_how_long(sim: 
             tg.start_soon(call, "first")
             await wait_until(lambda: len(sim.requests) >= 1)  # the first run holds the only slot
             tg.start_soon(call, "second")
+        # The run history keeps the wait too: the record is written from the result the caller got.
+        second = results["second"]["run_id"]
+        record = json.loads((await client.read_resource(f"fusion://runs/{second}")).contents[0].text)
 
+    assert record["result"]["timings"]["queued"] == results["second"]["timings"]["queued"]
     assert [results[n]["status"] for n in ("first", "second")] == ["ok", "ok"]
     assert results["first"]["timings"]["queued"] == 0
     assert results["second"]["timings"]["queued"] > 0
