@@ -79,6 +79,8 @@ class LiveRun:
     """Its result is recorded once its caller has it: a run that ran, or was answered from the cache."""
     cached_from: str | None = None
     """The run whose cached result answered it: its record is a pointer to that run."""
+    cache_key: str | None = None
+    """Where its result goes in the cache, once its caller has it and its record is written."""
     row: bool = False
     """The history has a ``running`` row of it, naming this process, whose heartbeat the process renews."""
     ended: bool = False

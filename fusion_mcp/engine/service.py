@@ -32,7 +32,7 @@ from ..core.progress import EventSink, ProgressEvent
 from ..core.text import plural
 from ..providers.catalogue import CatalogueClient
 from ..providers.client import Provider, ProviderPools
-from ..store import Store, StoreError, UsageRow, cache_key, open_store
+from ..store import Store, StoreError, UsageRow, cache_key, is_complete, open_store
 from ..web.network import SYSTEM_NETWORK, Network
 from ..web.toolbox import open_web_tools
 from . import daily_cap
@@ -108,6 +108,9 @@ class FusionService:
         self._runs = runs
         """Where every run lives: as long as the service, not as long as the call that started it."""
         self._live: dict[str, LiveRun] = {}
+        self._caching: dict[str, FusionResult] = {}
+        """Results answered and not yet in the cache (their record comes first): an identical call meanwhile is
+        answered from here, as it would be a moment later from the store."""
 
     @classmethod
     @asynccontextmanager
@@ -347,14 +350,24 @@ class FusionService:
 
     async def _answer_then_record(self, live: LiveRun, transcripts: dict[str, list[dict[str, Any]]]) -> None:
         """Hand the result to its callers, then write its record (with its usage and the release of its
-        reservation, in one transaction). A run without a running row gets one first — small: its request and
-        this process as its owner — so a crash between the two leaves it in the history as lost, never missing;
-        a record that fails leaves that row, no longer renewed, to read as lost."""
+        reservation, in one transaction), then its cache entry. A run without a running row gets one first —
+        small: its request and this process as its owner — so a crash between the two leaves it in the history
+        as lost, never missing; a record that fails leaves that row, no longer renewed, to read as lost. Until
+        its cache entry is written, an identical call is answered from :attr:`_caching`."""
         assert live.result is not None
         if not live.row:
             await self._record(live, live.running_row(self.settings.deadline_s), {}, owner())
+        key = live.cache_key if live.cache_key is not None and is_complete(live.result) else None
+        if key is not None and self.settings.cache_ttl_s > 0:
+            self._caching[key] = live.result
         live.done.set()
-        await self._record(live, live.result, without_image_data(transcripts), cached_from=live.cached_from)
+        try:
+            await self._record(live, live.result, without_image_data(transcripts), cached_from=live.cached_from)
+            if key is not None:
+                await self._remember(key, live.result, live.settings.secrets)
+        finally:
+            if key is not None and self._caching.get(key) is live.result:
+                del self._caching[key]
 
     def _stopped(self, live: LiveRun) -> FusionResult:
         """The result of a run that ended without one: stopped from outside, or by the service closing."""
@@ -510,7 +523,7 @@ class FusionService:
         identity = self._provider_identity if settings is self.settings else provider_identity(settings)
         key = cache_key(request, principal=principal, provider=identity)
         if store is not None and self.settings.cache and not live.fresh:
-            hit = await self._cached(key)
+            hit = self._caching.get(key) or await self._cached(key)
             if hit is not None:
                 log.info("run %s answered from the cache (first run %s)", run_id, hit.run_id)
                 live.to_record, live.cached_from = True, hit.run_id  # its record: a pointer, not a copy
@@ -537,7 +550,7 @@ class FusionService:
             # The estimate is a worst case, so this means prices or usage differ from the catalogue's.
             log.warning("run %s cost $%.4f, over FUSION_MAX_COST_USD=$%g", run_id, spent, cap)
         if store is not None and self.settings.cache:
-            await self._remember(key, result, settings.secrets)
+            live.cache_key = key  # cached once its caller has it, after its record
         live.to_record = True  # once its caller has it
         return result
 

@@ -132,3 +132,33 @@ async def test_a_record_that_fails_after_the_answer_is_logged_and_the_run_reads_
         [console_script(), "runs", run_id], env=child_env(**env), capture_output=True, text=True, check=False
     )
     assert shown.returncode == 0 and "stopped before it finished" in " ".join(shown.stdout.split())
+
+
+async def test_the_cache_entry_is_written_after_the_answer(sim: ProviderSim, database_url: str) -> None:
+    """A transaction holds the cache table (EXCLUSIVE: the cache read before a run passes, the write after it
+    waits): the call answers all the same, and an identical call meanwhile is answered from the result waiting
+    to be cached; once the lock goes, the entry is written (closing the server waits for it), and another server
+    answers from it."""
+    env = sim_env(sim, FUSION_DATABASE_URL=database_url, FUSION_CACHE="on")
+    raw = Raw(env)
+    await open_schema(env)
+    question = {"prompt": "cached after the answer"}
+    async with Client(create_server(load_settings(environ=env))) as client:
+        with psycopg.connect(database_url) as lock:
+            lock.execute("LOCK TABLE fusion_cache IN EXCLUSIVE MODE")
+            try:
+                with anyio.fail_after(30):
+                    first = structured(await client.call_tool(TOOL, question))
+                    assert first["status"] == "ok" and not first.get("cached")
+                    assert raw.rows("SELECT count(*) FROM {cache}") == [(0,)]
+                    meanwhile = structured(await client.call_tool(TOOL, question))
+                    assert raw.rows("SELECT count(*) FROM {cache}") == [(0,)]
+            finally:
+                lock.rollback()
+    assert raw.rows("SELECT count(*) FROM {cache}") == [(1,)]  # the server closed once its writes were done
+    assert meanwhile["cached"] is True and meanwhile["responses"] == first["responses"]
+    assert len(sim.requests) == len(PANEL) + 1  # the first call's members and analyst, once
+    async with Client(create_server(load_settings(environ=env))) as client:
+        again = structured(await client.call_tool(TOOL, question))
+    assert again["cached"] is True and again["responses"] == first["responses"]
+    assert len(sim.requests) == len(PANEL) + 1
