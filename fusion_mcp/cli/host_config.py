@@ -57,7 +57,6 @@ import re
 import shutil
 import sys
 import tempfile
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -538,6 +537,8 @@ def _merge_json(host: Host, path: Path, text: str | None, name: str, document: d
 
 
 def _merge_toml(host: Host, path: Path, text: str | None, name: str, document: dict[str, Any]) -> tuple[str, bool]:
+    import tomllib  # loaded by the command that writes, not by the parser at every start
+
     text = text or ""
     try:
         before = tomllib.loads(text)

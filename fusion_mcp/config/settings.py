@@ -14,12 +14,10 @@ into the sentence every error uses. Only rules no type can state (URLs, lists) a
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
 import re
-import tomllib
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -692,6 +690,8 @@ def file_settings(path: Path) -> frozenset[str]:
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """The file's settings by name, and where each came from (``file, key 'fusion.model'``)."""
+    import tomllib  # loaded when there is a config file, not at every start
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -739,6 +739,8 @@ def closest_setting(written: str, among: Sequence[str] = SETTING_NAMES, cutoff: 
     (``analysys_models`` with ``analysis_models``), given in the style it was written (with or without the
     prefix; in lower case if it was). The one rule for config-file keys and environment variables."""
     shorts = {short_name(name): name for name in among}
+    import difflib  # loaded for a suggestion, not at start
+
     close = difflib.get_close_matches(short_name(written.upper()), list(shorts), n=1, cutoff=cutoff)
     if not close:
         return None

@@ -82,6 +82,9 @@ class Redactor:
         forms = {f for s in secrets if len(s) >= MIN_SECRET_CHARS for f in secret_forms(s)}
         self.forms = tuple(sorted(forms, key=len, reverse=True))
         self.longest = len(self.forms[0]) if self.forms else 0
+        # Each form as it reads inside a JSON string (non-ASCII kept): a string that holds a form holds it so
+        # in the document's JSON text, since JSON escapes character by character.
+        self._in_json = tuple(dict.fromkeys(json.dumps(f, ensure_ascii=False)[1:-1] for f in self.forms))
 
     def __bool__(self) -> bool:
         return bool(self.forms)
@@ -98,7 +101,20 @@ class Redactor:
         Redacting values before they are serialised means escaping cannot hide a secret: one with a quote, a
         backslash or non-ASCII characters looks different in JSON text, but not in the string it came from.
         """
-        return _walk(value, self) if self.forms else value
+        if not self.forms:
+            return value
+        try:
+            # Most values hold no secret: one C-speed serialisation and a search each tell, not a walk.
+            if not self.in_json(json.dumps(value, ensure_ascii=False, default=str)):
+                return value
+        except (TypeError, ValueError, RecursionError):
+            pass
+        return _walk(value, self)
+
+    def in_json(self, text: str) -> bool:
+        """Whether a secret may be in the document whose JSON text (non-ASCII unescaped, as pydantic and
+        ``json.dumps(..., ensure_ascii=False)`` write it) is ``text``: False means no string of it holds one."""
+        return any(form in text for form in self._in_json)
 
     def stream(self) -> StreamRedactor:
         return StreamRedactor(self)

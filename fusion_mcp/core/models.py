@@ -47,7 +47,9 @@ GUEST_PREFIX = "guest:"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Validators are built on first use, not at import: a start-up that lists the tools builds only the
+    # models of their schemas.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class GuestAnswer(_Model):

@@ -92,7 +92,7 @@ class ToolArguments(BaseModel):
     The types and bounds match the tool's published input schema; an argument not listed here is refused.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built by the first call, not at start
 
     prompt: str = Field(min_length=1)
     context: str | None = None

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import ctypes
 import errno
 import functools
 import hashlib
@@ -227,10 +226,6 @@ def open_beneath(root: Path, inner: str) -> int:
         os.close(root_fd)
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
-
-
 _OPENAT2 = 437
 """The syscall's number on x86_64 and aarch64 (Python has no wrapper)."""
 _RESOLVE_NO_SYMLINKS = 0x04
@@ -239,9 +234,12 @@ _RESOLVE_BENEATH = 0x08
 
 @functools.cache
 def _syscall() -> Callable[..., int] | None:
-    """libc's ``syscall`` where ``openat2`` has the number :data:`_OPENAT2`, else None."""
+    """libc's ``syscall`` where ``openat2`` has the number :data:`_OPENAT2`, else None (ctypes is loaded with the
+    first file read, not at start)."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
         return None
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     return libc.syscall
@@ -253,6 +251,11 @@ def openat2_beneath(root_fd: int, inner: str) -> int:
     syscall = _syscall()
     if syscall is None:
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), inner)
+    import ctypes
+
+    class _OpenHow(ctypes.Structure):
+        _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
     how = _OpenHow(_FILE_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
     fd = syscall(
         ctypes.c_long(_OPENAT2), ctypes.c_int(root_fd), os.fsencode(inner), ctypes.byref(how), ctypes.sizeof(how)

@@ -24,7 +24,7 @@ from pydantic import SecretStr, ValidationError
 
 from ..config import Settings
 from ..core.callers import LOCAL_PRINCIPAL
-from ..core.errors import live_secret, redact, redact_value
+from ..core.errors import Redactor, live_secret, redact
 from ..core.lenses import model_of
 from ..core.limits import MAX_DEADLINE_S
 from ..core.models import FusionArgs, FusionRequest, FusionResult, TokenUsage, Usage
@@ -46,6 +46,8 @@ if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
     from ..web.toolbox import WebBox
 
 log = logging.getLogger(__name__)
+CHECK_MODELS_AFTER_S = 1.0
+"""Seconds after start the configured model ids are checked against the provider's catalogue."""
 LENT_WRITERS_PER_RUN = 4
 """Chat writer slots for lent keys per run slot of theirs (a turn is a few writer requests around one run)."""
 
@@ -629,9 +631,15 @@ class FusionService:
                     log.warning("could not renew the heartbeat of runs in flight: %s", exc)
 
     async def _check_configured_models(self) -> None:
-        """Say in the log which configured model ids the provider does not know."""
+        """Say in the log which configured model ids the provider does not know.
+
+        Off the start-up path: a host waits for the server's first answer (``initialize``, ``tools/list``)
+        while this would import the HTTP stack and fetch the catalogue on the same core. A call meanwhile
+        fetches the catalogue itself, and the check then reads it from the cache.
+        """
         if self.settings.api_key is None and self.settings.is_openrouter:
             return
+        await anyio.sleep(CHECK_MODELS_AFTER_S)
         for model in dict.fromkeys((*map(model_of, self.settings.analysis_models), self.settings.model)):
             known, _, found = await self.catalogue.lookup(model)
             if not known:
@@ -643,8 +651,16 @@ class FusionService:
 def _redacted(result: FusionResult, secrets: tuple[str, ...]) -> FusionResult:
     """``result`` with every secret removed from every value: a model or provider that echoes the key it was
     sent (into an answer, an error message) must not hand it to the client."""
+    redactor = Redactor(secrets)
+    if not redactor:
+        return result
+    try:
+        if not redactor.in_json(result.model_dump_json()):
+            return result
+    except ValueError:  # a string JSON cannot carry (a lone surrogate from a model): the walk decides
+        pass
     data = result.model_dump()
-    clean = redact_value(data, secrets)
+    clean = redactor.value(data)
     return result if clean == data else FusionResult.model_validate(clean)
 
 

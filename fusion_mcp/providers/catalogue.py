@@ -7,7 +7,6 @@ without a catalogue blocks nothing: checks then pass, and cost caps cannot be es
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import time
@@ -70,6 +69,8 @@ class Catalogue:
     def closest(self, model: str, n: int = 3) -> list[str]:
         """Known ids that look like ``model`` (with or without an alias's ``~``), best first."""
         ids = list(self.models or ())
+        import difflib  # loaded for a suggestion, not at start
+
         found = difflib.get_close_matches(model, ids, n=n, cutoff=0.75)
         found += difflib.get_close_matches(model.lstrip("~"), ids, n=n, cutoff=0.75)
         return list(dict.fromkeys(found))[:n]

@@ -29,6 +29,7 @@ from ..core.models import TokenUsage
 from ..core.strict_json import as_object
 from ..core.text import one_line
 from ..core.tls import default_tls
+from .sse import SSEDecoder, TooLong
 
 log = logging.getLogger(__name__)
 DEPTH_HEADER = "x-openrouter-fusion-depth"
@@ -336,23 +337,24 @@ def _parse_json(raw: bytes, response: httpx2.Response, secrets: tuple[str, ...])
 
 
 async def _sse_events(response: httpx2.Response) -> AsyncIterator[str]:
-    """The ``data`` of each event of an SSE stream, through httpx2's parser (multi-line ``data:``, ``event:``,
-    ``id:``, comments, CRLF and events split across reads are its business), within the size cap.
+    """The ``data`` of each event of an SSE stream (:class:`~.sse.SSEDecoder`: multi-line ``data:``, comments,
+    CRLF and events split across reads), within the size cap.
 
     Comment lines (``: OPENROUTER PROCESSING``) are keep-alives and never become events; an event with no
     data (a lone ``retry:`` or ``id:``) carries nothing for us and is skipped, as the SSE standard says.
     """
+    decoder = SSEDecoder(MAX_RESPONSE_BYTES)
     size = 0
     try:
-        async for event in httpx2.EventSource(response, max_event_size=MAX_RESPONSE_BYTES):
+        async for chunk in response.aiter_bytes():
             # Counted on what arrived and on what it decoded to, so a compressed stream is bounded too.
-            size += len(event.data)
+            size += len(chunk)
             if max(size, response.num_bytes_downloaded) > MAX_RESPONSE_BYTES:
                 raise BadResponse(f"the stream was longer than {MAX_RESPONSE_BYTES // 2**20} MiB and was cut")
-            if event.data:
-                yield event.data
-    except httpx2.SSEError as exc:
-        raise BadResponse(f"the stream broke the SSE format: {one_line(str(exc), 200)}") from None
+            for data in decoder.feed(chunk):
+                yield data
+    except TooLong:
+        raise BadResponse(f"the stream sent an event longer than {MAX_RESPONSE_BYTES // 2**20} MiB") from None
 
 
 async def _drain(events: AsyncIterator[str]) -> None:
@@ -383,6 +385,15 @@ async def _parse_sse(response: httpx2.Response, on_text: TextSink | None, secret
             except ValueError:
                 raise BadResponse(f"the stream sent a chunk that is not JSON: {_clip(data, 120)!r}") from None
             if not isinstance(chunk, dict):
+                continue
+            text = _plain_delta(chunk)
+            if text is not None:  # most of a stream: a piece of text and nothing else to read
+                if text:
+                    parts.append(text)
+                    if on_text is not None:
+                        on_text(text)
+                if not out.model:
+                    out.model = str(chunk.get("model") or "")
                 continue
             out.model = out.model or str(chunk.get("model") or "")
             if chunk.get("usage"):
@@ -418,6 +429,22 @@ async def _parse_sse(response: httpx2.Response, on_text: TextSink | None, secret
     out.content = "".join(parts)
     out.tool_calls = [calls[i] for i in sorted(calls)]
     return out
+
+
+def _plain_delta(chunk: dict[str, Any]) -> str | None:
+    """The text of a chunk that is one choice's plain content delta and nothing more (no usage, error, finish,
+    tool calls or annotations), or None for any other chunk, which the general path reads."""
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1 or chunk.get("usage") or "error" in chunk:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") is not None:
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict or "tool_calls" in delta or "annotations" in delta:
+        return None
+    text = delta.get("content")
+    return text if type(text) is str else None
 
 
 def _merge_call(calls: dict[int, ToolCall], delta: Any) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..config import Settings
 from ..core.callers import LOCAL_PRINCIPAL
@@ -108,6 +108,7 @@ class UsageRow:
 class UsageTotal(BaseModel):
     """Totals of one group of usage rows (a principal, a model or a UTC day) as ``fusion-mcp usage`` shows them."""
 
+    model_config = ConfigDict(defer_build=True)  # built by ``usage``, not at every start
     key: str
     runs: int = 0
     """Fusion runs (a chat request's writer is not a run)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import httpx2
+import psycopg
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -35,6 +36,24 @@ TOKENS = {name: f"{name}-token-0123456789abcdef" for name in ("alice", "bob", "c
 class Deployment:
     proxy: nginx.Nginx
     replicas: dict[str, servers.Running]
+    database_url: str
+
+    async def written(self, *run_ids: str, cached: bool = False) -> None:
+        """Until the replica that answered each run has written its record (and, ``cached``, its cache entry):
+        a replica answers first and records after, so another one may read the store a moment too early."""
+
+        def done() -> bool:
+            with psycopg.connect(self.database_url, autocommit=True) as conn:
+                ended = conn.execute(
+                    "SELECT count(*) FROM fusion_runs WHERE run_id = ANY(%s) AND status <> 'running'", (list(run_ids),)
+                ).fetchone()
+                entries = conn.execute(
+                    "SELECT count(*) FROM fusion_cache WHERE result::text LIKE ANY(%s)",
+                    ([f"%{run_id}%" for run_id in run_ids],),
+                ).fetchone()
+            return ended == (len(run_ids),) and (not cached or entries == (len(run_ids),))
+
+        await wait_until(done)
 
 
 def priced_catalogue(sim: ProviderSim) -> None:
@@ -79,7 +98,7 @@ def _deployment(_sim: ProviderSim, _proxy: nginx.Nginx, pg_admin: str) -> Iterat
             servers.http_server(dict(env, FUSION_REPLICA="a"), port=_proxy.replicas["a"]) as a,
             servers.http_server(dict(env, FUSION_REPLICA="b"), port=_proxy.replicas["b"]) as b,
         ):
-            yield Deployment(_proxy, {"a": a, "b": b})
+            yield Deployment(_proxy, {"a": a, "b": b}, url)
 
 
 @pytest.fixture
@@ -115,6 +134,7 @@ async def test_runs_cache_and_reads_cross_replicas_and_principals_stay_apart(
     async with client(deployment.proxy.url, "alice") as alice:
         made = structured(await alice.call_tool(TOOL, {"prompt": "shared question"}))
     assert made["status"] == "ok"
+    await deployment.written(made["run_id"], cached=True)
     spent = len(sim.requests)
     for name in ("a", "b"):  # the run was made on one of them: both know it
         async with client(replica_url(deployment, name), "alice") as alice:
@@ -138,6 +158,7 @@ async def test_the_daily_cap_counts_what_a_principal_spent_on_either_replica(
         async with client(replica_url(deployment, name), "carol") as carol:
             results.append(structured(await carol.call_tool(TOOL, {"prompt": prompt})))
     assert [r["status"] for r in results] == ["ok", "ok"]
+    await deployment.written(*(r["run_id"] for r in results))  # their usage, in place of their reservations
     sent = len(sim.requests)
     for name in ("a", "b"):
         async with client(replica_url(deployment, name), "carol") as carol:
