@@ -85,6 +85,7 @@ class Redactor:
         # Each form as it reads inside a JSON string (non-ASCII kept): a string that holds a form holds it so
         # in the document's JSON text, since JSON escapes character by character.
         self._in_json = tuple(dict.fromkeys(json.dumps(f, ensure_ascii=False)[1:-1] for f in self.forms))
+        self._in_ascii_json = tuple(dict.fromkeys(json.dumps(f)[1:-1] for f in self.forms))
 
     def __bool__(self) -> bool:
         return bool(self.forms)
@@ -110,6 +111,14 @@ class Redactor:
         except (TypeError, ValueError, RecursionError):
             pass
         return _walk(value, self)
+
+    def dumps(self, value: Any, *, ensure_ascii: bool = True) -> str:
+        """``value`` as JSON text with every secret replaced (:meth:`value`), serialised once when it holds none."""
+        text = json.dumps(value, ensure_ascii=ensure_ascii)
+        forms = self._in_ascii_json if ensure_ascii else self._in_json
+        if any(form in text for form in forms):
+            text = json.dumps(_walk(value, self), ensure_ascii=ensure_ascii)
+        return text
 
     def in_json(self, text: str) -> bool:
         """Whether a secret may be in the document whose JSON text (non-ASCII unescaped, as pydantic and

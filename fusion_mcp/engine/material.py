@@ -320,7 +320,14 @@ def _image_type(data: bytes) -> str | None:
 
 def without_image_data(transcripts: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """A copy of the transcripts with each image's bytes replaced by a note: the history keeps what was asked,
-    not a copy of every image per member (the attachments name them with their digests)."""
+    not a copy of every image per member (the attachments name them with their digests); the transcripts
+    themselves when they hold no image."""
+    if not any(
+        isinstance(m.get("content"), list) and any(isinstance(p, dict) and "image_url" in p for p in m["content"])
+        for messages in transcripts.values()
+        for m in messages
+    ):
+        return transcripts
     copied = copy.deepcopy(transcripts)
     for messages in copied.values():
         for message in messages:

@@ -94,7 +94,7 @@ class Reply:
         self._role_sent = False
 
     async def json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(self.redactor.value(payload), ensure_ascii=False).encode()
+        body = self.redactor.dumps(payload, ensure_ascii=False).encode()
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         async with self._lock:
@@ -139,7 +139,7 @@ class Reply:
             await self.event(self.chunk({"content": rest}))
 
     async def event(self, payload: dict[str, Any]) -> None:
-        data = json.dumps(self.redactor.value(payload), ensure_ascii=False).encode()
+        data = self.redactor.dumps(payload, ensure_ascii=False).encode()
         await self._write(b"data: " + data + b"\n\n")
 
     async def comment(self, text: str) -> None:

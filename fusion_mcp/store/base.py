@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..config import Settings
 from ..core.callers import LOCAL_PRINCIPAL
-from ..core.errors import redact, redact_value
+from ..core.errors import Redactor, redact, redact_value
 from ..core.lenses import model_of
 from ..core.models import RESULT_SCHEMA, FusionRequest, FusionResult, Usage
 
@@ -214,7 +214,7 @@ class Store(ABC):
         are redacted beside the store's own (a key a caller lent for this run)."""
         if not is_complete(result):
             return
-        text = json.dumps(redact_value(result.model_dump(mode="json"), (*self._secrets, *secrets)))
+        text = Redactor((*self._secrets, *secrets)).dumps(result.model_dump(mode="json"))
         await self._cache_put(key, time.time(), text, len(text.encode()))
 
     # -- history and usage ---------------------------------------------------------------------------
@@ -389,7 +389,7 @@ class Store(ABC):
         every record starts with — as redacted JSON."""
         now = time.time()
         record = {"schema": RESULT_SCHEMA, "run_id": result.run_id, "principal": principal, "created": now, **body}
-        text = json.dumps(redact_value(record, secrets))
+        text = Redactor(secrets).dumps(record)
         return RunRow(
             run_id=result.run_id,
             principal=principal,

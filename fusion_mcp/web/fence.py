@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from functools import cached_property
 
 from .extract import strip_invisible
 
@@ -24,7 +25,11 @@ class Fence:
     def __init__(self, nonce: str | None = None, kind: str = "untrusted") -> None:
         self.nonce = nonce or secrets.token_hex(8)
         self.tag = f"{kind}-{self.nonce}"
-        self._nonce = re.compile(re.escape(self.nonce), re.IGNORECASE)
+
+    @cached_property
+    def _nonce(self) -> re.Pattern[str]:
+        # Compiled when a run first fences something: most runs read no page, and every run has two fences.
+        return re.compile(re.escape(self.nonce), re.IGNORECASE)
 
     @property
     def note(self) -> str:
