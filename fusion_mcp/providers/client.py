@@ -185,17 +185,19 @@ class Provider:
         on_text: TextSink | None = None,
         deadline: float | None = None,
         on_retry: RetryListener | None = None,
+        on_reasoning: TextSink | None = None,
     ) -> Completion:
         """Send one chat completion, retrying what is worth retrying; raise :class:`UpstreamError`.
 
-        ``body["stream"]`` picks SSE; ``on_text`` then sees each piece of text as it arrives. ``deadline``
+        ``body["stream"]`` picks SSE; ``on_text`` then sees each piece of text as it arrives (``on_reasoning``
+        each piece of the model's streamed ``reasoning``, OpenRouter's field). ``deadline``
         (``anyio.current_time()`` scale) stops retrying when the next wait would pass it: the caller gets
         the last error rather than a retry that cannot finish in time. ``on_retry`` hears of each retry (the
         run's progress shows it in the member's row); without one, retries are logged.
         """
         for attempt in range(MAX_RETRIES + 1):
             try:
-                return await self._once(body, on_text)
+                return await self._once(body, on_text, on_reasoning)
             except UpstreamError as exc:
                 if not exc.retryable or attempt == MAX_RETRIES or exc.partial:
                     raise
@@ -209,14 +211,16 @@ class Provider:
                 await anyio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _once(self, body: dict[str, Any], on_text: TextSink | None) -> Completion:
+    async def _once(
+        self, body: dict[str, Any], on_text: TextSink | None, on_reasoning: TextSink | None = None
+    ) -> Completion:
         stream = bool(body.get("stream"))
         try:
             async with self._http.stream("POST", self._url, json=body, headers=self._headers) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response, await _read_capped(response))
                 if stream and response.headers.get("content-type", "").startswith("text/event-stream"):
-                    return await _parse_sse(response, on_text, self._secrets)
+                    return await _parse_sse(response, on_text, self._secrets, on_reasoning)
                 return _parse_json(await _read_capped(response), response, self._secrets)
         except httpx2.TimeoutException as exc:
             raise Timeout(f"the provider did not answer in time ({type(exc).__name__})") from None
@@ -366,7 +370,12 @@ async def _drain(events: AsyncIterator[str]) -> None:
             pass
 
 
-async def _parse_sse(response: httpx2.Response, on_text: TextSink | None, secrets: tuple[str, ...]) -> Completion:
+async def _parse_sse(
+    response: httpx2.Response,
+    on_text: TextSink | None,
+    secrets: tuple[str, ...],
+    on_reasoning: TextSink | None = None,
+) -> Completion:
     out = Completion(model="", content="")
     parts: list[str] = []
     calls: dict[int, ToolCall] = {}
@@ -404,6 +413,9 @@ async def _parse_sse(response: httpx2.Response, on_text: TextSink | None, secret
                     parts.append(text)
                     if on_text is not None:
                         on_text(text)
+                reasoning = delta.get("reasoning")
+                if on_reasoning is not None and isinstance(reasoning, str) and reasoning:
+                    on_reasoning(reasoning)
                 for call in delta.get("tool_calls") or []:
                     _merge_call(calls, call)
                 out.annotations.extend(a for a in delta.get("annotations") or [] if isinstance(a, dict))

@@ -66,6 +66,8 @@ class Reply:
     reply (a provider, or a model, echoing the key)."""
     annotations: list[dict[str, Any]] | None = None
     """``message.annotations`` (OpenRouter's server tools cite pages as ``url_citation``)."""
+    reasoning: str | None = None
+    """Streaming only: OpenRouter's ``delta.reasoning``, word by word, before the content."""
 
 
 @dataclass
@@ -336,6 +338,8 @@ async def _sse(reply: Reply, model: str, content: str, abandoned: Callable[[], N
         return f"data: {json.dumps(data)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
+    for i, word in enumerate((reply.reasoning or "").split(" ") if reply.reasoning else []):
+        yield chunk({"reasoning": word if i == 0 else " " + word})
     words = content.split(" ")
     for i, word in enumerate(words):
         if reply.chunk_delay:
