@@ -319,11 +319,15 @@ def usage(total: TokenUsage) -> dict[str, Any]:
 
 
 def fusion_item(run_id: str, result: FusionResult | None) -> dict[str, Any]:
-    """The ``openrouter:fusion`` output item: in progress, or carrying the result in OpenRouter's shape."""
+    """The ``openrouter:fusion`` output item: in progress, or carrying the result in OpenRouter's shape.
+
+    It also says ``role: assistant`` with no ``content``: the ``openai`` package builds an item of a type it does
+    not know as a message, and the Agents SDK then reads that message's content; an empty list reads as nothing.
+    """
+    item: dict[str, Any] = {"type": "openrouter:fusion", "id": run_id, "role": "assistant", "content": []}
     if result is None:
-        return {"type": "openrouter:fusion", "id": run_id, "status": "in_progress"}
-    found = {k: v for k, v in result.to_json().items() if k in FUSION_FIELDS}
-    return {"type": "openrouter:fusion", "id": run_id, **found}
+        return item | {"status": "in_progress"}
+    return item | {k: v for k, v in result.to_json().items() if k in FUSION_FIELDS}
 
 
 @dataclass

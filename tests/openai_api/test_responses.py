@@ -107,7 +107,11 @@ def test_a_fused_response_has_the_fusion_item_then_the_answer(sim: ProviderSim, 
     fused, answer = data["output"]
     assert without_id(answer) == message(writer.FINAL) and answer["id"].startswith("msg_")
     assert fused["type"] == "openrouter:fusion" and fused["id"].startswith("fus_")
-    assert set(fused) == {"type", "id", "status", "analysis", "responses", "failed_models", "sources", "analyst_model"}
+    assert set(fused) == {
+        *("type", "id", "role", "content", "status"),
+        *("analysis", "responses", "failed_models", "sources", "analyst_model"),
+    }
+    assert (fused["role"], fused["content"]) == ("assistant", [])
     assert (fused["status"], fused["failed_models"], fused["analyst_model"]) == ("ok", [], WRITER)
     assert set(fused["analysis"]) == ANALYSIS_KEYS
     assert [r["model"] for r in fused["responses"]] == list(PANEL)
@@ -648,6 +652,6 @@ def test_the_fusion_result_parses_as_ours(sim: ProviderSim, http_server: str) ->
     sim.scripts[WRITER] = writer.fusing()
     fused = post(http_server, {"model": WRITER, "input": QUESTION, "plugins": [PLUGIN]}).json()["output"][0]
     result = FusionResult.model_validate(
-        {k: v for k, v in fused.items() if k not in ("type", "id")} | {"run_id": fused["id"]}
+        {k: v for k, v in fused.items() if k not in ("type", "id", "role", "content")} | {"run_id": fused["id"]}
     )
     assert result.status == "ok" and result.analysis is not None
