@@ -71,6 +71,9 @@ ITEM_TYPES = "message, function_call or function_call_output"
 TOOL_TYPES = "function, openrouter:fusion, or one of OpenRouter's server tools (openrouter:...)"
 FUSION_EVENT = "response.fusion_call."
 FUSION_FIELDS = WRITER_FIELDS | {"analyst_model"}
+ITEMS_HEADER = "x-fusion-items"
+"""``X-Fusion-Items: standard`` leaves the ``openrouter:fusion`` item out of ``output`` (its events still stream):
+for clients that validate every item's type against OpenAI's list (the Vercel AI SDK's ``generateText``)."""
 RENAMED = (("max_completion_tokens", "max_output_tokens"), (".function.name", ".name"))
 """Chat field names in :func:`plan_turn`'s 400s, and what the caller called them."""
 
@@ -101,10 +104,17 @@ class ResponsesTurn:
 
     plan: Plan
     echo: dict[str, Any]
+    standard_items: bool = False
+    """Only OpenAI's item types in ``output``: no ``openrouter:fusion`` item (:data:`ITEMS_HEADER`)."""
 
 
-def read_request(raw: Any, settings: Settings, *, depth: int) -> ResponsesTurn:
-    """Read a Responses request; raise :class:`ChatError` (400, naming the field in the caller's terms)."""
+def read_request(raw: Any, settings: Settings, *, depth: int, items: str | None = None) -> ResponsesTurn:
+    """Read a Responses request; raise :class:`ChatError` (400, naming the field in the caller's terms).
+
+    ``items`` is the :data:`ITEMS_HEADER` header's value: ``standard``, or None.
+    """
+    if items is not None and items.strip().lower() != "standard":
+        raise ChatError(400, f"{ITEMS_HEADER}: must be standard (or left out)", code="invalid_request")
     if not isinstance(raw, dict):
         raise ChatError(400, "the request body must be a JSON object", code="invalid_request")
     body: ResponsesBody = validated(ResponsesBody, raw, "")
@@ -133,7 +143,7 @@ def read_request(raw: Any, settings: Settings, *, depth: int) -> ResponsesTurn:
         plan = plan_turn(chat, settings, depth=depth)
     except ChatError as error:
         raise _renamed(error) from None
-    return ResponsesTurn(plan, _echo(body, raw))
+    return ResponsesTurn(plan, _echo(body, raw), standard_items=items is not None)
 
 
 def _renamed(error: ChatError) -> ChatError:
@@ -503,16 +513,21 @@ class ResponseStream:
 
     async def _fusion_started(self, run_id: str) -> None:
         await self._close_message()
-        self._fusion = _Item(fusion_item(run_id, None), len(self.items))
         self._members.clear()
         self._analysing = False
-        self.items.append(self._fusion.item)
-        await self.send("response.output_item.added", output_index=self._fusion.index, item=self._fusion.item)
+        if self.turn is not None and self.turn.standard_items:
+            self._fusion = _Item(fusion_item(run_id, None), -1)  # its events only: no item in the output
+        else:
+            self._fusion = _Item(fusion_item(run_id, None), len(self.items))
+            self.items.append(self._fusion.item)
+            await self.send("response.output_item.added", output_index=self._fusion.index, item=self._fusion.item)
         await self._fusion_event("in_progress")
 
     async def _fusion_event(self, name: str, **fields: Any) -> None:
         assert self._fusion is not None
-        where = {"item_id": self._fusion.item["id"], "output_index": self._fusion.index}
+        where = {"item_id": self._fusion.item["id"]}
+        if self._fusion.index >= 0:
+            where["output_index"] = self._fusion.index
         await self.send(f"{FUSION_EVENT}{name}", **where, **fields)
 
     async def _progress(self, event: ProgressEvent) -> None:
@@ -581,9 +596,10 @@ class ResponseStream:
             analysis = result.analysis.model_dump(mode="json") if result.analysis is not None else None
             await self._fusion_event("analysis.completed", analysis=analysis)
         await self._fusion_event("completed")
-        item = fusion_item(run_id, result)
-        self.items[self._fusion.index] = item
-        await self.send("response.output_item.done", output_index=self._fusion.index, item=item)
+        if self._fusion.index >= 0:
+            item = fusion_item(run_id, result)
+            self.items[self._fusion.index] = item
+            await self.send("response.output_item.done", output_index=self._fusion.index, item=item)
         self._fusion = None
 
 

@@ -44,7 +44,7 @@ from ..engine.admission import incoming_depth
 from ..engine.service import FusionService
 from ..providers.client import MAX_RESPONSE_BYTES, ToolCall
 from .request import ALIASES, ChatError, Plan, plan_turn
-from .responses import ResponseStream, ResponsesTurn, Signal, read_request
+from .responses import ITEMS_HEADER, ResponseStream, ResponsesTurn, Signal, read_request
 from .responses import head as response_head
 from .writer import TurnOutcome, Writer
 
@@ -256,7 +256,8 @@ class ChatApp:
     async def _responses(self, scope: Scope, receive: Receive, reply: Reply) -> None:
         """``POST /v1/responses``: the same turn as a chat request, read and answered by :mod:`.responses`."""
         service, raw, depth = await self._begin(scope, receive, "responses")
-        turn: ResponsesTurn = read_request(raw, self.settings, depth=depth)
+        items = Headers(scope=scope).get(ITEMS_HEADER)
+        turn: ResponsesTurn = read_request(raw, self.settings, depth=depth, items=items)
         plan = turn.plan
         base = response_head(plan.writer)
         reply.base = {"id": base["id"]}

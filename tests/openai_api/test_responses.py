@@ -655,3 +655,33 @@ def test_the_fusion_result_parses_as_ours(sim: ProviderSim, http_server: str) ->
         {k: v for k, v in fused.items() if k not in ("type", "id", "role", "content")} | {"run_id": fused["id"]}
     )
     assert result.status == "ok" and result.analysis is not None
+
+
+# -- X-Fusion-Items: standard ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_standard_items_leave_the_fusion_item_out_of_the_output(
+    sim: ProviderSim, http_server: str, streamed: bool
+) -> None:
+    sim.scripts[WRITER] = writer.fusing()
+    body = {"model": WRITER, "input": QUESTION, "plugins": [PLUGIN], "stream": streamed}
+    headers = {"X-Fusion-Items": "standard"}
+    if streamed:
+        with httpx2.stream("POST", f"{http_server}/v1/responses", json=body, headers=headers, timeout=60) as response:
+            found = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+        items = [e["item"]["type"] for e in found if e["type"].startswith("response.output_item.")]
+        assert items == ["message", "message"]  # added, done: the answer only
+        fusion = [e for e in found if e["type"].startswith("response.fusion_call.")]
+        assert fusion[0]["type"] == "response.fusion_call.in_progress" and "output_index" not in fusion[0]
+        assert fusion[-1]["type"] == "response.fusion_call.completed"
+        data = found[-1]["response"]
+    else:
+        data = post(http_server, body, **headers).json()
+    assert [without_id(i) for i in data["output"]] == [message(writer.FINAL)]
+    assert data["usage"] == FUSED_USAGE  # the run happened, and is counted
+    bad = post(http_server, body, **{"X-Fusion-Items": "all"})
+    assert (bad.status_code, bad.json()) == (
+        400,
+        error(BAD, "invalid_request", "x-fusion-items: must be standard (or left out)"),
+    )

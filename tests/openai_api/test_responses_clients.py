@@ -1,11 +1,16 @@
 """Real clients of the Responses API: the official ``openai`` package's ``responses.create``, streamed and not,
-parsing the server's events with its own types.
+parsing the server's events with its own types; and the Vercel AI SDK's default ``openai(...)`` provider under
+Node (``generateText`` and ``streamText``), which ``.ci/run`` installs (``FUSION_AI_SDK``); elsewhere it skips
+without it, except under CI, where that is a failure.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -19,10 +24,11 @@ from openai.types.responses import (
     ResponseTextDeltaEvent,
 )
 
-from tests.conftest import PANEL
+from tests.conftest import ANALYST, PANEL, REPO, child_env
 from tests.fakes import writer
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.helpers import ANALYSIS_KEYS
+from tests.openai_api.test_chat_clients import node
 
 WRITER = "acme/writer"
 QUESTION = "Which of A and B should we choose?"
@@ -108,3 +114,52 @@ def test_openai_sdk_errors(sim: ProviderSim, client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as unknown:
         client.responses.retrieve("resp_1")
     assert unknown.value.code == "unknown_route"
+
+
+# -- the Vercel AI SDK under Node ------------------------------------------------------------------------------
+
+AI_SDK_SCRIPT = REPO / "tests" / "clients" / "ai_sdk_responses.mjs"
+
+
+def ai_sdk() -> Path | None:
+    """The ``node_modules`` holding ``ai`` and ``@ai-sdk/openai`` (``FUSION_AI_SDK``; ``.ci/run`` installs them)."""
+    found = os.environ.get("FUSION_AI_SDK")
+    if not found or not (Path(found) / "ai").is_dir() or not (Path(found) / "@ai-sdk" / "openai").is_dir():
+        return None
+    return Path(found)
+
+
+def test_vercel_ai_sdk_generate_and_stream_text(sim: ProviderSim, http_server: str) -> None:
+    binary, modules = node(), ai_sdk()
+    if binary is None or modules is None:
+        missing = "Node 18+ (FUSION_NODE)" if binary is None else "node_modules with the AI SDK (FUSION_AI_SDK)"
+        if os.environ.get("CI"):
+            pytest.fail(f"no {missing}: .ci/run installs ai and @ai-sdk/openai and sets both")
+        pytest.skip(f"no {missing}: install ai and @ai-sdk/openai with npm and set FUSION_AI_SDK to its node_modules")
+    # The alias writes with the configured analyst, which is also the first panel member here.
+    sim.scripts[ANALYST] = writer.fusing()
+    out = subprocess.run(
+        [binary, "--input-type=module", "-"],
+        input=AI_SDK_SCRIPT.read_text(),
+        cwd=modules.parent,  # a script read from stdin resolves its imports from the working directory
+        env=child_env(FUSION_BASE_URL=f"{http_server}/v1", FUSION_MODEL="openrouter/fusion"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    said = json.loads(out.stdout)
+    assert said["generated"] == {"text": writer.FINAL, "finishReason": "stop", "totalTokens": 900}
+    streamed = said["streamed"]
+    assert (streamed["text"], streamed["finishReason"]) == (writer.FINAL, "stop")
+    assert streamed["parts"][:3] == ["start", "start-step", "text-start"] and streamed["parts"][-1] == "finish"
+    raw = streamed["raw"]
+    assert raw[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.fusion_call.in_progress",
+    ]
+    assert raw.count("response.fusion_call.panel.completed") == len(PANEL) and raw[-1] == "response.completed"
+    # Both calls went through fusion: each ran the panel once.
+    assert all(len(sim.requests_for(model)) >= 2 for model in PANEL[1:])
