@@ -17,6 +17,7 @@ The server is stateless: ``previous_response_id`` (and ``conversation``, ``backg
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,7 @@ DROPPED = frozenset(
         "top_logprobs",
         "max_tool_calls",
         "metadata",
+        "client_metadata",
     }
 )
 """Responses fields with no chat-completions counterpart: accepted, not sent to the writer."""
@@ -68,7 +70,15 @@ SKIPPED_ITEMS = frozenset({"reasoning", "openrouter:fusion"})
 answer that followed it (a client sending the whole conversation back sends both)."""
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 ITEM_TYPES = "message, function_call or function_call_output"
-TOOL_TYPES = "function, openrouter:fusion, or one of OpenRouter's server tools (openrouter:...)"
+TOOL_TYPES = "function, namespace, openrouter:fusion, or one of OpenRouter's server tools (openrouter:...)"
+HOSTED_TOOLS = frozenset(
+    {"web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11"}
+    | {"file_search", "code_interpreter", "image_generation", "computer_use_preview", "computer", "mcp"}
+    | {"local_shell", "shell", "apply_patch", "tool_search"}
+)
+"""Tools OpenAI's own servers run (or that need their hosted state): not offered to the writer, which could not
+run them; the panel has its own web tools. Left out rather than refused, as agent hosts (Codex) send some of
+them with every request."""
 FUSION_EVENT = "response.fusion_call."
 FUSION_FIELDS = WRITER_FIELDS | {"analyst_model"}
 ITEMS_HEADER = "x-fusion-items"
@@ -76,6 +86,7 @@ ITEMS_HEADER = "x-fusion-items"
 for clients that validate every item's type against OpenAI's list (the Vercel AI SDK's ``generateText``)."""
 RENAMED = (("max_completion_tokens", "max_output_tokens"), (".function.name", ".name"))
 """Chat field names in :func:`plan_turn`'s 400s, and what the caller called them."""
+TOOL_PLACE = re.compile(r"tools\[(\d+)\]")
 
 
 class ResponsesBody(Open):
@@ -104,6 +115,8 @@ class ResponsesTurn:
 
     plan: Plan
     echo: dict[str, Any]
+    namespaces: dict[str, str] = field(default_factory=dict)
+    """Functions offered inside a ``namespace`` tool, and its name: their calls say it (``namespace``)."""
     standard_items: bool = False
     """Only OpenAI's item types in ``output``: no ``openrouter:fusion`` item (:data:`ITEMS_HEADER`)."""
 
@@ -127,7 +140,7 @@ def read_request(raw: Any, settings: Settings, *, depth: int, items: str | None 
     chat["messages"] = _messages(body)
     chat["stream"] = body.stream
     if body.tools is not None:
-        chat["tools"] = [_tool(i, tool) for i, tool in enumerate(body.tools)]
+        chat["tools"], places, namespaces = _tools(body.tools)
     if body.tool_choice is not None:
         chat["tool_choice"] = _tool_choice(body.tool_choice)
     if body.max_output_tokens is not None:
@@ -142,14 +155,23 @@ def read_request(raw: Any, settings: Settings, *, depth: int, items: str | None 
     try:
         plan = plan_turn(chat, settings, depth=depth)
     except ChatError as error:
-        raise _renamed(error) from None
-    return ResponsesTurn(plan, _echo(body, raw), standard_items=items is not None)
+        raise _renamed(error, places if body.tools is not None else []) from None
+    turn = ResponsesTurn(plan, _echo(body, raw), standard_items=items is not None)
+    if body.tools is not None:
+        turn.namespaces = namespaces
+    return turn
 
 
-def _renamed(error: ChatError) -> ChatError:
-    for chat_name, ours in RENAMED:
-        error.message = error.message.replace(chat_name, ours)
-        error.param = error.param.replace(chat_name, ours) if error.param else error.param
+def _renamed(error: ChatError, places: list[str]) -> ChatError:
+    """``error`` in the caller's terms: its field names, and where each chat tool was in the caller's ``tools``."""
+
+    def ours(text: str) -> str:
+        for chat_name, name in RENAMED:
+            text = text.replace(chat_name, name)
+        return TOOL_PLACE.sub(lambda m: places[int(m[1])] if int(m[1]) < len(places) else m[0], text)
+
+    error.message = ours(error.message)
+    error.param = ours(error.param) if error.param else error.param
     return error
 
 
@@ -271,17 +293,40 @@ def _string(item: dict[str, Any], name: str, where: str) -> str:
     return value
 
 
-def _tool(i: int, tool: dict[str, Any]) -> dict[str, Any]:
+def _tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
+    """(the chat tools, where each one was in the caller's list, which function is in which namespace)."""
+    chat: list[dict[str, Any]] = []
+    places: list[str] = []
+    namespaces: dict[str, str] = {}
+    for i, tool in enumerate(tools):
+        if tool.get("type") in HOSTED_TOOLS:
+            continue
+        if tool.get("type") == "namespace":
+            name = _string(tool, "name", f"tools[{i}]")
+            inner = tool.get("tools")
+            if not isinstance(inner, list):
+                raise ChatError.bad_field(f"tools[{i}].tools", "must be a list of function tools")
+            for j, function in enumerate(inner):
+                chat.append(_tool(f"tools[{i}].tools[{j}]", function, ("function",)))
+                places.append(f"tools[{i}].tools[{j}]")
+                namespaces[chat[-1]["function"]["name"]] = name
+            continue
+        chat.append(_tool(f"tools[{i}]", tool))
+        places.append(f"tools[{i}]")
+    return chat, places, namespaces
+
+
+def _tool(where: str, tool: Any, kinds: tuple[str, ...] = ("function", "openrouter:")) -> dict[str, Any]:
     """A Responses tool as chat completions spells it (a function's fields nest under ``function``)."""
-    kind = tool.get("type")
+    kind = tool.get("type") if isinstance(tool, dict) else None
     if kind == "function":
-        name = _string(tool, "name", f"tools[{i}]")
+        name = _string(tool, "name", where)
         function: dict[str, Any] = {"name": name}
         function.update((k, tool[k]) for k in ("description", "parameters", "strict") if k in tool)
         return {"type": "function", "function": function}
-    if isinstance(kind, str) and kind.startswith("openrouter:"):
-        return tool  # fusion's entry point, or one of OpenRouter's server tools: as on the chat endpoint
-    raise ChatError.bad_field(f"tools[{i}].type", f"{kind!r} is not served here; use {TOOL_TYPES}")
+    if isinstance(kind, str) and kind.startswith("openrouter:") and "openrouter:" in kinds:
+        return dict(tool)  # fusion's entry point, or one of OpenRouter's server tools: as on the chat endpoint
+    raise ChatError.bad_field(f"{where}.type", f"{kind!r} is not served here; use {TOOL_TYPES}")
 
 
 def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
@@ -436,6 +481,8 @@ class ResponseStream:
                 "arguments": call.arguments,
                 "status": "completed",
             }
+            if self.turn is not None and call.name in self.turn.namespaces:
+                item["namespace"] = self.turn.namespaces[call.name]
             where = {"item_id": item["id"], "output_index": len(self.items)}
             self.items.append(item)
             await self.send("response.output_item.added", output_index=where["output_index"], item=item | {

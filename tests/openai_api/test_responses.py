@@ -474,11 +474,11 @@ STATELESS = (
             error(BAD, "invalid_request", "input[0].call_id: field required", "input[0].call_id"),
         ),
         (
-            {"model": WRITER, "input": QUESTION, "tools": [{"type": "web_search"}]},
+            {"model": WRITER, "input": QUESTION, "tools": [{"type": "custom", "name": "apply"}]},
             error(
                 BAD,
                 "invalid_request",
-                "tools[0].type: 'web_search' is not served here; use function, openrouter:fusion, or one of "
+                "tools[0].type: 'custom' is not served here; use function, namespace, openrouter:fusion, or one of "
                 "OpenRouter's server tools (openrouter:...)",
                 "tools[0].type",
             ),
@@ -515,6 +515,23 @@ STATELESS = (
                 "tools[0].name",
             ),
         ),
+        (
+            {
+                "model": WRITER,
+                "input": QUESTION,
+                "plugins": [PLUGIN],
+                "tools": [
+                    {"type": "web_search"},
+                    {"type": "namespace", "name": "ns", "tools": [{"type": "function", "name": "openrouter_fusion"}]},
+                ],
+            },
+            error(
+                BAD,
+                "invalid_request",
+                "tools[1].tools[0].name: openrouter_fusion is the fusion tool's name here; name your tool otherwise",
+                "tools[1].tools[0].name",
+            ),
+        ),
     ],
     ids=[
         "not-json",
@@ -527,10 +544,11 @@ STATELESS = (
         "unknown-item",
         "bad-role",
         "output-without-call-id",
-        "hosted-tool",
+        "custom-tool",
         "max-output-tokens-0",
         "plugin-budget",
         "tool-name-clash",
+        "tool-name-clash-in-a-namespace",
     ],
 )
 def test_bad_requests_are_400_naming_the_field_and_nothing_is_sent(
@@ -685,3 +703,20 @@ def test_standard_items_leave_the_fusion_item_out_of_the_output(
         400,
         error(BAD, "invalid_request", "x-fusion-items: must be standard (or left out)"),
     )
+
+
+def test_hosted_tools_are_left_out_and_a_namespaces_functions_offered(sim: ProviderSim, http_server: str) -> None:
+    spawn = writer.call("spawn_agent", {"task": "look"}, "call_s")
+    sim.script(WRITER, Reply(content="", tool_calls=[spawn], finish_reason="tool_calls"))
+    namespace = {
+        "type": "namespace",
+        "name": "agents_v1",
+        "description": "Sub-agents",
+        "tools": [{**WEATHER, "name": "spawn_agent"}],
+    }
+    tools = [{"type": "web_search", "external_web_access": False}, WEATHER, namespace, {"type": "file_search"}]
+    data = post(http_server, {"model": WRITER, "input": QUESTION, "plugins": [PLUGIN], "tools": tools}).json()
+    (call,) = data["output"]
+    assert (call["name"], call["namespace"], call["call_id"]) == ("spawn_agent", "agents_v1", "call_s")
+    assert writer.offered(sim.requests[0].body) == ["get_weather", "spawn_agent", writer.FUSION]
+    assert data["tools"] == tools  # the response repeats what was asked
