@@ -79,8 +79,8 @@ HOSTED_TOOLS = frozenset(
 """Tools OpenAI's own servers run (or that need their hosted state): not offered to the writer, which could not
 run them; the panel has its own web tools. Left out rather than refused, as agent hosts (Codex) send some of
 them with every request."""
-FUSION_EVENT = "response.fusion_call."
-FUSION_FIELDS = WRITER_FIELDS | {"analyst_model"}
+EVENT_PREFIX = "response.fusion_call."
+ITEM_FIELDS = WRITER_FIELDS | {"analyst_model"}
 ITEMS_HEADER = "x-fusion-items"
 """``X-Fusion-Items: standard`` leaves the ``openrouter:fusion`` item out of ``output`` (its events still stream):
 for clients that validate every item's type against OpenAI's list (the Vercel AI SDK's ``generateText``)."""
@@ -382,7 +382,7 @@ def fusion_item(run_id: str, result: FusionResult | None) -> dict[str, Any]:
     item: dict[str, Any] = {"type": "openrouter:fusion", "id": run_id, "role": "assistant", "content": []}
     if result is None:
         return item | {"status": "in_progress"}
-    return item | {k: v for k, v in result.to_json().items() if k in FUSION_FIELDS}
+    return item | {k: v for k, v in result.to_json().items() if k in ITEM_FIELDS}
 
 
 @dataclass
@@ -503,7 +503,7 @@ class ResponseStream:
         await self.send("response.failed", response=self.response("failed", error=error))
 
     async def send(self, kind: str, **fields: Any) -> None:
-        if self._emit is None or (self.only_fusion and not kind.startswith(FUSION_EVENT)):
+        if self._emit is None or (self.only_fusion and not kind.startswith(EVENT_PREFIX)):
             return
         if not self.started and not self.only_fusion:
             self.started = True
@@ -575,7 +575,7 @@ class ResponseStream:
         where = {"item_id": self._fusion.item["id"]}
         if self._fusion.index >= 0:
             where["output_index"] = self._fusion.index
-        await self.send(f"{FUSION_EVENT}{name}", **where, **fields)
+        await self.send(f"{EVENT_PREFIX}{name}", **where, **fields)
 
     async def _progress(self, event: ProgressEvent) -> None:
         if self._fusion is None:

@@ -8,14 +8,14 @@
 import { createOpenAI } from "@ai-sdk/openai";
 import { generateText, streamText } from "ai";
 
-const baseURL = process.env.FUSION_BASE_URL;
+const baseURL = process.env.SERVER_BASE_URL;
 const standard = createOpenAI({ baseURL, apiKey: "sk-unused-locally", headers: { "X-Fusion-Items": "standard" } });
 const plain = createOpenAI({ baseURL, apiKey: "sk-unused-locally" });
 const prompt = "Which of A and B should we choose?";
 
-const generated = await generateText({ model: standard(process.env.FUSION_MODEL), prompt, maxRetries: 0 });
+const generated = await generateText({ model: standard(process.env.SERVER_MODEL), prompt, maxRetries: 0 });
 const streamed = streamText({
-  model: plain(process.env.FUSION_MODEL),
+  model: plain(process.env.SERVER_MODEL),
   prompt,
   maxRetries: 0,
   includeRawChunks: true,

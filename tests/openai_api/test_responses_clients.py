@@ -142,7 +142,7 @@ def test_vercel_ai_sdk_generate_and_stream_text(sim: ProviderSim, http_server: s
         [binary, "--input-type=module", "-"],
         input=AI_SDK_SCRIPT.read_text(),
         cwd=modules.parent,  # a script read from stdin resolves its imports from the working directory
-        env=child_env(FUSION_BASE_URL=f"{http_server}/v1", FUSION_MODEL="openrouter/fusion"),
+        env=child_env(SERVER_BASE_URL=f"{http_server}/v1", SERVER_MODEL="openrouter/fusion"),
         capture_output=True,
         text=True,
         timeout=120,

@@ -43,7 +43,7 @@ def test_codex_exec_answers_through_fusion(sim: ProviderSim, http_server: str, t
         'name = "fusion-mcp"\n'
         f'base_url = "{http_server}/v1"\n'
         'wire_api = "responses"\n'
-        'env_key = "FUSION_TOKEN"\n'
+        'env_key = "CODEX_FUSION_TOKEN"\n'
         "request_max_retries = 0\n"
         "stream_max_retries = 0\n"
     )
@@ -54,7 +54,7 @@ def test_codex_exec_answers_through_fusion(sim: ProviderSim, http_server: str, t
     env = child_env(
         HOME=str(tmp_path),
         CODEX_HOME=str(home),
-        FUSION_TOKEN="sk-unused-locally",
+        CODEX_FUSION_TOKEN="sk-unused-locally",
         HTTPS_PROXY=CLOSED,
         HTTP_PROXY=CLOSED,
         ALL_PROXY=CLOSED,
