@@ -18,10 +18,11 @@ CASES = {
     "output_size": {"rows"},
     "web_fetch": {"rows"},
     "chat": {"rows"},
+    "responses": {"rows"},
 }
 
 
-@pytest.mark.slow  # ~55 s for the six: CI runs them, a developer's default run does not
+@pytest.mark.slow  # ~65 s for the seven: CI runs them, a developer's default run does not
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_benchmark_runs(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.json"

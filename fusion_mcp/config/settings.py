@@ -721,6 +721,7 @@ OUR_VARIABLES = frozenset(
         "FUSION_SLOW",
         "FUSION_NGINX",
         "FUSION_NODE",
+        "FUSION_AI_SDK",
         "FUSION_MCPB",
         "FUSION_CONFORMANCE",
         "FUSION_INSPECTOR",

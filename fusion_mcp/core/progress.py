@@ -61,6 +61,10 @@ class ProgressEvent:
     """``analyst_done``: seconds the analysis took."""
     running: int = 0
     """``queued``: runs in progress, holding every run slot the call could take."""
+    content: str = ""
+    """``member_answered``: the member's answer."""
+    status_code: int | None = None
+    """``member_failed``: the provider's HTTP status, when it gave one."""
 
     @property
     def message(self) -> str:
@@ -92,3 +96,7 @@ class ProgressEvent:
 
 
 EventSink = Callable[[ProgressEvent], Awaitable[None]]
+DeltaSink = Callable[[str, str, bool], None]
+"""Told of each piece of text a panel member streams, as it arrives: (panel entry, piece, whether it is the
+model's reasoning). Called from inside the provider's stream reader, so it must not block: a front end that
+forwards the pieces queues them."""

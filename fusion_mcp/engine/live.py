@@ -27,7 +27,7 @@ import anyio
 
 from ..config import Settings
 from ..core.models import FusionRequest, FusionResult, Usage
-from ..core.progress import EventSink, ProgressEvent
+from ..core.progress import DeltaSink, EventSink, ProgressEvent
 from ..core.strict_json import as_object
 from .member import MemberOutcome
 from .pipeline import so_far, spent_so_far
@@ -63,6 +63,8 @@ class LiveRun:
     outcomes: dict[str, MemberOutcome] = field(default_factory=dict)
     analyst_turns: list[MemberOutcome] = field(default_factory=list)
     listeners: list[EventSink] = field(default_factory=list)
+    delta_listeners: list[DeltaSink] = field(default_factory=list)
+    """Callers that follow the members' streamed text (the Responses API's panel events)."""
     last_event: ProgressEvent | None = None
     result: FusionResult | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -97,6 +99,10 @@ class LiveRun:
         for listener in list(self.listeners):
             await listener(event)
 
+    def delta(self, model: str, piece: str, reasoning: bool) -> None:
+        for listener in self.delta_listeners:
+            listener(model, piece, reasoning)
+
     def spent(self) -> Usage:
         """What the run has used so far (for a run stopped before its result was made)."""
         return spent_so_far(self.request, self.outcomes, self.analyst_turns)
@@ -121,6 +127,7 @@ class LiveRun:
         self.outcomes.clear()
         self.analyst_turns.clear()
         self.listeners.clear()
+        self.delta_listeners.clear()
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason

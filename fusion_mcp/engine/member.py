@@ -72,16 +72,19 @@ async def run_member(
     outcome: MemberOutcome | None = None,
     deadline: float | None = None,
     on_retry: RetryListener | None = None,
+    on_delta: Callable[[str, bool], None] | None = None,
 ) -> MemberOutcome:
     """Run the turn loop to a final answer. ``messages`` is extended in place with the transcript.
 
     Pass ``outcome`` to watch the member from outside: if the caller cancels it (a deadline), the
-    object still holds the usage so far and the text streamed in the unfinished turn.
+    object still holds the usage so far and the text streamed in the unfinished turn. ``on_delta`` sees each
+    streamed piece as it arrives: (piece, whether it is reasoning).
     """
     started = time.monotonic()
     outcome = outcome if outcome is not None else MemberOutcome(model=model)
     specs = toolbox.specs() if toolbox is not None else []
     told_to_answer = False
+    on_text, on_reasoning = _sinks(outcome, on_delta)
     try:
         # Each turn either spends at least one tool call or ends the loop; two spare turns cover the
         # "budget spent, answer now" request and one model that ignores it.
@@ -90,7 +93,7 @@ async def run_member(
             body = _body(model, messages, max_completion_tokens, temperature, stream, extra, specs, budget_left)
             outcome.streamed.clear()
             completion = await provider.complete(
-                body, on_text=outcome.streamed.append, deadline=deadline, on_retry=on_retry
+                body, on_text=on_text, deadline=deadline, on_retry=on_retry, on_reasoning=on_reasoning
             )
             _count(outcome, completion)
             if completion.tool_calls and specs and budget_left > 0 and toolbox is not None:
@@ -119,6 +122,20 @@ async def run_member(
         return outcome
     finally:
         outcome.seconds = round(time.monotonic() - started, 3)
+
+
+def _sinks(
+    outcome: MemberOutcome, on_delta: Callable[[str, bool], None] | None
+) -> tuple[Callable[[str], None], Callable[[str], None] | None]:
+    """The provider's text and reasoning sinks: the outcome keeps the text; ``on_delta`` (if any) sees both."""
+    if on_delta is None:
+        return outcome.streamed.append, None
+
+    def text(piece: str) -> None:
+        outcome.streamed.append(piece)
+        on_delta(piece, False)
+
+    return text, lambda piece: on_delta(piece, True)
 
 
 def _body(

@@ -85,12 +85,14 @@ async def collect(run: Run) -> dict[str, MemberOutcome]:
             outcome=outcome,
             deadline=run.clock.cutoff,
             on_retry=run.progress.retry_reporter(model),
+            on_delta=run.progress.delta_reporter(model),
         )
         if outcome.error is None:
             answered = sum(1 for o in outcomes.values() if o.finished and o.error is None)
-            await run.progress.emit("member_answered", model=model, answered=answered)
+            await run.progress.emit("member_answered", model=model, answered=answered, content=outcome.content)
         else:
-            await run.progress.emit("member_failed", model=model, error=outcome.error.message)
+            error = outcome.error
+            await run.progress.emit("member_failed", model=model, error=error.message, status_code=error.status_code)
 
     with anyio.move_on_at(run.clock.cutoff):
         async with anyio.create_task_group() as tg:

@@ -22,7 +22,7 @@ from ..core.models import (
     TokenUsage,
     Usage,
 )
-from ..core.progress import EventSink, ProgressEvent
+from ..core.progress import DeltaSink, EventSink, ProgressEvent
 from ..providers.client import Provider
 from . import panel
 from .analyst import AnalystOutcome, run_analyst
@@ -47,20 +47,20 @@ async def run_fusion(
     material: Material | None = None,
     outcomes: dict[str, MemberOutcome] | None = None,
     analyst_turns: list[MemberOutcome] | None = None,
+    on_delta: DeltaSink | None = None,
 ) -> FusionResult:
     """Run one fusion. Upstream failures become result fields; only cancellation propagates.
 
     Web tools follow ``request.web_tools`` (see :class:`~fusion_mcp.engine.run.RunTools`); ``material`` is the call's
-    files, read already. Filled in as the run goes, when given: ``transcripts`` (every model's conversation,
-    for the history), ``outcomes`` (each member's: what a run still going has finished, :func:`so_far`) and
-    ``analyst_turns`` (each analyst request: what a stopped run spent, :func:`spent_so_far`).
+    files, read already; ``on_delta`` sees the members' text as it streams. Filled in as the run goes, when given:
+    ``transcripts`` (every model's conversation, for the history), ``outcomes`` (each member's: what a run still
+    going has finished, :func:`so_far`), ``analyst_turns`` (each analyst request: what a stopped run spent).
 
     The host's own answers (``request.guests``) join the panel's for the analyst, named ``guest:<label>``. With
     fewer panel answers than the quorum (``min_answers``, at most the panel's size) the analyst is not asked:
-    the result is ``degraded`` with the answers there are.
-
-    With ``request.deadline_s``, members running at the deadline less the analyst's reserve are cut and keep what
-    they streamed (truncated); an analyst running at the deadline is cut: the answers come without analysis.
+    the result is ``degraded`` with the answers there are. With ``request.deadline_s``, members running at the
+    deadline less the analyst's reserve are cut and keep what they streamed (truncated); an analyst running at the
+    deadline is cut: the answers come without analysis.
     """
     clock = Clock.start(request)
     run = Run(
@@ -68,7 +68,7 @@ async def run_fusion(
         request=request,
         provider=provider,
         clock=clock,
-        progress=Progress(request, on_event, clock),
+        progress=Progress(request, on_event, clock, on_delta),
         tools=RunTools(request, web),
         transcripts=transcripts if transcripts is not None else {},
         material=material,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ import anyio
 from ..core.lenses import model_of
 from ..core.limits import MAX_RETRIES
 from ..core.models import FusionRequest, Source, analyst_reserve
-from ..core.progress import EventSink, ProgressEvent, ProgressKind
+from ..core.progress import DeltaSink, EventSink, ProgressEvent, ProgressKind
 from ..providers.client import Provider, RetryListener
 from ..web.server_tools import cited_sources, server_tools
 from .material import Material
@@ -63,8 +64,11 @@ class Progress:
     repair and final answer included), each retried at most ``MAX_RETRIES`` times.
     """
 
-    def __init__(self, request: FusionRequest, sink: EventSink | None, clock: Clock) -> None:
+    def __init__(
+        self, request: FusionRequest, sink: EventSink | None, clock: Clock, deltas: DeltaSink | None = None
+    ) -> None:
         self._sink = sink
+        self._deltas = deltas
         self._clock = clock
         self._panel = request.analysis_models
         self.total = len(self._panel) + 2
@@ -92,6 +96,13 @@ class Progress:
             await self.emit("tool", model=model, tool=name, used=used, budget=budget)
 
         return report
+
+    def delta_reporter(self, model: str) -> Callable[[str, bool], None] | None:
+        """Passes a member's streamed pieces on, named after its panel entry (None: nobody listens)."""
+        deltas = self._deltas
+        if deltas is None:
+            return None
+        return lambda piece, reasoning: deltas(model, piece, reasoning)
 
     def retry_reporter(self, model: str) -> RetryListener:
         async def report(attempt: int, delay: float, error: str) -> None:

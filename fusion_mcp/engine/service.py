@@ -28,7 +28,7 @@ from ..core.errors import Redactor, live_secret, redact
 from ..core.lenses import model_of
 from ..core.limits import MAX_DEADLINE_S
 from ..core.models import FusionArgs, FusionRequest, FusionResult, TokenUsage, Usage
-from ..core.progress import EventSink, ProgressEvent
+from ..core.progress import DeltaSink, EventSink, ProgressEvent
 from ..core.text import plural
 from ..providers.catalogue import CatalogueClient
 from ..providers.client import Provider, ProviderPools
@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
 log = logging.getLogger(__name__)
 CHECK_MODELS_AFTER_S = 1.0
 """Seconds after start the configured model ids are checked against the provider's catalogue."""
+CHECK_MODELS_TASK = "fusion check configured models"
 LENT_WRITERS_PER_RUN = 4
 """Chat writer slots for lent keys per run slot of theirs (a turn is a few writer requests around one run)."""
 
@@ -138,7 +139,7 @@ class FusionService:
             ):
                 service = cls(settings, pools, web, store, tg)
                 if check_models:
-                    tg.start_soon(service._check_configured_models)
+                    tg.start_soon(service._check_configured_models, name=CHECK_MODELS_TASK)
                 tg.start_soon(service._heartbeat)
                 try:
                     yield service
@@ -179,6 +180,7 @@ class FusionService:
         fresh: bool = False,
         api_key: SecretStr | None = None,
         max_cost_usd: float | None = None,
+        on_delta: DeltaSink | None = None,
     ) -> FusionResult:
         """Run a prepared request; every outcome is a result, only cancellation propagates.
 
@@ -189,6 +191,7 @@ class FusionService:
         ``fresh`` runs even when the cache holds an answer (and then caches the new one). ``api_key``, the
         caller's own provider key (``FUSION_PASS_THROUGH_KEY``), pays for the run instead of the server's.
         ``max_cost_usd`` is what is left of a chat turn's ``FUSION_MAX_COST_USD`` (the setting itself by default).
+        ``on_delta`` sees the members' text as it streams (unredacted: the caller redacts what it sends on).
 
         Without ``wait_s`` the caller waits for the result, and cancelling the caller stops the run. With
         ``wait_s`` (a run that may outlive its call) the run is recorded as running at once; a run not done
@@ -202,6 +205,7 @@ class FusionService:
             durable=wait_s is not None,
             on_event=on_event,
             settings=self.settings_for(api_key),
+            on_delta=on_delta,
         )
         live.fresh = fresh
         live.max_cost_usd = self.settings.max_cost_usd if max_cost_usd is None else max_cost_usd
@@ -210,6 +214,9 @@ class FusionService:
         except anyio.get_cancelled_exc_class():
             log.info("run %s: its caller was cancelled%s", live.run_id, "" if wait_s is None else "; it goes on")
             raise
+        finally:
+            if on_delta is not None and on_delta in live.delta_listeners:
+                live.delta_listeners.remove(on_delta)
         found = live.result if done and live.result is not None else live.snapshot(self.settings.deadline_s)
         return _redacted(found, live.settings.secrets)
 
@@ -305,10 +312,13 @@ class FusionService:
         durable: bool,
         on_event: EventSink | None,
         settings: Settings | None = None,
+        on_delta: DeltaSink | None = None,
     ) -> LiveRun:
         live = LiveRun(run_id, principal, request, durable, settings=settings or self.settings)
         if on_event is not None:
             live.listeners.append(on_event)  # before it starts: the caller sees every event
+        if on_delta is not None:
+            live.delta_listeners.append(on_delta)
         self._live[run_id] = live
         self._runs.start_soon(self._background, live, name=f"fusion run {run_id}")
         return live
@@ -546,6 +556,7 @@ class FusionService:
                 material=material,
                 outcomes=live.outcomes,
                 analyst_turns=live.analyst_turns,
+                on_delta=live.delta,
             )
         spent, cap = result.usage.total.cost, self.settings.max_cost_usd
         if cap is not None and spent is not None and spent > cap:

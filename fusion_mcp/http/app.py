@@ -2,11 +2,12 @@
 with our limits.
 
 :mod:`http_guard` checks each request to either front end (``/mcp``, and ``/v1/chat/completions``,
-``/v1/models`` and their ``/api/v1`` twins); :mod:`connections` bounds how long a client may take to send
-one and how many connections may be open; :mod:`sessions` bounds the MCP sessions. The SDK's own Host/Origin
-check stays on too for ``/mcp`` (whatever the bind address; the SDK would leave it off on 0.0.0.0).
-Both front ends share the process's one :class:`FusionService`: the app's lifespan opens it and lends it to
-the MCP server and to the chat routes (:class:`FrontEnds`).
+``/v1/responses``, ``/v1/models``, every other path under ``/v1`` and their ``/api/v1`` twins);
+:mod:`connections` bounds how long a client may take to send one and how many connections may be open;
+:mod:`sessions` bounds the MCP sessions. The SDK's own Host/Origin check stays on too for ``/mcp`` (whatever the
+bind address; the SDK would leave it off on 0.0.0.0). Both front ends share the process's one
+:class:`FusionService`: the app's lifespan opens it and lends it to the MCP server and to the chat routes
+(:class:`FrontEnds`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..config import Settings
 from ..core.limits import MAX_PANEL
 from ..engine.service import FusionService
 from ..mcp_server.server import create_server
-from ..openai_api.routes import API_PATHS, ChatApp
+from ..openai_api.routes import ChatApp, is_api_path
 from .connections import Connections, descriptor_budget, guarded_protocol
 from .guard import MAX_BODY_BYTES, Guard
 from .session_routes import SessionRoutes
@@ -48,7 +49,8 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
 
 
 class FrontEnds:
-    """The whole HTTP app: the chat routes to :class:`ChatApp`, every other path to the SDK's app as it is.
+    """The whole HTTP app: every path under ``/v1`` and ``/api/v1`` to :class:`ChatApp` (chat completions, responses,
+    models, and an OpenAI-shaped 404 for the rest), every other path to the SDK's app as it is.
 
     Its lifespan opens the process's one :class:`FusionService` and lends it to both: to the chat routes
     directly, and to the MCP server through the SDK's own lifespan (its session manager's), entered inside.
@@ -78,7 +80,7 @@ class FrontEnds:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan.lifespan(scope, receive, send)
-        elif scope["type"] == "http" and scope["path"] in API_PATHS:
+        elif scope["type"] == "http" and is_api_path(scope["path"]):
             await self.chat(scope, receive, send)
         else:
             await self.mcp_app(scope, receive, send)
@@ -135,7 +137,7 @@ def build_app(
         connections=connections,
         sessions=sessions,
         body_s=settings.body_timeout_s,
-        openai_paths=API_PATHS,
+        openai_paths=is_api_path,
         routes=routes,
     )
 
@@ -150,6 +152,7 @@ def served_urls(host: str, port: int, workers: int = 1) -> str:
         f"fusion-mcp: serving {base}{where}{processes}; Ctrl-C stops\n"
         f"  MCP (Streamable HTTP):   {base}/mcp\n"
         f"  OpenAI-compatible chat:  {base}/v1/chat/completions\n"
+        f"  OpenAI Responses API:    {base}/v1/responses\n"
         f"  health:                  {base}/healthz"
     )
 

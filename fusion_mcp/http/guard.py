@@ -23,10 +23,10 @@ removes them from the ids it sends, and relays a request for a sibling worker's 
 It also tells :class:`~fusion_mcp.http.connections.Connections` when a request's headers and body are in, and
 when its response is done, and cancels a ``tools/call`` whose client dropped the response stream.
 
-On the OpenAI-compatible routes (``openai_paths``) every refusal has OpenAI's error shape, and with
-``FUSION_PASS_THROUGH_KEY`` a bearer that is no server token but a provider key (``sk-or-...`` on
-OpenRouter) is accepted there: the request runs on that key, under a principal named after its fingerprint
-(:mod:`~fusion_mcp.core.callers`).
+On the OpenAI-compatible paths (``openai_paths``: the routes, and any other path under ``/v1``) every refusal
+has OpenAI's error shape, and with ``FUSION_PASS_THROUGH_KEY`` a bearer that is no server token but a provider
+key (``sk-or-...`` on OpenRouter) is accepted there: the request runs on that key, under a principal named after
+its fingerprint (:mod:`~fusion_mcp.core.callers`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -150,11 +151,11 @@ class Guard:
         sessions: SessionTable | None = None,
         body_s: float = 30.0,
         max_body: int = MAX_BODY_BYTES,
-        openai_paths: frozenset[str] = frozenset(),
+        openai_paths: Callable[[str], bool] = lambda path: False,
         routes: SessionRoutes | None = None,
     ) -> None:
-        """``openai_paths`` get refusals in OpenAI's error shape. ``routes`` tag session ids with where they
-        live and relay a sibling worker's sessions to it."""
+        """Paths for which ``openai_paths`` is true get refusals in OpenAI's error shape. ``routes`` tag session ids
+        with where they live and relay a sibling worker's sessions to it."""
         self.app = app
         self.routes = routes if routes is not None and routes.active else None
         self.openai_paths = openai_paths
@@ -177,7 +178,7 @@ class Guard:
             return
         send = self._watched(scope, send)
         headers = dict(scope["headers"])
-        shaped = scope["path"] in self.openai_paths
+        shaped = self.openai_paths(scope["path"])
         refusal = self._refusal(headers)
         if refusal is None and shaped and scope["method"] == "POST":
             refusal = _not_json(headers)
@@ -198,7 +199,7 @@ class Guard:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
         """A request whose headers passed: sessions (routed, owned, ended), then the body for a POST."""
-        shaped = scope["path"] in self.openai_paths
+        shaped = self.openai_paths(scope["path"])
         principal = str(scope[PRINCIPAL_KEY])
         # MCP sessions are /mcp's: a chat request carrying the header is not routed or refused by it.
         session = "" if shaped else headers.get(SESSION, b"").decode("latin-1")
@@ -234,14 +235,14 @@ class Guard:
         if scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        code = "connection_limit" if scope["path"] in self.openai_paths else None
+        code = "connection_limit" if self.openai_paths(scope["path"]) else None
         await refuse(send, 503, AT_LIMIT, {"Retry-After": "1"}, openai=code)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, principal: str, session: str) -> None:
         body = await self._body(scope, receive, send)
         if body is None:
             return
-        shaped = scope["path"] in self.openai_paths
+        shaped = self.openai_paths(scope["path"])
         try:
             message = strict_json.loads(body) if body else None
         except RecursionError:
@@ -270,7 +271,7 @@ class Guard:
         body: bytes | None = b""
         with anyio.move_on_after(self.body_s) as waited:
             body = await self._read_body(receive)
-        shaped = scope["path"] in self.openai_paths
+        shaped = self.openai_paths(scope["path"])
         if waited.cancelled_caught:
             log.info("request body from %s not received within %g s", _who(scope), self.body_s)
             code = "timeout" if shaped else None

@@ -80,19 +80,23 @@ class ChatError(Exception):
         return {"error": {"message": self.message, "type": kind, "code": self.code, "param": self.param}}
 
 
-class _Open(BaseModel):
+class Open(BaseModel):
+    """A request object that may carry fields the server does not read (they go to the writer as sent)."""
+
     model_config = ConfigDict(extra="allow")
 
 
-class Message(_Open):
+class Message(Open):
     role: str = Field(min_length=1)
 
 
-class StreamOptions(_Open):
+class StreamOptions(Open):
     include_usage: bool = False
+    include_fusion_events: bool = False
+    """Ours: the fusion run's events (the Responses API's ``response.fusion_call.*``) as SSE comments."""
 
 
-class ChatBody(_Open):
+class ChatBody(Open):
     """The fields the server reads; any other field is the writer's (temperature, max_tokens, provider...)."""
 
     model: str
@@ -176,6 +180,8 @@ class Plan:
     tool_choice: str | dict[str, Any] | None
     stream: bool
     include_usage: bool
+    fusion_events: bool = False
+    """A streamed chat reply carries the fusion events as comments (``stream_options.include_fusion_events``)."""
     max_tokens: int = MAX_COMPLETION_TOKENS
     """The most a writer request may answer: the caller's ``max_tokens`` (or ``max_completion_tokens``), at most
     ``FUSION_MAX_COMPLETION_TOKENS``, which is the default; it is what each request's worst-case cost counts."""
@@ -190,7 +196,7 @@ def plan_turn(raw: Any, settings: Settings, *, depth: int) -> Plan:
     """
     if not isinstance(raw, dict):
         raise ChatError(400, "the request body must be a JSON object", code="invalid_request")
-    body = _validated(ChatBody, raw, "")
+    body = validated(ChatBody, raw, "")
     plugins, tools, entries = _sort_entries(body)
     if len(entries) > 1:
         where = " and ".join(w for w, _ in entries)
@@ -215,6 +221,7 @@ def plan_turn(raw: Any, settings: Settings, *, depth: int) -> Plan:
         tool_choice=body.tool_choice,
         stream=body.stream,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        fusion_events=bool(body.stream_options and body.stream_options.include_fusion_events),
         max_tokens=max_tokens,
     )
     if enabled and config is not None:
@@ -245,7 +252,7 @@ def _sort_entries(body: ChatBody) -> tuple[list[Any], list[dict[str, Any]], list
         if not isinstance(plugin, dict) or not isinstance(plugin.get("id"), str):
             raise ChatError.bad_field(f"plugins[{i}]", "must be an object with an id")
         if plugin["id"] == PLUGIN_ID:
-            entries.append((f"plugins[{i}]", _validated(FusionPlugin, plugin, f"plugins[{i}]")))
+            entries.append((f"plugins[{i}]", validated(FusionPlugin, plugin, f"plugins[{i}]")))
         else:
             plugins.append(plugin)
     tools: list[dict[str, Any]] = []
@@ -255,7 +262,7 @@ def _sort_entries(body: ChatBody) -> tuple[list[Any], list[dict[str, Any]], list
             parameters = tool.get("parameters") or {}
             if not isinstance(parameters, dict):
                 raise ChatError.bad_field(where, "must be an object")
-            entries.append((where, _validated(FusionConfig, parameters, where)))
+            entries.append((where, validated(FusionConfig, parameters, where)))
         else:
             tools.append(tool)
     return plugins, tools, entries
@@ -312,7 +319,7 @@ def _model_id(param: str, value: str) -> str:
         raise ChatError.bad_field(param, str(exc)) from None
 
 
-def _validated(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+def validated(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

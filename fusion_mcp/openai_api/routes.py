@@ -44,6 +44,8 @@ from ..engine.admission import incoming_depth
 from ..engine.service import FusionService
 from ..providers.client import MAX_RESPONSE_BYTES, ToolCall
 from .request import ALIASES, ChatError, Plan, plan_turn
+from .responses import ITEMS_HEADER, ResponseStream, ResponsesTurn, Signal, read_request
+from .responses import head as response_head
 from .writer import TurnOutcome, Writer
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,10 @@ T = TypeVar("T")
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/api/v1/chat/completions"})
 MODELS_PATHS = frozenset({"/v1/models", "/api/v1/models"})
-API_PATHS = CHAT_PATHS | MODELS_PATHS
+RESPONSES_PATHS = frozenset({"/v1/responses", "/api/v1/responses"})
+API_PATHS = CHAT_PATHS | MODELS_PATHS | RESPONSES_PATHS
+API_PREFIXES = ("/v1", "/api/v1")
+SERVED = "POST /v1/chat/completions, POST /v1/responses, GET /v1/models (and the same under /api/v1)"
 OWNER = "fusion-mcp"
 MAX_UNSENT_CHARS = MAX_RESPONSE_BYTES
 """Streamed text that may wait for a client that reads slower than the writer writes: as much as one writer
@@ -65,6 +70,12 @@ SSE_HEADERS = [
     # nginx buffers responses unless told not to; SSE must flow as it happens.
     (b"x-accel-buffering", b"no"),
 ]
+
+
+def is_api_path(path: str) -> bool:
+    """Whether ``path`` is this front end's: a route it serves, or any other path under ``/v1`` or ``/api/v1``
+    (answered with an OpenAI-shaped 404 naming the routes served)."""
+    return path in API_PATHS or any(path == p or path.startswith(f"{p}/") for p in API_PREFIXES)
 
 
 def error_body(status: int, message: str, *, code: str, param: str | None = None) -> bytes:
@@ -92,6 +103,9 @@ class Reply:
         self.base: dict[str, Any] = {}
         """``id``, ``created`` and ``model`` of every chunk, once the request is read."""
         self._role_sent = False
+        self.failing: Callable[[ChatError], Awaitable[None]] | None = None
+        """Sends a stream's last words when it fails after it began (the Responses API's ``response.failed``);
+        None: a chat stream's last chunk with ``error``, then ``[DONE]``."""
 
     async def json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         body = self.redactor.dumps(payload, ensure_ascii=False).encode()
@@ -108,6 +122,10 @@ class Reply:
         elif self.streaming:
             # A client that stopped reading must not keep the request: the last words wait a little, not forever.
             with anyio.move_on_after(SEND_GRACE_S):
+                if self.failing is not None:
+                    await self.failing(error)
+                    await self.close()
+                    return
                 await self.end_text()
                 await self.event(self.chunk({}, "error") | error.body())
                 await self.done()
@@ -138,16 +156,25 @@ class Reply:
         if rest:
             await self.event(self.chunk({"content": rest}))
 
-    async def event(self, payload: dict[str, Any]) -> None:
+    async def event(self, payload: dict[str, Any], name: str | None = None) -> None:
+        """One SSE event, with an ``event:`` line when ``name`` is given (the Responses API names each one)."""
         data = self.redactor.dumps(payload, ensure_ascii=False).encode()
-        await self._write(b"data: " + data + b"\n\n")
+        await self._write((f"event: {name}\n".encode() if name else b"") + b"data: " + data + b"\n\n")
 
     async def comment(self, text: str) -> None:
         # One line: a line break inside a comment would start a field of the next event.
         await self._write(f": {one_line(self.redactor.text(text), 300)}\n\n".encode())
 
+    async def json_comment(self, label: str, payload: dict[str, Any]) -> None:
+        """A comment carrying a JSON value whole (compact JSON is one line), redacted as a value."""
+        data = self.redactor.dumps(payload, ensure_ascii=False)
+        await self._write(f": {label} {data}\n\n".encode())
+
     async def done(self) -> None:
         await self._write(b"data: [DONE]\n\n")
+        await self.close()
+
+    async def close(self) -> None:
         async with self._lock:
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -170,10 +197,15 @@ class ChatApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reply = Reply(send, Redactor(self._secrets(scope)))
         try:
-            if scope["path"] in MODELS_PATHS:
+            path = scope["path"]
+            if path in MODELS_PATHS:
                 await self._models(scope, reply)
-            else:
+            elif path in CHAT_PATHS:
                 await self._chat(scope, receive, reply)
+            elif path in RESPONSES_PATHS:
+                await self._responses(scope, receive, reply)
+            else:
+                raise ChatError(404, f"no route {path}: this server serves {SERVED}", code="unknown_route")
         except ChatError as error:
             await reply.error(error)
         except Exception as exc:  # a bug: still an answer in the API's shape, never a dropped connection
@@ -197,37 +229,83 @@ class ChatApp:
         data = [_model(m, OWNER) for m in ALIASES] + [_model(m, m.split("/")[0] if "/" in m else OWNER) for m in known]
         await reply.json(200, {"object": "list", "data": data})
 
-    async def _chat(self, scope: Scope, receive: Receive, reply: Reply) -> None:
+    async def _begin(self, scope: Scope, receive: Receive, what: str) -> tuple[FusionService, Any, int]:
+        """What every turn starts with: POST, a service, the body, a key to pay with, the caller's depth."""
         if scope["method"] != "POST":
-            raise ChatError(405, "use POST for chat completions", code="method_not_allowed", headers={"Allow": "POST"})
+            raise ChatError(405, f"use POST for {what}", code="method_not_allowed", headers={"Allow": "POST"})
         service = self._running()
         raw = scope[BODY_KEY] if BODY_KEY in scope else await _read_json(receive)
-        api_key = upstream_key_of(scope)
-        self._need_a_key(api_key is not None)
-        depth = incoming_depth(Headers(scope=scope), self.settings)
+        self._need_a_key(upstream_key_of(scope) is not None)
+        return service, raw, incoming_depth(Headers(scope=scope), self.settings)
+
+    async def _chat(self, scope: Scope, receive: Receive, reply: Reply) -> None:
+        service, raw, depth = await self._begin(scope, receive, "chat completions")
         plan = plan_turn(raw, self.settings, depth=depth)
         reply.base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": plan.writer}
-        principal = principal_of(scope)
-        writer = Writer(plan, service, depth=depth, principal=principal, api_key=api_key, turn_id=reply.base["id"])
-        started = anyio.current_time()
-        work = (lambda: self._streamed(writer, reply)) if plan.stream else writer.run
-        try:
-            outcome = await _while_connected(receive, work)
-        except UpstreamError as exc:
-            raise upstream_error(exc, plan.writer, own_key=api_key is not None) from None
-        seconds = anyio.current_time() - started
+        writer = self._writer(scope, service, plan, depth, reply.base["id"])
+        outlet = _ChatOutlet(reply, plan.fusion_events)
+        work = (lambda: self._streamed(writer, reply, outlet, plan.fusion_events)) if plan.stream else writer.run
+        outcome = await self._turn(writer, receive, work, reply.base["id"])
         if outcome is None:
-            log.info("chat %s for %s: the client hung up after %.1f s; cancelled", reply.base["id"], principal, seconds)
             return
-        ran = f"fusion {outcome.fusion.run_id} {outcome.fusion.status}" if outcome.fusion else "no fusion"
-        log.info(
-            "chat %s for %s: writer %s (%d requests), %s, %s in %.1f s",
-            reply.base["id"], principal, plan.writer, writer.requests, ran, outcome.finish_reason, seconds,
-        )  # fmt: skip
         if plan.stream:
             await self._finish_stream(reply, plan, outcome)
         else:
             await reply.json(200, completion(reply.head("chat.completion"), outcome))
+
+    async def _responses(self, scope: Scope, receive: Receive, reply: Reply) -> None:
+        """``POST /v1/responses``: the same turn as a chat request, read and answered by :mod:`.responses`."""
+        service, raw, depth = await self._begin(scope, receive, "responses")
+        items = Headers(scope=scope).get(ITEMS_HEADER)
+        turn: ResponsesTurn = read_request(raw, self.settings, depth=depth, items=items)
+        plan = turn.plan
+        base = response_head(plan.writer)
+        reply.base = {"id": base["id"]}
+
+        async def emit(kind: str, payload: dict[str, Any]) -> None:
+            await reply.event({"type": kind, **payload}, name=kind)
+
+        builder = ResponseStream(turn, base, reply.redactor, emit if plan.stream else None)
+        reply.failing = builder.fail
+        writer = self._writer(scope, service, plan, depth, base["id"])
+        if plan.stream:
+            streamed = lambda: self._streamed(writer, reply, builder.feed, True)  # noqa: E731
+            outcome = await self._turn(writer, receive, streamed, base["id"])
+        else:
+            signals = _collected(writer)
+            outcome = await self._turn(writer, receive, writer.run, base["id"])
+            await builder.feed(signals)
+        if outcome is None:
+            return
+        response = await builder.finish(outcome)
+        if plan.stream:
+            await reply.close()
+        else:
+            await reply.json(200, response)
+
+    def _writer(self, scope: Scope, service: FusionService, plan: Plan, depth: int, turn_id: str) -> Writer:
+        api_key = upstream_key_of(scope)
+        return Writer(plan, service, depth=depth, principal=principal_of(scope), api_key=api_key, turn_id=turn_id)
+
+    async def _turn(
+        self, writer: Writer, receive: Receive, work: Callable[[], Awaitable[TurnOutcome]], turn_id: str
+    ) -> TurnOutcome | None:
+        """Run a turn while the client is connected (None once it hung up: all it started is cancelled)."""
+        started = anyio.current_time()
+        try:
+            outcome = await _while_connected(receive, work)
+        except UpstreamError as exc:
+            raise upstream_error(exc, writer.plan.writer, own_key=writer.api_key is not None) from None
+        seconds = anyio.current_time() - started
+        if outcome is None:
+            log.info("chat %s for %s: the client hung up after %.1f s; cancelled", turn_id, writer.principal, seconds)
+            return None
+        ran = f"fusion {outcome.fusion.run_id} {outcome.fusion.status}" if outcome.fusion else "no fusion"
+        log.info(
+            "chat %s for %s: writer %s (%d requests), %s, %s in %.1f s",
+            turn_id, writer.principal, writer.plan.writer, writer.requests, ran, outcome.finish_reason, seconds,
+        )  # fmt: skip
+        return outcome
 
     def _need_a_key(self, lent: bool) -> None:
         """OpenRouter needs a key: the server's, or with ``FUSION_PASS_THROUGH_KEY`` the caller's own."""
@@ -242,16 +320,18 @@ class ChatApp:
             )
         raise ChatError(503, "OPENROUTER_API_KEY is not set on this server", code="missing_api_key")
 
-    async def _streamed(self, writer: Writer, reply: Reply) -> TurnOutcome:
-        """Run the writer, sending its text as it comes and comments while it (or fusion) works."""
-        # Text pieces, and None where a writer request's text ends (what the redactor held back may go then).
-        pieces_in, pieces_out = anyio.create_memory_object_stream[str | None](math.inf)
+    async def _streamed(
+        self, writer: Writer, reply: Reply, outlet: Callable[[list[Signal]], Awaitable[None]], panel_text: bool
+    ) -> TurnOutcome:
+        """Run the writer, handing what it tells (text, progress, with ``panel_text`` the panel's streamed text)
+        to ``outlet`` as it comes, and keep-alive comments while nothing else goes out."""
+        signals_in, signals_out = anyio.create_memory_object_stream[Signal](math.inf)
         unsent = 0
         ended = _Ended()
 
-        def on_text(piece: str | None) -> None:
+        def signal(kind: Any, value: Any, size: int = 0) -> None:
             nonlocal unsent
-            unsent += len(piece or "")
+            unsent += size
             if unsent > MAX_UNSENT_CHARS and ended.error is None:
                 # The text waits for a client that does not read: stop the turn rather than hold it all.
                 ended.error = ChatError(
@@ -262,15 +342,17 @@ class ChatApp:
                 )
                 log.warning("chat %s: %s", reply.base.get("id"), ended.error.message)
                 inner.cancel_scope.cancel()
-            pieces_in.send_nowait(piece)
-
-        writer.on_text = on_text
-        writer.on_text_end = lambda: on_text(None)
+            signals_in.send_nowait((kind, value))
 
         async def on_event(event: ProgressEvent) -> None:
-            await reply.comment(f"fusion running: {event.message}")
+            signal("progress", event)
 
+        writer.on_text = lambda piece: signal("text", piece, len(piece))
+        writer.on_text_end = lambda: signal("end", None)
         writer.on_event = on_event
+        writer.on_fusion = lambda run_id, result: signal("fusion", (run_id, result))
+        if panel_text:
+            writer.on_delta = lambda model, piece, reasoning: signal("delta", (model, piece, reasoning), len(piece))
 
         async def turn() -> None:
             try:
@@ -278,19 +360,21 @@ class ChatApp:
             except (UpstreamError, ChatError) as exc:
                 ended.error = exc
             finally:
-                pieces_in.close()
+                signals_in.close()
 
         async def pump() -> None:
-            async with pieces_out:
-                async for piece in pieces_out:
-                    # Whatever else has arrived meanwhile goes in the same chunk: one write, not one per word.
-                    batch = [piece]
+            async with signals_out:
+                async for first in signals_out:
+                    # Whatever else has arrived meanwhile goes out together: one write, not one per word.
+                    batch = [first]
                     with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
                         while True:
-                            batch.append(pieces_out.receive_nowait())
-                    await self._send_batch(reply, batch)
+                            batch.append(signals_out.receive_nowait())
+                    await outlet(batch)
                     nonlocal unsent
-                    unsent -= sum(len(p or "") for p in batch)
+                    unsent -= sum(len(v) for k, v in batch if k == "text") + sum(
+                        len(v[1]) for k, v in batch if k == "delta"
+                    )
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keepalive, writer, reply)
@@ -302,19 +386,6 @@ class ChatApp:
             raise ended.error
         assert ended.outcome is not None  # turn() set one or the other
         return ended.outcome
-
-    @staticmethod
-    async def _send_batch(reply: Reply, batch: list[str | None]) -> None:
-        """Pieces that arrived together, as few chunks as the text's ends (None) allow."""
-        text: list[str] = []
-        for piece in batch:
-            if piece is not None:
-                text.append(piece)
-                continue
-            await reply.text("".join(text), end=True)
-            text = []
-        if text:
-            await reply.text("".join(text))
 
     async def _keepalive(self, writer: Writer, reply: Reply) -> None:
         """A comment whenever nothing went out for ``FUSION_KEEPALIVE_S``, so proxies and clients wait on."""
@@ -338,6 +409,46 @@ class ChatApp:
         if plan.include_usage:
             await reply.event({**reply.head("chat.completion.chunk"), "choices": [], "usage": usage(outcome.usage)})
         await reply.done()
+
+
+class _ChatOutlet:
+    """A chat stream's signals as chunks: the writer's text as content, progress as comments, and with
+    ``stream_options.include_fusion_events`` the fusion events as ``: fusion {json}`` comments."""
+
+    def __init__(self, reply: Reply, fusion_events: bool) -> None:
+        self.reply = reply
+        self.events: ResponseStream | None = None
+        if fusion_events:
+
+            async def comment(kind: str, payload: dict[str, Any]) -> None:
+                await reply.json_comment("fusion", {"type": kind, **payload})
+
+            self.events = ResponseStream.fusion_only(reply.redactor, comment)
+
+    async def __call__(self, batch: list[Signal]) -> None:
+        text: list[str] = []
+        for kind, value in batch:
+            if kind == "text":
+                text.append(value)
+                continue
+            if text or kind == "end":
+                await self.reply.text("".join(text), end=kind == "end")
+                text = []
+            if kind == "progress":
+                await self.reply.comment(f"fusion running: {value.message}")
+            if kind != "end" and self.events is not None:
+                await self.events.feed([(kind, value)])
+        if text:
+            await self.reply.text("".join(text))
+
+
+def _collected(writer: Writer) -> list[Signal]:
+    """A non-streamed turn's text and fusion call, in order, for :class:`ResponseStream` to build items from."""
+    signals: list[Signal] = []
+    writer.on_text = lambda piece: signals.append(("text", piece))
+    writer.on_text_end = lambda: signals.append(("end", None))
+    writer.on_fusion = lambda run_id, result: signals.append(("fusion", (run_id, result)))
+    return signals
 
 
 @dataclass

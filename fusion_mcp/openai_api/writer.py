@@ -31,7 +31,7 @@ from ..core.budget import MIN_SHARE, shares
 from ..core.callers import LOCAL_PRINCIPAL
 from ..core.errors import BadResponse
 from ..core.models import FusionResult, TokenUsage
-from ..core.progress import EventSink
+from ..core.progress import DeltaSink, EventSink
 from ..core.tool_text import CONTEXT_HELP, DESCRIPTION, PROMPT_HELP, TOOL_NAME
 from ..engine.admission import FusionRefused
 from ..engine.member import assistant_turn
@@ -88,8 +88,9 @@ class TurnOutcome:
 class Writer:
     """One request's writer loop; :meth:`run` returns its outcome or raises the writer's ``UpstreamError``.
 
-    ``on_text`` sees each piece of text as the writer produces it (for a streaming response) and
-    ``on_event`` the fusion run's progress. ``phase`` says what the request is waiting for right now.
+    ``on_text`` sees each piece of text as the writer produces it (for a streaming response),
+    ``on_event`` the fusion run's progress, ``on_delta`` the panel's streamed text and ``on_fusion`` the run's
+    start and end. ``phase`` says what the request is waiting for right now.
     """
 
     def __init__(
@@ -115,6 +116,9 @@ class Writer:
         self.on_text_end: Callable[[], None] | None = None
         """Told when a writer request's text is complete (no secret spans two requests' texts)."""
         self.on_event = on_event
+        self.on_delta: DeltaSink | None = None
+        self.on_fusion: Callable[[str, FusionResult | None], None] | None = None
+        """Told when the fusion call starts (its run id, None) and when it ends (its id and result, a refusal too)."""
         self.provider = Provider(service.http, service.settings_for(api_key), depth=depth)
         self.spent = 0.0
         """USD the writer's requests have spent so far (their worst cases where none was reported)."""
@@ -278,16 +282,20 @@ class Writer:
         elif self.fusion is not None:
             content = ALREADY_RAN
         else:
-            self.fusion = await self._fuse(call, setup, await self._fusion_cap(messages))
+            run_id = new_run_id()
+            if self.on_fusion is not None:
+                self.on_fusion(run_id, None)
+            self.fusion = await self._fuse(call, setup, await self._fusion_cap(messages), run_id)
+            if self.on_fusion is not None:
+                self.on_fusion(run_id, self.fusion)
             self.run_spent += self.fusion.usage.total.cost or 0.0
             content = tool_result(self.fusion, self.service.settings.max_output_chars)
         return {"role": "tool", "tool_call_id": call.id, "content": content}
 
-    async def _fuse(self, call: ToolCall, setup: FusionSetup, max_cost: float | None) -> FusionResult:
+    async def _fuse(self, call: ToolCall, setup: FusionSetup, max_cost: float | None, run_id: str) -> FusionResult:
         """Run fusion for the writer's call through the shared request path; every outcome is a result.
 
         ``max_cost`` is what the turn's ``FUSION_MAX_COST_USD`` leaves for the run (None: no cap)."""
-        run_id = new_run_id()
         try:
             prompt, context = fusion_arguments(call.arguments)
             args = setup.args(prompt, context, self.service.settings.deadline_s)
@@ -304,6 +312,7 @@ class Writer:
                 principal=self.principal,
                 api_key=self.api_key,
                 max_cost_usd=max_cost,
+                on_delta=self.on_delta,
             )
         finally:
             self._enter("writer")

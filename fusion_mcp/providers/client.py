@@ -186,17 +186,19 @@ class Provider:
         on_text: TextSink | None = None,
         deadline: float | None = None,
         on_retry: RetryListener | None = None,
+        on_reasoning: TextSink | None = None,
     ) -> Completion:
         """Send one chat completion, retrying what is worth retrying; raise :class:`UpstreamError`.
 
-        ``body["stream"]`` picks SSE; ``on_text`` then sees each piece of text as it arrives. ``deadline``
+        ``body["stream"]`` picks SSE; ``on_text`` then sees each piece of text as it arrives (``on_reasoning``
+        each piece of the model's streamed ``reasoning``, OpenRouter's field). ``deadline``
         (``anyio.current_time()`` scale) stops retrying when the next wait would pass it: the caller gets
         the last error rather than a retry that cannot finish in time. ``on_retry`` hears of each retry (the
         run's progress shows it in the member's row); without one, retries are logged.
         """
         for attempt in range(MAX_RETRIES + 1):
             try:
-                return await self._once(body, on_text)
+                return await self._once(body, on_text, on_reasoning)
             except UpstreamError as exc:
                 if not exc.retryable or attempt == MAX_RETRIES or exc.partial:
                     raise
@@ -210,14 +212,16 @@ class Provider:
                 await anyio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _once(self, body: dict[str, Any], on_text: TextSink | None) -> Completion:
+    async def _once(
+        self, body: dict[str, Any], on_text: TextSink | None, on_reasoning: TextSink | None = None
+    ) -> Completion:
         stream = bool(body.get("stream"))
         try:
             async with self._http.stream("POST", self._url, json=body, headers=self._headers) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response, await _read_capped(response))
                 if stream and response.headers.get("content-type", "").startswith("text/event-stream"):
-                    return await _parse_sse(response, on_text, self._secrets)
+                    return await _parse_sse(response, on_text, self._secrets, on_reasoning)
                 return _parse_json(await _read_capped(response), response, self._secrets)
         except httpx2.TimeoutException as exc:
             raise Timeout(f"the provider did not answer in time ({type(exc).__name__})") from None
@@ -368,7 +372,12 @@ async def _drain(events: AsyncIterator[str]) -> None:
             pass
 
 
-async def _parse_sse(response: httpx2.Response, on_text: TextSink | None, secrets: tuple[str, ...]) -> Completion:
+async def _parse_sse(
+    response: httpx2.Response,
+    on_text: TextSink | None,
+    secrets: tuple[str, ...],
+    on_reasoning: TextSink | None = None,
+) -> Completion:
     out = Completion(model="", content="")
     parts: list[str] = []
     calls: dict[int, ToolCall] = {}
@@ -415,6 +424,9 @@ async def _parse_sse(response: httpx2.Response, on_text: TextSink | None, secret
                     parts.append(text)
                     if on_text is not None:
                         on_text(text)
+                reasoning = delta.get("reasoning")
+                if on_reasoning is not None and isinstance(reasoning, str) and reasoning:
+                    on_reasoning(reasoning)
                 for call in delta.get("tool_calls") or []:
                     _merge_call(calls, call)
                 out.annotations.extend(a for a in delta.get("annotations") or [] if isinstance(a, dict))
@@ -433,7 +445,7 @@ async def _parse_sse(response: httpx2.Response, on_text: TextSink | None, secret
 
 def _plain_delta(chunk: dict[str, Any]) -> str | None:
     """The text of a chunk that is one choice's plain content delta and nothing more (no usage, error, finish,
-    tool calls or annotations), or None for any other chunk, which the general path reads."""
+    reasoning, tool calls or annotations), or None for any other chunk, which the general path reads."""
     choices = chunk.get("choices")
     if type(choices) is not list or len(choices) != 1 or chunk.get("usage") or "error" in chunk:
         return None
@@ -441,7 +453,7 @@ def _plain_delta(chunk: dict[str, Any]) -> str | None:
     if type(choice) is not dict or choice.get("finish_reason") is not None:
         return None
     delta = choice.get("delta")
-    if type(delta) is not dict or "tool_calls" in delta or "annotations" in delta:
+    if type(delta) is not dict or "tool_calls" in delta or "annotations" in delta or delta.get("reasoning"):
         return None
     text = delta.get("content")
     return text if type(text) is str else None

@@ -66,6 +66,8 @@ class Reply:
     reply (a provider, or a model, echoing the key)."""
     annotations: list[dict[str, Any]] | None = None
     """``message.annotations`` (OpenRouter's server tools cite pages as ``url_citation``)."""
+    reasoning: str | None = None
+    """Streaming only: OpenRouter's ``delta.reasoning``, word by word, before the content."""
 
 
 @dataclass
@@ -94,6 +96,8 @@ class ProviderSim:
         """What ``GET /model/{id}`` resolves (OpenRouter's ``~...-latest`` aliases)."""
         self.valid_key: str | None = None
         self.lookups: list[str] = []
+        self.catalogue_reads = 0
+        """``GET /models`` requests served."""
         """Every ``GET /model/...`` path, as the server sent it (before any decoding)."""
         """When set, ``GET /key`` answers 401 for any other bearer token."""
         self._app = Starlette(
@@ -129,6 +133,7 @@ class ProviderSim:
             self.aliases.clear()
             self.valid_key = None
             self.lookups.clear()
+            self.catalogue_reads = 0
 
     def script(self, model: str, *replies: Reply) -> None:
         """Answer ``model``'s requests with these replies in turn; the last one repeats."""
@@ -148,6 +153,8 @@ class ProviderSim:
             return script.pop(0) if len(script) > 1 else script[0]
 
     async def _models(self, request: Request) -> Response:
+        with self._lock:
+            self.catalogue_reads += 1
         if self.catalogue is None:
             return JSONResponse({"error": {"code": 404, "message": "not found"}}, status_code=404)
         return JSONResponse({"data": self.catalogue})
@@ -336,6 +343,8 @@ async def _sse(reply: Reply, model: str, content: str, abandoned: Callable[[], N
         return f"data: {json.dumps(data)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
+    for i, word in enumerate((reply.reasoning or "").split(" ") if reply.reasoning else []):
+        yield chunk({"reasoning": word if i == 0 else " " + word})
     words = content.split(" ")
     for i, word in enumerate(words):
         if reply.chunk_delay:

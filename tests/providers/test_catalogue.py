@@ -14,7 +14,7 @@ from fusion_mcp.config import PRESETS, load_settings
 from fusion_mcp.mcp_server.server import create_server
 from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, priced
-from tests.helpers import TOOL, structured
+from tests.helpers import TOOL, structured, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -318,3 +318,23 @@ def test_a_refusal_from_every_address_of_a_name_is_named_too() -> None:
         why, fix = unreachable(exc, "http://localhost:11434/v1", 15)
     assert why == "connection refused: nothing listens on localhost:11434"
     assert fix == "start the local server, or check the port in OPENROUTER_BASE_URL"
+
+
+@pytest.mark.anyio
+async def test_the_server_names_a_misspelt_configured_model_after_start(
+    sim: ProviderSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The check runs off the start-up path: no catalogue request before the tools are listed, then a warning
+    naming the model and the closest id the provider knows."""
+    sim.catalogue = [priced(m) for m in PANEL]
+    env = sim_env(sim, FUSION_ANALYSIS_MODELS=f"{PANEL[0]},~openai/gtp-latest")
+    caplog.set_level("WARNING", logger="fusion_mcp")
+    async with Client(create_server(load_settings(environ=env))) as client:
+        await client.list_tools()
+        assert sim.catalogue_reads == 0 and not caplog.records
+        await wait_until(lambda: any("gtp" in r.getMessage() for r in caplog.records), limit_s=10)
+        assert sim.catalogue_reads == 1
+    (record,) = [r for r in caplog.records if "gtp" in r.getMessage()]
+    assert record.getMessage() == (
+        "configured model '~openai/gtp-latest' is not in the provider's catalogue (closest: ~openai/gpt-latest)"
+    )
