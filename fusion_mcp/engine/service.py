@@ -556,7 +556,9 @@ class FusionService:
                 material=material,
                 outcomes=live.outcomes,
                 analyst_turns=live.analyst_turns,
-                on_delta=live.delta,
+                # Only a caller that asked for the panel's text (it listens from the start) puts a call on
+                # every streamed piece; the others' members stream straight into their outcomes.
+                on_delta=live.delta if live.delta_listeners else None,
             )
         spent, cap = result.usage.total.cost, self.settings.max_cost_usd
         if cap is not None and spent is not None and spent > cap:
