@@ -148,6 +148,11 @@ DELETE FROM runs WHERE created < :oldest OR run_id IN (
 """The history's age, and each principal's share of its count and size (see :class:`~.base.Retention`):
 ``n`` and ``kept`` count a share's rows newest first, running ones included; a running row, or a share's
 newest finished one (``newest`` 1), is never deleted for count or size."""
+_RUNS_HELD = """
+SELECT count(*), COALESCE(sum(bytes), 0),
+       count(DISTINCT CASE WHEN substr(principal, 1, 4) = 'key:' THEN 'key:' ELSE principal END), min(created)
+FROM runs"""
+"""What :data:`_TRIM_RUNS` weighs, for the whole history at once: within its bounds, no share can be over."""
 _TRIM_CACHE = """
 DELETE FROM cache WHERE created < :expired OR key IN (
     SELECT key FROM (
@@ -348,14 +353,22 @@ class SqliteStore(Store):
 
         def trim(db: sqlite3.Connection) -> None:
             with _transaction(db):
-                db.execute(
-                    _TRIM_RUNS,
-                    {
-                        "oldest": now - limits.max_age_days * DAY_S,
-                        "max_runs": limits.max_runs,
-                        "max_bytes": limits.max_bytes,
-                    },
-                )
+                count, size, shares, first = db.execute(_RUNS_HELD).fetchone()
+                # Nothing can go while the whole history, times its shares, is within both bounds and none of
+                # it is too old: one pass without sorting tells, where the trim itself ranks every row.
+                if (
+                    count * shares > limits.max_runs
+                    or size * shares > limits.max_bytes
+                    or (first is not None and first < now - limits.max_age_days * DAY_S)
+                ):
+                    db.execute(
+                        _TRIM_RUNS,
+                        {
+                            "oldest": now - limits.max_age_days * DAY_S,
+                            "max_runs": limits.max_runs,
+                            "max_bytes": limits.max_bytes,
+                        },
+                    )
                 db.execute("DELETE FROM usage WHERE created < ?", (now - limits.usage_max_days * DAY_S,))
             db.execute("PRAGMA incremental_vacuum")
 
