@@ -227,6 +227,10 @@ async def main_async(opts: argparse.Namespace) -> None:
     if unknown := set(only) - set(FIGURES):
         raise SystemExit(f"--only: unknown {sorted(unknown)}; choose from {', '.join(FIGURES)}")
     builds = opts.fusion or [fusion_command()]
+    # --quick: every figure once at a tiny size (CI's smoke test), nothing worth reading.
+    spawns, cpu_calls, stream_runs, memory_runs = (1, 2, 1, (1, 2)) if opts.quick else (opts.spawns, 40, 8, (16, 64))
+    if opts.quick:
+        opts.rounds, opts.clients, opts.calls = 1, 2, 1
     pin(os.getpid(), OTHER_CPUS)
     figures: dict[str, Any] = {}
     with simulator() as sim:
@@ -251,9 +255,13 @@ async def main_async(opts: argparse.Namespace) -> None:
 
         for _ in range(opts.rounds):
             for s in everyone if "start" in only else []:
-                keep("start_s", s.name, await start(s, opts.spawns))
+                keep("start_s", s.name, await start(s, spawns))
             for s in everyone if "cpu" in only else []:
-                keep("cpu_ms_per_call", s.name, 1000 * await cpu_per_call(s, args_for(INSTANT["members"], 0.02), 20, 3))
+                keep(
+                    "cpu_ms_per_call",
+                    s.name,
+                    1000 * await cpu_per_call(s, args_for(INSTANT["members"], 0.02), cpu_calls, 3),
+                )
             for s in everyone if "load" in only else []:
                 row = await load(s, opts.clients, opts.calls)
                 keep("load_p50_ms", s.name, row["p50"])
@@ -261,10 +269,11 @@ async def main_async(opts: argparse.Namespace) -> None:
                 keep("load_cpu_ms_per_call", s.name, row["cpu_ms"])
             if "stream" in only:
                 for s in everyone:
-                    keep("stream_cpu_ms_per_run", s.name, 1000 * await cpu_per_call(s, args_for(LONG, 0.0), 8, 2))
-                keep("stream_cpu_ms_per_run", "bare reader", 1000 * bare_reader(sim, 8))
+                    cpu = await cpu_per_call(s, args_for(LONG, 0.0), stream_runs, 2)
+                    keep("stream_cpu_ms_per_run", s.name, 1000 * cpu)
+                keep("stream_cpu_ms_per_run", "bare reader", 1000 * bare_reader(sim, stream_runs))
             for s in everyone if "memory" in only else []:
-                keep("memory_kib_per_run", s.name, await memory_per_run(s, args_for(LONG, 0.0), 16, 64))
+                keep("memory_kib_per_run", s.name, await memory_per_run(s, args_for(LONG, 0.0), *memory_runs))
 
     for figure, by_name in raw.items():
         base = by_name.get("bare reader") if figure.startswith("stream") else by_name["floor"]
@@ -293,6 +302,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--only", help=f"comma-separated figures (default: all of {', '.join(FIGURES)})")
     parser.add_argument("--fusion", action="append", help="a fusion-mcp command to measure (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="every figure once at a tiny size (CI smoke test)")
     parser.add_argument("--out", help="also write the JSON report here")
     anyio.run(main_async, parser.parse_args())
 

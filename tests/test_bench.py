@@ -19,10 +19,11 @@ CASES = {
     "web_fetch": {"rows"},
     "chat": {"rows"},
     "responses": {"rows"},
+    "floors": {"figures"},
 }
 
 
-@pytest.mark.slow  # ~65 s for the seven: CI runs them, a developer's default run does not
+@pytest.mark.slow  # ~80 s for the eight: CI runs them, a developer's default run does not
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_benchmark_runs(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.json"

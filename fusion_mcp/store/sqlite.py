@@ -129,6 +129,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 """Applied in order, each in the transaction that sets the version it reaches."""
 LATEST = 1 + len(MIGRATIONS)
+INDEXES = (
+    # What a record's trim weighs of every row, in one index: the columns added after ``record`` sit behind
+    # its overflow pages, so without it each trim reads every record whole (~40 ms a call at 1,000 runs).
+    "CREATE INDEX IF NOT EXISTS runs_weight ON runs(principal, created, run_id, status, bytes)",
+)
+"""Made at every open, after the migrations: an index changes no version, so an older release at the same
+version opens the file as before (and SQLite keeps the index up to date whoever writes)."""
 
 _TRIM_RUNS = """
 WITH grouped AS (
@@ -490,4 +497,6 @@ def _migrate(conn: sqlite3.Connection, location: str) -> None:
         for steps in MIGRATIONS[version - 1 :]:
             for statement in steps:
                 conn.execute(statement)
+        for statement in INDEXES:
+            conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {LATEST}")
