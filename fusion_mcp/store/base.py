@@ -261,7 +261,10 @@ class Store(ABC):
         if result.status != "running" and settle:
             usage = usage_rows(result.run_id, principal, row.created, spent or result.usage, free=result.cached)
         await self._commit(row, result.run_id, usage)
-        await self._trim(self._trim_runs, row.created)
+        if result.status != "running":
+            # A running row is never trimmed and its end comes soon: that record trims for both (each trim
+            # ranks the whole history, and a run that ends with its call writes a running row first).
+            await self._trim(self._trim_runs, row.created)
 
     async def settle(self, run_id: str, principal: str, spent: Usage | Iterable[UsageRow]) -> None:
         """Write what a run that leaves no record spent (one stopped with its caller), and release its

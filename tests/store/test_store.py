@@ -255,8 +255,9 @@ async def test_each_principal_keeps_its_share_of_the_history_and_key_holders_sha
 
 
 async def test_running_rows_and_each_principals_newest_run_survive_trimming(store_env: dict[str, str]) -> None:
-    """Running rows count towards a share but are never trimmed; a record larger than a whole share of the
-    size stays until its principal writes a newer one, and never costs another principal its newest."""
+    """Running rows count towards a share but are never trimmed (writing one trims nothing: the next finished
+    record does); a record larger than a whole share of the size stays until its principal writes a newer
+    one, and never costs another principal its newest."""
     raw = Raw(store_env)
     running = FusionResult(status="running", run_id="", pending=["a/x"])
     async with opened(store_env, max_runs=2) as store:
@@ -264,14 +265,16 @@ async def test_running_rows_and_each_principals_newest_run_survive_trimming(stor
             await store.save_run(request(), result(f"fus_f{i}"), {}, "alice")
         for i in range(3):
             await store.save_run(request(), running.model_copy(update={"run_id": f"fus_r{i}"}), {}, "alice", {})
-        assert kept(raw) == {"alice": ["fus_r2", "fus_r1", "fus_r0", "fus_f1"]}
+        assert kept(raw) == {"alice": ["fus_r2", "fus_r1", "fus_r0", "fus_f1", "fus_f0"]}
+        await store.save_run(request(), result("fus_f2"), {}, "alice")
+        assert kept(raw) == {"alice": ["fus_f2", "fus_r2", "fus_r1", "fus_r0"]}
     big = {"a/x": [{"role": "tool", "content": "a long page " * 2000}]}
     async with opened(store_env, max_bytes=1000) as store:
         await store.save_run(request(), result("fus_big1"), big, "bob")
         assert kept(raw)["bob"] == ["fus_big1"]
         await store.save_run(request(), result("fus_big2"), big, "bob")
         await store.save_run(request(), result("fus_a"), {}, "carol")
-    assert kept(raw) == {"carol": ["fus_a"], "bob": ["fus_big2"], "alice": ["fus_r2", "fus_r1", "fus_r0", "fus_f1"]}
+    assert kept(raw) == {"carol": ["fus_a"], "bob": ["fus_big2"], "alice": ["fus_f2", "fus_r2", "fus_r1", "fus_r0"]}
     ((size,),) = raw.rows("SELECT bytes FROM {runs} WHERE run_id = 'fus_big2'")
     assert size > 20_000
 
