@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -78,12 +79,20 @@ class Subject:
 
     def __init__(self, name: str, stdio: list[str], http: list[str], env: dict[str, str]) -> None:
         self.name, self.stdio, self.http, self.env = name, stdio, http, env
+        self.home: str | None = None
+
+    def fresh_env(self, fresh: bool = True) -> dict[str, str]:
+        """Its environment with an empty history of its own: builds never share a file, and no figure is
+        measured on a history the figures before it filled (start-up reuses one, as a host's restart does)."""
+        if not fresh:
+            self.home = self.home or tempfile.mkdtemp(prefix="fusion-floors-")
+        return {**self.env, "FUSION_HOME": self.home if not fresh else tempfile.mkdtemp(prefix="fusion-floors-")}
 
     @asynccontextmanager
-    async def client(self) -> Any:
+    async def client(self, fresh: bool = True) -> Any:
         """The SDK's client over stdio, and the server's pid (pinned)."""
         before = set(_children())
-        params = StdioServerParameters(command=self.stdio[0], args=self.stdio[1:], env=self.env, cwd=REPO)
+        params = StdioServerParameters(command=self.stdio[0], args=self.stdio[1:], env=self.fresh_env(fresh), cwd=REPO)
         async with Client(params, mode="legacy") as client:
             (pid,) = set(_children()) - before
             pin(pid, SERVER_CPUS)
@@ -94,7 +103,7 @@ class Subject:
         port = free_port()
         command = [part.replace("{port}", str(port)) for part in self.http]
         with subprocess.Popen(  # noqa: ASYNC220 - started once per figure, before the clock runs
-            command, env=self.env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            command, env=self.fresh_env(), cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
         ) as proc:
             pin(proc.pid, SERVER_CPUS)
             try:
@@ -142,7 +151,7 @@ async def start(subject: Subject, spawns: int) -> float:
     times = []
     for _ in range(spawns):
         started = time.perf_counter()
-        async with subject.client() as (client, _):
+        async with subject.client(fresh=False) as (client, _):
             await client.list_tools()
             times.append(time.perf_counter() - started)
     return median(times)
