@@ -10,6 +10,7 @@ results carry ``isError`` so hosts show them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -20,6 +21,7 @@ from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 import anyio
+from mcp.server.elicitation import AcceptedElicitation
 from mcp.server.extension import Extension
 from mcp.server.mcpserver import Context, ListRoots, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ResourceError
@@ -245,10 +247,19 @@ async def _client_roots(files: list[str] | None, ctx: Context[FusionService]) ->
     A client on this machine (stdio, in memory) names directories of this machine. Over HTTP (a request
     with headers) the client's directories are its own, not ours: only ``FUSION_FILES_ROOTS`` apply.
     """
+    _accepted_class()
     capabilities = ctx.client_capabilities
     if not files or ctx.headers is not None or capabilities is None or capabilities.roots is None:
         return None
     return ListRoots()
+
+
+@functools.cache
+def _accepted_class() -> type:
+    """The SDK wraps what a resolver returns in ``AcceptedElicitation[Any]``, a class pydantic builds once and
+    caches weakly: a full garbage collection drops it and the next call builds it again (~0.4 ms, and its
+    schema). Held for the process's life from the first call on."""
+    return AcceptedElicitation[Any]
 
 
 CLIENT_ROOTS = Resolve(_client_roots)
