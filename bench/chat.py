@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from typing import Any
 
@@ -22,8 +21,7 @@ import anyio
 import httpx2
 
 from bench.common import (
-    free_port,
-    fusion_command,
+    http_server,
     median,
     panel,
     percentile,
@@ -31,7 +29,6 @@ from bench.common import (
     server_env,
     simulator,
     spread,
-    wait_until_up,
 )
 from fusion_mcp.engine.analyst import analysis_schema, labels
 from fusion_mcp.openai_api.writer import FUSION_FUNCTION
@@ -163,22 +160,9 @@ async def main_async(args: argparse.Namespace) -> None:
     fused_runs, fused_warmup = (1, 0) if args.quick else (args.fused_runs, 2)
     sizes = [3] if args.quick else [1, 3, 8]
     with simulator() as sim:
-        port = free_port()
-        with subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
-            [fusion_command(), "serve", "--transport", "http", "--port", str(port)],
-            env=server_env(sim.base),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ) as proc:
-            server = f"http://127.0.0.1:{port}"
-            try:
-                await wait_until_up(server)
-                rows = await direct_answers(sim.base, server, runs, warmup)
-                rows += await fused_turns(sim.base, server, sizes, fused_runs, fused_warmup)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=15)
+        async with http_server(server_env(sim.base)) as server:
+            rows = await direct_answers(sim.base, server, runs, warmup)
+            rows += await fused_turns(sim.base, server, sizes, fused_runs, fused_warmup)
     report("chat", {"rows": rows}, args.out)
 
 

@@ -10,8 +10,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +75,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def http_server(env: dict[str, str]) -> AsyncIterator[str]:
+    """``fusion-mcp serve --transport http`` on a free port, answering ``/healthz``: its base URL."""
+    port = free_port()
+    with subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
+        [fusion_command(), "serve", "--transport", "http", "--port", str(port)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        try:
+            await wait_until_up(f"http://127.0.0.1:{port}")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
 
 
 async def wait_until_up(base: str, limit_s: float = 20.0) -> None:

@@ -14,14 +14,13 @@ to its last byte; the ratio of the medians is the Responses API's overhead. Targ
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from typing import Any
 
 import anyio
 import httpx2
 
-from bench.common import free_port, fusion_command, median, panel, report, server_env, simulator, spread, wait_until_up
+from bench.common import http_server, median, panel, report, server_env, simulator, spread
 
 QUESTION = "benchmark question"
 FUSED = {"writer": 0.3, "members": (0.4, 1.1), "analyst": 0.5}
@@ -90,21 +89,8 @@ async def main_async(args: argparse.Namespace) -> None:
     runs, warmup = (2, 1) if args.quick else (args.runs, 5)
     fused_runs, fused_warmup = (1, 0) if args.quick else (args.fused_runs, 2)
     with simulator() as sim:
-        port = free_port()
-        with subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
-            [fusion_command(), "serve", "--transport", "http", "--port", str(port)],
-            env=server_env(sim.base),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ) as proc:
-            server = f"http://127.0.0.1:{port}"
-            try:
-                await wait_until_up(server)
-                rows = await rows_for(server, runs, warmup, fused_runs, fused_warmup)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=15)
+        async with http_server(server_env(sim.base)) as server:
+            rows = await rows_for(server, runs, warmup, fused_runs, fused_warmup)
     report("responses", {"rows": rows}, args.out)
 
 
