@@ -349,8 +349,12 @@ class FusionService:
             live.result = self._stopped(live)
             if live.durable:
                 await self._record(live, live.result, transcripts, spent=live.spent())
+            else:
+                await self._drop_early_row(live)
         elif self.store is not None and (live.to_record or live.durable):
             await self._answer_then_record(live, transcripts)
+        else:
+            await self._drop_early_row(live)
         if not live.settled:
             await self._settle_usage(live)
         live.ended = True
@@ -369,6 +373,8 @@ class FusionService:
         as lost, never missing; a record that fails leaves that row, no longer renewed, to read as lost. Until
         its cache entry is written, an identical call is answered from :attr:`_caching`."""
         assert live.result is not None
+        if live.row_written is not None:
+            await live.row_written.wait()  # written while the members worked: ready long before this
         if not live.row:
             await self._record(live, live.running_row(self.settings.deadline_s), {}, owner())
         key = live.cache_key if live.cache_key is not None and is_complete(live.result) else None
@@ -382,6 +388,28 @@ class FusionService:
         finally:
             if key is not None and self._caching.get(key) is live.result:
                 del self._caching[key]
+
+    async def _early_row(self, live: LiveRun) -> None:
+        """A run that ends with its call needs a running row before its answer (see :meth:`_answer_then_record`):
+        written while its members work, so the answer does not wait on the store behind other runs' writes."""
+        assert live.row_written is not None
+        try:
+            await self._record(live, live.running_row(self.settings.deadline_s), {}, owner())
+        finally:
+            live.row_written.set()
+
+    async def _drop_early_row(self, live: LiveRun) -> None:
+        """A run stopped, or ended in a way that is not recorded, before its answer leaves no row."""
+        if live.row_written is None or self.store is None:
+            return
+        await live.row_written.wait()
+        if live.row:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.store.drop_running(live.run_id)
+                    live.row = False
+                except StoreError as exc:
+                    log.warning("run %s: its running row stays (it will read as lost): %s", live.run_id, exc)
 
     def _stopped(self, live: LiveRun) -> FusionResult:
         """The result of a run that ended without one: stopped from outside, or by the service closing."""
@@ -547,6 +575,9 @@ class FusionService:
             lasts = request.deadline_s or MAX_DEADLINE_S
             await daily_cap.reserve(store, principal, run_id, request.cost_estimate, cap, lasts_s=lasts)
             live.reserved = True
+        if store is not None and not live.durable and not live.row:
+            live.row_written = anyio.Event()
+            self._runs.start_soon(self._early_row, live, name=f"fusion row {run_id}")
         with self.pools.lease() as http:
             result = await run_fusion(
                 request,

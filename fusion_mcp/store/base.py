@@ -279,6 +279,10 @@ class Store(ABC):
         if run_ids:
             await self._heartbeat(run_ids, time.time())
 
+    async def drop_running(self, run_id: str) -> None:
+        """Delete ``run_id``'s row if it is still ``running``: a run stopped before its answer leaves none."""
+        await self._drop_running(run_id)
+
     async def recent(self, limit: int = 20, principal: str | None = None) -> list[dict[str, Any]]:
         """The latest runs, newest first: ``principal``'s only, or everyone's when None (the operator's view)."""
         keys = ("run_id", "created", "prompt_head", "panel", "status", "cost", "seconds", "cached")
@@ -340,6 +344,9 @@ class Store(ABC):
     async def _commit(self, run: RunRow | None, run_id: str, usage: list[UsageRow] | None) -> None:
         """In one transaction: upsert ``run`` (if any); if ``usage`` is not None, replace ``run_id``'s usage
         rows with it and delete ``run_id``'s reservation."""
+
+    @abstractmethod
+    async def _drop_running(self, run_id: str) -> None: ...
 
     @abstractmethod
     async def _trim_runs(self, now: float) -> None:

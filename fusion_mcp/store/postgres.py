@@ -396,6 +396,12 @@ class PostgresStore(Store):
 
         await self._do(trim)
 
+    async def _drop_running(self, run_id: str) -> None:
+        async def drop(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute("DELETE FROM fusion_runs WHERE run_id = %s AND status = 'running'", (run_id,))
+
+        await self._do(drop)
+
     async def _heartbeat(self, run_ids: list[str], now: float) -> None:
         async def beat(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(

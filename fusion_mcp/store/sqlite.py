@@ -385,6 +385,9 @@ class SqliteStore(Store):
         oldest = now - self.retention.usage_max_days * DAY_S
         await self._call(lambda db: db.execute("DELETE FROM usage WHERE created < ?", (oldest,)))
 
+    async def _drop_running(self, run_id: str) -> None:
+        await self._call(lambda db: db.execute("DELETE FROM runs WHERE run_id = ? AND status = 'running'", (run_id,)))
+
     async def _heartbeat(self, run_ids: list[str], now: float) -> None:
         marks = ",".join("?" * len(run_ids))
         await self._call(

@@ -17,8 +17,8 @@ from fusion_mcp.config import load_settings
 from fusion_mcp.mcp_server.server import RESULT_TOOL_NAME, create_server
 from fusion_mcp.store import open_store
 from tests.conftest import PANEL, child_env, console_script, sim_env
-from tests.fakes.provider_sim import ProviderSim
-from tests.helpers import TOOL, structured
+from tests.fakes.provider_sim import ProviderSim, Reply
+from tests.helpers import TOOL, structured, wait_until
 from tests.store.test_store import Raw
 
 pytestmark = pytest.mark.anyio
@@ -162,3 +162,24 @@ async def test_the_cache_entry_is_written_after_the_answer(sim: ProviderSim, dat
         again = structured(await client.call_tool(TOOL, question))
     assert again["cached"] is True and again["responses"] == first["responses"]
     assert len(sim.requests) == len(PANEL) + 1
+
+
+async def test_the_running_row_is_written_while_the_members_work(sim: ProviderSim, store_env: dict[str, str]) -> None:
+    """A run that ends with its call has its running row before its answer, written while its members work
+    (not on the way to the answer, behind other runs' records): the row is there while a slow member is still
+    being waited for, before the deadline cuts it; the answer then replaces it."""
+    env = sim_env(sim, **store_env, FUSION_DEADLINE_S="3")
+    raw = Raw(env)
+    await open_schema(env)
+    sim.script(PANEL[1], Reply(latency=30))
+    found: dict[str, str] = {}
+    async with Client(create_server(load_settings(environ=env))) as client, anyio.create_task_group() as tg:
+
+        async def call() -> None:
+            found.update(structured(await client.call_tool(TOOL, {"prompt": "row while working"})))
+
+        tg.start_soon(call)
+        await wait_until(lambda: raw.rows("SELECT status FROM {runs}") == [("running",)], limit_s=20)
+        assert not found and sim.disconnects == []  # the slow member is still being waited for
+    assert raw.rows("SELECT run_id, status FROM {runs}") == [(found["run_id"], found["status"])]
+    assert sim.disconnects == [PANEL[1]]  # cut at the deadline, after the row was seen

@@ -95,9 +95,10 @@ async def test_replicas_share_runs_the_cache_and_the_daily_cap_and_keep_principa
 
 
 async def test_a_replica_killed_mid_run_leaves_no_half_written_run(sim: ProviderSim, database_url: str) -> None:
-    """SIGKILL a server with a long run in flight, and ``ask`` with a run that ends with its call: the first
-    leaves its complete running row (which reads back as a valid record), the second nothing at all; neither
-    leaves usage, and their reservations expire with their deadlines. ``runs`` reads it from the database."""
+    """SIGKILL a server with a long run in flight, and ``ask`` with a run that ends with its call: each leaves
+    its complete running row (which reads back as a valid record, the first written when the run started, the
+    second while its members worked), no usage, and reservations that expire with their deadlines. ``runs``
+    reads them from the database."""
     sim.script(PANEL[1], Reply(latency=60))
     env = sim_env(
         sim,
@@ -120,7 +121,10 @@ async def test_a_replica_killed_mid_run_leaves_no_half_written_run(sim: Provider
         await ask.wait()
     now = time.time()
 
-    assert rows(database_url, "SELECT run_id, status FROM fusion_runs") == [(running["run_id"], "running")]
+    ((asked_run,),) = [r for r in rows(database_url, "SELECT run_id FROM fusion_runs") if r[0] != running["run_id"]]
+    assert sorted(rows(database_url, "SELECT run_id, status FROM fusion_runs")) == sorted(
+        [(running["run_id"], "running"), (asked_run, "running")]
+    )
     assert rows(database_url, "SELECT count(*) FROM fusion_usage") == [(0,)]
     reservations = rows(database_url, "SELECT principal, expires FROM fusion_reservations ORDER BY expires")
     assert [p for p, _ in reservations] == ["local", "local"]
@@ -134,8 +138,15 @@ async def test_a_replica_killed_mid_run_leaves_no_half_written_run(sim: Provider
     assert record is not None and record["owner"]["pid"] == pid
     assert FusionResult.model_validate(record["result"]).status == "running"
     assert FusionRequest.model_validate(record["request"]).prompt == "killed while running"
+    store = PostgresStore(database_url)
+    try:
+        asked_record = await store.run(asked_run, "local")
+    finally:
+        await store.aclose()
+    assert asked_record is not None and asked_record["owner"]["pid"] == ask.pid
+    assert FusionRequest.model_validate(asked_record["request"]).prompt == "killed mid-run"
     code, out, _ = await command("runs", env=env)
-    assert code == 0 and out.startswith(running["run_id"]) and "  running  killed while running" in out
+    assert code == 0 and "  running  killed while running" in out and "  running  killed mid-run" in out
 
 
 async def test_runs_usage_and_doctor_read_postgresql_from_any_machine(sim: ProviderSim, database_url: str) -> None:
