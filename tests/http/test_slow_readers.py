@@ -72,11 +72,15 @@ def port_of(running: servers.Running) -> int:
     return int(running.base.rsplit(":", 1)[1])
 
 
-def chat_request(stream: bool, *extra: bytes, fields: dict[str, Any] | None = None) -> bytes:
-    chat = {"model": WRITER, "messages": [{"role": "user", "content": "q"}], "stream": stream, **(fields or {})}
+def chat_request(
+    stream: bool, *extra: bytes, fields: dict[str, Any] | None = None, api: str = "chat/completions"
+) -> bytes:
+    """A request to ``/v1/{api}``: chat completions, or the Responses API (``input`` for ``messages``)."""
+    question = {"messages": [{"role": "user", "content": "q"}]} if api == "chat/completions" else {"input": "q"}
+    chat = {"model": WRITER, **question, "stream": stream, **(fields or {})}
     body = json.dumps(chat).encode()
     head = [
-        b"POST /v1/chat/completions HTTP/1.1",
+        f"POST /v1/{api} HTTP/1.1".encode(),
         b"Host: 127.0.0.1",
         b"Content-Type: application/json",
         b"Content-Length: " + str(len(body)).encode(),
@@ -252,8 +256,9 @@ HUGE = " ".join([WORD] * 110)
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("api", ["chat/completions", "responses"])
 async def test_text_piling_up_for_a_client_that_does_not_read_is_bounded(
-    sim: ProviderSim, patient: servers.Running
+    sim: ProviderSim, patient: servers.Running, api: str
 ) -> None:
     """A turn of two writer responses of ~7 MB each (before and after its run) for a client that reads nothing,
     the send deadline far away: once more than one response's worth of text waits to be sent, the turn is
@@ -269,7 +274,7 @@ async def test_text_piling_up_for_a_client_that_does_not_read_is_bounded(
 
     sim.scripts[WRITER] = writer
     logged = len(patient.stderr)
-    reader = client(port_of(patient), chat_request(True, fields={"plugins": [{"id": "fusion"}]}))
+    reader = client(port_of(patient), chat_request(True, fields={"plugins": [{"id": "fusion"}]}, api=api))
     try:
         await wait_until(lambda: len(sim.requests_for(WRITER)) == 2, 60)
         await wait_until(lambda: sim.disconnects == [WRITER], 60)

@@ -276,3 +276,52 @@ def test_openrouter_without_any_key(lend: str, bearer: str | None, status: int, 
         "code": "missing_api_key",
         "param": None,
     }
+
+
+RESPONSES = {"model": WRITER, "input": USER["content"], "plugins": [{"id": "fusion"}]}
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/api/v1/responses"])
+def test_the_responses_api_refuses_a_caller_without_a_bearer_in_openai_shape(
+    sim: ProviderSim, lending: str, path: str
+) -> None:
+    for bearer in (None, "not-a-token-nor-a-key"):
+        response = post(lending, RESPONSES, bearer, path=path)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert sim.requests == []
+
+
+def test_the_responses_api_spends_the_callers_own_key_and_never_lets_it_out(sim: ProviderSim, lending: str) -> None:
+    """A lent key on /v1/responses, streamed, with every member echoing the key it was sent: every request goes
+    out with the caller's key, and neither the events (the members' deltas, the fusion item, the answer) nor
+    the history hold it."""
+    sim.scripts[WRITER] = writer.fusing()
+    for model in PANEL:
+        sim.script(model, Reply(echo_auth=True))
+    body = {**RESPONSES, "stream": True}
+    with httpx2.stream(
+        "POST", f"{lending}/v1/responses", json=body, headers={"Authorization": f"Bearer {CALLER_KEY}"}, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        raw = response.read().decode()
+    events, _ = read_sse(raw.splitlines())
+    assert events[-1]["type"] == "response.completed"
+    deltas = "".join(e["delta"] for e in events if e.get("type") == "response.fusion_call.panel.delta")
+    assert "(the request said: Bearer [redacted])" in deltas
+    assert CALLER_KEY not in raw
+    assert len(sim.requests) == 6 and authorizations(sim) == {f"Bearer {CALLER_KEY}"}
+    assert CALLER_KEY.encode() not in history_bytes()
+
+
+def test_the_responses_api_turns_a_rejected_caller_key_into_a_401_that_never_echoes_it(
+    sim: ProviderSim, lending: str
+) -> None:
+    sim.script(WRITER, Reply(status=401, error_message="key revoked", echo_auth=True))
+    response = post(lending, RESPONSES, CALLER_KEY, path="/v1/responses")
+    assert response.status_code == 401
+    assert response.json()["error"] == {
+        "message": f"{WRITER}: HTTP 401: the API key was rejected: key revoked (you sent Bearer [redacted])",
+        "type": "authentication_error",
+        "code": "invalid_api_key",
+        "param": None,
+    }
