@@ -18,7 +18,7 @@ from fusion_mcp.mcp_server.server import RESULT_TOOL_NAME, create_server
 from fusion_mcp.store import open_store
 from tests.conftest import PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import TOOL, structured, wait_until
+from tests.helpers import TOOL, call_then_cancel, structured, wait_until
 from tests.store.test_store import Raw
 
 pytestmark = pytest.mark.anyio
@@ -183,3 +183,25 @@ async def test_the_running_row_is_written_while_the_members_work(sim: ProviderSi
         assert not found and sim.disconnects == []  # the slow member is still being waited for
     assert raw.rows("SELECT run_id, status FROM {runs}") == [(found["run_id"], found["status"])]
     assert sim.disconnects == [PANEL[1]]  # cut at the deadline, after the row was seen
+
+
+async def test_a_cancelled_run_whose_row_cannot_be_deleted_is_logged_and_reads_as_lost(
+    sim: ProviderSim, store_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run its caller cancels has its running row deleted; a database that refuses the delete leaves it,
+    said so in the log, and the row (no longer renewed) is the run's trace as lost."""
+    env = sim_env(sim, **store_env)
+    raw = Raw(env)
+    await open_schema(env)
+    raw.script(
+        "CREATE TRIGGER keep_rows BEFORE DELETE ON runs BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        "CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected fault'; "
+        "END $$; CREATE TRIGGER keep_rows BEFORE DELETE ON fusion_runs FOR EACH ROW EXECUTE FUNCTION keep();",
+    )
+    sim.script(PANEL[1], Reply(latency=30))
+    async with Client(create_server(load_settings(environ=env))) as client:
+        await call_then_cancel(client, lambda: raw.rows("SELECT status FROM {runs}") == [("running",)], "cancelled")
+        await wait_until(lambda: "its running row stays" in caplog.text, limit_s=20)
+    (line,) = [r.getMessage() for r in caplog.records if "its running row stays" in r.getMessage()]
+    assert re.fullmatch(r"run fus_[0-9a-f]+: its running row stays \(it will read as lost\): .*injected fault.*", line)
+    assert raw.rows("SELECT status FROM {runs}") == [("running",)]
