@@ -99,6 +99,12 @@ def sim_env(sim: ProviderSim, **extra: str) -> dict[str, str]:
     return env
 
 
+def shared_env(sim: ProviderSim, **extra: str) -> dict[str, str]:
+    """``sim_env`` for a server that outlives a test (module or session scope): it reaches the simulator
+    through the address that lists no catalogue, so no test's catalogue stays in its cache for the next."""
+    return sim_env(sim, OPENROUTER_BASE_URL=sim.shared_base_url, **extra)
+
+
 @pytest.fixture
 def settings(sim: ProviderSim) -> Settings:
     return load_settings(environ=sim_env(sim))
@@ -134,7 +140,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _http_server(_sim: ProviderSim) -> Iterator[Any]:
     from tests import servers  # it imports this module's helpers
 
-    with servers.http_server(sim_env(_sim)) as running:
+    with servers.http_server(shared_env(_sim)) as running:
         yield running
 
 

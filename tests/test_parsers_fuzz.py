@@ -27,7 +27,7 @@ from fusion_mcp.engine.admission import FusionRefused, prepare
 from fusion_mcp.mcp_server.server import create_server
 from fusion_mcp.openai_api.writer import fusion_arguments
 from tests import servers
-from tests.conftest import sim_env
+from tests.conftest import shared_env
 from tests.fakes.provider_sim import ProviderSim
 from tests.helpers import TOOL
 
@@ -102,7 +102,7 @@ class Errors(logging.Handler):
 
 @pytest.fixture(scope="module")
 def chat_server(_sim: ProviderSim) -> Iterator[str]:
-    with servers.in_process(sim_env(_sim)) as base:
+    with servers.in_process(shared_env(_sim)) as base:
         yield base
 
 
@@ -174,7 +174,7 @@ arguments = st.fixed_dictionaries({}, optional=TOOL_FIELDS) | st.dictionaries(se
 
 @pytest.fixture(scope="module")
 def tool_server(_sim: ProviderSim) -> Any:
-    return create_server(load_settings(environ=sim_env(_sim, FUSION_DEADLINE_S="10")))
+    return create_server(load_settings(environ=shared_env(_sim, FUSION_DEADLINE_S="10")))
 
 
 @given(args=arguments)

@@ -106,6 +106,10 @@ class ProviderSim:
                 Route("/api/v1/models", self._models, methods=["GET"]),
                 Route("/api/v1/model/{model:path}", self._model, methods=["GET"]),
                 Route("/api/v1/key", self._key, methods=["GET"]),
+                Route("/shared/api/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/shared/api/v1/models", self._no_catalogue, methods=["GET"]),
+                Route("/shared/api/v1/model/{model:path}", self._no_catalogue, methods=["GET"]),
+                Route("/shared/api/v1/key", self._key, methods=["GET"]),
             ]
         )
         self._http: LoopbackServer | None = None
@@ -114,6 +118,16 @@ class ProviderSim:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/v1"
+
+    @property
+    def shared_base_url(self) -> str:
+        """The same provider without a catalogue, for servers that outlive a test.
+
+        A server caches the catalogue it reads (an hour), and it reads it when it likes (a second after
+        start, on a call): a server shared by many tests would keep whatever catalogue the test running at
+        that moment had set, and refuse the next test's models. Through this address it never sees one.
+        """
+        return f"http://127.0.0.1:{self.port}/shared/api/v1"
 
     def start(self) -> ProviderSim:
         self._http = LoopbackServer(self._app, access_log=False)
@@ -158,6 +172,9 @@ class ProviderSim:
         if self.catalogue is None:
             return JSONResponse({"error": {"code": 404, "message": "not found"}}, status_code=404)
         return JSONResponse({"data": self.catalogue})
+
+    async def _no_catalogue(self, request: Request) -> Response:
+        return JSONResponse({"error": {"code": 404, "message": "not found"}}, status_code=404)
 
     async def _model(self, request: Request) -> Response:
         with self._lock:

@@ -13,7 +13,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests import servers
-from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
+from tests.conftest import API_KEY, PANEL, child_env, console_script, shared_env, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.helpers import INIT, MCP_HEADERS, TOOL, structured, wait_until
 
@@ -23,7 +23,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def _shared(_sim: ProviderSim) -> Iterator[servers.Running]:
-    with servers.http_server(sim_env(_sim, FUSION_HTTP_TOKEN=TOKEN), host="0.0.0.0") as running:
+    with servers.http_server(shared_env(_sim, FUSION_HTTP_TOKEN=TOKEN), host="0.0.0.0") as running:
         yield running
 
 

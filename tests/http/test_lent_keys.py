@@ -20,7 +20,7 @@ import pytest
 
 from fusion_mcp.core.callers import key_principal
 from tests import servers
-from tests.conftest import API_KEY, PANEL, child_env, console_script, sim_env
+from tests.conftest import API_KEY, PANEL, child_env, console_script, shared_env, sim_env
 from tests.fakes import writer
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.fakes.search_apis import BRAVE_KEY
@@ -35,7 +35,7 @@ CHAT = {"model": WRITER, "messages": [{"role": "user", "content": "Which of A an
 
 
 def lending_env(sim: ProviderSim, roots: Path, **extra: str) -> dict[str, str]:
-    return sim_env(
+    return shared_env(
         sim,
         FUSION_HTTP_TOKENS=f"alice:{ALICE}",
         FUSION_PASS_THROUGH_KEY="true",

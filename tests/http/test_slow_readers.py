@@ -18,7 +18,7 @@ import httpx2
 import pytest
 
 from tests import servers
-from tests.conftest import sim_env
+from tests.conftest import shared_env
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.helpers import wait_until
 
@@ -35,7 +35,7 @@ BUSY = (
 
 
 def server_env(sim: ProviderSim, send_s: str) -> dict[str, str]:
-    return sim_env(sim, FUSION_MAX_CONNECTIONS=str(SLOTS), FUSION_SEND_TIMEOUT_S=send_s)
+    return shared_env(sim, FUSION_MAX_CONNECTIONS=str(SLOTS), FUSION_SEND_TIMEOUT_S=send_s)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests import servers
-from tests.conftest import PANEL, child_env, console_script, sim_env
+from tests.conftest import PANEL, child_env, console_script, shared_env, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
 from tests.helpers import INIT, LEGACY, MCP_HEADERS, TOOL, structured, wait_for, wait_until
 
@@ -35,7 +35,7 @@ def slow_when_asked(sim: ProviderSim) -> None:
 
 @pytest.fixture(scope="module")
 def _workers(_sim: ProviderSim) -> Iterator[servers.Running]:
-    with servers.http_server(sim_env(_sim), "--workers", "2") as running:
+    with servers.http_server(shared_env(_sim), "--workers", "2") as running:
         yield running
 
 

@@ -18,7 +18,7 @@ from fusion_mcp.config import load_settings
 from fusion_mcp.core.callers import key_principal
 from fusion_mcp.http.app import build_app
 from tests import servers
-from tests.conftest import API_KEY, HOME_DIR, PANEL, sim_env
+from tests.conftest import API_KEY, HOME_DIR, PANEL, shared_env, sim_env
 from tests.fakes import writer
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.provider_sim import ProviderSim, Reply, priced
@@ -34,7 +34,7 @@ FUSED = {"model": WRITER, "messages": [USER], "plugins": [{"id": "fusion"}]}
 
 @pytest.fixture(scope="module")
 def _lending(_sim: ProviderSim) -> Iterator[servers.Running]:
-    env = sim_env(
+    env = shared_env(
         _sim,
         FUSION_HTTP_TOKEN=TOKEN,
         FUSION_PASS_THROUGH_KEY="true",
