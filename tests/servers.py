@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import resource
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,12 +17,7 @@ from fusion_mcp.config import load_settings
 from fusion_mcp.http.app import build_app
 from tests.conftest import child_env, console_script
 from tests.fakes.loopback import LoopbackServer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.nginx import free_port  # from below the ephemeral range: see QUIET_PORTS
 
 
 def wait_for_health(url: str, proc: subprocess.Popen[bytes], limit_s: float = 20) -> bool:
