@@ -52,6 +52,7 @@ def _system(name: str, tally: Tally) -> dict[str, Any]:
         "correct": tally.correct,
         "total": tally.done,
         "failed": tally.failed,
+        "ungraded": tally.ungraded,
         "interval_95": [round(low, 4), round(high, 4)],
         "cost_usd": round(tally.cost, 10) if tally.cost_known else None,
         "median_s": tally.median_s,

@@ -108,11 +108,17 @@ class Tally:
     done: int = 0
     correct: int = 0
     failed: int = 0
+    ungraded: int = 0
+    """Answers the grader could not grade: left out of ``done`` (listed in the summary), their cost counted."""
     cost: float = 0.0
     cost_known: bool = True
     seconds: list[float] = field(default_factory=list)
 
     def add(self, row: Answered) -> None:
+        if row.grade is None and row.error is None:
+            self.ungraded += 1
+            self.cost += row.cost_usd or 0.0
+            return
         self.done += 1
         self.correct += 1 if row.grade is not None and row.grade.correct else 0
         self.failed += 1 if row.error is not None else 0
@@ -139,6 +145,7 @@ class Eval:
         self.out = out
         self.settings = settings
         self.rows: dict[tuple[str, str], Answered] = {}
+        self._index = {q.id: i for i, q in enumerate(questions)}
         self.stopped: str | None = None
         """Why the eval stopped before the end (``--max-cost``), or None."""
 
@@ -163,6 +170,10 @@ class Eval:
                 continue  # a line cut by the interruption: that answer is looked up in the store instead
             self.rows[(row.question_id, row.system)] = row
 
+    def _keep(self, row: Answered) -> None:
+        self.rows[(row.question_id, row.system)] = row
+        self._append(row)
+
     def _append(self, row: Answered) -> None:
         with self.results_path.open("a", encoding="utf-8") as sink:
             sink.write(row.model_dump_json() + "\n")
@@ -173,7 +184,7 @@ class Eval:
 
     def run_id(self, question: Question, system: str, step: StepKind) -> str:
         """Fixed by (eval, question, system, step), so a resumed eval finds what it already paid for."""
-        qi = self.questions.index(question)
+        qi = self._index[question.id]
         si = self.plan.systems.index(system)
         return f"fus_{self.plan.eval_id}_{qi:05d}_{si}{step[0]}"
 
@@ -269,8 +280,7 @@ class Eval:
                 except CapReached as reached:
                     self.stopped = str(reached)
                     return
-                self.rows[(question.id, system)] = row
-                self._append(row)
+                self._keep(row)
                 if on_row is not None:
                     await on_row(row)
 
@@ -308,6 +318,8 @@ class Eval:
         row = self.rows.get((question.id, system))
         if row is None or row.answer is None:
             row = await self._ask(service, question, system, budget)
+            if row.answer is not None and question.graded_by_model:
+                self._keep(row)  # paid for: on disk before its grading can be stopped or interrupted
         if row.answer is not None and row.grade is None:
             row = await self._grade(service, question, row, budget)
         return row

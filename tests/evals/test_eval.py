@@ -181,7 +181,11 @@ def test_short_answers_are_graded_by_a_grader_that_never_sees_who_wrote_them(sim
         assert not any(name in text for name in (*PANEL, JUDGE, "fusion", "eval/")), text
         assert "tools" not in request.body  # the grader reads; it does not browse
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert {line["grade"]["reason"] for line in lines} == {"Matches the target.", "Wrong city."}
+    # Each answer is on disk once had (its grade still to come), then again with its grade: the last one counts.
+    assert [line["system"] for line in lines if line["grade"] is None] == [
+        line["system"] for line in lines if line["grade"]
+    ]
+    assert {line["grade"]["reason"] for line in lines if line["grade"]} == {"Matches the target.", "Wrong city."}
     assert summary_of(out)["grading_cost_usd"] == pytest.approx(4 * COST)
 
 
@@ -369,3 +373,57 @@ def test_the_interval_is_wilsons() -> None:
     low, high = wilson(8, 10)
     assert (round(low, 3), round(high, 3)) == (0.49, 0.943)
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_an_unknown_model_is_refused_before_anything_is_spent(sim: ProviderSim, tmp_path: Path) -> None:
+    sim.catalogue = [priced(m) for m in (RIGHT, HALF, JUDGE)]
+    questions = write_questions(tmp_path / "q.jsonl")
+    done = run_eval(sim, tmp_path, str(questions), "--panel", ",".join(PANEL), "--analyst", JUDGE, "--yes")
+    assert done.returncode == 2
+    assert f"unknown model id '{WRONG}'" in done.stderr and sim.requests == []
+
+
+def test_a_member_that_fails_counts_as_wrong_and_is_named(sim: ProviderSim, tmp_path: Path) -> None:
+    script(sim)
+    sim.script(WRONG, Reply(status=500, error_message="the model is down"))
+    out = tmp_path / "out"
+    questions = write_questions(tmp_path / "q.jsonl", [QUESTIONS[0], QUESTIONS[2]])
+    done = run_eval(
+        sim, tmp_path, str(questions), "--panel", ",".join(PANEL), "--analyst", JUDGE, "--out", str(out), "--yes"
+    )
+    assert done.returncode == 0, done.stderr
+    found = systems(summary_of(out))
+    assert (found[WRONG]["correct"], found[WRONG]["failed"], found[WRONG]["total"]) == (0, 2, 2)
+    assert found["fusion"]["correct"] == 2  # the two members left agree, and are right, on both
+    failed = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all("down" in (r["error"] or "") for r in failed if r["system"] == WRONG)
+    assert "(2 failed)" in done.stdout
+
+
+def test_a_writer_writes_fusions_answer_from_the_analysis(sim: ProviderSim, tmp_path: Path) -> None:
+    script(sim)
+    writer = "eval/writer"
+    sim.scripts[writer] = lambda body: Reply(content="From the analysis.\nAnswer: 7")
+    out = tmp_path / "out"
+    questions = write_questions(tmp_path / "q.jsonl", QUESTIONS[:1])
+    done = run_eval(
+        sim,
+        tmp_path,
+        str(questions),
+        "--panel",
+        ",".join(PANEL),
+        "--analyst",
+        JUDGE,
+        "--writer",
+        writer,
+        "--out",
+        str(out),
+        "--yes",
+    )
+    assert done.returncode == 0, done.stderr
+    (asked,) = sim.requests_for(writer)
+    text = user_text(asked.body)
+    assert "<analysis>" in text and "consensus" in text and "Answer: 7" in text  # the panel's answers and the analysis
+    assert len(sim.requests_for(JUDGE)) == 1  # the analysis only: the writer writes the answer
+    found = systems(summary_of(out))
+    assert found["fusion"]["correct"] == 1 and found["fusion"]["cost_usd"] == pytest.approx(5 * COST)
