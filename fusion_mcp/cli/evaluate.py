@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -216,7 +217,9 @@ class Display:
     def draw(self) -> None:
         if not self._live:
             return
-        text = "".join(f"{CLEAR_LINE}{line}\n" for line in self.rows())
+        # Cut to the terminal's width less one: a wrapped row would leave its tail behind at the next redraw.
+        width = max(shutil.get_terminal_size().columns - 1, 20)
+        text = "".join(f"{CLEAR_LINE}{line[:width]}\n" for line in self.rows())
         up = f"\x1b[{self._drawn}F" if self._drawn else ""
         self._stream.write(up + text)
         self._stream.flush()

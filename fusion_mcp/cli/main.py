@@ -250,6 +250,9 @@ def _eval_command(commands: Commands, common: argparse.ArgumentParser) -> None:
         "Shows the worst-case cost and asks before spending.",
     )
     add_arguments(evaluate)
+    evaluate.add_argument(
+        "-v", "--verbose", action="store_true", help="show the server's log lines; without it only warnings and errors"
+    )
 
 
 def _store_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -339,7 +342,7 @@ def _command(argv: Sequence[str] | None) -> None:
     except ConfigError as exc:
         print(f"fusion-mcp: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    quiet = args.command == "ask" and not args.verbose
+    quiet = args.command in ("ask", "eval") and not args.verbose
     _setup_logging(settings, getattr(args, "worker_index", None), quiet=quiet)
     # Anything this process starts is one level deeper, so a fusion server it launches refuses to fuse.
     os.environ["FUSION_DEPTH"] = str(settings.depth + 1)
