@@ -95,8 +95,7 @@ async def reserve_budget(
     store: Store | None, principal: str, budget: Budget, reservation: str, estimate: float | None, *, lasts_s: float
 ) -> None:
     """Reserve ``estimate`` USD of ``principal``'s ``budget`` under ``reservation`` (a run's id), or raise
-    :class:`FusionRefused`
-    (``cost_limit``) naming what was spent and what the run would have needed."""
+    :class:`FusionRefused` (``cost_limit``) naming what was spent and what the run would have needed."""
     now = time.time()
     try:
         if store is None:

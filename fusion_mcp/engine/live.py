@@ -93,9 +93,9 @@ class LiveRun:
     end_handled: anyio.Event = field(default_factory=anyio.Event)
     """Set with ``ended``: what a reader of its record waits on."""
     max_cost_usd: float | None = None
+    """Its worst case may not pass this (``FUSION_MAX_COST_USD``, or what a chat turn has left of it)."""
     budget: Budget | None = None
     """A cap of the caller's own over a group of runs (``fusion-mcp eval --max-cost``), reserved like the daily cap."""
-    """Its worst case may not pass this (``FUSION_MAX_COST_USD``, or what a chat turn has left of it)."""
 
     async def emit(self, event: ProgressEvent) -> None:
         self.last_event = event
