@@ -23,7 +23,7 @@ from ..engine.admission import FusionRefused
 from ..engine.service import FusionService
 from ..evals.questions import SAMPLE, QuestionSetError, load
 from ..evals.report import chart_svg, summary, table
-from ..evals.runner import FUSION, Answered, Eval, EvalPlan, new_eval_id
+from ..evals.runner import FUSION, Answered, Eval, EvalPlan, fingerprint, new_eval_id
 from ..store import default_home
 
 EXIT_FAILED = 1
@@ -91,6 +91,9 @@ def _plan(settings: Settings, args: argparse.Namespace) -> tuple[EvalPlan, Path]
             _say(f"no eval {args.resume!r} to resume (give its folder with --out)")
             return None
         plan = EvalPlan.model_validate_json((out / "eval.json").read_text(encoding="utf-8"))
+        if plan.eval_id != args.resume:
+            _say(f"{out} holds eval {plan.eval_id}, not {args.resume}")
+            return None
         if args.questions not in (None, plan.source):
             _say(f"eval {plan.eval_id} ran {plan.source!r}, not {args.questions!r}; leave QUESTIONS out to resume it")
             return None
@@ -119,7 +122,12 @@ def _plan(settings: Settings, args: argparse.Namespace) -> tuple[EvalPlan, Path]
         created=time.time(),
         max_tool_calls=args.max_tool_calls,
     )
-    return plan, (args.out or Path.cwd() / f"fusion-eval-{eval_id}").resolve()
+    out = (args.out or Path.cwd() / f"fusion-eval-{eval_id}").resolve()
+    if (out / "eval.json").exists():
+        held = EvalPlan.model_validate_json((out / "eval.json").read_text(encoding="utf-8")).eval_id
+        _say(f"{out} already holds eval {held}: go on with it (--resume {held}) or choose another --out")
+        return None
+    return plan, out
 
 
 def _default_grader(panel: tuple[str, ...], analyst: str, writer: str | None) -> str | None:
@@ -141,6 +149,15 @@ async def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         questions = load(plan.source)
     except QuestionSetError as exc:
         _say(str(exc))
+        return EXIT_CONFIG
+    digest = fingerprint(questions)
+    if args.resume is None:
+        plan = plan.model_copy(update={"questions_sha256": digest})
+    elif plan.questions_sha256 != digest:
+        _say(
+            f"the questions of {plan.source} changed since eval {plan.eval_id} began: a resume asks the same "
+            "questions in the same order (start a new eval for the new ones)"
+        )
         return EXIT_CONFIG
     if plan.grader is None and any(q.graded_by_model for q in questions):
         _say("short and open questions need a grader that is not under test: name one with --grader")

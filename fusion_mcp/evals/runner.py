@@ -14,6 +14,7 @@ pass it together. Resuming: each run's id is fixed by (eval, question, system, s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -62,6 +63,8 @@ class EvalPlan(BaseModel):
     concurrency: int = 4
     created: float
     max_tool_calls: int | None = None
+    questions_sha256: str = ""
+    """The questions it asks (:func:`fingerprint`): a resumed eval must ask the same, in the same order."""
 
     @property
     def principal(self) -> str:
@@ -95,6 +98,12 @@ class Answered(BaseModel):
 
 class CapReached(Exception):
     """A run was refused by ``--max-cost``: the eval stops starting runs."""
+
+
+def fingerprint(questions: list[Question]) -> str:
+    """A digest of the questions, in order: run ids are fixed by position, so a resume needs the same list."""
+    text = "\n".join(q.model_dump_json() for q in questions)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def new_eval_id() -> str:

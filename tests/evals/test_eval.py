@@ -461,3 +461,28 @@ def test_a_terminal_sees_one_row_per_system_redrawn_in_place(sim: ProviderSim, t
     assert "\x1b[2K" in text and "\x1b[4F" in text  # four rows (three members and fusion) redrawn in place
     assert re.search(rf"{re.escape(RIGHT)} +2/2 answered +2 correct", text)
     assert "[n1]" not in text  # not the plain lines
+
+
+def test_a_resume_refuses_changed_questions_and_a_new_eval_refuses_a_used_folder(
+    sim: ProviderSim, tmp_path: Path
+) -> None:
+    script(sim)
+    out = tmp_path / "out"
+    questions = write_questions(tmp_path / "q.jsonl", QUESTIONS[:1])
+    first = run_eval(
+        sim, tmp_path, str(questions), "--panel", ",".join(PANEL), "--analyst", JUDGE, "--out", str(out), "--yes"
+    )
+    assert first.returncode == 0, first.stderr
+    eval_id = summary_of(out)["run_id"]
+    asked = len(sim.requests)
+    again = run_eval(
+        sim, tmp_path, str(questions), "--panel", ",".join(PANEL), "--analyst", JUDGE, "--out", str(out), "--yes"
+    )
+    assert again.returncode == 2 and f"already holds eval {eval_id}: go on with it (--resume {eval_id})" in again.stderr
+    write_questions(questions, QUESTIONS[1:2])
+    changed = run_eval(sim, tmp_path, "--resume", eval_id, "--yes")
+    assert changed.returncode == 2 and "changed since eval" in changed.stderr
+    assert run_eval(sim, tmp_path, "--resume", "evnothere", "--yes").stderr.endswith(
+        "no eval 'evnothere' to resume (give its folder with --out)\n"
+    )
+    assert len(sim.requests) == asked
