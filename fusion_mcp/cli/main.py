@@ -1,5 +1,5 @@
-"""The ``fusion-mcp`` command: the stdio server (default), ``serve``, ``ask``, ``doctor``, ``runs``, ``usage``
-and ``host-config``.
+"""The ``fusion-mcp`` command: the stdio server (default), ``serve``, ``ask``, ``eval``, ``doctor``, ``runs``,
+``usage`` and ``host-config``.
 
 Stdout belongs to JSON-RPC when serving stdio, so everything human goes to stderr. Only the server
 commands import the MCP SDK: ``ask`` goes through the same request path without it.
@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fusion-mcp {VERSION}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for add in (_serve_command, _ask_command, _store_commands, _host_command):
+    for add in (_serve_command, _ask_command, _eval_command, _store_commands, _host_command):
         add(commands, common)
     return parser
 
@@ -234,6 +234,24 @@ def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
         "--no-cache",
         action="store_true",
         help="run even if an identical question was answered recently (the cache is refreshed with this run)",
+    )
+
+
+def _eval_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``eval``: a panel against each of its members on the user's own questions."""
+    from .evaluate import add_arguments
+
+    evaluate = commands.add_parser(
+        "eval",
+        parents=[common],
+        help="measure fusion against each panel member alone on your own questions (accuracy, cost, time)",
+        description="Ask every question to each panel member alone and to fusion, grade every answer, and report "
+        "accuracy with a 95%% interval, cost and median time per system (results.jsonl, summary.json, chart.svg). "
+        "Shows the worst-case cost and asks before spending.",
+    )
+    add_arguments(evaluate)
+    evaluate.add_argument(
+        "-v", "--verbose", action="store_true", help="show the server's log lines; without it only warnings and errors"
     )
 
 
@@ -324,7 +342,7 @@ def _command(argv: Sequence[str] | None) -> None:
     except ConfigError as exc:
         print(f"fusion-mcp: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    quiet = args.command == "ask" and not args.verbose
+    quiet = args.command in ("ask", "eval") and not args.verbose
     _setup_logging(settings, getattr(args, "worker_index", None), quiet=quiet)
     # Anything this process starts is one level deeper, so a fusion server it launches refuses to fuse.
     os.environ["FUSION_DEPTH"] = str(settings.depth + 1)
@@ -338,6 +356,14 @@ def _command(argv: Sequence[str] | None) -> None:
             _print_result(result, args.json)
             code = 130
         raise SystemExit(code)
+    if args.command == "eval":
+        from .evaluate import run_eval
+
+        try:
+            raise SystemExit(anyio.run(run_eval, settings, args))
+        except KeyboardInterrupt:
+            print("fusion-mcp: eval: interrupted; what was answered is kept: --resume goes on", file=sys.stderr)
+            raise SystemExit(130) from None
     if args.command == "doctor":
         raise SystemExit(anyio.run(_doctor, settings, args.timeout))
     if args.command == "runs":

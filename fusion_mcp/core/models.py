@@ -130,6 +130,11 @@ class FusionRequest(_Model):
     """The host's own answers, compared with the panel's under the same anonymous labels."""
     min_answers: int = Field(1, ge=1)
     """Panel answers needed for an analysis (a panel of one is always analysed)."""
+    solo: bool = False
+    """Nobody compares: the panel's answers come back without an analyst (``fusion-mcp eval`` asks each member
+    alone this way, the same request it makes inside a run). Not a call argument."""
+    system_prompt: str | None = None
+    """A solo run's system prompt in place of the panel's (an eval's grader and writer): not a call argument."""
     files: tuple[str, ...] = ()
     """Paths of material files, as the caller gave them (read at run time, inside ``file_roots``)."""
     file_roots: tuple[str, ...] = ()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ..core.text import number
@@ -76,6 +77,51 @@ async def reserve(
         raise unchecked(exc) from None
     if not spend.admitted:
         raise refusal(principal, spend, estimate, cap, now, what)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A cap over a group of runs rather than a day (``fusion-mcp eval --max-cost``): what the runs' principal
+    spent since ``since`` (recorded runs, every process) plus its runs in flight plus the next run's worst case
+    stays within ``usd``. Reserved in the store exactly as the daily cap is; ``name`` is how a refusal names it.
+    Give the group a principal of its own, or the principal's other spending counts against it."""
+
+    usd: float
+    since: float
+    name: str
+
+
+async def reserve_budget(
+    store: Store | None, principal: str, budget: Budget, reservation: str, estimate: float | None, *, lasts_s: float
+) -> None:
+    """Reserve ``estimate`` USD of ``principal``'s ``budget`` under ``reservation`` (a run's id), or raise
+    :class:`FusionRefused` (``cost_limit``) naming what was spent and what the run would have needed."""
+    now = time.time()
+    try:
+        if store is None:
+            raise StoreError("there is no store (see the warning at start)")
+        spend = await store.reserve(
+            principal,
+            reservation,
+            estimate or 0.0,
+            cap=budget.usd,
+            since=budget.since,
+            expires=now + lasts_s + RESERVATION_MARGIN_S,
+        )
+    except StoreError as exc:
+        raise FusionRefused("cost_limit", f"{budget.name} cannot be checked, so nothing is spent: {exc}") from None
+    if spend.admitted:
+        return
+    so_far = f"${spend.spent:.4f} spent" + (
+        f" and ${spend.reserved:.4f} reserved by runs in progress" if spend.reserved > 0 else ""
+    )
+    if spend.spent + spend.reserved >= budget.usd:
+        raise FusionRefused("cost_limit", f"{budget.name} ${number(budget.usd)} reached: {so_far}")
+    raise FusionRefused(
+        "cost_limit",
+        f"{budget.name} ${number(budget.usd)}: {so_far}; this run's worst-case estimate, ${estimate or 0:.4f}, "
+        "would pass it",
+    )
 
 
 def unchecked(exc: StoreError) -> FusionRefused:

@@ -29,6 +29,7 @@ from ..config import Settings
 from ..core.models import FusionRequest, FusionResult, Usage
 from ..core.progress import DeltaSink, EventSink, ProgressEvent
 from ..core.strict_json import as_object
+from .daily_cap import Budget
 from .member import MemberOutcome
 from .pipeline import so_far, spent_so_far
 
@@ -93,6 +94,8 @@ class LiveRun:
     """Set with ``ended``: what a reader of its record waits on."""
     max_cost_usd: float | None = None
     """Its worst case may not pass this (``FUSION_MAX_COST_USD``, or what a chat turn has left of it)."""
+    budget: Budget | None = None
+    """A cap of the caller's own over a group of runs (``fusion-mcp eval --max-cost``), reserved like the daily cap."""
 
     async def emit(self, event: ProgressEvent) -> None:
         self.last_event = event

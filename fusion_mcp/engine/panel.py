@@ -38,7 +38,8 @@ def panel_messages(
     question = request.prompt
     if request.context:
         question = f"<context>\n{request.context}\n</context>\n\n{request.prompt}"
-    system = PANEL_SYSTEM.format(today=datetime.now(UTC).date().isoformat())
+    today = datetime.now(UTC).date().isoformat()
+    system = (request.system_prompt or PANEL_SYSTEM).format(today=today)
     lens = split_entry(entry)[1] if entry is not None else None
     if lens is not None:
         system += "\n" + LENS_NOTE.format(name=lens, text=request.lenses[lens])

@@ -80,6 +80,8 @@ async def run_fusion(
     responses, failed = await panel.sort(run, collected)
     if not responses:
         return panel_failed(run, collected, failed)
+    if request.solo:
+        return assemble(run, collected, responses, failed, AnalystOutcome())
     answers = [*responses, *(PanelResponse(model=g.name, content=g.content) for g in request.guests)]
     if len(responses) < quorum(request):
         verdict = await skip_analysis(run, len(responses))

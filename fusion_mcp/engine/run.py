@@ -47,7 +47,7 @@ class Clock:
         now = anyio.current_time()
         if request.deadline_s is None:
             return cls(now, math.inf, math.inf)
-        reserve = request.analyst_reserve_s
+        reserve = 0.0 if request.solo else request.analyst_reserve_s  # no analyst to keep time for
         reserve = analyst_reserve(request.deadline_s) if reserve is None else reserve
         return cls(now, now + request.deadline_s - reserve, now + request.deadline_s)
 

@@ -182,6 +182,7 @@ class FusionService:
         api_key: SecretStr | None = None,
         max_cost_usd: float | None = None,
         on_delta: DeltaSink | None = None,
+        budget: daily_cap.Budget | None = None,
     ) -> FusionResult:
         """Run a prepared request; every outcome is a result, only cancellation propagates.
 
@@ -193,6 +194,7 @@ class FusionService:
         caller's own provider key (``FUSION_PASS_THROUGH_KEY``), pays for the run instead of the server's.
         ``max_cost_usd`` is what is left of a chat turn's ``FUSION_MAX_COST_USD`` (the setting itself by default).
         ``on_delta`` sees the members' text as it streams (unredacted: the caller redacts what it sends on).
+        ``budget`` caps a group of runs of the caller's (``eval --max-cost``), reserved before the run spends.
 
         Without ``wait_s`` the caller waits for the result, and cancelling the caller stops the run. With
         ``wait_s`` (a run that may outlive its call) the run is recorded as running at once; a run not done
@@ -210,6 +212,7 @@ class FusionService:
         )
         live.fresh = fresh
         live.max_cost_usd = self.settings.max_cost_usd if max_cost_usd is None else max_cost_usd
+        live.budget = budget
         try:
             done = await live.wait(wait_s, on_event, stop_with_caller=wait_s is None)
         except anyio.get_cancelled_exc_class():
@@ -574,6 +577,10 @@ class FusionService:
         if cap is not None and settings is self.settings:  # after the cache: an answer from it costs nothing
             lasts = request.deadline_s or MAX_DEADLINE_S
             await daily_cap.reserve(store, principal, run_id, request.cost_estimate, cap, lasts_s=lasts)
+            live.reserved = True
+        if live.budget is not None:  # after the daily cap's: under one name, this one stays
+            lasts = request.deadline_s or MAX_DEADLINE_S
+            await daily_cap.reserve_budget(store, principal, live.budget, run_id, request.cost_estimate, lasts_s=lasts)
             live.reserved = True
         if store is not None and not live.durable and not live.row:
             live.row_written = anyio.Event()

@@ -208,6 +208,8 @@ def estimate_cost(request: FusionRequest, infos: dict[str, ModelInfo]) -> float 
             return None
         total += (question + (images if model in request.image_models else 0)) * info.prompt_price
         total += out_cap * info.completion_price
+    if request.solo:
+        return total
     judge = infos.get(request.model)
     if judge is None or judge.prompt_price is None or judge.completion_price is None:
         return None

@@ -507,6 +507,8 @@ def cache_key(request: FusionRequest, *, principal: str, provider: str) -> str:
         "lenses": request.lenses,
         "guests": [g.model_dump() for g in request.guests],
         "min_answers": request.min_answers,
+        "solo": request.solo,
+        "system": request.system_prompt,
         "files": [(a.path, a.sha256) for a in request.attachments],
         "images": list(request.image_models),
     }
