@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from ..core.lenses import model_of
 from ..core.models import (
     AnalysisError,
     FailedModel,
@@ -148,9 +149,9 @@ def assemble(
 ) -> FusionResult:
     """The result of a run that had at least one answer (the analyst's row only when it was asked)."""
     analyst_read = run.tools.sources(run.tools.analyst, [a for turn in verdict.runs for a in turn.annotations])
-    rows = [_usage_row(o.model, "panel", [o]) for o in outcomes]
+    rows = [_usage_row(o.model, "panel", [o], run.provider) for o in outcomes]
     if verdict.runs:
-        rows.append(_usage_row(run.request.model, "analyst", verdict.runs))
+        rows.append(_usage_row(run.request.model, "analyst", verdict.runs, run.provider))
     return FusionResult(
         status="ok",
         run_id=run.run_id,
@@ -181,7 +182,7 @@ def panel_failed(run: Run, outcomes: list[MemberOutcome], failed: list[FailedMod
         error=message,
         failure_reason=reason,
         failed_models=failed,
-        usage=_usage([_usage_row(o.model, "panel", [o]) for o in outcomes]),
+        usage=_usage([_usage_row(o.model, "panel", [o], run.provider) for o in outcomes]),
         timings=Timings(members={o.model: o.seconds for o in outcomes}, total=round(run.clock.elapsed(), 3)),
     )
 
@@ -222,11 +223,14 @@ def spent_so_far(request: FusionRequest, outcomes: dict[str, MemberOutcome], ana
     return _usage(rows)
 
 
-def _usage_row(model: str, role: Literal["panel", "analyst"], turns: list[MemberOutcome]) -> ModelUsage:
+def _usage_row(
+    model: str, role: Literal["panel", "analyst"], turns: list[MemberOutcome], provider: Provider | None = None
+) -> ModelUsage:
     total = sum((t.usage for t in turns), TokenUsage())
     served = next((t.served_by for t in reversed(turns) if t.served_by), None)
     requests = sum(t.requests for t in turns)
-    return ModelUsage(model=model, role=role, requests=requests, served_by=served, **total.model_dump())
+    name = provider.provider_of(model_of(model)) if provider is not None else None
+    return ModelUsage(model=model, role=role, requests=requests, served_by=served, provider=name, **total.model_dump())
 
 
 def _usage(rows: list[ModelUsage]) -> Usage:

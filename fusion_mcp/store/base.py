@@ -446,10 +446,14 @@ def cache_gone(run_id: str, original: str) -> str:
 
 def usage_rows(run_id: str, principal: str, created: float, usage: Usage, *, free: bool = False) -> list[UsageRow]:
     """One row per model and role (a model under several lenses is one model); ``free`` (a cached result)
-    keeps the rows, so the run counts, with nothing spent."""
+    keeps the rows, so the run counts, with nothing spent. With providers configured a row's model names its
+    provider, ``PROVIDER:ID`` (``local:qwen3:8b``, ``default:~openai/gpt-latest``), however the call spelt it."""
     merged: dict[tuple[str, str], UsageRow] = {}
     for m in usage.models:
-        key = (model_of(m.model), m.role)
+        model = model_of(m.model)
+        if m.provider is not None:
+            model = f"{m.provider}:{model.removeprefix(f'{m.provider}:')}"
+        key = (model, m.role)
         old = merged.get(key)
         cost = None if free else m.cost
         if old is not None:

@@ -95,11 +95,11 @@ class ProviderSim:
         self.aliases: dict[str, dict[str, Any]] = {}
         """What ``GET /model/{id}`` resolves (OpenRouter's ``~...-latest`` aliases)."""
         self.valid_key: str | None = None
+        """When set, ``GET /key`` answers 401 for any other bearer token, and so do chat completions."""
         self.lookups: list[str] = []
         self.catalogue_reads = 0
         """``GET /models`` requests served."""
         """Every ``GET /model/...`` path, as the server sent it (before any decoding)."""
-        """When set, ``GET /key`` answers 401 for any other bearer token."""
         self._app = Starlette(
             routes=[
                 Route("/api/v1/chat/completions", self._chat, methods=["POST"]),
@@ -225,6 +225,9 @@ class ProviderSim:
         with self._lock:
             peer = (request.client.host, request.client.port) if request.client else None
             self.requests.append(Recorded(model, body, dict(request.headers), time.monotonic(), peer))
+        if self.valid_key is not None and request.headers.get("authorization") != f"Bearer {self.valid_key}":
+            error = {"code": 401, "message": "Incorrect API key provided"}
+            return JSONResponse({"error": error}, status_code=401)
         reply = self._next(model, body)
         if reply.latency and not await self._think(request, model, reply.latency):
             return Response(status_code=499)

@@ -1,0 +1,288 @@
+"""One panel across several providers, over the wire: three loopback simulators act as two vendor APIs with
+keys of their own and one keyless local server (Ollama-like), beside the session's simulator as the default
+provider (the analyst's). Each test starts its own simulators, so a stopped one or a changed key is its own."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fusion_mcp.config import ConfigError, Settings, load_settings
+from fusion_mcp.core.models import FusionArgs, FusionResult
+from fusion_mcp.engine.admission import FusionRefused
+from fusion_mcp.engine.service import FusionService
+from tests.conftest import ANALYST, API_KEY, sim_env
+from tests.fakes.provider_sim import ProviderSim, Reply, priced
+
+pytestmark = pytest.mark.anyio
+KEY_A = "sk-proj-VENDOR-A-0123456789abcdef-do-not-leak"
+KEY_B = "sk-ant-VENDOR-B-0123456789abcdef-do-not-leak"
+PANEL = ["work-openai:gpt-5", "work-claude:claude-sonnet-4-5", "qwen3:8b"]
+NO_COST = {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
+"""Usage as a vendor's API reports it: tokens, no cost."""
+
+
+@dataclass
+class Three:
+    a: ProviderSim
+    """``work-openai``: the openai template, its key from OPENAI_API_KEY."""
+    b: ProviderSim
+    """``work-claude``: the anthropic template, its key from WORK_CLAUDE_KEY."""
+    local: ProviderSim
+    """``local``: the ollama template, no key, serves ``qwen3:*`` by pattern."""
+    default: ProviderSim
+    """The default provider (OPENROUTER_BASE_URL), where the analyst is."""
+
+    def providers(self, **changes: dict[str, Any]) -> dict[str, Any]:
+        table: dict[str, Any] = {
+            "work-openai": {"template": "openai", "base_url": self.a.base_url, "prices": {"gpt-5": [2.0, 8.0]}},
+            "work-claude": {"template": "anthropic", "base_url": self.b.base_url, "api_key_env": "WORK_CLAUDE_KEY"},
+            "local": {"template": "ollama", "base_url": self.local.base_url, "models": ["qwen3:*"]},
+        }
+        for name, entry in changes.items():
+            table[name] = {**table[name], **entry}
+        return table
+
+    def env(self, providers: dict[str, Any] | None = None, **extra: str) -> dict[str, str]:
+        env = {
+            "FUSION_PROVIDERS": json.dumps(providers or self.providers()),
+            "OPENAI_API_KEY": KEY_A,
+            "WORK_CLAUDE_KEY": KEY_B,
+            "FUSION_ANALYSIS_MODELS": ",".join(PANEL),
+            "FUSION_MODEL": ANALYST,
+            "FUSION_WEB_TOOLS": "off",
+        }
+        return sim_env(self.default, **{**env, **extra})
+
+    def settings(self, providers: dict[str, Any] | None = None, **extra: str) -> Settings:
+        return load_settings(environ=self.env(providers, **extra))
+
+
+@pytest.fixture
+def three(sim: ProviderSim) -> Iterator[Three]:
+    sims = [ProviderSim().start() for _ in range(3)]
+    sims[0].valid_key, sims[1].valid_key = KEY_A, KEY_B
+    try:
+        yield Three(*sims, default=sim)
+    finally:
+        for one in sims:
+            one.stop()
+
+
+async def fuse(settings: Settings, **args: Any) -> FusionResult:
+    async with FusionService.open(settings) as service:
+        request = service.prepare(FusionArgs(prompt="Which of A and B?", **args), depth=0)
+        return await service.run(request)
+
+
+def everything(sim: ProviderSim) -> str:
+    return json.dumps([(r.headers, r.body) for r in sim.requests])
+
+
+async def test_one_panel_spans_three_providers_each_receiving_only_its_own_members_with_its_own_key(
+    three: Three,
+) -> None:
+    result = await fuse(three.settings())
+    assert result.status == "ok" and result.analysis is not None, result.error
+    assert {r.model: r.provider for r in result.responses} == {
+        "work-openai:gpt-5": "work-openai",
+        "work-claude:claude-sonnet-4-5": "work-claude",
+        "qwen3:8b": "local",
+    }
+    # Each provider got its own member's requests only, under the id it knows, with its own key.
+    assert [r.model for r in three.a.requests] == ["gpt-5"]
+    assert [r.model for r in three.b.requests] == ["claude-sonnet-4-5"]
+    assert [r.model for r in three.local.requests] == ["qwen3:8b"]
+    assert {r.model for r in three.default.requests} == {ANALYST}
+    assert three.a.requests[0].headers["authorization"] == f"Bearer {KEY_A}"
+    assert three.b.requests[0].headers["authorization"] == f"Bearer {KEY_B}"
+    assert "authorization" not in three.local.requests[0].headers  # a keyless local server gets no key at all
+    assert all(r.headers["authorization"] == f"Bearer {API_KEY}" for r in three.default.requests)
+    # No key ever reaches another provider.
+    for sim, own in ((three.a, KEY_A), (three.b, KEY_B), (three.local, None), (three.default, API_KEY)):
+        seen = everything(sim)
+        assert all(key not in seen for key in (KEY_A, KEY_B, API_KEY) if key != own)
+    # Attribution and depth headers go to OpenRouter-like and local endpoints, not to the vendors' APIs.
+    assert "x-openrouter-fusion-depth" not in three.a.requests[0].headers
+    assert "http-referer" not in three.b.requests[0].headers
+    assert three.local.requests[0].headers["x-openrouter-fusion-depth"] == "1"
+    assert three.default.requests[0].headers["x-openrouter-fusion-depth"] == "1"
+    assert {u.model: u.provider for u in result.usage.models} == {
+        **{m: p for m, p in zip(PANEL, ("work-openai", "work-claude", "local"), strict=True)},
+        ANALYST: "default",
+    }
+
+
+@pytest.mark.parametrize("how", ["stopped", "401"])
+async def test_a_provider_down_fails_its_members_naming_it_and_the_run_goes_on(three: Three, how: str) -> None:
+    panel = [*PANEL, "local:llama3:8b#skeptic"]
+    if how == "stopped":
+        three.local.stop()
+        down, members = "local", {"qwen3:8b", "local:llama3:8b#skeptic"}
+    else:
+        three.b.valid_key = "sk-ant-another-account-key-0123456789"
+        down, members = "work-claude", {"work-claude:claude-sonnet-4-5"}
+    result = await fuse(three.settings(), analysis_models=panel)
+    assert result.status == "ok" and result.analysis is not None and not result.degraded
+    assert {f.model for f in result.failed_models} == members
+    assert {r.model for r in result.responses} == set(panel) - members
+    for failed in result.failed_models:
+        assert failed.provider == down
+        assert failed.error.startswith(f"provider {down!r}: ")
+        if how == "401":
+            assert failed.status_code == 401
+            assert (
+                failed.error == "provider 'work-claude': HTTP 401: the API key was rejected: Incorrect API key provided"
+            )
+        else:
+            assert f"could not connect to the provider at {three.local.base_url}/chat/completions" in failed.error
+    assert KEY_B not in result.model_dump_json()
+
+
+async def test_every_provider_down_is_all_panels_failed_naming_each(three: Three) -> None:
+    three.local.stop()
+    three.a.valid_key = three.b.valid_key = "sk-some-other-account-0123456789"
+    result = await fuse(three.settings())
+    assert result.status == "error" and result.failure_reason == "all_panels_failed"
+    for name in ("work-openai", "work-claude", "local"):
+        assert f"provider {name!r}: " in (result.error or "")
+
+
+async def test_cost_and_usage_are_counted_per_provider(three: Three, tmp_path: Path) -> None:
+    three.a.script("gpt-5", Reply(usage=dict(NO_COST)))
+    three.b.script("claude-sonnet-4-5", Reply(usage=dict(NO_COST)))
+    three.local.script("qwen3:8b", Reply(usage=dict(NO_COST)))
+    three.default.catalogue = [priced(ANALYST, prompt=3e-6, completion=15e-6)]
+    settings = three.settings(
+        three.providers(**{"work-claude": {"prices": {"claude-*": [3.0, 15.0]}}}), FUSION_HOME=str(tmp_path)
+    )
+    async with FusionService.open(settings) as service:
+        request = service.prepare(FusionArgs(prompt="q", max_completion_tokens=1000), depth=0)
+        result = await service.run(request)
+        assert result.status == "ok", result.error
+        rows = {u.model: u for u in result.usage.models}
+        # The vendors reported no cost: their configured prices count it; a local model costs nothing.
+        assert rows["work-openai:gpt-5"].cost == pytest.approx(100 * 2e-6 + 50 * 8e-6)
+        assert rows["work-claude:claude-sonnet-4-5"].cost == pytest.approx(100 * 3e-6 + 50 * 15e-6)
+        assert rows["qwen3:8b"].cost == 0.0
+        assert rows[ANALYST].cost == 0.0015  # the default provider reported its own
+        by_model = {t.key: t for t in await service.store.usage(0, "model")}  # type: ignore[union-attr]
+        assert set(by_model) == {
+            "work-openai:gpt-5",
+            "work-claude:claude-sonnet-4-5",
+            "local:qwen3:8b",
+            f"default:{ANALYST}",
+        }
+        assert by_model["work-openai:gpt-5"].cost == pytest.approx(0.0006)
+        # The estimate prices every member at its own provider: under a cap it would pass, refused below it.
+        capped = service.prepare(FusionArgs(prompt="q", max_completion_tokens=1000), depth=0)
+        refused = await service.run(capped, max_cost_usd=0.01)
+        assert refused.failure_reason == "cost_limit" and "estimated worst-case cost $0.0" in (refused.error or "")
+    # Without a price for a vendor (no catalogue, none configured) the cost cannot be estimated.
+    assert (await fuse(three.settings(), analysis_models=PANEL[:1])).status == "ok"
+
+
+async def test_the_cache_serves_a_member_only_from_the_same_provider_and_account(three: Three, tmp_path: Path) -> None:
+    home = {"FUSION_HOME": str(tmp_path), "FUSION_CACHE": "on"}
+    first = await fuse(three.settings(**home))
+    assert first.status == "ok" and not first.cached
+    again = await fuse(three.settings(**home))
+    assert again.cached and len(three.local.requests) == 1  # the same providers: answered from the cache
+    other = ProviderSim().start()
+    try:
+        moved = await fuse(three.settings(three.providers(local={"base_url": other.base_url}), **home))
+        assert not moved.cached and [r.model for r in other.requests] == ["qwen3:8b"]  # another server: a new run
+    finally:
+        other.stop()
+    three.a.valid_key = "sk-proj-another-account-0123456789abcdef"
+    before = len(three.a.requests)
+    rekeyed = await fuse(three.settings(**home, OPENAI_API_KEY=three.a.valid_key))
+    assert not rekeyed.cached and len(three.a.requests) == before + 1  # another account there: a new run
+
+
+async def test_model_id_spellings_never_clash(three: Three) -> None:
+    settings = three.settings(
+        three.providers(**{"work-openai": {"models": ["*gpt*"]}, "work-claude": {"models": ["*gpt-5*"]}})
+    )
+    route = settings.route
+    assert route("openai/gpt-5:free")[0].name == "work-openai"  # a pattern claims it (the first in the file)
+    assert route("work-claude:gpt-5")[0].name == "work-claude"  # the explicit prefix wins over any pattern
+    assert route("work-claude:gpt-5")[1] == "gpt-5"
+    plain = three.settings()
+    assert plain.route("openai/gpt-5:free") == (plain.default_endpoint, "openai/gpt-5:free")  # vendor/model:tag
+    assert plain.route("~anthropic/claude-opus-latest")[0].name == "default"
+    assert plain.route("local:qwen3:8b")[1] == "qwen3:8b"  # the prefix goes; the Ollama tag's colon stays
+    assert plain.route("qwen3:8b")[0].name == "local"  # by pattern
+    assert plain.route("default:llama3:8b") == (plain.default_endpoint, "llama3:8b")
+    with pytest.raises(ValueError) as unknown:
+        plain.route("llama3:8b")  # an Ollama id no pattern claims: it could be a misspelt provider
+    assert "names no configured provider 'llama3'" in str(unknown.value)
+    assert "(the providers are work-openai, work-claude, local, default;" in str(unknown.value)
+
+
+async def test_an_unknown_provider_prefix_is_refused_naming_the_configured_ones(three: Three) -> None:
+    with pytest.raises(ConfigError) as at_start:
+        three.settings(FUSION_ANALYSIS_MODELS="wrok-openai:gpt-5,qwen3:8b")
+    assert str(at_start.value).startswith("invalid setting FUSION_ANALYSIS_MODELS: 'wrok-openai:gpt-5' names no ")
+    assert "the providers are work-openai, work-claude, local, default" in str(at_start.value)
+    async with FusionService.open(three.settings()) as service:
+        with pytest.raises(FusionRefused) as refused:
+            service.prepare(FusionArgs(prompt="q", model="wrok:gpt-5"), depth=0)
+    assert refused.value.argument == "model" and "names no configured provider 'wrok'" in refused.value.message
+    assert not three.a.requests and not three.default.requests
+
+
+async def test_a_lens_panel_works_on_any_provider(three: Three) -> None:
+    panel = ["local:qwen3:8b#skeptic", "qwen3:8b#pragmatist", "work-openai:gpt-5#researcher"]
+    result = await fuse(three.settings(), analysis_models=panel)
+    assert result.status == "ok" and [r.provider for r in result.responses] == ["local", "local", "work-openai"]
+    systems = sorted(r.body["messages"][0]["content"] for r in three.local.requests)
+    assert [r.model for r in three.local.requests] == ["qwen3:8b", "qwen3:8b"]
+    assert "Lens for this answer (pragmatist)" in systems[0] and "Lens for this answer (skeptic)" in systems[1]
+
+
+async def test_a_key_a_model_echoes_is_redacted_whatever_provider_it_came_from(three: Three) -> None:
+    three.a.script("gpt-5", Reply(echo_auth=True))
+    three.b.script("claude-sonnet-4-5", Reply(status=400, echo_auth=True))
+    result = await fuse(three.settings())
+    dumped = result.model_dump_json()
+    assert "the request said: Bearer [redacted]" in dumped and "you sent Bearer [redacted]" in dumped
+    assert KEY_A not in dumped and KEY_B not in dumped
+
+
+def test_a_template_is_one_line_and_a_bad_entry_names_the_provider(tmp_path: Path) -> None:
+    config = tmp_path / "fusion.toml"
+    config.write_text('[providers.work-openai]\ntemplate = "openai"\n\n[providers.local]\ntemplate = "ollama"\n')
+    settings = load_settings(environ={"OPENAI_API_KEY": KEY_A}, config_path=config)
+    openai, local = settings.providers["work-openai"], settings.providers["local"]
+    assert (openai.base_url, openai.api_key_env, openai.attribution) == (
+        "https://api.openai.com/v1",
+        "OPENAI_API_KEY",
+        False,
+    )
+    assert openai.api_key is not None and openai.api_key.get_secret_value() == KEY_A
+    assert (local.base_url, local.api_key, local.price("anything:7b")) == (
+        "http://localhost:11434/v1",
+        None,
+        (0.0, 0.0),
+    )
+    assert KEY_A in settings.secrets
+    without = load_settings(environ={}, config_path=config)
+    assert without.providers["work-openai"].key_missing  # reported by doctor; not a start-up failure
+    for body, words in (
+        ('[providers.x]\ntemplate = "azure"\n', "provider 'x': unknown template 'azure' (one of openrouter, openai"),
+        ("[providers.x]\nmodels = []\n", "provider 'x' needs a base_url, an http:// or https:// URL (or a template)"),
+        ('[providers.default]\ntemplate = "openai"\n', "bad provider name 'default'"),
+        ('[providers.x]\ntemplate = "openai"\napi_key = "sk-..."\n', "the key of provider 'x' is a placeholder"),
+        ('[providers.x]\ntemplate = "openai"\nbase = "http://a"\n', "provider 'x' has the unknown key 'base'"),
+        ('[providers.x]\ntemplate = "vllm"\nprices = { "*" = [1] }\n', "provider 'x': the price of '*' must be"),
+    ):
+        config.write_text(body)
+        with pytest.raises(ConfigError) as bad:
+            load_settings(environ={}, config_path=config)
+        assert f"invalid setting FUSION_PROVIDERS (config file {config}, key 'providers'): {words}" in str(bad.value)
