@@ -95,7 +95,8 @@ class ProviderSim:
         self.aliases: dict[str, dict[str, Any]] = {}
         """What ``GET /model/{id}`` resolves (OpenRouter's ``~...-latest`` aliases)."""
         self.valid_key: str | None = None
-        """When set, ``GET /key`` answers 401 for any other bearer token, and so do chat completions."""
+        """When set, ``GET /key`` answers 401 for any other bearer token, and so do chat completions and ``GET
+        /models`` (as a vendor's API does)."""
         self.lookups: list[str] = []
         self.catalogue_reads = 0
         """``GET /models`` requests served."""
@@ -169,6 +170,8 @@ class ProviderSim:
     async def _models(self, request: Request) -> Response:
         with self._lock:
             self.catalogue_reads += 1
+        if self.valid_key is not None and request.headers.get("authorization") != f"Bearer {self.valid_key}":
+            return JSONResponse({"error": {"code": 401, "message": "Incorrect API key provided"}}, status_code=401)
         if self.catalogue is None:
             return JSONResponse({"error": {"code": 404, "message": "not found"}}, status_code=404)
         return JSONResponse({"data": self.catalogue})

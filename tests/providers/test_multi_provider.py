@@ -5,6 +5,7 @@ provider (the analyst's). Each test starts its own simulators, so a stopped one 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from fusion_mcp.config import ConfigError, Settings, load_settings
 from fusion_mcp.core.models import FusionArgs, FusionResult
 from fusion_mcp.engine.admission import FusionRefused
 from fusion_mcp.engine.service import FusionService
-from tests.conftest import ANALYST, API_KEY, sim_env
+from tests.conftest import ANALYST, API_KEY, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply, priced
 
 pytestmark = pytest.mark.anyio
@@ -286,3 +287,41 @@ def test_a_template_is_one_line_and_a_bad_entry_names_the_provider(tmp_path: Pat
         with pytest.raises(ConfigError) as bad:
             load_settings(environ={}, config_path=config)
         assert f"invalid setting FUSION_PROVIDERS (config file {config}, key 'providers'): {words}" in str(bad.value)
+
+
+def test_doctor_reports_each_provider_and_each_model_at_its_own(three: Three) -> None:
+    three.a.catalogue = [priced("gpt-5"), priced("gpt-5-mini")]
+    three.b.valid_key = "sk-ant-another-account-key-0123456789"
+    three.local.stop()
+    panel = "work-openai:gpt-5,work-openai:gtp-5-mini,work-claude:claude-sonnet-4-5,qwen3:8b"
+    env = three.env(FUSION_ANALYSIS_MODELS=panel, WORK_CLAUDE_KEY=KEY_B)
+    out = subprocess.run([console_script(), "doctor"], env=child_env(**env), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout
+    lines = out.stdout.splitlines()
+    assert f"ok   provider work-openai: {three.a.base_url} answers (HTTP 200 for /models), key sent" in lines
+    assert (
+        f"FAIL provider work-claude: {three.b.base_url}: the key was rejected (HTTP 401) -> fix: check WORK_CLAUDE_KEY"
+    ) in lines
+    port = three.local.port
+    assert any(
+        line.startswith(
+            f"FAIL provider local: cannot reach {three.local.base_url}: connection refused: nothing "
+            f"listens on 127.0.0.1:{port}"
+        )
+        for line in lines
+    ), out.stdout
+    assert "ok   model work-openai:gpt-5: known (panel, provider work-openai)" in lines
+    assert (
+        "FAIL model work-openai:gtp-5-mini: not in the catalogue of provider 'work-openai' (panel) -> fix: did you "
+        "mean work-openai:gpt-5-mini? (FUSION_ANALYSIS_MODELS)"
+    ) in lines
+    assert any(line.startswith("FAIL model qwen3:8b: not checked (panel, provider local): ") for line in lines)
+    assert KEY_A not in out.stdout + out.stderr and KEY_B not in out.stdout + out.stderr
+    missing = {k: v for k, v in env.items() if k != "OPENAI_API_KEY"}
+    unset = subprocess.run(
+        [console_script(), "doctor"], env=child_env(**missing), capture_output=True, text=True, timeout=60
+    )
+    assert (
+        "FAIL provider work-openai: no key: OPENAI_API_KEY is not set -> fix: set OPENAI_API_KEY in the server's "
+        "environment (or the entry's api_key_env)"
+    ) in unset.stdout.splitlines()
