@@ -325,3 +325,32 @@ def test_doctor_reports_each_provider_and_each_model_at_its_own(three: Three) ->
         "FAIL provider work-openai: no key: OPENAI_API_KEY is not set -> fix: set OPENAI_API_KEY in the server's "
         "environment (or the entry's api_key_env)"
     ) in unset.stdout.splitlines()
+
+
+def test_host_config_carries_the_providers_and_their_keys_as_references(three: Three, tmp_path: Path) -> None:
+    from tests.cli.test_host_config import entry_of, env_of, host_config
+
+    config = tmp_path / "fusion.toml"
+    config.write_text(
+        '[providers.work-openai]\ntemplate = "openai"\n\n'
+        '[providers.work-claude]\ntemplate = "anthropic"\napi_key_env = "WORK_CLAUDE_KEY"\n\n'
+        '[providers.local]\ntemplate = "ollama"\n'
+    )
+    keys = {"OPENROUTER_API_KEY": API_KEY, "OPENAI_API_KEY": KEY_A, "WORK_CLAUDE_KEY": KEY_B}
+    out = host_config("claude-code", "--config", str(config), **keys)
+    assert out.returncode == 0, out.stderr
+    assert env_of("claude-code", entry_of("claude-code", out.stdout)) == {
+        "OPENROUTER_API_KEY": "${OPENROUTER_API_KEY}",
+        "OPENAI_API_KEY": "${OPENAI_API_KEY}",
+        "WORK_CLAUDE_KEY": "${WORK_CLAUDE_KEY}",
+        "FUSION_CONFIG": str(config),
+    }
+    assert all(key not in out.stdout + out.stderr for key in keys.values())
+    # Providers set in the environment travel too: in clear when they hold no key, as a reference when they do.
+    providers = {"local": {"template": "ollama"}}
+    plain = host_config("opencode", FUSION_PROVIDERS=json.dumps(providers), OPENROUTER_API_KEY=API_KEY)
+    assert env_of("opencode", entry_of("opencode", plain.stdout))["FUSION_PROVIDERS"] == json.dumps(providers)
+    keyed = {"gw": {"base_url": "https://gateway.example/v1", "api_key": KEY_A}}
+    hidden = host_config("opencode", FUSION_PROVIDERS=json.dumps(keyed), OPENROUTER_API_KEY=API_KEY)
+    assert env_of("opencode", entry_of("opencode", hidden.stdout))["FUSION_PROVIDERS"] == "{env:FUSION_PROVIDERS}"
+    assert KEY_A not in hidden.stdout + hidden.stderr
