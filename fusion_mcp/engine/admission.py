@@ -355,9 +355,9 @@ def _default_only(settings: Settings, ids: tuple[str, ...]) -> None:
 
 
 def _off_openrouter(settings: Settings, ids: tuple[str, ...]) -> tuple[str, ...]:
-    if not settings.providers:
-        return ()
-    return tuple(m for m in ids if not settings.route(m)[0].is_openrouter)
+    """The models on a configured provider other than OpenRouter (the default provider keeps what
+    ``FUSION_WEB_TOOLS`` says: it may be a gateway that runs OpenRouter's server tools)."""
+    return tuple(m for m in ids if (endpoint := settings.route(m)[0]).named and not endpoint.is_openrouter)
 
 
 def _temperature(value: Any) -> float:

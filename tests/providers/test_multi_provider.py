@@ -46,7 +46,7 @@ class Three:
             "local": {"template": "ollama", "base_url": self.local.base_url, "models": ["qwen3:*"]},
         }
         for name, entry in changes.items():
-            table[name] = {**table[name], **entry}
+            table[name] = {**table.get(name, {}), **entry}
         return table
 
     def env(self, providers: dict[str, Any] | None = None, **extra: str) -> dict[str, str]:
@@ -354,3 +354,56 @@ def test_host_config_carries_the_providers_and_their_keys_as_references(three: T
     hidden = host_config("opencode", FUSION_PROVIDERS=json.dumps(keyed), OPENROUTER_API_KEY=API_KEY)
     assert env_of("opencode", entry_of("opencode", hidden.stdout))["FUSION_PROVIDERS"] == "{env:FUSION_PROVIDERS}"
     assert KEY_A not in hidden.stdout + hidden.stderr
+
+
+async def test_an_unknown_id_is_refused_naming_its_providers_catalogue_with_ids_spelt_as_called(three: Three) -> None:
+    three.a.catalogue = [priced("gpt-5"), priced("gpt-5-mini")]
+    result = await fuse(three.settings(), analysis_models=["work-openai:gpt-5-mnii", "qwen3:8b"])
+    assert (result.failure_reason, result.error) == (
+        "invalid_model",
+        "unknown model id 'work-openai:gpt-5-mnii': the catalogue of provider 'work-openai' does not list it; "
+        "closest known ids: work-openai:gpt-5-mini",
+    )
+    assert not three.a.requests_for("gpt-5-mnii") and not three.local.requests  # refused before anything was sent
+
+
+async def test_openrouters_server_tools_go_to_openrouter_members_only(three: Three) -> None:
+    """``FUSION_WEB_TOOLS=openrouter``: the server tools exist on OpenRouter; a member elsewhere answers without."""
+    settings = three.settings(
+        three.providers(**{"or": {"template": "openrouter", "base_url": "https://openrouter.ai/api/v1"}}),
+        FUSION_WEB_TOOLS="openrouter",
+    )
+    assert settings.route("or:openai/gpt-5")[0].is_openrouter
+    async with FusionService.open(settings) as service:
+        request = service.prepare(FusionArgs(prompt="q", analysis_models=[*PANEL, "or:openai/gpt-5"]), depth=0)
+    # The configured providers that are not OpenRouter answer without; OpenRouter's and the default provider's
+    # members keep what FUSION_WEB_TOOLS says (the default may be a gateway that runs the server tools).
+    assert set(request.no_tools) == set(PANEL)
+    result = await fuse(three.settings(FUSION_WEB_TOOLS="openrouter"))
+    assert result.status == "ok"
+    for sim in (three.a, three.b, three.local):
+        assert all("tools" not in r.body for r in sim.requests)
+    (judge,) = [r.body for r in three.default.requests if "response_format" in r.body]
+    assert [t["type"] for t in judge["tools"]] == ["openrouter:web_search", "openrouter:web_fetch"]
+
+
+async def test_a_lent_key_pays_for_the_default_provider_only(three: Three) -> None:
+    from pydantic import SecretStr
+
+    lent = SecretStr("sk-or-v1-lent-key-of-a-caller-0123456789")
+    lending = {"FUSION_PASS_THROUGH_KEY": "true", "FUSION_PASS_THROUGH_KEY_PREFIX": "sk-or-"}
+    settings = three.settings(**lending)
+    async with FusionService.open(settings) as service:
+        with pytest.raises(FusionRefused) as refused:
+            service.prepare(FusionArgs(prompt="q"), depth=0, api_key=lent)
+        own = service.prepare(FusionArgs(prompt="q", analysis_models=[ANALYST, "openai/gpt-5"]), depth=0, api_key=lent)
+    assert refused.value.argument == "analysis_models"
+    assert refused.value.message == (
+        "invalid argument analysis_models: must be 1-8 unique panel entries, each a model id or model#lens (a model "
+        "under a lens) (work-openai:gpt-5 is on provider 'work-openai', which this server pays for; a lent key pays "
+        "for the default provider only, see FUSION_PASS_THROUGH_SERVER_TOOLS)"
+    )
+    assert own.analysis_models == (ANALYST, "openai/gpt-5")
+    allowed = three.settings(**lending, FUSION_PASS_THROUGH_SERVER_TOOLS="true")
+    async with FusionService.open(allowed) as service:
+        assert service.prepare(FusionArgs(prompt="q"), depth=0, api_key=lent).analysis_models == tuple(PANEL)
