@@ -500,6 +500,16 @@ class Settings(BaseModel):
         no configured provider (see :mod:`fusion_mcp.config.providers`)."""
         return route_model(self.providers, self.default_endpoint, model)
 
+    def provider_name(self, model: str) -> str | None:
+        """The name of the provider ``model`` (an id without a lens) goes to, for results and usage; None with no
+        providers configured (results then say nothing of providers, as before) or for an id that routes nowhere."""
+        if not self.providers:
+            return None
+        try:
+            return self.route(model)[0].name
+        except UnknownProvider:
+            return None
+
     @property
     def is_openrouter(self) -> bool:
         """True when the provider is OpenRouter itself (its key is required, its extensions apply)."""

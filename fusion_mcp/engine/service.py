@@ -698,7 +698,7 @@ class FusionService:
             if not known:
                 close = found.closest(model)
                 hint = f" (closest: {', '.join(close)})" if close else ""
-                log.warning("configured model %r is not in the provider's catalogue%s", model, hint)
+                log.warning("configured model %r is not in %s%s", model, found.whose, hint)
 
 
 _FROZEN: list[bool] = []

@@ -213,6 +213,10 @@ def plan_turn(raw: Any, settings: Settings, *, depth: int) -> Plan:
     if body.model in ALIASES:
         own = config.model if config is not None else None
         writer = _model_id(f"{where}.model", own) if own else settings.models_for(preset)[1]
+    try:
+        settings.route(writer)
+    except ValueError as exc:  # an id that names no configured provider: said now, not by a failed request
+        raise ChatError.bad_field("model" if writer == body.model else f"{where}.model", str(exc)) from None
     switched_off = isinstance(config, FusionPlugin) and not config.enabled
     enabled = config is not None and settings.enabled and depth < 1 and not switched_off
     fields = {k: v for k, v in raw.items() if k not in OWN_FIELDS}

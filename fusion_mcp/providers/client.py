@@ -231,12 +231,7 @@ class Provider:
 
     def provider_of(self, model: str) -> str | None:
         """The name of the provider that serves ``model``; None with no providers configured."""
-        if not self._settings.providers:
-            return None
-        try:
-            return self._settings.route(model)[0].name
-        except ValueError:
-            return None
+        return self._settings.provider_name(model)
 
     async def complete(
         self,

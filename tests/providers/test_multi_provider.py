@@ -407,3 +407,31 @@ async def test_a_lent_key_pays_for_the_default_provider_only(three: Three) -> No
     allowed = three.settings(**lending, FUSION_PASS_THROUGH_SERVER_TOOLS="true")
     async with FusionService.open(allowed) as service:
         assert service.prepare(FusionArgs(prompt="q"), depth=0, api_key=lent).analysis_models == tuple(PANEL)
+
+
+def test_the_models_endpoint_lists_each_providers_models_as_a_call_names_them(three: Three) -> None:
+    import httpx2
+
+    from tests import servers
+
+    three.default.catalogue = [priced("openai/gpt-5")]
+    three.a.catalogue = [priced("gpt-5")]
+    three.local.catalogue = [priced("qwen3:8b")]
+    with servers.in_process(three.env()) as base:
+        listed = httpx2.get(f"{base}/v1/models", timeout=30).json()["data"]
+    ids = {m["id"]: m["owned_by"] for m in listed}
+    assert ids["openai/gpt-5"] == "openai"
+    assert (ids["work-openai:gpt-5"], ids["local:qwen3:8b"]) == ("work-openai", "local")
+    assert not any(i.startswith("work-claude:") for i in ids)  # it lists none
+
+
+def test_a_chat_writer_naming_no_provider_is_a_400_naming_the_field(three: Three) -> None:
+    from tests import servers
+    from tests.openai_api.test_chat import USER, post
+
+    with servers.in_process(three.env()) as base:
+        reply = post(base, {"model": "wrok:gpt-5", "messages": [USER], "plugins": [{"id": "fusion"}]})
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["param"] == "model" and "names no configured provider 'wrok'" in error["message"]
+    assert not three.default.requests and not three.a.requests
