@@ -133,20 +133,25 @@ def test_ask_flags_send_each_knob_to_the_right_requests(sim: ProviderSim, local:
     assert "(effort 'extreme')" in bad.stderr
 
 
-@pytest.mark.parametrize("entry", ["plugin", "server-tool"])
+@pytest.mark.parametrize("entry", ["plugin", "server-tool", "responses-plugin", "responses-server-tool"])
 def test_the_chat_endpoint_sends_each_knob_to_the_right_requests(
     sim: ProviderSim, local: ProviderSim, entry: str
 ) -> None:
     knobs = {"model": ANALYST, "temperature": 0.3, "reasoning": REASONING, "tools": [], "max_completion_tokens": 700}
-    body: dict[str, Any] = {"model": "acme/writer", "messages": [USER]}
-    if entry == "plugin":
+    body: dict[str, Any] = {"model": "acme/writer"}
+    if entry.endswith("plugin"):
         body["plugins"] = [{"id": "fusion", **knobs}]
     else:
         body["tools"] = [{"type": "openrouter:fusion", "parameters": knobs}]
     with servers.in_process(env(sim, local)) as base:
         sim.scripts["acme/writer"] = writer.fusing()
-        data = post(base, body).json()
-    assert data["fusion"]["status"] == "ok", data
+        if entry.startswith("responses"):  # the Responses API: the same entry points, read as a chat request
+            data = post(base, {**body, "input": USER["content"]}, path="/v1/responses").json()
+            (fused,) = [item for item in data["output"] if item["type"] == "openrouter:fusion"]
+            assert fused["status"] == "ok", data
+        else:
+            data = post(base, {**body, "messages": [USER]}).json()
+            assert data["fusion"]["status"] == "ok", data
     check_knobs(sim, local)
 
 

@@ -435,3 +435,59 @@ def test_a_chat_writer_naming_no_provider_is_a_400_naming_the_field(three: Three
     error = reply.json()["error"]
     assert error["param"] == "model" and "names no configured provider 'wrok'" in error["message"]
     assert not three.default.requests and not three.a.requests
+
+
+async def test_retry_after_is_honoured_per_provider_and_the_others_do_not_wait_for_it(three: Three) -> None:
+    three.a.script("gpt-5", Reply(status=429, retry_after="0", error_message="slow down"), Reply())
+    result = await fuse(three.settings())
+    assert result.status == "ok" and not result.failed_models
+    assert [r.model for r in three.a.requests] == ["gpt-5", "gpt-5"]  # retried once, at its own provider
+    assert len(three.b.requests) == len(three.local.requests) == 1
+
+
+async def test_tool_support_is_read_from_each_providers_own_catalogue(three: Three) -> None:
+    three.a.catalogue = [priced("gpt-5", tools=False)]
+    three.local.catalogue = [priced("qwen3:8b", tools=True)]
+    result = await fuse(three.settings(FUSION_WEB_TOOLS="local"))
+    assert result.status == "ok"
+    assert "tools" not in three.a.requests[0].body  # its catalogue says it cannot call tools
+    assert [t["function"]["name"] for t in three.local.requests[0].body["tools"]] == ["web_search", "web_fetch"]
+    assert "tools" in three.b.requests[0].body  # no catalogue: nothing said, the tools are offered
+
+
+async def test_the_analyst_may_be_on_any_provider(three: Three) -> None:
+    result = await fuse(three.settings(), model="local:qwen3:14b", analysis_models=PANEL[:2])
+    assert result.status == "ok" and result.analysis is not None
+    assert result.analyst_model == "local:qwen3:14b"
+    (judge,) = three.local.requests
+    assert judge.model == "qwen3:14b" and "response_format" in judge.body and judge.body["temperature"] == 0
+    assert {u.model: u.provider for u in result.usage.models}["local:qwen3:14b"] == "local"
+    assert not three.default.requests
+
+
+async def test_no_key_reaches_the_served_output_the_log_or_the_store(three: Three, tmp_path: Path) -> None:
+    """Over MCP on HTTP, with the providers echoing the key they were sent (in an answer and in an error)."""
+    from fusion_mcp.store import open_store
+    from tests import servers
+    from tests.helpers import TOOL, dump, over_http, structured
+
+    three.a.script("gpt-5", Reply(echo_auth=True))
+    three.b.script("claude-sonnet-4-5", Reply(status=401, echo_auth=True))
+    env = three.env(FUSION_HOME=str(tmp_path), FUSION_LOG_LEVEL="DEBUG")
+    with servers.http_server(env) as server:
+        async with over_http(server.base) as client:
+            result = await client.call_tool(TOOL, {"prompt": "q"})
+        seen = dump(result)
+        run_id = structured(result)["run_id"]
+        logged = server.stderr
+    assert "the request said: Bearer [redacted]" in seen and "you sent Bearer [redacted]" in seen
+    store = open_store(load_settings(environ=env))
+    await store.open()
+    try:
+        record = await store.run(run_id)
+    finally:
+        await store.aclose()
+    stored = json.dumps(record)
+    assert "Bearer [redacted]" in stored  # the transcripts were recorded, redacted
+    for key in (KEY_A, KEY_B, API_KEY):
+        assert key not in seen and key not in logged and key not in stored
