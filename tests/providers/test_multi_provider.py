@@ -287,6 +287,9 @@ def test_a_template_is_one_line_and_a_bad_entry_names_the_provider(tmp_path: Pat
         with pytest.raises(ConfigError) as bad:
             load_settings(environ={}, config_path=config)
         assert f"invalid setting FUSION_PROVIDERS (config file {config}, key 'providers'): {words}" in str(bad.value)
+    with pytest.raises(ConfigError) as not_json:
+        load_settings(environ={"FUSION_PROVIDERS": "{local: ollama}"})
+    assert str(not_json.value) == "invalid setting FUSION_PROVIDERS: not a JSON object"
 
 
 def test_doctor_reports_each_provider_and_each_model_at_its_own(three: Three) -> None:
@@ -491,3 +494,19 @@ async def test_no_key_reaches_the_served_output_the_log_or_the_store(three: Thre
     assert "Bearer [redacted]" in stored  # the transcripts were recorded, redacted
     for key in (KEY_A, KEY_B, API_KEY):
         assert key not in seen and key not in logged and key not in stored
+
+
+async def test_extra_headers_go_to_their_own_provider_only_and_a_key_in_one_is_a_secret(three: Three) -> None:
+    header_key = "gw-HEADER-KEY-0123456789abcdef-do-not-leak"
+    providers = three.providers(local={"headers": {"X-Api-Key": header_key, "X-Team": "research"}})
+    three.local.script("qwen3:8b", Reply(status=400, echo_auth=True, error_message=f"bad header {header_key}"))
+    settings = three.settings(providers)
+    assert header_key in settings.secrets and "research" not in settings.secrets
+    result = await fuse(settings)
+    (local,) = three.local.requests
+    assert (local.headers["x-api-key"], local.headers["x-team"]) == (header_key, "research")
+    for sim in (three.a, three.b, three.default):
+        assert all("x-api-key" not in r.headers and "x-team" not in r.headers for r in sim.requests)
+    (failed,) = result.failed_models
+    assert failed.error == "provider 'local': HTTP 400: bad header [redacted] (you sent None)"
+    assert header_key not in result.model_dump_json()
