@@ -322,7 +322,7 @@ def _knobs(args: FusionArgs, settings: Settings) -> dict[str, Any]:
 def _routed(settings: Settings, entries: tuple[str, ...]) -> tuple[str, ...]:
     """``entries`` (ids or ``model#lens``), once each one's model goes to a provider (``ValueError`` names the
     configured providers otherwise)."""
-    for entry in entries:
+    for entry in entries if settings.providers else ():
         settings.route(split_entry(entry)[0])
     return entries
 
@@ -357,6 +357,8 @@ def _default_only(settings: Settings, ids: tuple[str, ...]) -> None:
 def _off_openrouter(settings: Settings, ids: tuple[str, ...]) -> tuple[str, ...]:
     """The models on a configured provider other than OpenRouter (the default provider keeps what
     ``FUSION_WEB_TOOLS`` says: it may be a gateway that runs OpenRouter's server tools)."""
+    if not settings.providers:
+        return ()
     return tuple(m for m in ids if (endpoint := settings.route(m)[0]).named and not endpoint.is_openrouter)
 
 

@@ -150,6 +150,8 @@ class CatalogueClient:
         """(known, info, catalogue) of ``model`` (an id without a lens) at the provider it routes to: unknown
         only when a catalogue exists and names nothing like it (or it names no provider at all). Prices the
         provider's config gives fill in those its catalogue lacks."""
+        if not self._settings.providers:  # one base URL: its catalogue, as it is
+            return await self._sources[DEFAULT_PROVIDER].lookup(model)
         try:
             endpoint, upstream = self._settings.route(model)
         except ValueError:

@@ -23,6 +23,7 @@ import anyio
 import httpx2
 
 from ..config import Endpoint, Settings
+from ..core.model_ids import DEFAULT_PROVIDER
 from ..core.errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
 from ..core.limits import MAX_PANEL, MAX_RETRIES
 from ..core.models import TokenUsage
@@ -212,7 +213,7 @@ class Provider:
     ) -> None:
         self._settings = settings
         self._secrets = settings.secrets
-        routed = bool(settings.providers)
+        self._routed = routed = bool(settings.providers)
         self._lines = {
             name: Line(
                 endpoint,
@@ -226,6 +227,8 @@ class Provider:
 
     def line(self, model: str) -> tuple[Line, str]:
         """The provider ``model`` (an id without a lens) goes to, and the id it is sent."""
+        if not self._routed:  # one base URL: nothing to route
+            return self._lines[DEFAULT_PROVIDER], model
         endpoint, upstream = self._settings.route(model)
         return self._lines[endpoint.name], upstream
 
