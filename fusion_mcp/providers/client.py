@@ -23,9 +23,9 @@ import anyio
 import httpx2
 
 from ..config import Endpoint, Settings
-from ..core.model_ids import DEFAULT_PROVIDER
 from ..core.errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
 from ..core.limits import MAX_PANEL, MAX_RETRIES
+from ..core.model_ids import DEFAULT_PROVIDER
 from ..core.models import TokenUsage
 from ..core.strict_json import as_object
 from ..core.text import one_line
