@@ -472,7 +472,7 @@ async def test_no_key_reaches_the_served_output_the_log_or_the_store(three: Thre
     """Over MCP on HTTP, with the providers echoing the key they were sent (in an answer and in an error)."""
     from fusion_mcp.store import open_store
     from tests import servers
-    from tests.helpers import TOOL, dump, over_http, structured
+    from tests.helpers import TOOL, dump, over_http, structured, text
 
     three.a.script("gpt-5", Reply(echo_auth=True))
     three.b.script("claude-sonnet-4-5", Reply(status=401, echo_auth=True))
@@ -484,6 +484,9 @@ async def test_no_key_reaches_the_served_output_the_log_or_the_store(three: Thre
         run_id = structured(result)["run_id"]
         logged = server.stderr
     assert "the request said: Bearer [redacted]" in seen and "you sent Bearer [redacted]" in seen
+    # Each answer says which provider served it, in the text block as in the structured result.
+    assert "\n## work-openai:gpt-5 (via work-openai, " in text(result)
+    assert "\n## qwen3:8b (via local, " in text(result)
     store = open_store(load_settings(environ=env))
     await store.open()
     try:
