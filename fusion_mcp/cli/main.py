@@ -667,7 +667,7 @@ async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]
         await store.aclose()
 
 
-USAGE_GROUPS: tuple[UsageBy, ...] = ("principal", "model", "day")
+USAGE_GROUPS: tuple[UsageBy, ...] = ("principal", "model", "provider", "day")
 """What ``usage --by`` takes."""
 _SINCE = re.compile(r"(\d+(?:\.\d+)?)\s*([mhd])")
 

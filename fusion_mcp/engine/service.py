@@ -33,7 +33,7 @@ from ..core.progress import DeltaSink, EventSink, ProgressEvent
 from ..core.text import plural
 from ..providers.catalogue import CatalogueClient
 from ..providers.client import Provider, ProviderPools
-from ..store import Store, StoreError, UsageRow, cache_key, is_complete, open_store
+from ..store import Store, StoreError, UsageRow, cache_key, is_complete, open_store, qualified
 from ..web.network import SYSTEM_NETWORK, Network
 from ..web.toolbox import open_web_tools
 from . import daily_cap
@@ -275,7 +275,7 @@ class FusionService:
             run_id=turn_id,
             principal=principal,
             created=time.time(),
-            model=model,
+            model=qualified(model, self.settings.provider_name(model)),
             role="writer",
             requests=requests,
             prompt_tokens=used.prompt_tokens,

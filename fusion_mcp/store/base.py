@@ -33,7 +33,7 @@ from ..core.models import RESULT_SCHEMA, FusionRequest, FusionResult, Usage
 log = logging.getLogger("fusion_mcp.store")
 
 UsageRole = Literal["panel", "analyst", "writer"]
-UsageBy = Literal["principal", "model", "day", "all"]
+UsageBy = Literal["principal", "model", "provider", "day", "all"]
 """How usage is grouped; ``all`` is one group, ``total`` (runs counted once however many models they asked)."""
 DAY_S = 86400.0
 
@@ -450,10 +450,7 @@ def usage_rows(run_id: str, principal: str, created: float, usage: Usage, *, fre
     provider, ``PROVIDER:ID`` (``local:qwen3:8b``, ``default:~openai/gpt-latest``), however the call spelt it."""
     merged: dict[tuple[str, str], UsageRow] = {}
     for m in usage.models:
-        model = model_of(m.model)
-        if m.provider is not None:
-            model = f"{m.provider}:{model.removeprefix(f'{m.provider}:')}"
-        key = (model, m.role)
+        key = (qualified(model_of(m.model), m.provider), m.role)
         old = merged.get(key)
         cost = None if free else m.cost
         if old is not None:
@@ -471,6 +468,12 @@ def usage_rows(run_id: str, principal: str, created: float, usage: Usage, *, fre
             cost=0.0 if free else cost,
         )
     return list(merged.values())
+
+
+def qualified(model: str, provider: str | None) -> str:
+    """A usage row's model: ``PROVIDER:ID`` when providers are configured (``provider`` is then set), however the
+    call spelt it; the id as it was otherwise. ``usage --by provider`` groups by that prefix."""
+    return model if provider is None else f"{provider}:{model.removeprefix(f'{provider}:')}"
 
 
 def usage_total(by: UsageBy, row: tuple[Any, ...]) -> UsageTotal:

@@ -154,14 +154,12 @@ async def test_every_provider_down_is_all_panels_failed_naming_each(three: Three
         assert f"provider {name!r}: " in (result.error or "")
 
 
-async def test_cost_and_usage_are_counted_per_provider(three: Three, tmp_path: Path) -> None:
+async def test_cost_and_usage_are_counted_per_provider(three: Three, store_env: dict[str, str]) -> None:
     three.a.script("gpt-5", Reply(usage=dict(NO_COST)))
     three.b.script("claude-sonnet-4-5", Reply(usage=dict(NO_COST)))
     three.local.script("qwen3:8b", Reply(usage=dict(NO_COST)))
     three.default.catalogue = [priced(ANALYST, prompt=3e-6, completion=15e-6)]
-    settings = three.settings(
-        three.providers(**{"work-claude": {"prices": {"claude-*": [3.0, 15.0]}}}), FUSION_HOME=str(tmp_path)
-    )
+    settings = three.settings(three.providers(**{"work-claude": {"prices": {"claude-*": [3.0, 15.0]}}}), **store_env)
     async with FusionService.open(settings) as service:
         request = service.prepare(FusionArgs(prompt="q", max_completion_tokens=1000), depth=0)
         result = await service.run(request)
@@ -180,6 +178,13 @@ async def test_cost_and_usage_are_counted_per_provider(three: Three, tmp_path: P
             f"default:{ANALYST}",
         }
         assert by_model["work-openai:gpt-5"].cost == pytest.approx(0.0006)
+        by_provider = {t.key: (t.runs, t.requests, t.cost) for t in await service.store.usage(0, "provider")}  # type: ignore[union-attr]
+        assert by_provider == {
+            "work-openai": (1, 1, pytest.approx(0.0006)),
+            "work-claude": (1, 1, pytest.approx(0.00105)),
+            "local": (1, 1, 0.0),
+            "default": (1, 1, pytest.approx(0.0015)),
+        }
         # The estimate prices every member at its own provider: under a cap it would pass, refused below it.
         capped = service.prepare(FusionArgs(prompt="q", max_completion_tokens=1000), depth=0)
         refused = await service.run(capped, max_cost_usd=0.01)
