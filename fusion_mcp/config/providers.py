@@ -27,7 +27,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ..core.errors import MIN_SECRET_CHARS
 from ..core.model_ids import DEFAULT_PROVIDER, PROVIDER_NAME, PROVIDER_NAME_RULE, check_model_id, provider_prefix
@@ -77,7 +77,8 @@ class Endpoint(BaseModel):
     key_missing: bool = False
     """The entry names a variable for its key and the variable is not set."""
     template: str | None = None
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    """Extra request headers; left out of ``repr``, as a header may carry a key."""
     models: tuple[str, ...] = ()
     prices: dict[str, tuple[float, float]] = {}
     """Pattern -> (prompt, completion) USD per *token* (written per million tokens in the config file)."""

@@ -510,6 +510,7 @@ async def test_extra_headers_go_to_their_own_provider_only_and_a_key_in_one_is_a
     three.local.script("qwen3:8b", Reply(status=400, echo_auth=True, error_message=f"bad header {header_key}"))
     settings = three.settings(providers)
     assert header_key in settings.secrets and "research" not in settings.secrets
+    assert header_key not in repr(settings) and KEY_A not in repr(settings)
     result = await fuse(settings)
     (local,) = three.local.requests
     assert (local.headers["x-api-key"], local.headers["x-team"]) == (header_key, "research")
