@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 
-from ..config import KEYS_PAGE, LOCAL_SERVER_HINT, Settings
+from ..config import KEYS_PAGE, LOCAL_SERVER_HINT, Endpoint, Settings
 from ..core.lenses import model_of
 from ..providers.catalogue import CatalogueClient, without_tools
 from ..providers.client import auth_headers, new_http_client
@@ -37,6 +37,7 @@ async def run_checks(settings: Settings, timeout_s: float) -> list[Check]:
     """Every check, in order; ``timeout_s`` bounds each request to the provider (``doctor --timeout``)."""
     async with new_http_client() as http:
         checks = [await _key(http, settings, timeout_s), await _reachable(http, settings, timeout_s)]
+        checks += [await _provider(http, settings, endpoint, timeout_s) for endpoint in settings.providers.values()]
         checks += await _models(http, settings, timeout_s)
         checks.append(_web(settings))
         checks += await _tool_support(http, settings, timeout_s)
@@ -71,8 +72,16 @@ def _runs(settings: Settings) -> Check:
     )
 
 
+def _uses_default(settings: Settings) -> bool:
+    """Some configured model (the panel's or the analyst's) is on the default provider."""
+    panel, analyst = settings.models_for()
+    return any(not settings.route(model_of(m))[0].named for m in (*panel, analyst))
+
+
 async def _key(http: httpx2.AsyncClient, settings: Settings, timeout_s: float) -> Check:
     if settings.api_key is None:
+        if settings.is_openrouter and settings.providers and not _uses_default(settings):
+            return Check("key", True, "OPENROUTER_API_KEY is not set; no configured model is on the default provider")
         if settings.is_openrouter:
             return Check(
                 "key",
@@ -118,6 +127,32 @@ async def _reachable(http: httpx2.AsyncClient, settings: Settings, timeout_s: fl
         why, fix = unreachable(exc, settings.base_url, timeout_s)
         return Check("reach", False, f"cannot reach {settings.base_url}: {why}", fix)
     return Check("reach", True, f"{settings.base_url} answers (HTTP {response.status_code} for /models)")
+
+
+async def _provider(http: httpx2.AsyncClient, settings: Settings, endpoint: Endpoint, timeout_s: float) -> Check:
+    """One configured provider: reached at its base URL, its key set and not refused (``/models`` with it)."""
+    name = f"provider {endpoint.name}"
+    if endpoint.key_missing:
+        return Check(
+            name,
+            False,
+            f"no key: {endpoint.api_key_env} is not set",
+            f"set {endpoint.api_key_env} in the server's environment (or the entry's api_key_env)",
+        )
+    try:
+        with anyio.fail_after(timeout_s):
+            response = await http.get(f"{endpoint.base_url}/models", headers=auth_headers(endpoint))
+    except (httpx2.HTTPError, TimeoutError) as exc:
+        why, fix = unreachable(exc, endpoint.base_url, timeout_s)
+        return Check(name, False, f"cannot reach {endpoint.base_url}: {why}", fix)
+    if response.status_code in (401, 403):
+        where = endpoint.api_key_env or "the entry's api_key"
+        return Check(
+            name, False, f"{endpoint.base_url}: the key was rejected (HTTP {response.status_code})", f"check {where}"
+        )
+    key = "no key (fine for a local server)" if endpoint.api_key is None else "key sent"
+    served = f"; serves {', '.join(endpoint.models)}" if endpoint.models else ""
+    return Check(name, True, f"{endpoint.base_url} answers (HTTP {response.status_code} for /models), {key}{served}")
 
 
 def unreachable(exc: BaseException, url: str, timeout_s: float) -> tuple[str, str]:
@@ -166,6 +201,8 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 async def _models(http: httpx2.AsyncClient, settings: Settings, timeout_s: float) -> list[Check]:
     client = CatalogueClient(http, settings, timeout_s)
+    if settings.providers:
+        return await _routed_models(client, settings)
     catalogue = await client.get()
     if catalogue.problem is not None:
         return [Check("models", False, f"model ids not checked: {catalogue.problem}", "see 'reach' above")]
@@ -185,6 +222,36 @@ async def _models(http: httpx2.AsyncClient, settings: Settings, timeout_s: float
             setting = "FUSION_ANALYSIS_MODELS" if role == "panel" else "FUSION_MODEL"
             checks.append(
                 Check(f"model {model}", False, f"not in the provider's catalogue ({role})", f"{hint} ({setting})")
+            )
+    return checks
+
+
+async def _routed_models(client: CatalogueClient, settings: Settings) -> list[Check]:
+    """Each configured model at its own provider's catalogue (providers configured)."""
+    checks = []
+    panel, analyst = settings.models_for()
+    setting = {"panel": "FUSION_ANALYSIS_MODELS", "analyst": "FUSION_MODEL"}
+    for role, model in dict.fromkeys([*(("panel", model_of(m)) for m in panel), ("analyst", analyst)]):
+        known, _, catalogue = await client.lookup(model)
+        where = f"{role}, provider {catalogue.provider}"
+        if catalogue.problem is not None:
+            fix = (
+                f"see 'provider {catalogue.provider}' above" if catalogue.provider != "default" else "see 'reach' above"
+            )
+            checks.append(Check(f"model {model}", False, f"not checked ({where}): {catalogue.problem}", fix))
+        elif catalogue.models is None:
+            checks.append(
+                Check(
+                    f"model {model}", True, f"not checked ({where} publishes no catalogue): checked on the first call"
+                )
+            )
+        elif known:
+            checks.append(Check(f"model {model}", True, f"known ({where})"))
+        else:
+            close = catalogue.closest(model)
+            hint = f"did you mean {', '.join(close)}?" if close else "pick an id from the provider's model list"
+            checks.append(
+                Check(f"model {model}", False, f"not in {catalogue.whose} ({role})", f"{hint} ({setting[role]})")
             )
     return checks
 

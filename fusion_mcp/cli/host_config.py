@@ -5,7 +5,9 @@ Hosts start servers with a minimal environment and PATH, so the entry names the 
 have on its own: each variable set in this environment whose value differs from what the config file (or,
 without one, the default) gives, plus ``FUSION_CONFIG`` when a config file is in use (what the file says is
 not repeated: the server reads the file). ``FUSION_DEPTH`` never travels: it is the process's own nesting.
-The API key is added when the server needs one (OpenRouter, or a key set here) and no config file holds it.
+The API key is added when the server needs one (OpenRouter, or a key set here) and no config file holds it;
+so is each configured provider's key variable (``api_key_env``, ``OPENAI_API_KEY`` for the openai template),
+as a reference like every secret. ``FUSION_PROVIDERS`` set here travels in clear unless it holds a key itself.
 
 Secrets (the key, a search key, a token, a database URL) are never written in clear. Per host:
 
@@ -78,6 +80,7 @@ from ..core.about import COMMAND, HOMEPAGE
 
 KEY = "OPENROUTER_API_KEY"
 TOKEN = "FUSION_HTTP_TOKEN"
+PROVIDERS = "FUSION_PROVIDERS"
 BUNDLE_DOCS = f"{HOMEPAGE}/blob/main/docs/hosts.md#claude-desktop-one-click-bundle"
 """Where the ``.mcpb`` bundle is explained (the hosts page of the documentation)."""
 KEY_PLACEHOLDER = "sk-or-v1-..."
@@ -364,15 +367,27 @@ def carried(
         value = getattr(settings, field_name)
         if value == getattr(baseline, field_name):
             continue
-        if is_secret(name) or _has_password(environ[name]):
+        if is_secret(name) or _has_password(environ[name]) or (name == PROVIDERS and _holds_secret(settings)):
             secrets.append(name)
         else:
             env[name] = _spelled(value, environ[name])
     if KEY not in secrets and not key_in_file and (settings.is_openrouter or settings.api_key is not None):
         secrets.insert(0, KEY)
+    # Each provider's key travels as a reference to its variable, wherever the providers were configured.
+    secrets += [v for e in settings.providers.values() if (v := e.api_key_env) is not None and v not in secrets]
     if config is not None:
         env["FUSION_CONFIG"] = str(config)
     return env, tuple(secrets)
+
+
+def _holds_secret(settings: Settings) -> bool:
+    """``FUSION_PROVIDERS`` in the environment holds a key in clear: an entry's own ``api_key``, or a header that
+    carries one."""
+    for endpoint in settings.providers.values():
+        in_clear = endpoint.api_key is not None and endpoint.api_key_env is None
+        if in_clear or len(endpoint.secrets) > (endpoint.api_key is not None):
+            return True
+    return False
 
 
 def _given_by(config: Path) -> frozenset[str]:

@@ -35,7 +35,7 @@ from ..core.models import FusionArgs, FusionRequest, FusionResult, GuestAnswer
 from ..core.progress import ProgressEvent
 from ..core.render import render
 from ..core.text import plural
-from ..engine.admission import FusionRefused, argument_rule, prepare
+from ..engine.admission import REASONING_EFFORTS, FusionRefused, argument_rule, prepare
 from ..engine.run import new_run_id
 from ..engine.service import FusionService
 from ..store import Store, StoreError, UsageBy, UsageTotal, open_store
@@ -68,6 +68,10 @@ ASK_FLAGS = {
     "deadline_s": "--deadline",
     "answers": "--answer",
     "files": "--file",
+    "temperature": "--temperature",
+    "reasoning": "--reasoning-effort",
+    "tools": "--no-web",
+    "max_completion_tokens": "--max-completion-tokens",
 }
 """The ``ask`` option that carries each call argument, for refusals worded in the command's terms."""
 
@@ -219,6 +223,30 @@ def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"bound the run, {MIN_DEADLINE_S:g}-{MAX_DEADLINE_S:g} s "
         "(default: none; the server uses FUSION_DEADLINE_S)",
+    )
+    ask.add_argument(
+        "--temperature", type=float, metavar="T", help="the panel's sampling temperature, 0-2 (the analyst runs at 0)"
+    )
+    ask.add_argument(
+        "--reasoning-effort",
+        metavar="EFFORT",
+        help=f"the panel's reasoning effort ({', '.join(REASONING_EFFORTS)}), and the analyst's where its catalogue "
+        "entry lists reasoning",
+    )
+    ask.add_argument(
+        "--reasoning-tokens",
+        type=int,
+        metavar="N",
+        help="the panel's reasoning budget in tokens (reasoning.max_tokens)",
+    )
+    ask.add_argument(
+        "--no-web", action="store_true", help="a panel without web tools: answers from the models' own knowledge"
+    )
+    ask.add_argument(
+        "--max-completion-tokens",
+        type=int,
+        metavar="N",
+        help="each answer's token cap (default and most: FUSION_MAX_COMPLETION_TOKENS)",
     )
     ask.add_argument("--json", action="store_true", help="print the structured result as JSON")
     ask.add_argument(
@@ -533,6 +561,16 @@ def _exit_when_stopped(stopped: threading.Event) -> None:
     os._exit(0)
 
 
+def _reasoning(effort: str | None, tokens: int | None) -> dict[str, Any] | None:
+    """``--reasoning-effort`` and ``--reasoning-tokens`` as OpenRouter's ``reasoning`` object (checked by prepare)."""
+    found: dict[str, Any] = {}
+    if effort is not None:
+        found["effort"] = effort
+    if tokens is not None:
+        found["max_tokens"] = tokens
+    return found or None
+
+
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     try:
         context = _text_or_file(args.context, "--context") if args.context else args.context
@@ -555,6 +593,10 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
         final_answer=not args.analysis_only,
         # A terminal user can wait: no deadline unless asked for, whatever FUSION_DEADLINE_S says.
         deadline_s=args.deadline,
+        temperature=args.temperature,
+        reasoning=_reasoning(args.reasoning_effort, args.reasoning_tokens),
+        tools=[] if args.no_web else None,
+        max_completion_tokens=args.max_completion_tokens,
     )
     run_id = new_run_id()
     try:
@@ -651,7 +693,7 @@ async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]
         await store.aclose()
 
 
-USAGE_GROUPS: tuple[UsageBy, ...] = ("principal", "model", "day")
+USAGE_GROUPS: tuple[UsageBy, ...] = ("principal", "model", "provider", "day")
 """What ``usage --by`` takes."""
 _SINCE = re.compile(r"(\d+(?:\.\d+)?)\s*([mhd])")
 

@@ -12,6 +12,7 @@ from .presets import (
     FixedPreset,
     Preset,
 )
+from .providers import OPENROUTER_ORIGIN, TEMPLATES, Endpoint, UnknownProvider
 from .settings import (
     KEYS_PAGE,
     LOCAL_SERVER_HINT,
@@ -19,7 +20,6 @@ from .settings import (
     MIN_PREFIX_CHARS,
     OPENROUTER_BASE_URL,
     OPENROUTER_KEY_PREFIX,
-    OPENROUTER_ORIGIN,
     POSTGRES_EXTRA,
     SECRET_FIELDS,
     SETTING_NAMES,
@@ -62,13 +62,16 @@ __all__ = [
     "SECRET_FIELDS",
     "SETTING_NAMES",
     "SHORT_NAMES",
+    "TEMPLATES",
     "ConfigError",
+    "Endpoint",
     "FixedPreset",
     "LogLevel",
     "Placeholder",
     "Preset",
     "SearchBackend",
     "Settings",
+    "UnknownProvider",
     "Unmet",
     "WebTools",
     "check_bind",

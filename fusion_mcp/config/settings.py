@@ -32,7 +32,7 @@ from pydantic.fields import FieldInfo
 from ..core.about import HOMEPAGE
 from ..core.callers import DEFAULT_PRINCIPAL, LOCAL_PRINCIPAL
 from ..core.errors import MIN_SECRET_CHARS
-from ..core.lenses import BUILTIN, LENSES_RULE, PANEL_ENTRIES_RULE, check_lenses, check_panel, self_panel
+from ..core.lenses import BUILTIN, LENSES_RULE, PANEL_ENTRIES_RULE, check_lenses, check_panel, model_of, self_panel
 from ..core.limits import (
     MAX_COMPLETION_TOKENS,
     MAX_DEADLINE_S,
@@ -42,13 +42,14 @@ from ..core.limits import (
     MIN_TOKEN_CHARS,
     MIN_TOOL_CALLS,
 )
-from ..core.model_ids import MODEL_ID_RULE, check_model_id
+from ..core.model_ids import DEFAULT_PROVIDER, MODEL_ID_RULE, check_model_id
 from ..core.models import WebMode
 from ..core.text import number
 from .presets import PRESETS, Preset
+from .providers import OPENROUTER_ORIGIN, PROVIDERS_RULE, Endpoint, UnknownProvider, check_routes, parse_providers
+from .providers import route as route_model
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
-OPENROUTER_ORIGIN = "https://openrouter.ai/"
 OPENROUTER_KEY_PREFIX = "sk-or-"
 """How every OpenRouter key starts: with ``FUSION_PASS_THROUGH_KEY`` on OpenRouter, the bearers taken as keys."""
 MIN_PREFIX_CHARS = 3
@@ -119,6 +120,8 @@ class Settings(BaseModel):
     api_key: SecretStr | None = setting(None, "OPENROUTER_API_KEY", rule="a non-empty API key (printable ASCII)")
     base_url: str = setting(OPENROUTER_BASE_URL, "OPENROUTER_BASE_URL", rule=f"{_URL_RULE} of an OpenAI-compatible API")
     preset: Preset = setting("quality", "FUSION_PRESET")
+    # Before the panel and the analyst: their ids are routed to these.
+    providers: dict[str, Endpoint] = setting({}, "FUSION_PROVIDERS", rule=PROVIDERS_RULE)
     # Before the panel: its entries may name these lenses.
     lenses: dict[str, str] = setting({}, "FUSION_LENSES", rule=LENSES_RULE)
     configured_panel: tuple[str, ...] | None = setting(
@@ -354,10 +357,21 @@ class Settings(BaseModel):
     def _lenses(cls, v: Any) -> dict[str, str]:
         return check_lenses(v)
 
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _providers(cls, v: Any, info: ValidationInfo) -> dict[str, Endpoint]:
+        environ = (info.context or {}).get("environ") if isinstance(info.context, dict) else None
+        try:
+            return parse_providers(v, environ)
+        except ValueError as exc:  # its own sentence: the value may hold a key, never echoed
+            raise Unmet(str(exc)) from None
+
     @field_validator("configured_panel", mode="before")
     @classmethod
     def _panel(cls, v: Any, info: ValidationInfo) -> tuple[str, ...]:
-        return check_panel(v, {**BUILTIN, **(info.data.get("lenses") or {})})
+        panel = check_panel(v, {**BUILTIN, **(info.data.get("lenses") or {})})
+        _routed(info, tuple(model_of(entry) for entry in panel))
+        return panel
 
     @field_validator("files_roots", mode="before")
     @classmethod
@@ -372,8 +386,10 @@ class Settings(BaseModel):
 
     @field_validator("configured_analyst", mode="before")
     @classmethod
-    def _analyst(cls, v: Any) -> str:
-        return check_model_id(v)
+    def _analyst(cls, v: Any, info: ValidationInfo) -> str:
+        model = check_model_id(v)
+        _routed(info, (model,))
+        return model
 
     @field_validator("database_url")
     @classmethod
@@ -470,6 +486,31 @@ class Settings(BaseModel):
         return {**BUILTIN, **self.lenses}
 
     @property
+    def default_endpoint(self) -> Endpoint:
+        """The provider ``OPENROUTER_BASE_URL`` and ``OPENROUTER_API_KEY`` describe (``default``)."""
+        return _default_endpoint(self.base_url, self.api_key)
+
+    @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        """Every provider by name: the configured ones, then ``default``."""
+        return {**self.providers, DEFAULT_PROVIDER: self.default_endpoint}
+
+    def route(self, model: str) -> tuple[Endpoint, str]:
+        """(provider, the id it is sent) for a model id without a lens; :class:`UnknownProvider` when an id names
+        no configured provider (see :mod:`fusion_mcp.config.providers`)."""
+        return route_model(self.providers, self.default_endpoint, model)
+
+    def provider_name(self, model: str) -> str | None:
+        """The name of the provider ``model`` (an id without a lens) goes to, for results and usage; None with no
+        providers configured (results then say nothing of providers, as before) or for an id that routes nowhere."""
+        if not self.providers:
+            return None
+        try:
+            return self.route(model)[0].name
+        except UnknownProvider:
+            return None
+
+    @property
     def is_openrouter(self) -> bool:
         """True when the provider is OpenRouter itself (its key is required, its extensions apply)."""
         return self.base_url.startswith(OPENROUTER_ORIGIN)
@@ -513,6 +554,8 @@ class Settings(BaseModel):
             for secret in value.values() if isinstance(value, dict) else (value,):
                 if isinstance(secret, SecretStr):
                     found.append(secret.get_secret_value())
+        for endpoint in self.providers.values():
+            found.extend(endpoint.secrets)
         # The whole URL is one secret; its password is another, wherever it turns up on its own.
         return (*found, *self.database_password)
 
@@ -549,6 +592,22 @@ class Settings(BaseModel):
         if self.http_token is not None:
             tokens[self.http_token.get_secret_value()] = DEFAULT_PRINCIPAL
         return tokens
+
+
+def _default_endpoint(base_url: str, api_key: SecretStr | None) -> Endpoint:
+    return Endpoint(name=DEFAULT_PROVIDER, base_url=base_url, api_key=api_key, named=False)
+
+
+def _routed(info: ValidationInfo, models: tuple[str, ...]) -> None:
+    """Every one of ``models`` goes to a provider (``Unmet`` names the configured ones otherwise)."""
+    providers = info.data.get("providers") or {}
+    if not providers:
+        return
+    default = _default_endpoint(info.data.get("base_url", OPENROUTER_BASE_URL), info.data.get("api_key"))
+    try:
+        check_routes(providers, default, models)
+    except UnknownProvider as exc:
+        raise Unmet(str(exc)) from None
 
 
 def parse_tokens(value: Any) -> dict[str, str]:
@@ -659,7 +718,7 @@ def load_settings(
             values[name] = raw
             origins.pop(name, None)
     try:
-        settings = Settings.model_validate(values)
+        settings = Settings.model_validate(values, context={"environ": environ})
     except ValidationError as exc:
         raise ConfigError(_first_error(exc, values, origins)) from None
     if settings.database_url is not None and not postgres_installed():

@@ -35,3 +35,27 @@ def check_model_id(value: object) -> str:
     if any(part in ("", ".", "..") for part in value.split("/")):
         raise ValueError(f"{shown} has an empty, '.' or '..' part between slashes")
     return value
+
+
+PROVIDER_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+"""A provider's name in the config file (``[providers.work-openai]``) and in a model id's prefix."""
+PROVIDER_NAME_RULE = "lower-case letters, digits and -, starting with a letter, up to 32 characters"
+DEFAULT_PROVIDER = "default"
+"""The name of the provider ``OPENROUTER_BASE_URL`` and ``OPENROUTER_API_KEY`` describe, when others are
+configured: ``default:qwen3:8b`` sends an id with a colon there."""
+PROVIDER_SEPARATOR = ":"
+
+
+def provider_prefix(model: str) -> tuple[str, str] | None:
+    """``("local", "qwen3:8b")`` for ``local:qwen3:8b``: the text before an id's first ``:`` when it could be a
+    provider's name, else None.
+
+    The rule that keeps the spellings apart: an OpenRouter id has its vendor and a ``/`` before any colon
+    (``openai/gpt-5:free``, ``~anthropic/claude-opus-latest``), so its head is never a name; an Ollama id
+    with a colon (``qwen3:8b``) has a head that could be one, and the router decides (a configured provider,
+    a pattern, else an unknown provider). A lens (``#skeptic``) is split off before this is asked.
+    """
+    head, sep, rest = model.partition(PROVIDER_SEPARATOR)
+    if not sep or not rest or not PROVIDER_NAME.fullmatch(head):
+        return None
+    return head, rest

@@ -87,6 +87,15 @@ class FusionArgs(_Model):
     """Paths of files to give the panel as material."""
     file_roots: list[str] | None = None
     """Directories the caller declared (MCP roots); None: the front end has none, so ``FUSION_FILES_ROOTS`` apply."""
+    temperature: float | None = None
+    """The panel's sampling temperature (the analyst always runs at 0); None: ``FUSION_TEMPERATURE``."""
+    reasoning: dict[str, Any] | None = None
+    """OpenRouter's ``reasoning`` object (``effort``, ``max_tokens``), for the panel and an analyst that takes it."""
+    tools: list[Any] | None = None
+    """The panel's tools, OpenRouter's way: ``[]`` is a panel without web tools; None or any other list keeps
+    the server's."""
+    max_completion_tokens: int | None = None
+    """Each answer's token cap, at most ``FUSION_MAX_COMPLETION_TOKENS`` (the default)."""
 
 
 class Attachment(_Model):
@@ -112,6 +121,11 @@ class FusionRequest(_Model):
     max_tool_calls: int = Field(ge=MIN_TOOL_CALLS, le=MAX_TOOL_CALLS)
     max_completion_tokens: int = Field(ge=1)
     temperature: float | None = None
+    """The panel's; the analyst runs at 0."""
+    reasoning: dict[str, Any] | None = None
+    """OpenRouter's ``reasoning`` object for the panel (``reasoning_effort`` on other providers)."""
+    analyst_reasoning: bool = False
+    """The analyst is sent ``reasoning`` too: its catalogue entry lists the parameter."""
     stream: bool = True
     """Panel members stream (SSE), so a member cut off at the deadline keeps what it wrote."""
     deadline_s: float | None = Field(None, gt=0)
@@ -193,6 +207,9 @@ class Source(_Model):
 class PanelResponse(_Model):
     model: str
     content: str
+    provider: str | None = None
+    """The configured provider that served this answer (``local``, ``work-openai``, ``default``); absent when
+    no providers are configured."""
     truncated: bool = False
     """The member was cut off (deadline, broken stream); ``content`` is what it had written so far."""
     truncated_reason: str | None = None
@@ -214,6 +231,8 @@ class PanelResponse(_Model):
             data.pop("truncated_reason", None)
         if not self.sources:
             data.pop("sources", None)
+        if self.provider is None:
+            data.pop("provider", None)
         if not self.trimmed:
             for name in ("trimmed", "full_chars", "full_answer_at"):
                 data.pop(name, None)
@@ -224,6 +243,15 @@ class FailedModel(_Model):
     model: str
     error: str
     status_code: int | None = None
+    provider: str | None = None
+    """The configured provider the member was on; absent when no providers are configured."""
+
+    @model_serializer(mode="wrap")
+    def _omit_provider(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.provider is None:
+            data.pop("provider", None)
+        return data
 
 
 class AnalysisError(_Model):
@@ -257,6 +285,15 @@ class ModelUsage(TokenUsage):
     served_by: str | None = None
     """The concrete model the provider reports having run (an alias such as ``~openai/gpt-latest`` names a
     dated model there); None when it named none."""
+    provider: str | None = None
+    """The configured provider that answered; absent when no providers are configured."""
+
+    @model_serializer(mode="wrap")
+    def _omit_provider(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.provider is None:
+            data.pop("provider", None)
+        return data
 
 
 class Usage(_Model):

@@ -81,7 +81,8 @@ def _answers(result: FusionResult) -> list[str]:
     lines = []
     for r in result.responses:
         seconds = result.timings.members.get(r.model)
-        notes = [f"{seconds:.1f} s"] if seconds is not None else []
+        notes = [f"via {r.provider}"] if r.provider is not None else []
+        notes += [f"{seconds:.1f} s"] if seconds is not None else []
         if r.model.startswith(GUEST_PREFIX):
             notes.append("your own answer, compared with the panel's")
         if r.truncated:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..config import KEYS_PAGE, LOCAL_SERVER_HINT, PRESET_NAMES, Preset, Settings
 from ..core.lenses import PANEL_ENTRIES_RULE, SEPARATOR, check_panel, split_entry
 from ..core.limits import (
+    MAX_COMPLETION_TOKENS,
     MAX_DEADLINE_S,
     MAX_FILES,
     MAX_GUEST_CHARS,
@@ -42,6 +43,8 @@ from ..providers.client import DEPTH_HEADER
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+REASONING_EFFORTS = ("max", "xhigh", "high", "medium", "low", "minimal", "none")
+"""OpenRouter's ``reasoning.effort`` values."""
 
 ARGUMENT_RULES: dict[str, str] = {
     "prompt": "a non-empty, self-contained question, at most FUSION_MAX_PROMPT_CHARS characters with the context",
@@ -55,6 +58,13 @@ ARGUMENT_RULES: dict[str, str] = {
     f"characters) and non-empty content of at most {MAX_GUEST_CHARS:,} characters",
     "files": f"at most {MAX_FILES} paths of UTF-8 text files or PNG, JPEG, WebP or GIF images inside the allowed "
     "roots (the client's MCP roots, else FUSION_FILES_ROOTS), together within FUSION_FILES_MAX_BYTES",
+    "temperature": "a number from 0 to 2: the panel's sampling temperature (the analyst always runs at 0)",
+    "reasoning": f"an object with effort (one of {', '.join(REASONING_EFFORTS)}) and/or max_tokens (a whole number "
+    "from 1 to 1,000,000): the panel's reasoning, and the analyst's where its catalogue entry lists reasoning",
+    "tools": "[] for a panel without web tools (it answers from its own knowledge); any other list, or none, keeps "
+    "the server's web tools",
+    "max_completion_tokens": f"a whole number from 1 to {MAX_COMPLETION_TOKENS:,}: each answer's token cap, at most "
+    "FUSION_MAX_COMPLETION_TOKENS (the default)",
 }
 """What each call argument accepts, in the words every refusal and every schema description uses."""
 
@@ -102,8 +112,12 @@ class ToolArguments(BaseModel):
     preset: Preset | None = None
     answers: list[GuestAnswer] | None = Field(None, max_length=MAX_GUESTS)
     files: list[str] | None = Field(None, max_length=MAX_FILES)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    reasoning: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_COMPLETION_TOKENS)
 
-    @field_validator("max_tool_calls", mode="before")
+    @field_validator("max_tool_calls", "max_completion_tokens", "temperature", mode="before")
     @classmethod
     def _not_a_bool(cls, value: Any) -> Any:
         # JSON true is not a number of calls, whatever Python's bool-is-int says.
@@ -171,11 +185,13 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int, lent: bool = Fa
     preset = next((name for name in PRESET_NAMES if name == args.preset), None)
     if args.preset is not None and preset is None:
         raise FusionRefused.bad_argument("preset")
-    analyst = _checked("model", _analyst_id, args.model, settings.models_for(preset)[1])
+    analyst = _checked(
+        "model", lambda v: _routed(settings, (_analyst_id(v),))[0], args.model, settings.models_for(preset)[1]
+    )
     lenses = settings.all_lenses
     panel = _checked(
         "analysis_models",
-        lambda v: check_panel(v, lenses),
+        lambda v: _routed(settings, check_panel(v, lenses)),
         args.analysis_models,
         settings.models_for(preset, analyst)[0],
     )
@@ -197,26 +213,22 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int, lent: bool = Fa
     deadline = args.deadline_s
     if deadline is not None and not (math.isfinite(deadline) and MIN_DEADLINE_S <= deadline <= MAX_DEADLINE_S):
         raise FusionRefused.bad_argument("deadline_s", f"{deadline:g} given")
+    knobs = _knobs(args, settings)
+    web = "off" if args.tools == [] else settings.web_mode
     if depth >= 1:
         raise FusionRefused(
             "fusion_invocation_capped",
             f"fusion was already invoked upstream (depth {depth}); nested fusion calls are refused",
         )
-    if settings.api_key is None and settings.is_openrouter:
-        raise FusionRefused(
-            "missing_api_key",
-            f"OPENROUTER_API_KEY is not set: create a key at {KEYS_PAGE} and add it to this server's environment "
-            "(for a host, in the env of its MCP config entry; `fusion-mcp host-config HOST` prints one), or "
-            f"point the server at a local OpenAI-compatible server, which needs no key: {LOCAL_SERVER_HINT}",
-        )
+    ids = request_ids(panel, analyst)
+    _who_pays(settings, ids, lent=lent)
     return FusionRequest(
         prompt=prompt,
         context=args.context if args.context and args.context.strip() else None,
         analysis_models=panel,
         model=analyst,
         max_tool_calls=tool_calls,
-        max_completion_tokens=settings.max_completion_tokens,
-        temperature=settings.temperature,
+        **knobs,
         stream=settings.stream,
         deadline_s=deadline,
         # FUSION_ANALYST_RESERVE_S belongs to FUSION_DEADLINE_S; a call with a deadline of its own (ask --deadline)
@@ -224,7 +236,9 @@ def prepare(args: FusionArgs, settings: Settings, *, depth: int, lent: bool = Fa
         analyst_reserve_s=settings.analyst_reserve_s if deadline == settings.deadline_s else None,
         final_answer=args.final_answer,
         # OpenRouter's server tools bill the lent key itself; ours would spend the server's search key and network.
-        web_tools="off" if settings.web_mode == "local" and not server_tools else settings.web_mode,
+        web_tools="off" if web == "local" and not server_tools else web,
+        # OpenRouter's server tools exist on OpenRouter only: a member on another provider answers without them.
+        no_tools=_off_openrouter(settings, ids) if web == "openrouter" else (),
         lenses={lens: lenses[lens] for entry in panel if (lens := split_entry(entry)[1]) is not None},
         guests=guests,
         min_answers=settings.min_answers,
@@ -290,6 +304,94 @@ def _question(args: FusionArgs, settings: Settings) -> str:
         detail = f"{size:,} characters given, FUSION_MAX_PROMPT_CHARS is {settings.max_prompt_chars:,}"
         raise FusionRefused.bad_argument("context" if args.context else "prompt", detail)
     return prompt
+
+
+def _knobs(args: FusionArgs, settings: Settings) -> dict[str, Any]:
+    """The call's per-call knobs as request fields: ``temperature`` (the panel's), ``reasoning``, and
+    ``max_completion_tokens`` at most ``FUSION_MAX_COMPLETION_TOKENS``; ``tools`` must be a list."""
+    tokens = _checked("max_completion_tokens", _tokens, args.max_completion_tokens, settings.max_completion_tokens)
+    if args.tools is not None and not isinstance(args.tools, list):
+        raise FusionRefused.bad_argument("tools", f"got {_shown(args.tools)}")
+    return {
+        "temperature": _checked("temperature", _temperature, args.temperature, settings.temperature),
+        "reasoning": _checked("reasoning", _reasoning, args.reasoning, None) or None,
+        "max_completion_tokens": min(tokens, settings.max_completion_tokens),
+    }
+
+
+def _routed(settings: Settings, entries: tuple[str, ...]) -> tuple[str, ...]:
+    """``entries`` (ids or ``model#lens``), once each one's model goes to a provider (``ValueError`` names the
+    configured providers otherwise)."""
+    for entry in entries if settings.providers else ():
+        settings.route(split_entry(entry)[0])
+    return entries
+
+
+def _who_pays(settings: Settings, ids: tuple[str, ...], *, lent: bool) -> None:
+    """Refuse a run nobody can pay for: OpenRouter without a key for a model on the default provider, or a caller
+    who pays with a lent key asking for another provider (the server's keys pay for those, or its own hardware
+    runs them; ``FUSION_PASS_THROUGH_SERVER_TOOLS`` allows it)."""
+    if lent and not settings.pass_through_server_tools:
+        _default_only(settings, ids)
+    if settings.api_key is None and settings.is_openrouter and any(not settings.route(m)[0].named for m in ids):
+        raise FusionRefused(
+            "missing_api_key",
+            f"OPENROUTER_API_KEY is not set: create a key at {KEYS_PAGE} and add it to this server's environment "
+            "(for a host, in the env of its MCP config entry; `fusion-mcp host-config HOST` prints one), or "
+            f"point the server at a local OpenAI-compatible server, which needs no key: {LOCAL_SERVER_HINT}",
+        )
+
+
+def _default_only(settings: Settings, ids: tuple[str, ...]) -> None:
+    for model in ids:
+        endpoint = settings.route(model)[0]
+        if endpoint.named:
+            argument = "model" if model == ids[-1] else "analysis_models"
+            raise FusionRefused.bad_argument(
+                argument,
+                f"{model} is on provider {endpoint.name!r}, which this server pays for; a lent key pays for the "
+                "default provider only, see FUSION_PASS_THROUGH_SERVER_TOOLS",
+            )
+
+
+def _off_openrouter(settings: Settings, ids: tuple[str, ...]) -> tuple[str, ...]:
+    """The models on a configured provider other than OpenRouter (the default provider keeps what
+    ``FUSION_WEB_TOOLS`` says: it may be a gateway that runs OpenRouter's server tools)."""
+    if not settings.providers:
+        return ()
+    return tuple(m for m in ids if (endpoint := settings.route(m)[0]).named and not endpoint.is_openrouter)
+
+
+def _temperature(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 <= value <= 2):
+        raise ValueError(f"got {_shown(value)}")
+    return float(value)
+
+
+def _tokens(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COMPLETION_TOKENS:
+        raise ValueError(f"got {_shown(value)}")
+    return value
+
+
+def _reasoning(value: Any) -> dict[str, Any]:
+    """OpenRouter's ``reasoning`` object: ``effort`` and/or ``max_tokens`` (``{}`` asks nothing); ``exclude`` and
+    ``enabled`` pass through as they are."""
+    if not isinstance(value, dict):
+        raise ValueError(f"got {_shown(value)}")
+    unknown = [k for k in value if k not in ("effort", "max_tokens", "exclude", "enabled", "summary")]
+    if unknown:
+        raise ValueError(f"unknown field {str(unknown[0])[:40]!r}")
+    effort = value.get("effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise ValueError(f"effort {_shown(effort)}")
+    budget = value.get("max_tokens")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= 10**6):
+        raise ValueError(f"max_tokens {_shown(budget)}")
+    for flag in ("exclude", "enabled"):
+        if flag in value and not isinstance(value[flag], bool):
+            raise ValueError(f"{flag} {_shown(value[flag])}")
+    return {k: v for k, v in value.items() if v is not None and k != "summary"}
 
 
 def _analyst_id(value: Any) -> str:
@@ -394,7 +496,7 @@ async def check_catalogue(
             origin = request.preset_origins.get(model)
             hint += f"; {origin}" if origin is not None else ""
             raise FusionRefused(
-                "invalid_model", f"unknown model id {model!r}: the provider's catalogue does not list it{hint}"
+                "invalid_model", f"unknown model id {model!r}: {catalogue_now.whose} does not list it{hint}"
             )
         if info is not None:
             infos[model] = info
@@ -402,6 +504,9 @@ async def check_catalogue(
         # Before the estimate: the images count for the models that read them.
         request = request.model_copy(update={"image_models": await taking_images(catalogue, request_models(request))})
     request = request.model_copy(update={"cost_estimate": estimate_cost(request, infos)})
+    judge = infos.get(request.model)
+    if request.reasoning and judge is not None and "reasoning" in judge.supported_parameters:
+        request = request.model_copy(update={"analyst_reasoning": True})
     if max_cost_usd is not None:
         _check_cost(request, max_cost_usd, left_of)
     return await _mark_tool_support(catalogue, request)
@@ -441,8 +546,8 @@ async def _mark_tool_support(catalogue: CatalogueClient, request: FusionRequest)
     """
     if request.web_tools == "off":
         return request
-    no_tools = await without_tools(catalogue, request_models(request))
-    if not no_tools:
+    no_tools = tuple(dict.fromkeys((*request.no_tools, *await without_tools(catalogue, request_models(request)))))
+    if no_tools == request.no_tools:
         return request
     log.info("%s cannot call tools and will answer without the web", ", ".join(no_tools))
     return request.model_copy(update={"no_tools": no_tools})

@@ -216,8 +216,12 @@ async def run_analyst(
     messages = out.transcript
     web = toolbox is not None or bool((extra or {}).get("tools"))
     messages.extend(analyst_messages(request, list(zip(names, shown, strict=True)), fence_note, web, material))
+    # The analyst compares at temperature 0 whatever the panel's; it reasons as the call asks only where its
+    # catalogue entry says it can (``analyst_reasoning``).
+    reasoning = {"reasoning": request.reasoning} if request.analyst_reasoning and request.reasoning else {}
     analysis_options = {
         **(extra or {}),
+        **reasoning,
         "temperature": 0,
         "response_format": {
             "type": "json_schema",
@@ -246,7 +250,7 @@ async def run_analyst(
 
     if await _analyse(ask, out, analysis_options) and request.final_answer:
         messages.append({"role": "user", "content": FINAL})
-        turn = await ask({"temperature": 0})
+        turn = await ask({**reasoning, "temperature": 0})
         if turn.error is None:
             out.final_answer = turn.content
         else:

@@ -110,12 +110,13 @@ class LiveRun:
 
     def spent(self) -> Usage:
         """What the run has used so far (for a run stopped before its result was made)."""
-        return spent_so_far(self.request, self.outcomes, self.analyst_turns)
+        return spent_so_far(self.request, self.outcomes, self.analyst_turns, self.settings.provider_name)
 
     def snapshot(self, call_wait_s: float) -> FusionResult:
         """The run as it stands: finished answers and failures, the entries still working, and how to come
         back for the rest (``openrouter_fusion_result`` waits up to ``call_wait_s`` a call)."""
-        result = so_far(self.request, self.outcomes, self.run_id, resume_instructions(self.run_id, call_wait_s))
+        instructions = resume_instructions(self.run_id, call_wait_s)
+        result = so_far(self.request, self.outcomes, self.run_id, instructions, self.settings.provider_name)
         result.timings.total = round(time.time() - self.started, 3)
         return result
 

@@ -81,7 +81,7 @@ async def collect(run: Run) -> dict[str, MemberOutcome]:
             temperature=request.temperature,
             toolbox=run.tools.member_box(model),
             stream=request.stream,
-            extra=run.tools.extra(model),
+            extra=_with_reasoning(run.tools.extra(model), request.reasoning),
             on_tool=run.progress.tool_reporter(model),
             outcome=outcome,
             deadline=run.clock.cutoff,
@@ -102,6 +102,11 @@ async def collect(run: Run) -> dict[str, MemberOutcome]:
     return outcomes
 
 
+def _with_reasoning(extra: dict[str, Any] | None, reasoning: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A member's extra request fields, with the call's ``reasoning`` when it has one."""
+    return {**(extra or {}), "reasoning": reasoning} if reasoning else extra
+
+
 async def sort(run: Run, outcomes: Iterable[MemberOutcome]) -> tuple[list[PanelResponse], list[FailedModel]]:
     """Answers (whole, or truncated with what was written) and failures (nothing usable), in panel order."""
     responses: list[PanelResponse] = []
@@ -109,24 +114,32 @@ async def sort(run: Run, outcomes: Iterable[MemberOutcome]) -> tuple[list[PanelR
     for outcome in outcomes:
         model, error = outcome.model, outcome.error
         sources = run.tools.sources(run.tools.boxes.get(model), outcome.annotations)
+        provider = run.provider.provider_of(split_entry(model)[0])
         cut = not outcome.finished
         if cut:
             await _cut_off(run, outcome)
         if error is None and not cut:
-            responses.append(PanelResponse(model=model, content=outcome.content, sources=sources))
+            responses.append(PanelResponse(model=model, content=outcome.content, sources=sources, provider=provider))
         elif outcome.content.strip():
             why = error.message if error is not None else f"cut off at the deadline after {outcome.seconds:.1f} s"
             responses.append(
                 PanelResponse(
-                    model=model, content=outcome.content, truncated=True, truncated_reason=why, sources=sources
+                    model=model,
+                    content=outcome.content,
+                    truncated=True,
+                    truncated_reason=why,
+                    sources=sources,
+                    provider=provider,
                 )
             )
         elif error is not None:
-            failed.append(FailedModel(model=model, error=error.message, status_code=error.status_code))
+            failed.append(
+                FailedModel(model=model, error=error.message, status_code=error.status_code, provider=provider)
+            )
         else:
             length = f"{round(run.request.deadline_s, 1):g} s run" if run.request.deadline_s is not None else "run"
             why = f"no answer within the deadline ({outcome.seconds:.1f} s into a {length})"
-            failed.append(FailedModel(model=model, error=why, status_code=None))
+            failed.append(FailedModel(model=model, error=why, status_code=None, provider=provider))
     return responses, failed
 
 

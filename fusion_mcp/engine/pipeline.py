@@ -7,10 +7,12 @@ so nothing here imports ``mcp``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from ..core.lenses import model_of
 from ..core.models import (
     AnalysisError,
     FailedModel,
@@ -90,6 +92,11 @@ async def run_fusion(
     return assemble(run, collected, answers, failed, verdict)
 
 
+def _nowhere(model: str) -> str | None:
+    """No provider named (no providers configured, or none known here)."""
+    return None
+
+
 def quorum(request: FusionRequest) -> int:
     """Panel answers needed for an analysis: ``min_answers``, but never more than the panel has members."""
     return min(request.min_answers, len(request.analysis_models))
@@ -150,9 +157,9 @@ def assemble(
 ) -> FusionResult:
     """The result of a run that had at least one answer (the analyst's row only when it was asked)."""
     analyst_read = run.tools.sources(run.tools.analyst, [a for turn in verdict.runs for a in turn.annotations])
-    rows = [_usage_row(o.model, "panel", [o]) for o in outcomes]
+    rows = [_usage_row(o.model, "panel", [o], run.provider.provider_of) for o in outcomes]
     if verdict.runs:
-        rows.append(_usage_row(run.request.model, "analyst", verdict.runs))
+        rows.append(_usage_row(run.request.model, "analyst", verdict.runs, run.provider.provider_of))
     return FusionResult(
         status="ok",
         run_id=run.run_id,
@@ -183,13 +190,20 @@ def panel_failed(run: Run, outcomes: list[MemberOutcome], failed: list[FailedMod
         error=message,
         failure_reason=reason,
         failed_models=failed,
-        usage=_usage([_usage_row(o.model, "panel", [o]) for o in outcomes]),
+        usage=_usage([_usage_row(o.model, "panel", [o], run.provider.provider_of) for o in outcomes]),
         timings=Timings(members={o.model: o.seconds for o in outcomes}, total=round(run.clock.elapsed(), 3)),
     )
 
 
-def so_far(request: FusionRequest, outcomes: dict[str, MemberOutcome], run_id: str, instructions: str) -> FusionResult:
-    """A run still going: the members that finished (answers whole, failures named), those still working."""
+def so_far(
+    request: FusionRequest,
+    outcomes: dict[str, MemberOutcome],
+    run_id: str,
+    instructions: str,
+    provider: Callable[[str], str | None] = _nowhere,
+) -> FusionResult:
+    """A run still going: the members that finished (answers whole, failures named), those still working.
+    ``provider`` names the provider of a model id (``Settings.provider_name``)."""
     responses: list[PanelResponse] = []
     failed: list[FailedModel] = []
     pending: list[str] = []
@@ -198,12 +212,25 @@ def so_far(request: FusionRequest, outcomes: dict[str, MemberOutcome], run_id: s
         if outcome is None or not outcome.finished:
             pending.append(entry)
         elif outcome.error is None:
-            responses.append(PanelResponse(model=entry, content=outcome.content))
+            responses.append(PanelResponse(model=entry, content=outcome.content, provider=provider(model_of(entry))))
         elif outcome.content.strip():
             why = outcome.error.message
-            responses.append(PanelResponse(model=entry, content=outcome.content, truncated=True, truncated_reason=why))
+            responses.append(
+                PanelResponse(
+                    model=entry,
+                    content=outcome.content,
+                    truncated=True,
+                    truncated_reason=why,
+                    provider=provider(model_of(entry)),
+                )
+            )
         else:
-            failed.append(FailedModel(model=entry, error=outcome.error.message, status_code=outcome.error.status_code))
+            error = outcome.error
+            failed.append(
+                FailedModel(
+                    model=entry, error=error.message, status_code=error.status_code, provider=provider(model_of(entry))
+                )
+            )
     return FusionResult(
         status="running",
         run_id=run_id,
@@ -216,19 +243,27 @@ def so_far(request: FusionRequest, outcomes: dict[str, MemberOutcome], run_id: s
     )
 
 
-def spent_so_far(request: FusionRequest, outcomes: dict[str, MemberOutcome], analyst: list[MemberOutcome]) -> Usage:
+def spent_so_far(
+    request: FusionRequest,
+    outcomes: dict[str, MemberOutcome],
+    analyst: list[MemberOutcome],
+    provider: Callable[[str], str | None] = _nowhere,
+) -> Usage:
     """What a run that was stopped had used by then: its panel members' and analyst's requests, finished or not."""
-    rows = [_usage_row(o.model, "panel", [o]) for o in outcomes.values()]
+    rows = [_usage_row(o.model, "panel", [o], provider) for o in outcomes.values()]
     if analyst:
-        rows.append(_usage_row(request.model, "analyst", analyst))
+        rows.append(_usage_row(request.model, "analyst", analyst, provider))
     return _usage(rows)
 
 
-def _usage_row(model: str, role: Literal["panel", "analyst"], turns: list[MemberOutcome]) -> ModelUsage:
+def _usage_row(
+    model: str, role: Literal["panel", "analyst"], turns: list[MemberOutcome], provider: Callable[[str], str | None]
+) -> ModelUsage:
     total = sum((t.usage for t in turns), TokenUsage())
     served = next((t.served_by for t in reversed(turns) if t.served_by), None)
     requests = sum(t.requests for t in turns)
-    return ModelUsage(model=model, role=role, requests=requests, served_by=served, **total.model_dump())
+    name = provider(model_of(model))
+    return ModelUsage(model=model, role=role, requests=requests, served_by=served, provider=name, **total.model_dump())
 
 
 def _usage(rows: list[ModelUsage]) -> Usage:

@@ -33,11 +33,11 @@ from ..core.progress import DeltaSink, EventSink, ProgressEvent
 from ..core.text import plural
 from ..providers.catalogue import CatalogueClient
 from ..providers.client import Provider, ProviderPools
-from ..store import Store, StoreError, UsageRow, cache_key, is_complete, open_store
+from ..store import Store, StoreError, UsageRow, cache_key, is_complete, open_store, qualified
 from ..web.network import SYSTEM_NETWORK, Network
 from ..web.toolbox import open_web_tools
 from . import daily_cap
-from .admission import FusionRefused, check_catalogue, prepare
+from .admission import FusionRefused, check_catalogue, prepare, request_models
 from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
 from .material import Material, read_material, without_image_data
 from .pipeline import run_fusion
@@ -73,11 +73,15 @@ async def start_store(settings: Settings) -> Store | None:
     return store
 
 
-def provider_identity(settings: Settings) -> str:
-    """Which provider and account answer: the base URL and a fingerprint of the key (never the key itself).
+def provider_identity(settings: Settings, models: tuple[str, ...] = ()) -> str:
+    """Which provider and account answer: the base URL and a fingerprint of the key (never the key itself);
+    with providers configured, each of ``models``' provider, in order (its name, base URL and key's fingerprint).
 
-    A cached result is served only for the same ones: another account may see other models or prices.
+    A cached result is served only for the same ones: another account may see other models or prices, and a
+    member moved to another provider answers otherwise.
     """
+    if settings.providers:
+        return "\n".join(f"{model} {settings.route(model)[0].identity()}" for model in models)
     key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
     return f"{settings.base_url} {hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
@@ -97,7 +101,7 @@ class FusionService:
         self.pools = pools
         self.http = pools.shared
         """Provider connections for everything but runs: the catalogue, chat writer requests."""
-        self.catalogue = CatalogueClient(self.http, settings)
+        self.catalogue = CatalogueClient(self.http, settings, pools=pools.providers)
         self.web = web
         self.store = store
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
@@ -131,7 +135,7 @@ class FusionService:
         store = await start_store(settings)
         # Runs have pools of their own, sized for every member and the analyst; chat writer requests (and the
         # catalogue's few) share another, so writers can never starve a run of connections.
-        pools = ProviderPools(settings.max_concurrent, settings.max_chat_requests + 4)
+        pools = ProviderPools(settings.max_concurrent, settings.max_chat_requests + 4, settings.providers)
         try:
             async with (
                 _closing(pools),
@@ -274,7 +278,7 @@ class FusionService:
             run_id=turn_id,
             principal=principal,
             created=time.time(),
-            model=model,
+            model=qualified(model, self.settings.provider_name(model)),
             role="writer",
             requests=requests,
             prompt_tokens=used.prompt_tokens,
@@ -565,7 +569,10 @@ class FusionService:
             live.principal,
             live.settings,
         )
-        identity = self._provider_identity if settings is self.settings else provider_identity(settings)
+        if settings is self.settings and not settings.providers:
+            identity = self._provider_identity
+        else:
+            identity = provider_identity(settings, request_models(request))
         key = cache_key(request, principal=principal, provider=identity)
         if store is not None and self.settings.cache and not live.fresh:
             hit = self._caching.get(key) or await self._cached(key)
@@ -588,7 +595,7 @@ class FusionService:
         with self.pools.lease() as http:
             result = await run_fusion(
                 request,
-                Provider(http, settings),
+                Provider(http, settings, pools=self.pools.providers),
                 on_event=live.emit,
                 run_id=run_id,
                 transcripts=transcripts,
@@ -690,7 +697,7 @@ class FusionService:
         while this would import the HTTP stack and fetch the catalogue on the same core. A call meanwhile
         fetches the catalogue itself, and the check then reads it from the cache.
         """
-        if self.settings.api_key is None and self.settings.is_openrouter:
+        if self.settings.api_key is None and self.settings.is_openrouter and not self.settings.providers:
             return
         await anyio.sleep(CHECK_MODELS_AFTER_S)
         for model in dict.fromkeys((*map(model_of, self.settings.analysis_models), self.settings.model)):
@@ -698,7 +705,7 @@ class FusionService:
             if not known:
                 close = found.closest(model)
                 hint = f" (closest: {', '.join(close)})" if close else ""
-                log.warning("configured model %r is not in the provider's catalogue%s", model, hint)
+                log.warning("configured model %r is not in %s%s", model, found.whose, hint)
 
 
 _FROZEN: list[bool] = []

@@ -35,7 +35,15 @@ from ..core.about import VERSION
 from ..core.budget import fit_json
 from ..core.callers import LOCAL_PRINCIPAL, principal_of, upstream_key_of
 from ..core.lenses import BUILTIN
-from ..core.limits import MAX_DEADLINE_S, MAX_FILES, MAX_GUESTS, MAX_PANEL, MAX_TOOL_CALLS, MIN_TOOL_CALLS
+from ..core.limits import (
+    MAX_COMPLETION_TOKENS,
+    MAX_DEADLINE_S,
+    MAX_FILES,
+    MAX_GUESTS,
+    MAX_PANEL,
+    MAX_TOOL_CALLS,
+    MIN_TOOL_CALLS,
+)
 from ..core.models import FusionArgs, FusionResult, GuestAnswer
 from ..core.progress import EventSink, ProgressEvent
 from ..core.render import render
@@ -326,6 +334,18 @@ FilesArg = Annotated[
         "at the first root.",
     ),
 ]
+TemperatureArg = Annotated[
+    float | None, Field(ge=0, le=2, description=f"Optional: {ARGUMENT_RULES['temperature']}. Default: the server's.")
+]
+ReasoningArg = Annotated[
+    dict[str, Any] | None,
+    Field(description=f"Optional reasoning for the panel, OpenRouter's object: {ARGUMENT_RULES['reasoning']}."),
+]
+WebToolsArg = Annotated[list[Any] | None, Field(description=f"Optional: {ARGUMENT_RULES['tools']}.")]
+TokensArg = Annotated[
+    int | None,
+    Field(ge=1, le=MAX_COMPLETION_TOKENS, description=f"Optional: {ARGUMENT_RULES['max_completion_tokens']}."),
+]
 RootsArg = Annotated[ListRootsResult | None, CLIENT_ROOTS]
 """Filled by the server (the client's MCP roots), never by the host model: not in the input schema."""
 
@@ -341,6 +361,10 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
         preset: PresetArg = None,
         answers: AnswersArg = None,
         files: FilesArg = None,
+        temperature: TemperatureArg = None,
+        reasoning: ReasoningArg = None,
+        tools: WebToolsArg = None,
+        max_completion_tokens: TokensArg = None,
         roots: RootsArg = None,
     ) -> Annotated[CallToolResult, FusionResult]:
         service = ctx.request_context.lifespan_context
@@ -356,6 +380,10 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
             answers=answers,
             files=files,
             file_roots=root_paths(roots),
+            temperature=temperature,
+            reasoning=reasoning,
+            tools=tools,
+            max_completion_tokens=max_completion_tokens,
         )
         principal, api_key = _caller.get(), _lent_key.get()
         try:

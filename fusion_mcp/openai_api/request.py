@@ -16,7 +16,7 @@ the field, raised before anything is sent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -124,7 +124,8 @@ class ChatBody(Open):
 
 
 class FusionConfig(BaseModel):
-    """What a plugin or tool entry may set, with OpenRouter's names. ``reasoning`` is accepted and not used."""
+    """What a plugin or tool entry may set, with OpenRouter's names; the run's knobs (temperature, reasoning,
+    tools, max_completion_tokens) are checked by the same argument rules as the MCP tool's and ``ask``'s."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -153,7 +154,11 @@ class FusionSetup:
     max_tool_calls: int | None
     preset: str | None
     overrides: dict[str, Any]
-    """Fields of the run's :class:`FusionRequest` the entry point sets (temperature, token cap, web tools off)."""
+    """Fields of the run's :class:`FusionRequest` the entry point sets (temperature, token cap, web tools off),
+    as the caller wrote them: they reach the run as the call's arguments (:meth:`args`)."""
+    knobs: dict[str, Any] = field(default_factory=dict)
+    """The entry point's per-call knobs under their argument names (temperature, reasoning, tools,
+    max_completion_tokens), for :func:`~fusion_mcp.engine.admission.prepare` to check and apply."""
 
     def args(self, prompt: str, context: str | None, deadline_s: float) -> FusionArgs:
         return FusionArgs(
@@ -164,6 +169,7 @@ class FusionSetup:
             max_tool_calls=self.max_tool_calls,
             preset=self.preset,
             deadline_s=deadline_s,
+            **self.knobs,
         )
 
 
@@ -207,6 +213,10 @@ def plan_turn(raw: Any, settings: Settings, *, depth: int) -> Plan:
     if body.model in ALIASES:
         own = config.model if config is not None else None
         writer = _model_id(f"{where}.model", own) if own else settings.models_for(preset)[1]
+    try:
+        settings.route(writer)
+    except ValueError as exc:  # an id that names no configured provider: said now, not by a failed request
+        raise ChatError.bad_field("model" if writer == body.model else f"{where}.model", str(exc)) from None
     switched_off = isinstance(config, FusionPlugin) and not config.enabled
     enabled = config is not None and settings.enabled and depth < 1 and not switched_off
     fields = {k: v for k, v in raw.items() if k not in OWN_FIELDS}
@@ -295,12 +305,18 @@ def _setup(where: str, config: FusionConfig, preset: str | None, writer: str, se
         overrides["max_completion_tokens"] = config.max_completion_tokens
     if config.tools == []:
         overrides["web_tools"] = "off"
+    knobs = {
+        name: value
+        for name in ("temperature", "reasoning", "tools", "max_completion_tokens")
+        if (value := getattr(config, name)) is not None
+    }
     setup = FusionSetup(
         analysis_models=config.analysis_models,
         analyst=config.model or writer,
         max_tool_calls=config.max_tool_calls,
         preset=preset,
         overrides=overrides,
+        knobs=knobs,
     )
     try:
         # A stand-in prompt: only the entry point's own arguments are being checked here.

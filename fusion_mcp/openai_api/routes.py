@@ -224,9 +224,13 @@ class ChatApp:
     async def _models(self, scope: Scope, reply: Reply) -> None:
         if scope["method"] != "GET":
             raise ChatError(405, "use GET to list models", code="method_not_allowed", headers={"Allow": "GET"})
-        catalogue = await self._running().catalogue.get()
+        service = self._running()
+        catalogue = await service.catalogue.get()
         known = [m for m in sorted(catalogue.models or ()) if m not in ALIASES]
         data = [_model(m, OWNER) for m in ALIASES] + [_model(m, m.split("/")[0] if "/" in m else OWNER) for m in known]
+        for name in service.settings.providers:  # each configured provider's models, as a call names them
+            listed = (await service.catalogue.source(name).get()).models or ()
+            data += [_model(f"{name}:{m}", name) for m in sorted(listed)]
         await reply.json(200, {"object": "list", "data": data})
 
     async def _begin(self, scope: Scope, receive: Receive, what: str) -> tuple[FusionService, Any, int]:

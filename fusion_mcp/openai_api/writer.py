@@ -119,7 +119,9 @@ class Writer:
         self.on_delta: DeltaSink | None = None
         self.on_fusion: Callable[[str, FusionResult | None], None] | None = None
         """Told when the fusion call starts (its run id, None) and when it ends (its id and result, a refusal too)."""
-        self.provider = Provider(service.http, service.settings_for(api_key), depth=depth)
+        self.provider = Provider(
+            service.http, service.settings_for(api_key), depth=depth, pools=service.pools.providers
+        )
         self.spent = 0.0
         """USD the writer's requests have spent so far (their worst cases where none was reported)."""
         self.run_spent = 0.0
@@ -306,7 +308,7 @@ class Writer:
         self._enter("fusion")
         try:
             return await self.service.run(
-                request.model_copy(update=setup.overrides),
+                request,
                 run_id=run_id,
                 on_event=self.on_event,
                 principal=self.principal,

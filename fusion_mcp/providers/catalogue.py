@@ -11,15 +11,17 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
 import anyio
 import httpx2
 
-from ..config import Settings
+from ..config import Endpoint, Settings
 from ..core.lenses import model_of
+from ..core.model_ids import DEFAULT_PROVIDER
 from ..core.models import FusionRequest
 from ..core.strict_json import as_array, as_object
 from .client import auth_headers
@@ -59,6 +61,15 @@ class Catalogue:
     problem: str | None = None
     """Why there is no catalogue when the provider could not be asked (unreachable, a server error), as
     opposed to a provider that simply publishes none (many local servers answer 404)."""
+    provider: str | None = None
+    """The configured provider whose catalogue this is; None with no providers configured."""
+    prefix: str = ""
+    """How ids of this catalogue were written to reach it (``local:``): suggestions are given the same way."""
+
+    @property
+    def whose(self) -> str:
+        """How messages name it: ``the provider's catalogue``, or ``provider 'local''s catalogue``."""
+        return "the provider's catalogue" if self.provider is None else f"the catalogue of provider {self.provider!r}"
 
     def remember(self, model: str, info: ModelInfo | None) -> None:
         self.aliases[model] = info
@@ -67,13 +78,15 @@ class Catalogue:
             self.aliases.popitem(last=False)
 
     def closest(self, model: str, n: int = 3) -> list[str]:
-        """Known ids that look like ``model`` (with or without an alias's ``~``), best first."""
+        """Known ids that look like ``model`` (with or without an alias's ``~``), best first, written as
+        ``model`` was (with its provider's prefix)."""
         ids = list(self.models or ())
         import difflib  # loaded for a suggestion, not at start
 
+        model = model.removeprefix(self.prefix)
         found = difflib.get_close_matches(model, ids, n=n, cutoff=0.75)
         found += difflib.get_close_matches(model.lstrip("~"), ids, n=n, cutoff=0.75)
-        return list(dict.fromkeys(found))[:n]
+        return [f"{self.prefix}{m}" for m in dict.fromkeys(found)][:n]
 
 
 def _price(value: Any) -> float | None:
@@ -109,13 +122,59 @@ def _inputs(architecture: Any) -> frozenset[str]:
 
 
 class CatalogueClient:
-    """Fetches and caches the catalogue; every failure means "no catalogue", never an exception."""
+    """Every provider's catalogue, each asked for the ids routed to it (:meth:`Settings.route`); with no
+    providers configured, the one base URL's. Every failure means "no catalogue", never an exception."""
 
-    def __init__(self, http: httpx2.AsyncClient, settings: Settings, timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        http: httpx2.AsyncClient,
+        settings: Settings,
+        timeout_s: float = 15.0,
+        pools: Mapping[str, httpx2.AsyncClient] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sources = {
+            name: EndpointCatalogue((pools or {}).get(name, http), endpoint, timeout_s)
+            for name, endpoint in settings.endpoints.items()
+        }
+
+    def source(self, name: str) -> EndpointCatalogue:
+        """One provider's catalogue (``default``: the one base URL's)."""
+        return self._sources[name]
+
+    async def get(self) -> Catalogue:
+        """The default provider's catalogue."""
+        return await self._sources[DEFAULT_PROVIDER].get()
+
+    async def lookup(self, model: str) -> tuple[bool, ModelInfo | None, Catalogue]:
+        """(known, info, catalogue) of ``model`` (an id without a lens) at the provider it routes to: unknown
+        only when a catalogue exists and names nothing like it (or it names no provider at all). Prices the
+        provider's config gives fill in those its catalogue lacks."""
+        if not self._settings.providers:  # one base URL: its catalogue, as it is
+            return await self._sources[DEFAULT_PROVIDER].lookup(model)
+        try:
+            endpoint, upstream = self._settings.route(model)
+        except ValueError:
+            return False, None, Catalogue(models={})
+        known, info, catalogue = await self._sources[endpoint.name].lookup(upstream)
+        price = endpoint.price(upstream) if endpoint.named else None
+        if known and price is not None and (info is None or info.prompt_price is None or info.completion_price is None):
+            base = info if info is not None else ModelInfo(id=upstream)
+            info = replace(base, prompt_price=price[0], completion_price=price[1])
+        if self._settings.providers:
+            prefix = model.removesuffix(upstream) if model != upstream and model.endswith(upstream) else ""
+            catalogue = replace(catalogue, provider=endpoint.name, prefix=prefix)
+        return known, info, catalogue
+
+
+class EndpointCatalogue:
+    """One provider's catalogue, fetched and cached."""
+
+    def __init__(self, http: httpx2.AsyncClient, endpoint: Endpoint, timeout_s: float = 15.0) -> None:
         self._http = http
         self._timeout_s = timeout_s
-        self._base = settings.base_url
-        self._headers = auth_headers(settings)
+        self._base = endpoint.base_url
+        self._headers = auth_headers(endpoint)
         self._cached: Catalogue | None = None
         self._lock = anyio.Lock()
 

@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,9 +22,10 @@ from urllib.request import getproxies
 import anyio
 import httpx2
 
-from ..config import Settings
+from ..config import Endpoint, Settings
 from ..core.errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
 from ..core.limits import MAX_PANEL, MAX_RETRIES
+from ..core.model_ids import DEFAULT_PROVIDER
 from ..core.models import TokenUsage
 from ..core.strict_json import as_object
 from ..core.text import one_line
@@ -39,11 +40,12 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 """No honest chat completion is this large; past it the answer is cut and the member fails."""
 
 
-def auth_headers(settings: Settings) -> dict[str, str]:
-    """The provider's ``Authorization`` header, or none when no key is configured (a local server)."""
-    if settings.api_key is None:
+def auth_headers(source: Settings | Endpoint) -> dict[str, str]:
+    """A provider's ``Authorization`` header (the default one's, or a configured one's), or none when it has no
+    key (a local server)."""
+    if source.api_key is None:
         return {}
-    return {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"}
+    return {"Authorization": f"Bearer {source.api_key.get_secret_value()}"}
 
 
 TextSink = Callable[[str], None]
@@ -123,11 +125,14 @@ class ProviderPools:
     a connection another run holds.
     """
 
-    def __init__(self, runs: int, shared: int) -> None:
+    def __init__(self, runs: int, shared: int, providers: Iterable[str] = ()) -> None:
         count = max(1, -(-runs // RUNS_PER_POOL))
         self._pools = [new_http_client(RUNS_PER_POOL * (MAX_PANEL + 1)) for _ in range(count)]
         self._leases = [0] * count
         self.shared = new_http_client(shared)
+        self.providers = {name: new_http_client(min(1024, runs * (MAX_PANEL + 1) + shared)) for name in providers}
+        """One pool per configured provider (by name), for its runs' members, its catalogue and chat writers:
+        a slow or failing provider holds only its own connections."""
 
     @contextmanager
     def lease(self) -> Iterator[httpx2.AsyncClient]:
@@ -140,7 +145,7 @@ class ProviderPools:
             self._leases[index] -= 1
 
     async def aclose(self) -> None:
-        for client in (*self._pools, self.shared):
+        for client in (*self._pools, self.shared, *self.providers.values()):
             await client.aclose()
 
 
@@ -163,21 +168,73 @@ class Completion:
     annotations: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Provider:
-    """Chat completions against one base URL, for one fusion run at one recursion depth."""
+@dataclass(frozen=True)
+class Line:
+    """Where one provider's requests go: its URL, headers (key, attribution) and connection pool."""
 
-    def __init__(self, http: httpx2.AsyncClient, settings: Settings, *, depth: int = 0) -> None:
-        self._http = http
-        self._url = f"{settings.base_url}/chat/completions"
+    endpoint: Endpoint
+    url: str
+    headers: dict[str, str]
+    http: httpx2.AsyncClient
+    label: str | None
+    """How messages name it (``provider 'local'``); None with no providers configured, as before."""
+
+
+def endpoint_headers(endpoint: Endpoint, settings: Settings, depth: int) -> dict[str, str]:
+    """A provider's request headers: the key, its extra headers, and the attribution and depth headers where
+    they apply (the default provider and OpenRouter always; a vendor's API not: ``attribution = false``)."""
+    headers = {"Content-Type": "application/json", **endpoint.headers}
+    if endpoint.attribution:
+        headers.update(
+            {
+                "HTTP-Referer": settings.app_url,
+                "X-OpenRouter-Title": settings.app_title,
+                "X-Title": settings.app_title,
+                DEPTH_HEADER: str(depth + 1),
+            }
+        )
+    if endpoint.api_key is not None:
+        headers["Authorization"] = f"Bearer {endpoint.api_key.get_secret_value()}"
+    return headers
+
+
+class Provider:
+    """Chat completions for one fusion run at one recursion depth, each request sent to the provider its
+    ``model`` routes to (:meth:`Settings.route`): one base URL, or each configured provider's with its own
+    key, headers and connection pool (``pools``, by provider name; ``http`` for those without one)."""
+
+    def __init__(
+        self,
+        http: httpx2.AsyncClient,
+        settings: Settings,
+        *,
+        depth: int = 0,
+        pools: Mapping[str, httpx2.AsyncClient] | None = None,
+    ) -> None:
+        self._settings = settings
         self._secrets = settings.secrets
-        self._headers = {
-            "Content-Type": "application/json",
-            "HTTP-Referer": settings.app_url,
-            "X-OpenRouter-Title": settings.app_title,
-            "X-Title": settings.app_title,
-            DEPTH_HEADER: str(depth + 1),
-            **auth_headers(settings),
+        self._routed = routed = bool(settings.providers)
+        self._lines = {
+            name: Line(
+                endpoint,
+                f"{endpoint.base_url}/chat/completions",
+                endpoint_headers(endpoint, settings, depth),
+                (pools or {}).get(name, http),
+                f"provider {name!r}" if routed else None,
+            )
+            for name, endpoint in settings.endpoints.items()
         }
+
+    def line(self, model: str) -> tuple[Line, str]:
+        """The provider ``model`` (an id without a lens) goes to, and the id it is sent."""
+        if not self._routed:  # one base URL: nothing to route
+            return self._lines[DEFAULT_PROVIDER], model
+        endpoint, upstream = self._settings.route(model)
+        return self._lines[endpoint.name], upstream
+
+    def provider_of(self, model: str) -> str | None:
+        """The name of the provider that serves ``model``; None with no providers configured."""
+        return self._settings.provider_name(model)
 
     async def complete(
         self,
@@ -194,11 +251,41 @@ class Provider:
         each piece of the model's streamed ``reasoning``, OpenRouter's field). ``deadline``
         (``anyio.current_time()`` scale) stops retrying when the next wait would pass it: the caller gets
         the last error rather than a retry that cannot finish in time. ``on_retry`` hears of each retry (the
-        run's progress shows it in the member's row); without one, retries are logged.
+        run's progress shows it in the member's row); without one, retries are logged. With providers
+        configured, an error names the provider that failed.
         """
+        try:
+            line, upstream = self.line(str(body.get("model")))
+        except ValueError as exc:
+            raise UpstreamError(str(exc)) from None
+        body = _for_provider(line.endpoint, {**body, "model": upstream} if upstream != body.get("model") else body)
+        try:
+            completion = await self._retrying(line, body, on_text, deadline, on_retry, on_reasoning)
+        except UpstreamError as exc:
+            if line.label is not None:
+                exc.message = f"{line.label}: {exc.message}"
+                exc.args = (exc.message,)
+            raise
+        price = line.endpoint.price(upstream) if line.endpoint.named else None
+        if completion.usage.cost is None and price is not None:
+            # A provider that reports no cost (a vendor's API, a local server): the configured price counts it.
+            used = completion.usage
+            cost = round(used.prompt_tokens * price[0] + used.completion_tokens * price[1], 10)
+            completion.usage = used.model_copy(update={"cost": cost})
+        return completion
+
+    async def _retrying(
+        self,
+        line: Line,
+        body: dict[str, Any],
+        on_text: TextSink | None,
+        deadline: float | None,
+        on_retry: RetryListener | None,
+        on_reasoning: TextSink | None,
+    ) -> Completion:
         for attempt in range(MAX_RETRIES + 1):
             try:
-                return await self._once(body, on_text, on_reasoning)
+                return await self._once(line, body, on_text, on_reasoning)
             except UpstreamError as exc:
                 if not exc.retryable or attempt == MAX_RETRIES or exc.partial:
                     raise
@@ -213,11 +300,11 @@ class Provider:
         raise AssertionError("unreachable")
 
     async def _once(
-        self, body: dict[str, Any], on_text: TextSink | None, on_reasoning: TextSink | None = None
+        self, line: Line, body: dict[str, Any], on_text: TextSink | None, on_reasoning: TextSink | None = None
     ) -> Completion:
         stream = bool(body.get("stream"))
         try:
-            async with self._http.stream("POST", self._url, json=body, headers=self._headers) as response:
+            async with line.http.stream("POST", line.url, json=body, headers=line.headers) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response, await _read_capped(response))
                 if stream and response.headers.get("content-type", "").startswith("text/event-stream"):
@@ -226,7 +313,7 @@ class Provider:
         except httpx2.TimeoutException as exc:
             raise Timeout(f"the provider did not answer in time ({type(exc).__name__})") from None
         except httpx2.ConnectError as exc:
-            raise ConnectionFailed(f"could not connect to the provider at {self._url}: {_describe(exc)}") from None
+            raise ConnectionFailed(f"could not connect to the provider at {line.url}: {_describe(exc)}") from None
         except httpx2.TransportError as exc:
             raise ConnectionFailed(f"the connection to the provider broke: {_describe(exc)}") from None
 
@@ -244,6 +331,18 @@ class Provider:
             retry_after=retry_after,
             code=code or ("model_not_found" if status == 404 else None),
         )
+
+
+def _for_provider(endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` in the provider's dialect: ``reasoning`` (OpenRouter's object) is ``reasoning_effort`` on the
+    other OpenAI-compatible APIs (OpenAI, Anthropic's and Gemini's compatibility endpoints, vLLM, Ollama)."""
+    reasoning = body.get("reasoning")
+    if not isinstance(reasoning, dict) or endpoint.is_openrouter or not endpoint.named:
+        return body
+    body = {k: v for k, v in body.items() if k != "reasoning"}
+    if isinstance(reasoning.get("effort"), str):
+        body["reasoning_effort"] = reasoning["effort"]
+    return body
 
 
 def _describe(exc: Exception) -> str:

@@ -41,6 +41,7 @@ from .base import (
     cache_key,
     expand_texts,
     is_complete,
+    qualified,
     share_texts,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "expand_texts",
     "is_complete",
     "open_store",
+    "qualified",
     "share_texts",
 ]
 

@@ -33,7 +33,7 @@ from ..core.models import RESULT_SCHEMA, FusionRequest, FusionResult, Usage
 log = logging.getLogger("fusion_mcp.store")
 
 UsageRole = Literal["panel", "analyst", "writer"]
-UsageBy = Literal["principal", "model", "day", "all"]
+UsageBy = Literal["principal", "model", "provider", "day", "all"]
 """How usage is grouped; ``all`` is one group, ``total`` (runs counted once however many models they asked)."""
 DAY_S = 86400.0
 
@@ -446,10 +446,11 @@ def cache_gone(run_id: str, original: str) -> str:
 
 def usage_rows(run_id: str, principal: str, created: float, usage: Usage, *, free: bool = False) -> list[UsageRow]:
     """One row per model and role (a model under several lenses is one model); ``free`` (a cached result)
-    keeps the rows, so the run counts, with nothing spent."""
+    keeps the rows, so the run counts, with nothing spent. With providers configured a row's model names its
+    provider, ``PROVIDER:ID`` (``local:qwen3:8b``, ``default:~openai/gpt-latest``), however the call spelt it."""
     merged: dict[tuple[str, str], UsageRow] = {}
     for m in usage.models:
-        key = (model_of(m.model), m.role)
+        key = (qualified(model_of(m.model), m.provider), m.role)
         old = merged.get(key)
         cost = None if free else m.cost
         if old is not None:
@@ -467,6 +468,12 @@ def usage_rows(run_id: str, principal: str, created: float, usage: Usage, *, fre
             cost=0.0 if free else cost,
         )
     return list(merged.values())
+
+
+def qualified(model: str, provider: str | None) -> str:
+    """A usage row's model: ``PROVIDER:ID`` when providers are configured (``provider`` is then set), however the
+    call spelt it; the id as it was otherwise. ``usage --by provider`` groups by that prefix."""
+    return model if provider is None else f"{provider}:{model.removeprefix(f'{provider}:')}"
 
 
 def usage_total(by: UsageBy, row: tuple[Any, ...]) -> UsageTotal:

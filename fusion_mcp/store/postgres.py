@@ -149,7 +149,14 @@ _SPEND = """
 SELECT (SELECT COALESCE(SUM(cost), 0) FROM fusion_usage WHERE principal = %(principal)s AND created >= %(since)s),
        (SELECT COALESCE(SUM(cost), 0) FROM fusion_reservations
         WHERE principal = %(principal)s AND run_id != %(run_id)s AND expires >= %(now)s)"""
-_GROUPS = {"principal": "principal", "model": "model", "day": f"floor(created / {DAY_S})::bigint", "all": "'total'"}
+_GROUPS = {
+    "principal": "principal",
+    "model": "model",
+    # The provider a row's model names (PROVIDER:ID, see usage_rows), else the default one.
+    "provider": "CASE WHEN model ~ '^[a-z][a-z0-9-]{0,31}:' THEN split_part(model, ':', 1) ELSE 'default' END",
+    "day": f"floor(created / {DAY_S})::bigint",
+    "all": "'total'",
+}
 
 
 def display_url(url: str) -> str:

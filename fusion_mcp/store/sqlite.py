@@ -174,6 +174,10 @@ SELECT (SELECT COALESCE(SUM(cost), 0) FROM usage WHERE principal = :principal AN
 _GROUPS = {
     "principal": "principal",
     "model": "model",
+    # The provider a row's model names (PROVIDER:ID, see usage_rows), else the default one.
+    "provider": "CASE WHEN instr(model, ':') > 1 AND substr(model, 1, 1) GLOB '[a-z]' "
+    "AND substr(model, 1, instr(model, ':') - 1) NOT GLOB '*[^a-z0-9-]*' "
+    "THEN substr(model, 1, instr(model, ':') - 1) ELSE 'default' END",
     # Whole UTC days since the epoch; shown as dates.
     "day": f"CAST(created / {DAY_S} AS INTEGER)",
     "all": "'total'",

@@ -95,11 +95,12 @@ class ProviderSim:
         self.aliases: dict[str, dict[str, Any]] = {}
         """What ``GET /model/{id}`` resolves (OpenRouter's ``~...-latest`` aliases)."""
         self.valid_key: str | None = None
+        """When set, ``GET /key`` answers 401 for any other bearer token, and so do chat completions and ``GET
+        /models`` (as a vendor's API does)."""
         self.lookups: list[str] = []
         self.catalogue_reads = 0
         """``GET /models`` requests served."""
         """Every ``GET /model/...`` path, as the server sent it (before any decoding)."""
-        """When set, ``GET /key`` answers 401 for any other bearer token."""
         self._app = Starlette(
             routes=[
                 Route("/api/v1/chat/completions", self._chat, methods=["POST"]),
@@ -169,6 +170,8 @@ class ProviderSim:
     async def _models(self, request: Request) -> Response:
         with self._lock:
             self.catalogue_reads += 1
+        if self.valid_key is not None and request.headers.get("authorization") != f"Bearer {self.valid_key}":
+            return JSONResponse({"error": {"code": 401, "message": "Incorrect API key provided"}}, status_code=401)
         if self.catalogue is None:
             return JSONResponse({"error": {"code": 404, "message": "not found"}}, status_code=404)
         return JSONResponse({"data": self.catalogue})
@@ -225,6 +228,9 @@ class ProviderSim:
         with self._lock:
             peer = (request.client.host, request.client.port) if request.client else None
             self.requests.append(Recorded(model, body, dict(request.headers), time.monotonic(), peer))
+        if self.valid_key is not None and request.headers.get("authorization") != f"Bearer {self.valid_key}":
+            error = {"code": 401, "message": "Incorrect API key provided"}
+            return JSONResponse({"error": error}, status_code=401)
         reply = self._next(model, body)
         if reply.latency and not await self._think(request, model, reply.latency):
             return Response(status_code=499)

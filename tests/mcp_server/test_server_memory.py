@@ -282,6 +282,10 @@ async def test_tool_metadata_tells_the_host_when_to_use_it(sim: ProviderSim) -> 
         "preset",
         "answers",
         "files",
+        "temperature",
+        "reasoning",
+        "tools",
+        "max_completion_tokens",
     }
     assert tool.output_schema is not None and "analysis" in tool.output_schema["properties"]
 
