@@ -486,3 +486,54 @@ def test_a_resume_refuses_changed_questions_and_a_new_eval_refuses_a_used_folder
         "no eval 'evnothere' to resume (give its folder with --out)\n"
     )
     assert len(sim.requests) == asked
+
+
+def test_an_eval_across_providers_sends_each_member_to_its_own(sim: ProviderSim, tmp_path: Path) -> None:
+    """A vendor key and a keyless local server beside the default provider: each member alone and inside fusion
+    goes to its own provider with its own key, and the table names the members as the user spelled them."""
+    vendor, local = ProviderSim().start(), ProviderSim().start()
+    vendor.valid_key = "sk-vendor-0123456789abcdef-do-not-leak"
+    try:
+        vendor.scripts["gpt-5"] = member("right")
+        local.scripts["qwen3:8b"] = member("wrong")
+        sim.scripts[HALF] = member("half")
+        sim.scripts[JUDGE] = judge
+        providers = {
+            "work": {"template": "openai", "base_url": vendor.base_url},
+            "local": {"template": "ollama", "base_url": local.base_url},
+        }
+        panel = ("work:gpt-5", HALF, "local:qwen3:8b")
+        out = tmp_path / "out"
+        questions = write_questions(tmp_path / "q.jsonl", QUESTIONS[:4])
+        done = run_eval(
+            sim,
+            tmp_path,
+            str(questions),
+            "--panel",
+            ",".join(panel),
+            "--analyst",
+            JUDGE,
+            "--out",
+            str(out),
+            "--yes",
+            FUSION_PROVIDERS=json.dumps(providers),
+            OPENAI_API_KEY=vendor.valid_key,
+        )
+        assert done.returncode == 0, done.stderr
+        found = systems(summary_of(out))
+        assert [(name, found[name]["correct"]) for name in found] == [
+            (panel[0], 4),
+            (HALF, 2),
+            (panel[2], 0),
+            ("fusion", 2),
+        ]
+        # Alone and inside fusion: each question twice at each provider, with its own key (none at the local one).
+        assert len(vendor.requests) == len(local.requests) == 8
+        assert {r.headers.get("authorization") for r in vendor.requests} == {f"Bearer {vendor.valid_key}"}
+        assert all(
+            "authorization" not in r.headers or API_KEY not in r.headers["authorization"] for r in local.requests
+        )
+        assert not any(r.model in ("gpt-5", "qwen3:8b") for r in sim.requests)
+    finally:
+        vendor.stop()
+        local.stop()
