@@ -530,9 +530,7 @@ def test_an_eval_across_providers_sends_each_member_to_its_own(sim: ProviderSim,
         # Alone and inside fusion: each question twice at each provider, with its own key (none at the local one).
         assert len(vendor.requests) == len(local.requests) == 8
         assert {r.headers.get("authorization") for r in vendor.requests} == {f"Bearer {vendor.valid_key}"}
-        assert all(
-            "authorization" not in r.headers or API_KEY not in r.headers["authorization"] for r in local.requests
-        )
+        assert not any("authorization" in r.headers for r in local.requests)
         assert not any(r.model in ("gpt-5", "qwen3:8b") for r in sim.requests)
     finally:
         vendor.stop()
