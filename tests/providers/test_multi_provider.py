@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fusion_mcp.config import ConfigError, Settings, load_settings
+from fusion_mcp.core.callers import LOCAL_PRINCIPAL
 from fusion_mcp.core.models import FusionArgs, FusionResult
 from fusion_mcp.engine.admission import FusionRefused
 from fusion_mcp.engine.service import FusionService
@@ -170,6 +171,8 @@ async def test_cost_and_usage_are_counted_per_provider(three: Three, store_env: 
         assert rows["work-claude:claude-sonnet-4-5"].cost == pytest.approx(100 * 3e-6 + 50 * 15e-6)
         assert rows["qwen3:8b"].cost == 0.0
         assert rows[ANALYST].cost == 0.0015  # the default provider reported its own
+        # The caller has its answer a moment before the record (and its usage rows) is written.
+        await service.record_written(result.run_id, LOCAL_PRINCIPAL)
         by_model = {t.key: t for t in await service.store.usage(0, "model")}  # type: ignore[union-attr]
         assert set(by_model) == {
             "work-openai:gpt-5",
