@@ -57,12 +57,10 @@ async def run_fusion(
     files, read already; ``on_delta`` sees the members' text as it streams. Filled in as the run goes, when given:
     ``transcripts`` (every model's conversation, for the history), ``outcomes`` (each member's: what a run still
     going has finished, :func:`so_far`), ``analyst_turns`` (each analyst request: what a stopped run spent).
-
     The host's own answers (``request.guests``) join the panel's for the analyst, named ``guest:<label>``. With
-    fewer panel answers than the quorum (``min_answers``, at most the panel's size) the analyst is not asked:
-    the result is ``degraded`` with the answers there are. With ``request.deadline_s``, members running at the
-    deadline less the analyst's reserve are cut and keep what they streamed (truncated); an analyst running at the
-    deadline is cut: the answers come without analysis.
+    fewer panel answers than the quorum (``min_answers``, at most the panel's size), or a ``solo`` request, the
+    analyst is not asked (the former is ``degraded``). ``request.deadline_s`` less the analyst's reserve cuts the
+    members still running (each keeps what it streamed, truncated); the deadline cuts the analyst (no analysis).
     """
     clock = Clock.start(request)
     run = Run(

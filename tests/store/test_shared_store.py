@@ -116,7 +116,10 @@ async def test_a_replica_killed_mid_run_leaves_no_half_written_run(sim: Provider
         pid = server.proc.pid
     asked = len(sim.requests)
     async with await anyio.open_process([console_script(), "ask", "killed mid-run"], env=child_env(**env)) as ask:
+        # Killed once its members are at work and its running row is in (written beside them, off the way to
+        # the answer; a run killed before it has no row, and gave no answer either).
         await wait_until(lambda: len(sim.requests) >= asked + 3, 20)
+        await wait_until(lambda: rows(database_url, "SELECT count(*) FROM fusion_runs") == [(2,)], 20)
         ask.kill()
         await ask.wait()
     now = time.time()
