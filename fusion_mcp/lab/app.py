@@ -244,7 +244,7 @@ class LabApp:
         if principal is None:
             log.info("lab: a failed sign-in from %s", address)
             message = (
-                "that token is not one of this server's (or a one-time token already used): check it and try again"
+                "that token is not a token of this server, or a one-time token already used: check it and try again"
             )
             return self._render(request, "signin.html", self._signin_context(request, error=message), status=401)
         log.info("lab: %s signed in from %s", principal, address)
@@ -591,7 +591,7 @@ def _origin_refusal(request: Request) -> str | None:
     if not origin or origin == "null":
         return "this form must be sent by a browser from this server's own page (no Origin header came with it)"
     if urlsplit(origin).netloc.lower() != host.lower():
-        return "this form came from another site's page; open the lab at this server's address and try again"
+        return "this form came from a page of another site: open the lab at the address of this server and try again"
     return None
 
 

@@ -1,0 +1,245 @@
+"""The web lab over real HTTP (a plain client that behaves as a browser does): who gets in, what each request
+must carry, and what a principal can reach of another's.
+
+The server is the whole HTTP app (``build_app``) on a loopback port with two principals, alice and bob, and the
+loopback provider simulator as the panel's provider.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import API_KEY, PANEL, shared_env
+from tests.fakes.provider_sim import ProviderSim, Reply
+from tests.lab.lab_client import ALICE, BOB, TOKENS, Lab, LabClient, lab_server
+
+PAGES = ("/lab", "/lab/ask", "/lab/history", "/lab/usage", "/lab/runs/fus_0123456789abcdef", "/lab/compare")
+
+
+@pytest.fixture(scope="module")
+def lab(_sim: ProviderSim) -> Iterator[Lab]:
+    with lab_server(shared_env(_sim, FUSION_HTTP_TOKENS=TOKENS, FUSION_LAB_OPERATORS="alice")) as running:
+        yield running
+
+
+@pytest.fixture
+def alice(lab: Lab, sim: ProviderSim) -> Iterator[LabClient]:
+    with LabClient(lab.base) as client:
+        assert client.sign_in(ALICE).status_code == 303
+        yield client
+
+
+@pytest.fixture
+def bob(lab: Lab, sim: ProviderSim) -> Iterator[LabClient]:
+    with LabClient(lab.base) as client:
+        assert client.sign_in(BOB).status_code == 303
+        yield client
+
+
+def test_without_a_session_every_page_is_the_sign_in_page(lab: Lab, sim: ProviderSim) -> None:
+    with LabClient(lab.base) as client:
+        for path in PAGES:
+            answer = client.get(path)
+            assert (answer.status_code, answer.headers["location"]) == (303, "/lab/signin"), path
+        answer = client.get("/lab/signin")
+        assert answer.status_code == 200
+        assert 'name="token"' in answer.text and "Sign in" in answer.text
+        # The live stream and every form are refused too: a POST gets the sign-in page, and nothing runs.
+        assert client.get("/lab/runs/fus_0123456789abcdef/events").status_code == 401
+        refused = client.post("/lab/runs", data={"prompt": "q"}, headers={"origin": lab.base})
+        assert refused.status_code == 403 and 'name="token"' in refused.text
+    assert sim.requests == []
+
+
+def test_a_bearer_header_is_no_way_in(lab: Lab, sim: ProviderSim) -> None:
+    """The lab takes its session cookie only: a bearer (which a page cannot set for a navigation) does not sign in."""
+    with LabClient(lab.base) as client:
+        answer = client.get("/lab/ask", headers={"authorization": f"Bearer {ALICE}"})
+        assert (answer.status_code, answer.headers["location"]) == (303, "/lab/signin")
+
+
+def test_signing_in_sets_a_strict_http_only_session_cookie_for_the_lab_only(lab: Lab, sim: ProviderSim) -> None:
+    with LabClient(lab.base) as client:
+        answer = client.sign_in(ALICE)
+        assert (answer.status_code, answer.headers["location"]) == (303, "/lab/ask")
+        cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("fusion_lab_session="))
+        parts = {p.strip().lower() for p in cookie.split(";")}
+        assert {"httponly", "path=/lab", "samesite=strict"} <= parts
+        assert "secure" not in parts  # plain http on loopback; over TLS the cookie says Secure
+        assert ALICE not in answer.text and ALICE not in cookie
+        page = client.get("/lab/ask")
+        assert page.status_code == 200 and "Signed in as <strong>alice</strong>" in page.text
+        # Signing out ends the session on the server: the old cookie no longer works.
+        old = client.cookies.get("fusion_lab_session")
+        assert client.form("/lab/signout", {}).status_code == 303
+    with LabClient(lab.base) as other:
+        other.cookies.set("fusion_lab_session", old or "", path="/lab")
+        assert other.get("/lab/ask").status_code == 303
+
+
+def test_a_wrong_token_is_refused_without_being_echoed_and_then_rate_limited(lab: Lab, sim: ProviderSim) -> None:
+    wrong = "not-the-token-but-a-guess-0123"
+    with LabClient(lab.base) as client:
+        for _ in range(5):
+            answer = client.sign_in(wrong)
+            assert answer.status_code == 401
+            assert "that token is not a token of this server" in answer.text
+            assert wrong not in answer.text and "fusion_lab_session" not in answer.headers.get("set-cookie", "")
+        # The sixth try from this address is refused before its token is looked at, even a right one.
+        limited = client.sign_in(ALICE)
+        assert limited.status_code == 429
+        assert "too many failed sign-ins from your address: try again in" in limited.text
+        assert "fusion_lab_session" not in limited.headers.get("set-cookie", "")
+    lab.sign_ins._failures.clear()  # the next tests sign in from the same address
+
+
+def test_a_sign_in_needs_its_form_token_and_an_origin_of_this_server(lab: Lab, sim: ProviderSim) -> None:
+    with LabClient(lab.base) as client:
+        client.get("/lab/signin")
+        no_csrf = client.post("/lab/signin", data={"token": ALICE}, headers={"origin": lab.base})
+        assert no_csrf.status_code == 403 and "the sign-in form has expired" in no_csrf.text
+        csrf = client.csrf("/lab/signin")
+        no_origin = client.post("/lab/signin", data={"csrf": csrf, "token": ALICE})
+        assert no_origin.status_code == 403 and "no Origin header came with it" in no_origin.text
+        # Another allowed origin (the guard's allow-list has every loopback port) is still another site's page.
+        elsewhere = client.post(
+            "/lab/signin", data={"csrf": csrf, "token": ALICE}, headers={"origin": "http://localhost:1"}
+        )
+        assert elsewhere.status_code == 403 and "came from a page of another site" in elsewhere.text
+        foreign = client.post(
+            "/lab/signin", data={"csrf": csrf, "token": ALICE}, headers={"origin": "https://evil.example"}
+        )
+        assert foreign.status_code == 403 and "Origin are refused" in foreign.text  # the guard's own refusal
+        assert client.get("/lab/ask").status_code == 303
+
+
+def test_every_post_needs_the_sessions_csrf_token_and_origin(alice: LabClient, sim: ProviderSim) -> None:
+    base = alice.base
+    for data, headers, says in (
+        ({"prompt": "q"}, {"origin": base}, "CSRF token is missing or stale"),
+        ({"prompt": "q", "csrf": "forged"}, {"origin": base}, "CSRF token is missing or stale"),
+        ({"prompt": "q", "csrf": alice.csrf("/lab/ask")}, {}, "no Origin header came with it"),
+    ):
+        answer = alice.post("/lab/runs", data=data, headers=headers)
+        assert answer.status_code == 403 and says in answer.text, answer.text[:400]
+    # A JSON body is not a form: no fields, so no CSRF token.
+    as_json = alice.post("/lab/runs", json={"prompt": "q", "csrf": alice.csrf("/lab/ask")}, headers={"origin": base})
+    assert as_json.status_code == 403
+    assert sim.requests == []
+
+
+def test_every_answer_carries_the_content_security_policy(alice: LabClient) -> None:
+    for path in ("/lab/ask", "/lab/history", "/lab/usage", "/lab/signin", "/lab/static/lab.js", "/lab/static/nope"):
+        headers = alice.get(path).headers
+        csp = headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
+    assert alice.get("/lab/static/lab.js").headers["content-type"].startswith("text/javascript")
+    assert alice.get("/lab/static/../templates/base.html").status_code == 404
+
+
+def test_a_form_the_rules_refuse_names_the_field_and_starts_nothing(alice: LabClient, sim: ProviderSim) -> None:
+    answer = alice.form("/lab/runs", {"prompt": "q", "max_tool_calls": "many"})
+    assert answer.status_code == 400
+    assert "invalid argument max_tool_calls: must be" in answer.text
+    assert 'id="max_tool_calls" name="max_tool_calls" inputmode="numeric" value="many"' in answer.text
+    assert 'aria-invalid="true"' in answer.text
+    answer = alice.form("/lab/runs", {"prompt": "q", "panel": "not a model id"})
+    assert answer.status_code == 400 and "invalid argument analysis_models" in answer.text
+    answer = alice.form("/lab/runs", {"prompt": "   "})
+    assert answer.status_code == 400 and "invalid argument prompt" in answer.text
+    assert sim.requests == []
+
+
+def test_a_run_streams_to_its_watcher_then_reads_as_five_buckets(alice: LabClient, sim: ProviderSim) -> None:
+    sim.script(PANEL[1], Reply(content="Streaming **answer** in pieces of text", chunk_delay=0.02))
+    run_id = alice.ask(prompt="What is 6 x 7?")
+    events = alice.events(run_id)
+    streamed = "".join(str(e["text"].get(PANEL[1], "")) for e in events)  # type: ignore[union-attr]
+    assert streamed == "Streaming **answer** in pieces of text"
+    kinds = [s["kind"] for e in events for s in e["steps"]]  # type: ignore[union-attr]
+    assert kinds[0] == "started" and kinds.count("member_answered") == 3 and "analyst_done" in kinds
+    assert events[-1]["done"] is True
+    page = alice.get(f"/lab/runs/{run_id}")
+    assert page.status_code == 200
+    for bucket in ("Consensus", "Contradictions", "Partial coverage", "Unique insights", "Blind spots"):
+        assert bucket in page.text
+    assert "Streaming <strong>answer</strong> in pieces of text" in page.text
+    assert 'href="#member--openai-gpt-latest"' in page.text  # points name members: links to their answers
+    assert "Cost and time per member" in page.text
+
+
+def test_another_principals_run_is_refused_everywhere(alice: LabClient, bob: LabClient, sim: ProviderSim) -> None:
+    sim.script(PANEL[1], Reply(content="slow", latency=3))
+    run_id = alice.ask(prompt="the own question of alice")
+    for path in (f"/lab/runs/{run_id}", f"/lab/compare?run={run_id}&run={run_id}x"):
+        answer = bob.get(path)
+        assert answer.status_code == 404, path
+        assert "the own question of alice" not in answer.text
+    assert "no run" in bob.get(f"/lab/runs/{run_id}").text
+    assert bob.get(f"/lab/runs/{run_id}/events").status_code == 404
+    # bob's cancel does not stop alice's run, and bob's history does not list it.
+    assert bob.form(f"/lab/runs/{run_id}/cancel", {}).status_code == 303
+    assert run_id not in bob.get("/lab/history").text
+    events = alice.events(run_id)
+    assert events[-1]["done"] is True
+    page = alice.get(f"/lab/runs/{run_id}")
+    assert "error: cancelled" not in page.text and "the own question of alice" in page.text
+    assert run_id in alice.get("/lab/history").text
+
+
+def test_cancel_stops_the_run_and_the_page_says_so(alice: LabClient, sim: ProviderSim) -> None:
+    for model in PANEL:
+        sim.script(model, Reply(content="never finished", latency=30))
+    run_id = alice.ask(prompt="a question to cancel")
+    watching = alice.get(f"/lab/runs/{run_id}")
+    assert "Cancel run" in watching.text and f'data-run-events="/lab/runs/{run_id}/events"' in watching.text
+    answer = alice.form(f"/lab/runs/{run_id}/cancel", {}, page=f"/lab/runs/{run_id}")
+    assert (answer.status_code, answer.headers["location"]) == (303, f"/lab/runs/{run_id}")
+    assert alice.events(run_id)[-1]["done"] is True
+    page = alice.get(f"/lab/runs/{run_id}")
+    assert "error: cancelled" in page.text and "the run was cancelled in the lab" in page.text
+
+
+def test_a_member_echoing_the_key_never_shows_it(alice: LabClient, sim: ProviderSim) -> None:
+    sim.script(PANEL[2], Reply(content=f"the key is {API_KEY} indeed", chunk_delay=0.01))
+    run_id = alice.ask(prompt="leak?")
+    events = alice.events(run_id)
+    streamed = "".join(str(e["text"].get(PANEL[2], "")) for e in events)  # type: ignore[union-attr]
+    assert API_KEY not in streamed and "the key is" in streamed
+    for path in (f"/lab/runs/{run_id}", "/lab/history"):
+        assert API_KEY not in alice.get(path).text
+
+
+def test_history_search_and_compare(alice: LabClient, sim: ProviderSim) -> None:
+    first = alice.ask(prompt="Which sorting algorithm is stable?", panel=PANEL[1])
+    alice.events(first)
+    second = alice.ask(prompt="Which sorting algorithm is stable?", panel=f"{PANEL[2]},{PANEL[0]}")
+    alice.events(second)
+    found = alice.get("/lab/history", params={"q": "SORTING algorithm"}).text
+    assert first in found and second in found
+    by_model = alice.get("/lab/history", params={"q": "sorting", "model": "gemini"}).text
+    assert second in by_model and first not in by_model
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert first in alice.get("/lab/history", params={"since": today, "until": today}).text
+    assert first not in alice.get("/lab/history", params={"until": "2020-01-01"}).text
+    bad = alice.get("/lab/history", params={"since": "yesterday"}).text
+    assert "dates must be written YYYY-MM-DD" in bad
+    compared = alice.get(f"/lab/compare?run={first}&run={second}")
+    assert compared.status_code == 200 and compared.text.count("Which sorting algorithm is stable?") == 2
+    one = alice.get(f"/lab/compare?run={first}")
+    assert one.status_code == 400 and "choose exactly two runs to compare (you chose 1)" in one.text
+
+
+def test_usage_charts_and_the_operator_view(alice: LabClient, bob: LabClient, sim: ProviderSim) -> None:
+    bob.events(bob.ask(prompt="bob spends"))
+    alice.events(alice.ask(prompt="alice spends"))
+    mine = alice.get("/lab/usage").text
+    assert mine.count("<svg") == 3 and "spend per principal" in mine  # alice is an operator
+    assert ">bob</th>" in mine
+    theirs = bob.get("/lab/usage", params={"days": "7"}).text
+    assert theirs.count("<svg") == 2 and "spend per principal" not in theirs and ">alice</th>" not in theirs
+    assert 'option value="7" selected' in theirs
