@@ -59,13 +59,19 @@ CSP = (
 SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer Chromium sends a form POST with "Origin: null", which the
+    # lab must refuse; no other site gets a referrer either way (and answers' links say noreferrer too).
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
     "permissions-policy": "camera=(), microphone=(), geolocation=()",
 }
-ASSETS = {"lab.js": "text/javascript; charset=utf-8", "lab.css": "text/css; charset=utf-8"}
+ASSETS = {
+    "lab.js": "text/javascript; charset=utf-8",
+    "lab.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
 KEEPALIVE_S = 15.0
 POLL_S = 1.0
 """How often a watcher's stream checks whether its run has ended (its text and steps come at once)."""

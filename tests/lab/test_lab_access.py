@@ -136,7 +136,7 @@ def test_every_answer_carries_the_content_security_policy(alice: LabClient) -> N
         headers = alice.get(path).headers
         csp = headers["content-security-policy"]
         assert "script-src 'self'" in csp and "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
-        assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
+        assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "same-origin"
     assert alice.get("/lab/static/lab.js").headers["content-type"].startswith("text/javascript")
     assert alice.get("/lab/static/../templates/base.html").status_code == 404
 
