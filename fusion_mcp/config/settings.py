@@ -745,6 +745,8 @@ OUR_VARIABLES = frozenset(
         "FUSION_CLAUDE",
         "FUSION_CODEX",
         "FUSION_OPENCODE",
+        "FUSION_CHROMIUM",
+        "FUSION_LAB_SCREENSHOTS",
     }
 )
 """Environment variables of ours that are not settings: the config file's path, and the tools the test suite

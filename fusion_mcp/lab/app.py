@@ -42,7 +42,7 @@ from ..engine.admission import FusionRefused, incoming_depth
 from ..engine.run import new_run_id
 from ..engine.service import FusionService
 from . import charts
-from .auth import FAILURE_WINDOW_S, SignIns, same_token
+from .auth import FAILURE_WINDOW_S, MAX_FAILURES, SignIns, same_token
 from .markup import inline, markdown
 from .watch import Cursor, Watched, Watches
 
@@ -243,7 +243,7 @@ class LabApp:
         if wait > 0:
             message = (
                 f"too many failed sign-ins from your address: try again in {math.ceil(wait)} s "
-                f"(at most 5 attempts a {FAILURE_WINDOW_S:g} s)"
+                f"(at most {MAX_FAILURES} attempts a {FAILURE_WINDOW_S:g} s)"
             )
             return self._render(request, "signin.html", self._signin_context(request, error=message), status=429)
         principal = self.sign_ins.sign_in(_one(form, "token") or "", address)
