@@ -245,9 +245,10 @@ class FusionService:
         )
 
     async def estimate(self, request: FusionRequest) -> FusionRequest:
-        """``request`` checked against the catalogue as a run would be (unknown ids, tool and image support) with
-        its worst-case cost in ``cost_estimate``, without running it: what a person sees before running (the
-        lab's ask form). Raises :class:`FusionRefused` (``invalid_model``, ``cost_limit``) as the run would.
+        """``request`` checked as a run would check it before spending (its files read, unknown ids, tool and image
+        support) with its worst-case cost in ``cost_estimate``, without running it: what a person sees before
+        running (the lab's ask form). Raises :class:`FusionRefused` (``invalid_arguments`` for a file,
+        ``invalid_model``, ``cost_limit``) as the run would.
 
         The look-ups take a run slot, as a run's do, so a flood of estimates cannot query the provider without
         bound (the catalogue is cached: most take no request at all)."""
@@ -262,6 +263,11 @@ class FusionService:
                 f"{self.settings.queue_timeout_s:g} s; try again shortly",
             )
         try:
+            if request.files:  # read as the run reads them: their text counts, and a file out of bounds is named
+                material = await read_material(
+                    request, self.settings.files_max_bytes, cache_marker=self.settings.is_openrouter
+                )
+                request = request.model_copy(update={"attachments": material.attachments})
             return await check_catalogue(self.catalogue, request, self.settings.max_cost_usd)
         finally:
             self.limiter.release()

@@ -7,13 +7,15 @@ loopback provider simulator as the panel's provider.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, PANEL, shared_env
-from tests.fakes.provider_sim import ProviderSim, Reply
+from tests.conftest import API_KEY, PANEL, shared_env, sim_env
+from tests.fakes.provider_sim import ProviderSim, Reply, priced
 from tests.lab.lab_client import ALICE, BOB, TOKENS, Lab, LabClient, lab_server
 
 PAGES = ("/lab", "/lab/ask", "/lab/history", "/lab/usage", "/lab/runs/fus_0123456789abcdef", "/lab/compare")
@@ -243,3 +245,47 @@ def test_usage_charts_and_the_operator_view(alice: LabClient, bob: LabClient, si
     theirs = bob.get("/lab/usage", params={"days": "7"}).text
     assert theirs.count("<svg") == 2 and "spend per principal" not in theirs and ">alice</th>" not in theirs
     assert 'option value="7" selected' in theirs
+
+
+def test_over_tls_the_cookies_say_secure(lab: Lab, sim: ProviderSim) -> None:
+    """Behind a TLS proxy the browser's Origin is https: the session cookie is then Secure."""
+    host = lab.base.removeprefix("http://")
+    with LabClient(lab.base) as client:
+        csrf = client.csrf("/lab/signin")
+        answer = client.post("/lab/signin", data={"csrf": csrf, "token": ALICE}, headers={"origin": f"https://{host}"})
+        assert answer.status_code == 303
+        cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("fusion_lab_session="))
+        assert "secure" in {p.strip().lower() for p in cookie.split(";")}
+
+
+def worst_case(page: str) -> float:
+    found = re.search(r"Worst-case cost: <strong>\$([0-9.]+)</strong>", page)
+    assert found, page
+    return float(found[1])
+
+
+def test_the_estimate_reads_the_catalogue_and_the_files_and_runs_nothing(sim: ProviderSim, tmp_path: Path) -> None:
+    """A server of its own: it reads this test's catalogue (prices), and has a files root."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "notes.txt").write_text("x" * 35_000)
+    sim.catalogue = [priced(m, prompt=1e-6, completion=1e-5) for m in PANEL]
+    env = sim_env(sim, FUSION_HTTP_TOKENS=TOKENS, FUSION_FILES_ROOTS=str(root), FUSION_MAX_COST_USD="5")
+    with lab_server(env) as running, LabClient(running.base) as client:
+        assert client.sign_in(ALICE).status_code == 303
+        plain = client.form("/lab/estimate", {"prompt": "What?"})
+        assert plain.status_code == 200
+        cost = worst_case(plain.text)
+        with_file = client.form("/lab/estimate", {"prompt": "What?", "files": str(root / "notes.txt")})
+        more = worst_case(with_file.text)
+        assert more > cost  # 10,000 tokens more for each member and the analyst
+        outside = client.form("/lab/estimate", {"prompt": "What?", "files": "/etc/hostname"})
+        assert outside.status_code == 400 and "/etc/hostname" in outside.text and 'id="files"' in outside.text
+        unknown = client.form("/lab/estimate", {"prompt": "What?", "panel": "acme/unknown-model"})
+        assert unknown.status_code == 409
+        assert (
+            "unknown model id &#39;acme/unknown-model&#39;: the provider&#39;s catalogue does not list it"
+            in unknown.text
+        )
+        assert 'value="acme/unknown-model"' in unknown.text  # the form keeps what was typed
+    assert [r for r in sim.requests if r.body] == []  # no chat request: nothing ran
