@@ -159,8 +159,8 @@ def _serve_command(commands: Commands, common: argparse.ArgumentParser) -> None:
     serve = commands.add_parser(
         "serve",
         parents=[common],
-        help="serve MCP over stdio, or over HTTP: Streamable HTTP at /mcp and OpenAI-compatible "
-        "/v1/chat/completions and /v1/models beside it",
+        help="serve MCP over stdio, or over HTTP: Streamable HTTP at /mcp, OpenAI-compatible "
+        "/v1/chat/completions and /v1/models, and the web lab at /lab beside it",
     )
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")

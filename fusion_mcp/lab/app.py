@@ -200,7 +200,6 @@ class LabApp:
                 if refusal is not None:
                     return self._render(request, "error.html", {"message": refusal, "csrf": session.csrf}, status=403)
                 request.state.form = form
-            request.state.csrf = session.csrf
             return await handler(request, session.principal, session.csrf)
 
         return page

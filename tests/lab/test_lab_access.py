@@ -289,3 +289,16 @@ def test_the_estimate_reads_the_catalogue_and_the_files_and_runs_nothing(sim: Pr
         )
         assert 'value="acme/unknown-model"' in unknown.text  # the form keeps what was typed
     assert [r for r in sim.requests if r.body] == []  # no chat request: nothing ran
+
+
+def test_retries_and_failures_show_in_their_members_column(alice: LabClient, sim: ProviderSim) -> None:
+    sim.script(PANEL[1], Reply(status=429, retry_after="0"), Reply(content="answered after a retry"))
+    sim.script(PANEL[2], Reply(status=400, error_message="this model refuses"))
+    run_id = alice.ask(prompt="retry and fail")
+    steps = [s for e in alice.events(run_id) for s in e["steps"]]  # type: ignore[union-attr]
+    retried = [s for s in steps if s["kind"] == "retry"]
+    assert [s["model"] for s in retried] == [PANEL[1]]
+    failed = [s for s in steps if s["kind"] == "member_failed"]
+    assert [s["model"] for s in failed] == [PANEL[2]] and "this model refuses" in str(failed[0]["error"])
+    page = alice.get(f"/lab/runs/{run_id}").text
+    assert "answered after a retry" in page and "Failed:" in page and "this model refuses" in page

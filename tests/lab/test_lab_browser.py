@@ -278,3 +278,31 @@ def test_hostile_answers_and_pages_run_nothing_load_nothing_and_break_no_policy(
     assert not [r for r in seen.requests if f":{canary.port}" in r]
     assert seen.csp_violations() == []
     assert seen.errors == []
+
+
+def test_a_retry_and_a_failure_show_in_their_columns_as_they_happen(browser: Any, lab: Lab, sim: ProviderSim) -> None:
+    sim.script(PANEL[1], Reply(status=429, retry_after="0"), Reply(content="answered after a retry"))
+    sim.script(PANEL[2], Reply(status=400, error_message="this model refuses"))
+
+    def analyst(body: dict[str, Any]) -> Reply:
+        if isinstance(body.get("response_format"), dict):
+            return Reply(content=json.dumps(analysis_for(schema_labels(body))), latency=3.0)
+        return Reply(content="the analyst as a member")
+
+    sim.scripts[ANALYST] = analyst
+    context, page, seen = open_page(browser)
+    with context:
+        sign_in(page, lab.base, ALICE)
+        page.get_by_label("Question").fill("retry and fail")
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_url(f"{lab.base}/lab/runs/*")
+        failed = page.locator(f'[data-member="{PANEL[2]}"]')
+        page.wait_for_function(f"document.querySelector('[data-member=\"{PANEL[2]}\"]').dataset.kind === 'failed'")
+        assert "this model refuses" in failed.locator("[data-steps]").inner_text()
+        retried = page.locator(f'[data-member="{PANEL[1]}"] [data-steps] .step-retry')
+        assert "retry" in retried.inner_text().lower()
+        page.wait_for_function(
+            "document.querySelector('[data-analyst] [data-state]').textContent === 'comparing the answers…'"
+        )
+        page.get_by_role("heading", name="Analysis").wait_for()
+    assert seen.csp_violations() == [] and seen.errors == []
