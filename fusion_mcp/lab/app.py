@@ -369,6 +369,8 @@ class LabApp:
         watched = Watched(run_id, principal, prepared.analysis_models, prepared.model, self.redactor)
         self.watches.add(watched)
         service.start(prepared, run_id=run_id, principal=principal, on_event=watched.event, on_delta=watched.delta)
+        live = service.live(run_id, principal)
+        watched.run_done = live.done if live is not None else None
         log.info("lab: %s started run %s", principal, run_id)
         return RedirectResponse(f"{PREFIX}/runs/{quote(run_id)}", 303)
 
@@ -411,14 +413,12 @@ class LabApp:
         watched = self.watches.get(run_id, session.principal)
         if watched is None:
             return PlainTextResponse("no live run of yours has this id here: reload the page", 404)
-        live = self._service().live(run_id, session.principal)
 
         async def stream() -> AsyncIterator[bytes]:
             cursor = Cursor()
             quiet = 0.0
             while True:
-                if not watched.done and (live is None or live.done.is_set()):
-                    watched.finish()
+                watched.over()
                 news = watched.news(cursor)
                 if news["text"] or news["steps"] or news["done"]:
                     quiet = 0.0

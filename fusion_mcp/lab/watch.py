@@ -9,6 +9,7 @@ nothing it streams is lost to a page that connects late or reloads: a watcher re
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,9 @@ class Watched:
     panel: tuple[str, ...]
     analyst: str
     redactor: Redactor
+    run_done: anyio.Event | None = None
+    """The run's own end (the service's :class:`~fusion_mcp.engine.live.LiveRun`), which no event announces
+    when the run is stopped or refused: the stream ends with it, watched or not."""
     texts: dict[str, list[str]] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
@@ -69,14 +73,20 @@ class Watched:
         self.steps.append(_step(event, self.redactor))
         self._wake()
 
-    def finish(self) -> None:
+    def over(self, clock: Callable[[], float] = time.monotonic) -> bool:
+        """Whether the run has ended (its stream is then complete: what each member held back is flushed)."""
+        if self.ended_at is None and self.run_done is not None and self.run_done.is_set():
+            self.finish(clock)
+        return self.ended_at is not None
+
+    def finish(self, clock: Callable[[], float] = time.monotonic) -> None:
         for model, stream in self._streams.items():
             rest = stream.flush()
             if rest:
                 self.texts.setdefault(model, []).append(rest)
         self._streams.clear()
         self.done = True
-        self.ended_at = time.monotonic()
+        self.ended_at = clock()
         self._wake()
 
     def news(self, cursor: Cursor) -> dict[str, Any]:
@@ -119,14 +129,18 @@ def _step(event: ProgressEvent, redactor: Redactor) -> dict[str, Any]:
 
 
 class Watches:
-    """The runs this process's lab is showing, bounded: a finished one is kept :data:`KEEP_S`."""
+    """The runs this process's lab is showing, bounded: a finished one (watched or not) is kept :data:`KEEP_S`,
+    and at most :data:`MAX_WATCHED` are kept, the runs still going first."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._runs: dict[str, Watched] = {}
+        self._clock = clock
 
     def add(self, watched: Watched) -> None:
-        now = time.monotonic()
-        self._runs = {k: v for k, v in self._runs.items() if v.ended_at is None or now - v.ended_at < KEEP_S}
+        now = self._clock()
+        self._runs = {
+            k: v for k, v in self._runs.items() if not v.over(self._clock) or now - (v.ended_at or now) < KEEP_S
+        }
         finished = sorted((v.ended_at, k) for k, v in self._runs.items() if v.ended_at is not None)
         for _, run_id in finished[: max(0, len(self._runs) + 1 - MAX_WATCHED)]:
             del self._runs[run_id]

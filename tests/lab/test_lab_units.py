@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import anyio
 import lxml.html
 import pytest
 
+from fusion_mcp.core.errors import Redactor
 from fusion_mcp.lab import charts
 from fusion_mcp.lab.auth import FAILURE_WINDOW_S, MAX_FAILURES, ONE_TIME_S, SESSION_S, SignIns
 from fusion_mcp.lab.markup import TAGS, inline, markdown
+from fusion_mcp.lab.watch import KEEP_S, Cursor, Watched, Watches
 from fusion_mcp.store import UsageTotal
 
 TOKEN = "alice-lab-token-0123456789"
@@ -119,3 +122,36 @@ def test_charts_scale_to_the_largest_value_and_fill_days_without_usage() -> None
     assert [s.label for s in bars.shapes] == ["dear", "cheap"]
     assert bars.shapes[0].width > bars.shapes[1].width
     assert charts.columns([("d", 0.0)], "none").peak == 0.0
+
+
+@pytest.mark.anyio
+async def test_a_finished_run_nobody_watched_is_let_go_after_its_keep() -> None:
+    """A run whose page was closed never has its stream read to the end: its own end still lets it go."""
+    clock = Clock()
+    watches = Watches(clock)
+    ended = anyio.Event()
+    first = Watched("fus_first", "alice", ("a/x",), "a/y", Redactor(()), run_done=ended)
+    first.delta("a/x", "some text", False)
+    watches.add(first)
+    assert watches.get("fus_first", "alice") is first and watches.get("fus_first", "bob") is None
+    ended.set()
+    watches.add(Watched("fus_second", "alice", ("a/x",), "a/y", Redactor(())))
+    assert watches.get("fus_first", "alice") is first  # ended just now: kept for a page that reloads
+    assert first.news(Cursor()) == {"text": {"a/x": "some text"}, "steps": [], "done": True}
+    clock.now += KEEP_S + 1
+    watches.add(Watched("fus_third", "alice", ("a/x",), "a/y", Redactor(())))
+    assert watches.get("fus_first", "alice") is None
+    assert watches.get("fus_second", "alice") is not None  # still going: never let go for its age
+
+
+@pytest.mark.anyio
+async def test_a_secret_split_across_pieces_never_reaches_a_watcher() -> None:
+    secret = "sk-or-v1-SECRET-0123456789abcdef"
+    watched = Watched("fus_x", "alice", ("a/x",), "a/y", Redactor((secret,)))
+    for piece in ("the key is sk-or-v1-SEC", "RET-0123456789", "abcdef indeed"):
+        watched.delta("a/x", piece, False)
+    watched.delta("a/x", "private reasoning", True)
+    watched.finish()
+    text = watched.news(Cursor())["text"]["a/x"]
+    assert secret not in text and text.startswith("the key is ") and text.endswith(" indeed")
+    assert "reasoning" not in text
