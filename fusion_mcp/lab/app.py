@@ -21,14 +21,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-import jinja2
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
-from starlette.templating import Jinja2Templates
 from starlette.types import Message, Receive, Scope, Send
 
 from ..config import Settings
@@ -43,8 +41,10 @@ from ..engine.run import new_run_id
 from ..engine.service import FusionService
 from . import charts
 from .auth import FAILURE_WINDOW_S, MAX_FAILURES, SignIns, same_token
-from .markup import inline, markdown
 from .watch import Cursor, Watched, Watches
+
+if TYPE_CHECKING:
+    from starlette.templating import Jinja2Templates
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ def lab_path(path: str) -> bool:
 
 
 def _templates() -> Jinja2Templates:
+    """The lab's templates, made at its first page: a server nobody opens the lab on loads no Jinja2 or markdown."""
+    import jinja2
+    from starlette.templating import Jinja2Templates
+
+    from .markup import inline, markdown
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("fusion_mcp.lab", "templates"),
         autoescape=True,
@@ -140,7 +146,7 @@ class LabApp:
         self.service: FusionService | None = None
         self.sign_ins = sign_ins or SignIns(settings.principals)
         self.watches = Watches()
-        self.templates = _templates()
+        self._templates: Jinja2Templates | None = None
         self.redactor = Redactor(settings.secrets)
         page = self._page
         self.router = Router(
@@ -208,7 +214,9 @@ class LabApp:
         context.setdefault("principal", None)
         context.setdefault("csrf", "")
         context.setdefault("nav", "")
-        response = self.templates.TemplateResponse(request, name, context, status_code=status)
+        if self._templates is None:
+            self._templates = _templates()
+        response = self._templates.TemplateResponse(request, name, context, status_code=status)
         response.headers["cache-control"] = "no-store"
         return response
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import anyio
 import lxml.html
 import pytest
@@ -155,3 +158,10 @@ async def test_a_secret_split_across_pieces_never_reaches_a_watcher() -> None:
     text = watched.news(Cursor())["text"]["a/x"]
     assert secret not in text and text.startswith("the key is ") and text.endswith(" indeed")
     assert "reasoning" not in text
+
+
+def test_the_http_server_loads_no_template_or_markdown_module_until_the_lab_is_opened() -> None:
+    names = "('jinja2', 'markdown_it', 'nh3')"
+    code = f"import sys, fusion_mcp.http.app; print(sorted(m for m in {names} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
