@@ -123,6 +123,7 @@ def _step(event: ProgressEvent, redactor: Redactor) -> dict[str, Any]:
         "tool": event.tool,
         "used": event.used,
         "budget": event.budget,
+        "target": redactor.text(event.target),
         "error": redactor.text(event.error) if event.error else None,
         "elapsed": round(event.elapsed, 1),
     }

@@ -24,7 +24,7 @@ from fusion_mcp.web.network import Network
 from tests.conftest import ANALYST, PANEL, REPO, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply, analysis_for, schema_labels
 from tests.fakes.web import NAMES, Canary, FakeResolver, Site, router
-from tests.lab.lab_client import ALICE, BOB, TOKENS, Lab, lab_server
+from tests.lab.lab_client import ALICE, BOB, TOKENS, Lab, LabClient, lab_server
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -297,12 +297,33 @@ def test_a_retry_and_a_failure_show_in_their_columns_as_they_happen(browser: Any
         page.get_by_role("button", name="Run").click()
         page.wait_for_url(f"{lab.base}/lab/runs/*")
         failed = page.locator(f'[data-member="{PANEL[2]}"]')
-        page.wait_for_function(f"document.querySelector('[data-member=\"{PANEL[2]}\"]').dataset.kind === 'failed'")
+        # Locators, not expressions: under the lab's CSP the page cannot eval a string.
+        page.locator(f'[data-member="{PANEL[2]}"][data-kind="failed"]').wait_for()
         assert "this model refuses" in failed.locator("[data-steps]").inner_text()
         retried = page.locator(f'[data-member="{PANEL[1]}"] [data-steps] .step-retry')
         assert "retry" in retried.inner_text().lower()
-        page.wait_for_function(
-            "document.querySelector('[data-analyst] [data-state]').textContent === 'comparing the answers…'"
-        )
+        page.locator("[data-analyst] [data-state]", has_text="comparing the answers…").wait_for()
         page.get_by_role("heading", name="Analysis").wait_for()
     assert seen.csp_violations() == [] and seen.errors == []
+
+
+def test_a_tool_call_shows_what_it_reads_as_it_happens(lab: Lab, sim: ProviderSim, site: Site) -> None:
+    """The live stream's tool step names the URL a member is reading, before its answer (HTTP: no browser needed)."""
+    page_url = "http://example.test/article"
+
+    def reader(body: dict[str, Any]) -> Reply:
+        if not [m for m in body["messages"] if m["role"] == "tool"]:
+            arguments = json.dumps({"url": page_url})
+            call = {"id": "call_1", "type": "function", "function": {"name": "web_fetch", "arguments": arguments}}
+            return Reply(content="", tool_calls=[call])
+        return Reply(content="read it")
+
+    sim.scripts[PANEL[1]] = reader
+    with LabClient(lab.base) as client:
+        assert client.sign_in(ALICE).status_code == 303
+        run_id = client.ask(prompt=f"What does {page_url} say?")
+        steps = [s for e in client.events(run_id) for s in e["steps"]]  # type: ignore[union-attr]
+    tools = [s for s in steps if s["kind"] == "tool"]
+    assert [(s["model"], s["tool"], s["target"]) for s in tools] == [(PANEL[1], "web_fetch", page_url)]
+    answered = next(i for i, s in enumerate(steps) if s["kind"] == "member_answered" and s["model"] == PANEL[1])
+    assert steps.index(tools[0]) < answered

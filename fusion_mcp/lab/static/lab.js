@@ -21,6 +21,8 @@
     column.querySelector("[data-text]").textContent = "";
   }
   const analyst = board.querySelector("[data-analyst]");
+  // The analyst may be a panel model too: once it has started, its tool calls are its own column's.
+  let analystStarted = false;
 
   function setState(column, text, kind) {
     if (!column) {
@@ -49,7 +51,11 @@
       status.textContent = "The panel is answering…";
     },
     queued: (s) => { status.textContent = s.message; },
-    tool: (s) => addStep(columns.get(s.model), s.tool + " " + s.used + "/" + s.budget, "tool"),
+    tool: (s) => addStep(
+      analystStarted && s.model === analyst.dataset.model ? analyst : columns.get(s.model),
+      s.tool + " " + s.used + "/" + s.budget + (s.target ? ": " + s.target : ""),
+      "tool",
+    ),
     retry: (s) => addStep(columns.get(s.model), s.message, "retry"),
     member_answered: (s) => setState(columns.get(s.model), "answered in " + s.elapsed + " s", "answered"),
     member_failed: (s) => {
@@ -58,6 +64,7 @@
     },
     member_cut: (s) => setState(columns.get(s.model), "cut off at the deadline", "cut"),
     analyst_started: (s) => {
+      analystStarted = true;
       setState(analyst, "comparing the answers…", "running");
       status.textContent = "The analyst is comparing the answers…";
     },
