@@ -316,7 +316,19 @@ class LabApp:
         }
 
     async def _ask(self, request: Request, principal: str, csrf: str) -> Response:
+        """The ask form; ``?again=RUN`` fills it with one of the principal's runs (to ask it of another panel)."""
         values = {k: "" for k in FORM_FIELDS}
+        again = request.query_params.get("again")
+        asked = await self._request_of(again, principal) if again else None
+        if asked is not None:
+            values |= {
+                "prompt": asked.prompt,
+                "context": asked.context or "",
+                "files": "\n".join(asked.files),
+                "panel": ", ".join(asked.analysis_models),
+                "analyst": asked.model,
+                "max_tool_calls": str(asked.max_tool_calls),
+            }
         return self._render(request, "ask.html", self._ask_context(principal, csrf, values))
 
     def _prepared(self, form: dict[str, list[str]]) -> tuple[dict[str, str], FusionRequest]:
@@ -398,13 +410,18 @@ class LabApp:
         if result.failure_reason == "run_not_found":
             context = base | {"message": result.error or "no such run", "csrf": csrf}
             return self._render(request, "not_found.html", context, status=404)
-        run_request = live.request if live is not None else await self._recorded_request(run_id, principal)
+        run_request = await self._request_of(run_id, principal)
         if result.status == "running":
             context = base | {"asked": run_request, "texts": {}, "streaming": False}
             return self._render(request, "watch.html", context)
         return self._render(request, "read.html", base | _read_context(result, run_request))
 
-    async def _recorded_request(self, run_id: str, principal: str) -> FusionRequest | None:
+    async def _request_of(self, run_id: str, principal: str) -> FusionRequest | None:
+        """What ``principal``'s run ``run_id`` was asked: this process's run, else its record; None for another
+        principal's run, as for one that does not exist."""
+        live = self._service().live(run_id, principal)
+        if live is not None:
+            return live.request
         store = self._service().store
         record = await store.run(run_id, principal) if store is not None else None
         try:
@@ -491,8 +508,7 @@ class LabApp:
             if result.failure_reason == "run_not_found":
                 message = result.error or "no such run"
                 return self._render(request, "not_found.html", base | {"message": message, "run_id": run_id}, 404)
-            live = self._service().live(run_id, principal)
-            run_request = live.request if live is not None else await self._recorded_request(run_id, principal)
+            run_request = await self._request_of(run_id, principal)
             sides.append({"run_id": run_id} | _read_context(result, run_request))
         return self._render(request, "compare.html", base | {"sides": sides})
 

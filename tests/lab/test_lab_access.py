@@ -302,3 +302,14 @@ def test_retries_and_failures_show_in_their_members_column(alice: LabClient, sim
     assert [s["model"] for s in failed] == [PANEL[2]] and "this model refuses" in str(failed[0]["error"])
     page = alice.get(f"/lab/runs/{run_id}").text
     assert "answered after a retry" in page and "Failed:" in page and "this model refuses" in page
+
+
+def test_ask_again_fills_the_form_with_ones_own_run_only(alice: LabClient, bob: LabClient, sim: ProviderSim) -> None:
+    run_id = alice.ask(prompt="Is Rust memory safe?", context="for a kernel", panel=PANEL[1], max_tool_calls="2")
+    alice.events(run_id)
+    assert f'href="/lab/ask?again={run_id}"' in alice.get(f"/lab/runs/{run_id}").text
+    form = alice.get("/lab/ask", params={"again": run_id}).text
+    assert ">Is Rust memory safe?</textarea>" in form and ">for a kernel</textarea>" in form
+    assert f'id="panel" name="panel" value="{PANEL[1]}"' in form and 'value="2"' in form
+    theirs = bob.get("/lab/ask", params={"again": run_id}).text
+    assert "Is Rust memory safe?" not in theirs and "for a kernel" not in theirs

@@ -166,6 +166,9 @@ def test_ask_watch_the_columns_stream_read_the_analysis_open_it_from_history(
         page.goto(f"{lab.base}/lab/history")
         page.get_by_role("link", name="How should I stream text to a browser?").first.wait_for()
         shoot(page, "history", viewport)
+        page.goto(f"{lab.base}/lab/usage")
+        assert page.locator("figure.chart svg").count() == 2  # per day, per model
+        shoot(page, "usage", viewport)
         again = context.new_page()
         again.goto(run_url)
         assert again.get_by_role("heading", name="Analysis").count() == 1
