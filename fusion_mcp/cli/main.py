@@ -389,13 +389,14 @@ def _serve_http(settings: Settings, args: argparse.Namespace) -> int:
     from ..lab import SignIns
 
     sign_ins = once = None
-    if args.workers == 1 and args.worker_index is None:
+    lab = args.workers == 1 and settings.replica is None
+    if lab and args.worker_index is None:
         sign_ins = SignIns(settings.principals)
         if not sign_ins.has_tokens:  # the lab of a server without tokens takes a one-time link, like `lab`'s
             once = sign_ins.one_time(LOCAL_PRINCIPAL)
 
     def started() -> None:
-        print(served_urls(args.host, args.port, args.workers), file=sys.stderr, flush=True)
+        print(served_urls(args.host, args.port, args.workers, lab=lab), file=sys.stderr, flush=True)
         if once is not None:
             link = f"{base_url(args.host, args.port)}/lab/signin?once={once}"
             print(f"  lab sign-in (once):      {link}", file=sys.stderr, flush=True)

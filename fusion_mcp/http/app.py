@@ -128,7 +128,8 @@ def build_app(
 
     ``place`` says which worker of a ``--workers`` server this process is: its sessions' ids then name it,
     and requests for a sibling's sessions are relayed there (as for ``FUSION_REPLICA`` behind a proxy). The lab
-    keeps its sign-ins in one process, so a server of several workers answers ``/lab`` with a page saying so.
+    keeps its sign-ins in one process, so a server of several workers, or a replica (``FUSION_REPLICA``), answers
+    ``/lab`` with a 503 saying so.
     ``network`` is how the panel's web fetches resolve and connect; ``sign_ins`` hold the lab's sessions and
     one-time tokens (a new table by default).
     """
@@ -152,7 +153,7 @@ def build_app(
             routes=routes,
             network=network,
             sign_ins=sign_ins,
-            lab=place is None or place.count == 1,
+            lab=(place is None or place.count == 1) and settings.replica is None,
         ),
         settings,
         connections=connections,
@@ -170,8 +171,9 @@ def base_url(host: str, port: int) -> str:
     return f"http://{f'[{bare}]' if ':' in bare else bare}:{port}"
 
 
-def served_urls(host: str, port: int, workers: int = 1) -> str:
-    """What ``serve --transport http`` says on stderr once it serves: where each endpoint is."""
+def served_urls(host: str, port: int, workers: int = 1, *, lab: bool = True) -> str:
+    """What ``serve --transport http`` says on stderr once it serves: where each endpoint is (the lab's only when
+    ``lab``: a single process serves it)."""
     bare = host.strip("[]")
     base = base_url(host, port)
     where = " (every interface of this machine)" if bare in ("0.0.0.0", "::") else ""
@@ -181,7 +183,7 @@ def served_urls(host: str, port: int, workers: int = 1) -> str:
         f"  MCP (Streamable HTTP):   {base}/mcp\n"
         f"  OpenAI-compatible chat:  {base}/v1/chat/completions\n"
         f"  OpenAI Responses API:    {base}/v1/responses\n"
-        + (f"  web lab:                 {base}/lab\n" if workers == 1 else "")
+        + (f"  web lab:                 {base}/lab\n" if lab else "")
         + f"  health:                  {base}/healthz"
     )
 

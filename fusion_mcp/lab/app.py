@@ -80,8 +80,9 @@ HISTORY_SCAN = 1000
 HISTORY_SHOWN = 200
 USAGE_DAYS = (7, 30, 90, 365)
 SINGLE_PROCESS = (
-    "the web lab is served by single-process servers: this one runs several workers (--workers), and a lab "
-    "session lives in one process; serve without --workers, or run fusion-mcp lab"
+    "the web lab is served by single-process servers: this one is one of several processes (--workers, or "
+    "replicas behind a proxy: FUSION_REPLICA), and a lab session lives in one process; serve without --workers "
+    "or FUSION_REPLICA, or run fusion-mcp lab"
 )
 FORM_FIELDS = ("prompt", "context", "files", "panel", "preset", "analyst", "max_tool_calls")
 
@@ -139,8 +140,8 @@ class LabApp:
     """The lab as one ASGI app; ``service`` is lent by the HTTP app's lifespan, as to the chat routes."""
 
     def __init__(self, settings: Settings, sign_ins: SignIns | None = None, *, enabled: bool = True) -> None:
-        """``enabled`` False: a server of several worker processes, whose lab sessions could not follow a browser
-        from one worker to the next; every lab path then says so (503)."""
+        """``enabled`` False: one of several processes (workers, replicas), whose lab sessions could not follow a
+        browser from one process to the next; every lab path then says so (503)."""
         self.settings = settings
         self.enabled = enabled
         self.service: FusionService | None = None

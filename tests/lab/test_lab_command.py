@@ -120,3 +120,15 @@ def test_a_server_of_several_workers_says_the_lab_needs_one_process(sim: Provide
             assert (answer.status_code, answer.text) == (503, SINGLE_PROCESS), path
     finally:
         server.close()
+
+
+def test_a_replica_behind_a_proxy_says_the_lab_needs_one_process(sim: ProviderSim, tmp_path: Path) -> None:
+    from fusion_mcp.config import load_settings
+
+    env = sim_env(sim, FUSION_HOME=str(tmp_path), FUSION_HTTP_TOKENS=TOKENS, FUSION_REPLICA="a")
+    server = LoopbackServer(build_app(load_settings(environ=env)), lifespan="on")
+    try:
+        answer = httpx2.get(f"http://127.0.0.1:{server.port}/lab/signin")
+        assert (answer.status_code, answer.text) == (503, SINGLE_PROCESS)
+    finally:
+        server.close()
