@@ -82,9 +82,10 @@ def test_signing_in_sets_a_strict_http_only_session_cookie_for_the_lab_only(lab:
         assert other.get("/lab/ask").status_code == 303
 
 
-def test_a_wrong_token_is_refused_without_being_echoed_and_then_rate_limited(lab: Lab, sim: ProviderSim) -> None:
+def test_a_wrong_token_is_refused_without_being_echoed_and_then_rate_limited(sim: ProviderSim) -> None:
+    """A server of its own: the address it locks out is the one every other test signs in from."""
     wrong = "not-the-token-but-a-guess-0123"
-    with LabClient(lab.base) as client:
+    with lab_server(shared_env(sim, FUSION_HTTP_TOKENS=TOKENS)) as running, LabClient(running.base) as client:
         for _ in range(5):
             answer = client.sign_in(wrong)
             assert answer.status_code == 401
@@ -95,7 +96,6 @@ def test_a_wrong_token_is_refused_without_being_echoed_and_then_rate_limited(lab
         assert limited.status_code == 429
         assert "too many failed sign-ins from your address: try again in" in limited.text
         assert "fusion_lab_session" not in limited.headers.get("set-cookie", "")
-    lab.sign_ins._failures.clear()  # the next tests sign in from the same address
 
 
 def test_a_sign_in_needs_its_form_token_and_an_origin_of_this_server(lab: Lab, sim: ProviderSim) -> None:
@@ -313,3 +313,20 @@ def test_ask_again_fills_the_form_with_ones_own_run_only(alice: LabClient, bob: 
     assert f'id="panel" name="panel" value="{PANEL[1]}"' in form and 'value="2"' in form
     theirs = bob.get("/lab/ask", params={"again": run_id}).text
     assert "Is Rust memory safe?" not in theirs and "for a kernel" not in theirs
+
+
+def test_an_estimate_waits_for_a_run_slot_like_a_run(sim: ProviderSim) -> None:
+    """The estimate's catalogue look-ups take a run slot: with every slot taken, it is refused as busy."""
+    env = shared_env(sim, FUSION_HTTP_TOKENS=TOKENS, FUSION_MAX_CONCURRENT="1", FUSION_QUEUE_TIMEOUT_S="0.2")
+    for model in PANEL:
+        sim.script(model, Reply(content="slow", latency=30))
+    with lab_server(env) as running, LabClient(running.base) as client:
+        assert client.sign_in(ALICE).status_code == 303
+        run_id = client.ask(prompt="holds the only slot")
+        deadline = time.monotonic() + 10
+        while not sim.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        busy = client.form("/lab/estimate", {"prompt": "how much?"})
+        assert busy.status_code == 409
+        assert "server busy: every run slot (FUSION_MAX_CONCURRENT) is taken" in busy.text
+        assert client.form(f"/lab/runs/{run_id}/cancel", {}).status_code == 303
