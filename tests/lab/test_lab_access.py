@@ -7,6 +7,7 @@ loopback provider simulator as the panel's provider.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -82,8 +83,11 @@ def test_signing_in_sets_a_strict_http_only_session_cookie_for_the_lab_only(lab:
         assert other.get("/lab/ask").status_code == 303
 
 
-def test_a_wrong_token_is_refused_without_being_echoed_and_then_rate_limited(sim: ProviderSim) -> None:
+def test_a_wrong_token_is_refused_without_being_echoed_and_then_rate_limited(
+    sim: ProviderSim, caplog: pytest.LogCaptureFixture
+) -> None:
     """A server of its own: the address it locks out is the one every other test signs in from."""
+    caplog.set_level(logging.INFO)
     wrong = "not-the-token-but-a-guess-0123"
     with lab_server(shared_env(sim, FUSION_HTTP_TOKENS=TOKENS)) as running, LabClient(running.base) as client:
         for _ in range(5):
@@ -96,6 +100,8 @@ def test_a_wrong_token_is_refused_without_being_echoed_and_then_rate_limited(sim
         assert limited.status_code == 429
         assert "too many failed sign-ins from your address: try again in" in limited.text
         assert "fusion_lab_session" not in limited.headers.get("set-cookie", "")
+    assert "lab: a failed sign-in from 127.0.0.1" in caplog.text
+    assert wrong not in caplog.text and ALICE not in caplog.text
 
 
 def test_a_sign_in_needs_its_form_token_and_an_origin_of_this_server(lab: Lab, sim: ProviderSim) -> None:

@@ -330,3 +330,25 @@ def test_a_tool_call_shows_what_it_reads_as_it_happens(lab: Lab, sim: ProviderSi
     assert [(s["model"], s["tool"], s["target"]) for s in tools] == [(PANEL[1], "web_fetch", page_url)]
     answered = next(i for i, s in enumerate(steps) if s["kind"] == "member_answered" and s["model"] == PANEL[1])
     assert steps.index(tools[0]) < answered
+
+
+def test_the_lab_works_from_the_keyboard(browser: Any, lab: Lab, sim: ProviderSim) -> None:
+    context, page, seen = open_page(browser)
+    with context:
+        page.goto(f"{lab.base}/lab/signin")
+        page.keyboard.press("Tab")  # the first stop is the skip link
+        assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "token"
+        page.keyboard.type(ALICE)
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"{lab.base}/lab/ask")
+        page.get_by_label("Question").focus()
+        page.keyboard.type("asked from the keyboard")
+        page.get_by_role("button", name="Run").focus()
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"{lab.base}/lab/runs/*")
+        page.get_by_role("heading", name="Analysis").wait_for()
+        assert page.get_by_text("asked from the keyboard").count() == 1
+    assert seen.errors == []
