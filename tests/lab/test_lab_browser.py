@@ -352,3 +352,40 @@ def test_the_lab_works_from_the_keyboard(browser: Any, lab: Lab, sim: ProviderSi
         page.get_by_role("heading", name="Analysis").wait_for()
         assert page.get_by_text("asked from the keyboard").count() == 1
     assert seen.errors == []
+
+
+def test_a_live_view_that_loses_its_stream_picks_it_up_without_repeating_text(
+    browser: Any, lab: Lab, sim: ProviderSim
+) -> None:
+    """The first connection of the live view breaks after one piece (a stream cut short, as a proxy or a
+    network drop would); the browser reconnects, and the new stream, which starts from the beginning, replaces
+    what was drawn rather than adding to it."""
+    sim.script(PANEL[1], Reply(content=STREAMED, chunk_delay=0.02))
+
+    def analyst(body: dict[str, Any]) -> Reply:
+        if isinstance(body.get("response_format"), dict):
+            return Reply(content=json.dumps(analysis_for(schema_labels(body))), latency=8.0)
+        return Reply(content="the analyst as a member")
+
+    sim.scripts[ANALYST] = analyst
+    connections: list[str] = []
+
+    def cut_the_first(route: Any) -> None:
+        connections.append(route.request.url)
+        if len(connections) > 1:
+            route.continue_()
+            return
+        piece = json.dumps({"text": {PANEL[1]: "word0 "}, "steps": [], "done": False})
+        body = f"retry: 100\n\nevent: news\ndata: {piece}\n\n"
+        route.fulfill(status=200, content_type="text/event-stream", body=body)
+
+    context, page, _ = open_page(browser)
+    with context:
+        page.route("**/events", cut_the_first)
+        sign_in(page, lab.base, ALICE)
+        page.get_by_label("Question").fill("a stream that breaks")
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_url(f"{lab.base}/lab/runs/*")
+        page.locator("[data-analyst] [data-state]", has_text="comparing the answers…").wait_for()
+        assert len(connections) >= 2
+        assert page.locator(f'[data-member="{PANEL[1]}"] [data-text]').text_content() == STREAMED

@@ -17,8 +17,6 @@
   const columns = new Map();
   for (const column of board.querySelectorAll("[data-member]")) {
     columns.set(column.dataset.member, column);
-    // The stream starts from the beginning: the text the server drew (for pages without script) goes.
-    column.querySelector("[data-text]").textContent = "";
   }
   const analyst = board.querySelector("[data-analyst]");
   // The analyst may be a panel model too: once it has started, its tool calls are its own column's.
@@ -72,7 +70,20 @@
     analysis_skipped: (s) => setState(analyst, s.message, "failed"),
   };
 
+  // Every connection's stream starts from the run's beginning (a reconnect too): what is drawn goes first, the
+  // text the server drew for pages without script included.
+  function reset() {
+    for (const column of [...columns.values(), analyst]) {
+      const text = column.querySelector("[data-text]");
+      if (text) {
+        text.textContent = "";
+      }
+      column.querySelector("[data-steps]").textContent = "";
+    }
+  }
+
   const source = new EventSource(board.dataset.runEvents);
+  source.addEventListener("open", reset);
   source.addEventListener("news", (event) => {
     const news = JSON.parse(event.data);
     for (const [model, text] of Object.entries(news.text)) {
