@@ -8,6 +8,7 @@ a server of several workers says the lab needs one process.
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -132,3 +133,49 @@ def test_a_replica_behind_a_proxy_says_the_lab_needs_one_process(sim: ProviderSi
         assert (answer.status_code, answer.text) == (503, SINGLE_PROCESS)
     finally:
         server.close()
+
+
+def test_the_lab_command_opens_the_browser_on_its_link(sim: ProviderSim, tmp_path: Path) -> None:
+    """``BROWSER`` names the browser Python's ``webbrowser`` starts: here a script that writes down its URL."""
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {opened}\n')
+    browser.chmod(0o755)
+    port = free_port()
+    env = sim_env(sim, FUSION_HOME=str(tmp_path / "home"), BROWSER=f"{browser} %s")
+    with subprocess.Popen(
+        [console_script(), "lab", "--port", str(port)],
+        env=child_env(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            found = ONCE.search(proc.stdout.readline())
+            assert found
+            deadline = time.monotonic() + 10
+            while not opened.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert opened.read_text() == found[1]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
+
+
+def test_the_lab_command_names_a_port_it_cannot_have(sim: ProviderSim, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [console_script(), "lab", "--no-browser", "--port", str(port)],
+            env=child_env(**sim_env(sim, FUSION_HOME=str(tmp_path))),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"fusion-mcp: port {port}" in done.stderr and "Traceback" not in done.stderr
+    assert "once=" not in done.stdout
