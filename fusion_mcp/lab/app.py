@@ -76,7 +76,7 @@ KEEPALIVE_S = 15.0
 POLL_S = 1.0
 """How often a watcher's stream checks whether its run has ended (its text and steps come at once)."""
 HISTORY_SCAN = 1000
-"""Most recent runs a history search reads (the history keeps at most FUSION_HISTORY_MAX_RUNS anyway)."""
+"""Most recent runs a history search lists before its model and date filters (the text is searched by the store)."""
 HISTORY_SHOWN = 200
 USAGE_DAYS = (7, 30, 90, 365)
 SINGLE_PROCESS = (
@@ -476,12 +476,11 @@ class LabApp:
         since, until, error = _day(query.get("since", "")), _day(query.get("until", "")), None
         if (query.get("since") and since is None) or (query.get("until") and until is None):
             error = "dates must be written YYYY-MM-DD"
-        rows = await store.recent(HISTORY_SCAN, principal) if store is not None else []
+        rows = await store.recent(HISTORY_SCAN, principal, text=text or None) if store is not None else []
         found = [
             r
             for r in rows
-            if (not text or text.lower() in str(r["prompt_head"]).lower())
-            and (not model or model.lower() in str(r["panel"]).lower())
+            if (not model or model.lower() in str(r["panel"]).lower())
             and (since is None or r["created"] >= since)
             and (until is None or r["created"] < until + 86400)
         ]

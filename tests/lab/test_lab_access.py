@@ -229,6 +229,11 @@ def test_history_search_and_compare(alice: LabClient, sim: ProviderSim) -> None:
     alice.events(second)
     found = alice.get("/lab/history", params={"q": "SORTING algorithm"}).text
     assert first in found and second in found
+    sim.script(PANEL[1], Reply(content="Merge sort keeps equal keys in order."))
+    third = alice.ask(prompt="Name one.", panel=PANEL[1])
+    alice.events(third)
+    in_answer = alice.get("/lab/history", params={"q": "equal keys"}).text  # only an answer says it
+    assert third in in_answer and first not in in_answer
     by_model = alice.get("/lab/history", params={"q": "sorting", "model": "gemini"}).text
     assert second in by_model and first not in by_model
     today = time.strftime("%Y-%m-%d", time.gmtime())
