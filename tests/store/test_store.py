@@ -109,7 +109,6 @@ def result(run_id: str, spent: Usage = SPENT, **fields: Any) -> FusionResult:
     )
 
 
-
 async def test_the_history_is_searched_in_questions_contexts_and_answers_for_its_principal_only(
     store_env: dict[str, str],
 ) -> None:
@@ -135,6 +134,7 @@ async def test_the_history_is_searched_in_questions_contexts_and_answers_for_its
         assert await store.recent(10, "alice", text=SECRET) == []  # redacted before it was written
         assert await store.recent(10, "alice", text="nowhere at all") == []
         assert len(await store.recent(10, None, text="borrow")) == 6  # the operator's view
+
 
 # --- cache -------------------------------------------------------------------------------------------------
 
