@@ -1,5 +1,5 @@
-"""The ``fusion-mcp`` command: the stdio server (default), ``serve``, ``ask``, ``eval``, ``doctor``, ``runs``,
-``usage`` and ``host-config``.
+"""The ``fusion-mcp`` command: the stdio server (default), ``serve``, ``lab``, ``ask``, ``eval``, ``doctor``,
+``runs``, ``usage`` and ``host-config``.
 
 Stdout belongs to JSON-RPC when serving stdio, so everything human goes to stderr. Only the server
 commands import the MCP SDK: ``ask`` goes through the same request path without it.
@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from ..config import PRESET_NAMES, ConfigError, Settings, check_bind, load_settings, unknown_variables
 from ..core.about import HOMEPAGE, VERSION
+from ..core.callers import LOCAL_PRINCIPAL
 from ..core.errors import MIN_SECRET_CHARS, Redactor, live_secrets
 from ..core.limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
 from ..core.models import FusionArgs, FusionRequest, FusionResult, GuestAnswer
@@ -152,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fusion-mcp {VERSION}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for add in (_serve_command, _ask_command, _eval_command, _store_commands, _host_command):
+    for add in (_serve_command, _lab_command, _ask_command, _eval_command, _store_commands, _host_command):
         add(commands, common)
     return parser
 
@@ -162,8 +163,8 @@ def _serve_command(commands: Commands, common: argparse.ArgumentParser) -> None:
     serve = commands.add_parser(
         "serve",
         parents=[common],
-        help="serve MCP over stdio, or over HTTP: Streamable HTTP at /mcp and OpenAI-compatible "
-        "/v1/chat/completions and /v1/models beside it",
+        help="serve MCP over stdio, or over HTTP: Streamable HTTP at /mcp, OpenAI-compatible "
+        "/v1/chat/completions and /v1/models, and the web lab at /lab beside it",
     )
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio", help="default: stdio")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
@@ -186,6 +187,19 @@ def _serve_command(commands: Commands, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--worker-count", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)
     serve.add_argument("--worker-supervisor", type=int, help=argparse.SUPPRESS)
+
+
+def _lab_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``lab``: the web lab on a loopback server of its own."""
+    from .lab import add_arguments
+
+    lab = commands.add_parser(
+        "lab",
+        parents=[common],
+        help="open the web lab (ask, watch the panel live, read, history, usage) on a loopback server, signed in "
+        "by a one-time link",
+    )
+    add_arguments(lab, _port)
 
 
 def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -402,6 +416,10 @@ def _command(argv: Sequence[str] | None) -> None:
         from .host_config import main as host_config
 
         raise SystemExit(host_config(args, settings))
+    if args.command == "lab":
+        from .lab import run as run_lab
+
+        raise SystemExit(run_lab(settings, args))
     if args.command == "serve" and args.transport == "http":
         try:
             check_bind(settings, args.host)
@@ -420,11 +438,22 @@ def _serve_http(settings: Settings, args: argparse.Namespace) -> int:
 
     A port that cannot be had is said in one line (the same with and without workers), exit 1.
     """
-    from ..http.app import serve_http, served_urls
+    from ..http.app import base_url, serve_http, served_urls
     from ..http.workers import PortUnavailable, WorkerPlace, follow_supervisor, serve_workers
+    from ..lab import SignIns
+
+    sign_ins = once = None
+    lab = args.workers == 1 and settings.replica is None
+    if lab and args.worker_index is None:
+        sign_ins = SignIns(settings.principals)
+        if not sign_ins.has_tokens:  # the lab of a server without tokens takes a one-time link, like `lab`'s
+            once = sign_ins.one_time(LOCAL_PRINCIPAL)
 
     def started() -> None:
-        print(served_urls(args.host, args.port, args.workers), file=sys.stderr, flush=True)
+        print(served_urls(args.host, args.port, args.workers, lab=lab), file=sys.stderr, flush=True)
+        if once is not None:
+            link = f"{base_url(args.host, args.port)}/lab/signin?once={once}"
+            print(f"  lab sign-in (once):      {link}", file=sys.stderr, flush=True)
 
     try:
         if args.workers > 1 and args.worker_index is None:
@@ -441,6 +470,7 @@ def _serve_http(settings: Settings, args: argparse.Namespace) -> int:
                 stateless=args.stateless,
                 place=place,
                 on_started=started if place is None else None,
+                sign_ins=sign_ins,
             )
         )
     except PortUnavailable as exc:

@@ -190,6 +190,12 @@ class Settings(BaseModel):
         "FUSION_ALLOWED_ORIGINS",
         rule="comma-separated origins (scheme://host:port, port may be *)",
     )
+    lab_operators: tuple[str, ...] = setting(
+        (),
+        "FUSION_LAB_OPERATORS",
+        rule="comma-separated principal names (letters, digits and . _ -)",
+        empty="nobody",
+    )
     pass_through_key: bool = setting(False, "FUSION_PASS_THROUGH_KEY")
     pass_through_key_prefix: str | None = setting(
         None,
@@ -340,6 +346,17 @@ class Settings(BaseModel):
         out = tuple(str(i).strip() for i in items if str(i).strip())
         if not out or any(c.isspace() for i in out for c in i):
             raise ValueError("empty or malformed")
+        return out
+
+    @field_validator("lab_operators", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> tuple[str, ...]:
+        items = v.split(",") if isinstance(v, str) else v
+        if not isinstance(items, list | tuple):
+            raise ValueError("not a list")
+        out = tuple(str(i).strip() for i in items if str(i).strip())
+        if any(not _PRINCIPAL_NAME.fullmatch(i) for i in out):
+            raise ValueError("malformed")
         return out
 
     @field_validator("home")
@@ -787,6 +804,8 @@ OUR_VARIABLES = frozenset(
         "FUSION_CLAUDE",
         "FUSION_CODEX",
         "FUSION_OPENCODE",
+        "FUSION_CHROMIUM",
+        "FUSION_LAB_SCREENSHOTS",
     }
 )
 """Environment variables of ours that are not settings: the config file's path, and the tools the test suite

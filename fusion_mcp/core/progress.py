@@ -45,6 +45,9 @@ class ProgressEvent:
     """``tool``: the tool's name; ``used`` of ``budget`` calls are spent, this one included."""
     used: int = 0
     budget: int = 0
+    target: str = ""
+    """``tool``: what the call asks for, the URL to read or the query to search, as the model wrote it (one line,
+    clipped); "" when its arguments name neither."""
     answered: int = 0
     """``member_answered``: members answered so far; ``analyst_started``: answers to compare;
     ``analysis_skipped``: panel answers, fewer than the quorum."""

@@ -295,7 +295,7 @@ def _offset(on_tool: ToolReporter | None, used: int, budget: int) -> ToolReporte
     if on_tool is None:
         return None
 
-    async def report(name: str, n: int, _: int) -> None:
-        await on_tool(name, used + n, budget)
+    async def report(name: str, n: int, _: int, target: str) -> None:
+        await on_tool(name, used + n, budget, target)
 
     return report

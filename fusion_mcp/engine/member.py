@@ -7,6 +7,7 @@ asks for the answer, so a member always ends with text, never with a dangling to
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,10 +15,14 @@ from typing import Any, Protocol
 
 from ..core.errors import BadResponse, EmptyAnswer, UpstreamError
 from ..core.models import TokenUsage
+from ..core.text import one_line
 from ..providers.client import Completion, Provider, RetryListener
 
-ToolReporter = Callable[[str, int, int], Awaitable[None]]
-"""Told of each tool call as it starts: (tool name, calls used including this one, the budget)."""
+ToolReporter = Callable[[str, int, int, str], Awaitable[None]]
+"""Told of each tool call as it starts: (tool name, calls used including this one, the budget, what it asks for:
+the URL or query as the model wrote it, or "")."""
+TARGET_CHARS = 300
+"""How much of a tool call's URL or query its progress event carries."""
 
 BUDGET_SPENT = (
     "The tool budget for this answer is spent. Do not call any more tools: answer now, completely, "
@@ -181,9 +186,20 @@ async def _call_tools(
         else:
             outcome.tool_calls += 1
             if on_tool is not None:
-                await on_tool(call.name, outcome.tool_calls, max_tool_calls)
+                await on_tool(call.name, outcome.tool_calls, max_tool_calls, _target(call.arguments))
             result = await toolbox.call(call.name, call.arguments)
         messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+
+
+def _target(arguments: str) -> str:
+    """What a tool call asks for (its ``url`` or ``query``), on one line: shown as the call happens. Arguments
+    that are not JSON, or name neither, say nothing (the tool itself refuses them, in its own words)."""
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return ""
+    value = parsed.get("url") or parsed.get("query") if isinstance(parsed, dict) else None
+    return one_line(value, TARGET_CHARS) if isinstance(value, str) else ""
 
 
 def _tell_to_answer(messages: list[dict[str, Any]], told: bool) -> bool:

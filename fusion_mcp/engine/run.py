@@ -92,8 +92,8 @@ class Progress:
             await self._sink(event)
 
     def tool_reporter(self, model: str) -> ToolReporter:
-        async def report(name: str, used: int, budget: int) -> None:
-            await self.emit("tool", model=model, tool=name, used=used, budget=budget)
+        async def report(name: str, used: int, budget: int, target: str) -> None:
+            await self.emit("tool", model=model, tool=name, used=used, budget=budget, target=target)
 
         return report
 

@@ -228,9 +228,56 @@ class FusionService:
         found = live.result if done and live.result is not None else live.snapshot(self.settings.deadline_s)
         return _redacted(found, live.settings.secrets)
 
-    def start(self, request: FusionRequest, *, run_id: str, principal: str, api_key: SecretStr | None = None) -> None:
-        """Start a run nobody waits on yet (an MCP task): recorded as running, found with :meth:`result`."""
-        self._start(request, run_id, principal, durable=True, on_event=None, settings=self.settings_for(api_key))
+    def start(
+        self,
+        request: FusionRequest,
+        *,
+        run_id: str,
+        principal: str,
+        api_key: SecretStr | None = None,
+        on_event: EventSink | None = None,
+        on_delta: DeltaSink | None = None,
+    ) -> None:
+        """Start a run nobody waits on yet (an MCP task, a run the web lab shows): recorded as running, found with
+        :meth:`result`, stopped with :meth:`stop`. ``on_event`` and ``on_delta`` follow it from its start to its end
+        (the lab's watchers come and go; what they missed is kept for them there)."""
+        self._start(
+            request,
+            run_id,
+            principal,
+            durable=True,
+            on_event=on_event,
+            settings=self.settings_for(api_key),
+            on_delta=on_delta,
+        )
+
+    async def estimate(self, request: FusionRequest) -> FusionRequest:
+        """``request`` checked as a run would check it before spending (its files read, unknown ids, tool and image
+        support) with its worst-case cost in ``cost_estimate``, without running it: what a person sees before
+        running (the lab's ask form). Raises :class:`FusionRefused` (``invalid_arguments`` for a file,
+        ``invalid_model``, ``cost_limit``) as the run would.
+
+        The look-ups take a run slot, as a run's do, so a flood of estimates cannot query the provider without
+        bound (the catalogue is cached: most take no request at all)."""
+        taken = False
+        with anyio.move_on_after(self.settings.queue_timeout_s):
+            await self.limiter.acquire()
+            taken = True
+        if not taken:
+            raise FusionRefused(
+                "server_busy",
+                f"server busy: every run slot (FUSION_MAX_CONCURRENT) is taken and none came free within "
+                f"{self.settings.queue_timeout_s:g} s; try again shortly",
+            )
+        try:
+            if request.files:  # read as the run reads them: their text counts, and a file out of bounds is named
+                material = await read_material(
+                    request, self.settings.files_max_bytes, cache_marker=self.settings.is_openrouter
+                )
+                request = request.model_copy(update={"attachments": material.attachments})
+            return await check_catalogue(self.catalogue, request, self.settings.max_cost_usd)
+        finally:
+            self.limiter.release()
 
     async def result(
         self, run_id: str, principal: str, *, wait_s: float, on_event: EventSink | None = None

@@ -25,8 +25,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..config import Settings
 from ..core.limits import MAX_PANEL
 from ..engine.service import FusionService
+from ..lab import LabApp, SignIns, lab_path
 from ..mcp_server.server import create_server
 from ..openai_api.routes import ChatApp, is_api_path
+from ..web.network import SYSTEM_NETWORK, Network
 from .connections import Connections, descriptor_budget, guarded_protocol
 from .guard import MAX_BODY_BYTES, Guard
 from .session_routes import SessionRoutes
@@ -50,10 +52,11 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
 
 class FrontEnds:
     """The whole HTTP app: every path under ``/v1`` and ``/api/v1`` to :class:`ChatApp` (chat completions, responses,
-    models, and an OpenAI-shaped 404 for the rest), every other path to the SDK's app as it is.
+    models, and an OpenAI-shaped 404 for the rest), ``/lab`` and below to the web lab, every other path to the
+    SDK's app as it is.
 
-    Its lifespan opens the process's one :class:`FusionService` and lends it to both: to the chat routes
-    directly, and to the MCP server through the SDK's own lifespan (its session manager's), entered inside.
+    Its lifespan opens the process's one :class:`FusionService` and lends it to all three: to the chat routes and
+    the lab directly, and to the MCP server through the SDK's own lifespan (its session manager's), entered inside.
     """
 
     def __init__(
@@ -63,9 +66,14 @@ class FrontEnds:
         stateless: bool = False,
         health: Mapping[str, object] | None = None,
         routes: SessionRoutes | None = None,
+        network: Network = SYSTEM_NETWORK,
+        sign_ins: SignIns | None = None,
+        lab: bool = True,
     ) -> None:
         self.settings = settings
+        self.network = network
         self.chat = ChatApp(settings)
+        self.lab = LabApp(settings, sign_ins, enabled=lab)
         self.routes = routes
         self.mcp_app = create_server(settings, service=self._lend, health=health).streamable_http_app(
             streamable_http_path="/mcp",
@@ -82,18 +90,20 @@ class FrontEnds:
             await self._lifespan.lifespan(scope, receive, send)
         elif scope["type"] == "http" and is_api_path(scope["path"]):
             await self.chat(scope, receive, send)
+        elif scope["type"] == "http" and lab_path(scope["path"]):
+            await self.lab(scope, receive, send)
         else:
             await self.mcp_app(scope, receive, send)
 
     @asynccontextmanager
     async def _open(self, _: object) -> AsyncIterator[None]:
-        async with FusionService.open(self.settings, check_models=True) as service:
-            self.chat.service = service
+        async with FusionService.open(self.settings, self.network, check_models=True) as service:
+            self.chat.service = self.lab.service = service
             try:
                 async with self.mcp_app.router.lifespan_context(self.mcp_app):
                     yield
             finally:
-                self.chat.service = None
+                self.chat.service = self.lab.service = None
                 if self.routes is not None:
                     await self.routes.aclose()
 
@@ -110,12 +120,18 @@ def build_app(
     stateless: bool = False,
     connections: Connections | None = None,
     place: WorkerPlace | None = None,
+    network: Network = SYSTEM_NETWORK,
+    sign_ins: SignIns | None = None,
 ) -> ASGIApp:
     """The whole HTTP application behind its guard: ``/mcp`` (stateful SSE unless ``stateless``), the
-    OpenAI-compatible routes and ``/healthz``, sharing one :class:`FusionService`.
+    OpenAI-compatible routes, the web lab (``/lab``) and ``/healthz``, sharing one :class:`FusionService`.
 
     ``place`` says which worker of a ``--workers`` server this process is: its sessions' ids then name it,
-    and requests for a sibling's sessions are relayed there (as for ``FUSION_REPLICA`` behind a proxy).
+    and requests for a sibling's sessions are relayed there (as for ``FUSION_REPLICA`` behind a proxy). The lab
+    keeps its sign-ins in one process, so a server of several workers, or a replica (``FUSION_REPLICA``), answers
+    ``/lab`` with a 503 saying so.
+    ``network`` is how the panel's web fetches resolve and connect; ``sign_ins`` hold the lab's sessions and
+    one-time tokens (a new table by default).
     """
     sessions = routes = None
     if not stateless:
@@ -131,7 +147,13 @@ def build_app(
     health = {"replica": settings.replica, "worker": None if place is None else place.index}
     return Guard(
         FrontEnds(
-            settings, stateless=stateless, health={k: v for k, v in health.items() if v is not None}, routes=routes
+            settings,
+            stateless=stateless,
+            health={k: v for k, v in health.items() if v is not None},
+            routes=routes,
+            network=network,
+            sign_ins=sign_ins,
+            lab=(place is None or place.count == 1) and settings.replica is None,
         ),
         settings,
         connections=connections,
@@ -139,13 +161,21 @@ def build_app(
         body_s=settings.body_timeout_s,
         openai_paths=is_api_path,
         routes=routes,
+        lab_paths=lab_path,
     )
 
 
-def served_urls(host: str, port: int, workers: int = 1) -> str:
-    """What ``serve --transport http`` says on stderr once it serves: where each endpoint is."""
+def base_url(host: str, port: int) -> str:
+    """``http://host:port`` for a bind address (an IPv6 one in brackets)."""
     bare = host.strip("[]")
-    base = f"http://{f'[{bare}]' if ':' in bare else bare}:{port}"
+    return f"http://{f'[{bare}]' if ':' in bare else bare}:{port}"
+
+
+def served_urls(host: str, port: int, workers: int = 1, *, lab: bool = True) -> str:
+    """What ``serve --transport http`` says on stderr once it serves: where each endpoint is (the lab's only when
+    ``lab``: a single process serves it)."""
+    bare = host.strip("[]")
+    base = base_url(host, port)
     where = " (every interface of this machine)" if bare in ("0.0.0.0", "::") else ""
     processes = f" with {workers} workers" if workers > 1 else ""
     return (
@@ -153,7 +183,8 @@ def served_urls(host: str, port: int, workers: int = 1) -> str:
         f"  MCP (Streamable HTTP):   {base}/mcp\n"
         f"  OpenAI-compatible chat:  {base}/v1/chat/completions\n"
         f"  OpenAI Responses API:    {base}/v1/responses\n"
-        f"  health:                  {base}/healthz"
+        + (f"  web lab:                 {base}/lab\n" if lab else "")
+        + f"  health:                  {base}/healthz"
     )
 
 
@@ -165,6 +196,7 @@ async def serve_http(
     stateless: bool = False,
     place: WorkerPlace | None = None,
     on_started: Callable[[], None] | None = None,
+    sign_ins: SignIns | None = None,
 ) -> None:
     """Serve until cancelled or signalled; call :func:`~fusion_mcp.config.settings.check_bind` first.
 
@@ -187,7 +219,7 @@ async def serve_http(
         send_s=settings.send_timeout_s,
     )
     config = uvicorn.Config(
-        build_app(settings, stateless=stateless, connections=connections, place=place),
+        build_app(settings, stateless=stateless, connections=connections, place=place, sign_ins=sign_ins),
         host=host,
         port=port,
         http=guarded_protocol(connections),

@@ -31,7 +31,6 @@ its fingerprint (:mod:`~fusion_mcp.core.callers`).
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Callable
@@ -45,7 +44,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Settings
 from ..core import strict_json
-from ..core.callers import BODY_KEY, LOCAL_PRINCIPAL, PRINCIPAL_KEY, UPSTREAM_KEY, bearer, key_principal, lent_key
+from ..core.callers import (
+    BODY_KEY,
+    LOCAL_PRINCIPAL,
+    PRINCIPAL_KEY,
+    UPSTREAM_KEY,
+    bearer,
+    key_principal,
+    lent_key,
+    token_principal,
+)
 from ..core.errors import live_secret
 from ..core.strict_json import JSONValueError
 from ..openai_api.routes import error_body
@@ -153,10 +161,14 @@ class Guard:
         max_body: int = MAX_BODY_BYTES,
         openai_paths: Callable[[str], bool] = lambda path: False,
         routes: SessionRoutes | None = None,
+        lab_paths: Callable[[str], bool] = lambda path: False,
     ) -> None:
         """Paths for which ``openai_paths`` is true get refusals in OpenAI's error shape. ``routes`` tag session ids
-        with where they live and relay a sibling worker's sessions to it."""
+        with where they live and relay a sibling worker's sessions to it. Paths for which ``lab_paths`` is true
+        are the web lab's: Host, Origin and body checks as everywhere, no bearer (a browser signs in there and
+        carries a session cookie, which the lab checks itself)."""
         self.app = app
+        self.lab_paths = lab_paths
         self.routes = routes if routes is not None and routes.active else None
         self.openai_paths = openai_paths
         self.lent_prefix = settings.lent_key_prefix
@@ -184,6 +196,9 @@ class Guard:
             refusal = _not_json(headers)
         if refusal is not None:
             await refuse(send, *refusal[:2], openai=refusal[2] if shaped else None)
+            return
+        if self.lab_paths(scope["path"]):
+            await self._lab(scope, receive, send)
             return
         caller = self._caller(headers.get(b"authorization", b""))
         if isinstance(caller, str):
@@ -226,6 +241,18 @@ class Guard:
             await self._forward(scope, receive, send, session)
             return
         await self._post(scope, receive, send, principal, session)
+
+    async def _lab(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request to the web lab: a POST's body is read whole within ``body_s`` and the size cap, as on every
+        path; who the browser is, the lab's session cookie says (and its CSRF token, for a POST)."""
+        if scope["method"] == "POST":
+            body = await self._body(scope, receive, send)
+            if body is None:
+                return
+            receive = _replay(body, receive)
+        else:
+            self._phase(scope, "serving")
+        await self.app(scope, receive, send)
 
     async def _on_probation(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A connection admitted beyond the cap: ``/healthz``, so a health check answers whatever floods the
@@ -375,11 +402,7 @@ class Guard:
         if not self.principals:
             return LOCAL_PRINCIPAL
         scheme, _, credential = authorization.partition(b" ")
-        found = None
-        # Every token is compared, in constant time, so the timing says nothing about which one nearly matched.
-        for token, name in self.principals:
-            if hmac.compare_digest(credential.strip(), token):
-                found = name
+        found = token_principal(credential, self.principals)
         return found if scheme.lower() == b"bearer" else None
 
     async def _read_body(self, receive: Receive) -> bytes | None:

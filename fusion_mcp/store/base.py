@@ -283,10 +283,16 @@ class Store(ABC):
         """Delete ``run_id``'s row if it is still ``running``: a run stopped before its answer leaves none."""
         await self._drop_running(run_id)
 
-    async def recent(self, limit: int = 20, principal: str | None = None) -> list[dict[str, Any]]:
-        """The latest runs, newest first: ``principal``'s only, or everyone's when None (the operator's view)."""
+    async def recent(
+        self, limit: int = 20, principal: str | None = None, *, text: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The latest runs, newest first: ``principal``'s only, or everyone's when None (the operator's view).
+
+        ``text`` keeps the runs whose question, context or an answer holds it, letters in any case (only ASCII
+        ones on SQLite, whose ``lower`` folds no other); an answer from the cache, whose record points to its
+        original, is matched on the first 120 characters of its question. What was redacted is not found."""
         keys = ("run_id", "created", "prompt_head", "panel", "status", "cost", "seconds", "cached")
-        rows = await self._recent(limit, principal)
+        rows = await self._recent(limit, principal, text.lower() if text else None)
         return [dict(zip(keys, row, strict=True)) | {"cached": bool(row[7])} for row in rows]
 
     async def run(self, run_id: str, principal: str | None = None) -> dict[str, Any] | None:
@@ -360,8 +366,9 @@ class Store(ABC):
     async def _heartbeat(self, run_ids: list[str], now: float) -> None: ...
 
     @abstractmethod
-    async def _recent(self, limit: int, principal: str | None) -> list[tuple[Any, ...]]:
-        """Rows of (run_id, created, prompt_head, panel, status, cost, seconds, cached)."""
+    async def _recent(self, limit: int, principal: str | None, text: str | None) -> list[tuple[Any, ...]]:
+        """Rows of (run_id, created, prompt_head, panel, status, cost, seconds, cached); ``text`` (lower case)
+        as :meth:`recent` says."""
 
     @abstractmethod
     async def _run(self, run_id: str, principal: str | None) -> tuple[str, float | None] | None:

@@ -171,6 +171,17 @@ def display_url(url: str) -> str:
     return f"postgresql://{user}{host}{port}{parts.path}"
 
 
+_HOLDS = (
+    "strpos(lower(prompt_head), %(text)s) > 0 OR EXISTS (SELECT 1 FROM (SELECT record::jsonb AS r) AS j WHERE "
+    "strpos(lower(coalesce(j.r -> 'request' ->> 'prompt', '')), %(text)s) > 0 "
+    "OR strpos(lower(coalesce(j.r -> 'request' ->> 'context', '')), %(text)s) > 0 "
+    "OR EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(j.r -> 'result' -> 'responses') = 'array' "
+    "THEN j.r -> 'result' -> 'responses' ELSE '[]'::jsonb END) AS a "
+    "WHERE strpos(lower(coalesce(a ->> 'content', '')), %(text)s) > 0))"
+)
+"""A run whose question, context or an answer holds the search text (``%(text)s``, in lower case)."""
+
+
 class PostgresStore(Store):
     """The store in one PostgreSQL database, shared by every process that has its URL."""
 
@@ -418,12 +429,13 @@ class PostgresStore(Store):
 
         await self._do(beat)
 
-    async def _recent(self, limit: int, principal: str | None) -> list[tuple[Any, ...]]:
+    async def _recent(self, limit: int, principal: str | None, text: str | None) -> list[tuple[Any, ...]]:
         async def recent(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
                 "SELECT run_id, created, prompt_head, panel, status, cost, seconds, cached FROM fusion_runs "
-                "WHERE %(principal)s::text IS NULL OR principal = %(principal)s ORDER BY created DESC LIMIT %(limit)s",
-                {"principal": principal, "limit": limit},
+                "WHERE (%(principal)s::text IS NULL OR principal = %(principal)s) "
+                f"AND (%(text)s::text IS NULL OR {_HOLDS}) ORDER BY created DESC LIMIT %(limit)s",
+                {"principal": principal, "limit": limit, "text": text},
             )
             return await cur.fetchall()
 

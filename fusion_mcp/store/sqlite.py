@@ -216,6 +216,16 @@ def _private_file(path: Path, *, create: bool = True) -> None:
         log.warning("%s was readable by others (mode %o): tightened to 600", path, mode)
 
 
+_HOLDS = (
+    "instr(lower(prompt_head), ?) > 0 OR (json_valid(record) AND ("
+    "instr(lower(coalesce(json_extract(record, '$.request.prompt'), '')), ?) > 0 "
+    "OR instr(lower(coalesce(json_extract(record, '$.request.context'), '')), ?) > 0 "
+    "OR EXISTS (SELECT 1 FROM json_each(record, '$.result.responses') AS a "
+    "WHERE instr(lower(coalesce(json_extract(a.value, '$.content'), '')), ?) > 0)))"
+)
+"""A run whose question, context or an answer holds the search text (four ``?``, the text in lower case)."""
+
+
 class SqliteStore(Store):
     """The store of one ``FUSION_HOME``: the file ``fusion.sqlite3`` in it, private to its owner."""
 
@@ -400,12 +410,12 @@ class SqliteStore(Store):
             )
         )
 
-    async def _recent(self, limit: int, principal: str | None) -> list[tuple[Any, ...]]:
+    async def _recent(self, limit: int, principal: str | None, text: str | None) -> list[tuple[Any, ...]]:
         return await self._call(
             lambda db: db.execute(
                 "SELECT run_id, created, prompt_head, panel, status, cost, seconds, cached FROM runs "
-                "WHERE ? IS NULL OR principal = ? ORDER BY created DESC LIMIT ?",
-                (principal, principal, limit),
+                f"WHERE (? IS NULL OR principal = ?) AND (? IS NULL OR {_HOLDS}) ORDER BY created DESC LIMIT ?",
+                (principal, principal, text, *[text] * 4, limit),
             ).fetchall()
         )
 

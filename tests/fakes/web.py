@@ -90,6 +90,20 @@ def long_text(n: int = 50_000) -> str:
     return "".join(f"[{i:06d}]" + "." * 992 for i in range(0, n, 1000))[:n]
 
 
+def hostile_page(canary_port: int) -> str:
+    """A page written to attack whoever shows what a model read from it: scripts, event handlers, ``javascript:``
+    links and images pointing at the canary on ``canary_port`` (a browser that loads one is caught there)."""
+    canary = f"http://127.0.0.1:{canary_port}"
+    return f"""<html><head><title>Hostile <script>window.__pwned = "title"</script> page</title>
+<script>window.__pwned = "page script"</script></head><body>
+<h1 onmouseover="window.__pwned = 'handler'">Read me &lt;script&gt;window.__pwned = "text"&lt;/script&gt;</h1>
+<p>Plain words: <img src="{canary}/page-img.png" onerror="window.__pwned = 'onerror'"> and
+<a href="javascript:window.__pwned = 'link'">a javascript link</a>, markdown ![pic]({canary}/page-md.png) and
+[trick](javascript:window.__pwned='md') inside the text.</p>
+<iframe src="{canary}/frame"></iframe><svg onload="window.__pwned = 'svg'"></svg>
+</body></html>"""
+
+
 class Canary:
     """A TCP listener on loopback that counts connections and answers nothing useful."""
 
@@ -163,6 +177,10 @@ class Site:
             Route("/leak/{rest:path}", self._leak),
             Route("/long-urls", lambda r: Response(LONG_URLS, media_type="text/html")),
             Route("/gated", self._gated),
+            Route(
+                "/hostile",
+                lambda r: Response(hostile_page(int(r.query_params.get("canary", "9"))), media_type="text/html"),
+            ),
         ]
         self.leaks: list[str] = []
         """Paths under /leak/ that were fetched: what a hostile page could have learnt."""

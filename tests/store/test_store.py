@@ -109,6 +109,33 @@ def result(run_id: str, spent: Usage = SPENT, **fields: Any) -> FusionResult:
     )
 
 
+async def test_the_history_is_searched_in_questions_contexts_and_answers_for_its_principal_only(
+    store_env: dict[str, str],
+) -> None:
+    long = "a long preamble that fills the listing's head of one hundred and twenty characters " * 2
+    asked = [
+        (request(long + "about the Borrow Checker"), result("fus_1")),
+        (request("q").model_copy(update={"context": "notes on the BORROW checker"}), result("fus_2")),
+        (request("q"), result("fus_3", responses=[PanelResponse(model="a/x", content="the borrow checker")])),
+        (request("q"), result("fus_4")),
+        (request(f"the borrow checker and {SECRET}"), result("fus_5")),
+    ]
+    async with opened(store_env) as store:
+        for asked_request, answered in asked:
+            await store.save_run(asked_request, answered, {}, "alice")
+            await anyio.sleep(0.01)  # created apart: the listing's order is theirs
+        await store.save_run(request("the borrow checker"), result("fus_6"), {}, "bob")
+        # An answer from the cache is a pointer: it is found by its listing's head (its question's start).
+        await store.save_run(request("the borrow checker, again"), result("fus_7"), {}, "alice", cached_from="fus_1")
+        found = [r["run_id"] for r in await store.recent(10, "alice", text="borrow checker")]
+        assert found == ["fus_7", "fus_5", "fus_3", "fus_2", "fus_1"]
+        assert [r["run_id"] for r in await store.recent(2, "alice", text="Borrow CHECKER")] == ["fus_7", "fus_5"]
+        assert [r["run_id"] for r in await store.recent(10, "bob", text="borrow")] == ["fus_6"]
+        assert await store.recent(10, "alice", text=SECRET) == []  # redacted before it was written
+        assert await store.recent(10, "alice", text="nowhere at all") == []
+        assert len(await store.recent(10, None, text="borrow")) == 6  # the operator's view
+
+
 # --- cache -------------------------------------------------------------------------------------------------
 
 
