@@ -239,19 +239,24 @@ class PanelResponse(_Model):
         return data
 
 
-class FailedModel(_Model):
+class _ProviderWhenSet(_Model):
+    """Leaves a subclass's ``provider`` out of the JSON when no providers are configured: results keep
+    OpenRouter's shape. (The field is the subclass's own, so it keeps its place among the others.)"""
+
+    @model_serializer(mode="wrap")
+    def _omit_provider(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if getattr(self, "provider", None) is None:
+            data.pop("provider", None)
+        return data
+
+
+class FailedModel(_ProviderWhenSet):
     model: str
     error: str
     status_code: int | None = None
     provider: str | None = None
     """The configured provider the member was on; absent when no providers are configured."""
-
-    @model_serializer(mode="wrap")
-    def _omit_provider(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if self.provider is None:
-            data.pop("provider", None)
-        return data
 
 
 class AnalysisError(_Model):
@@ -278,7 +283,7 @@ class TokenUsage(_Model):
         )
 
 
-class ModelUsage(TokenUsage):
+class ModelUsage(TokenUsage, _ProviderWhenSet):
     model: str
     role: Literal["panel", "analyst"]
     requests: int = 0
@@ -287,13 +292,6 @@ class ModelUsage(TokenUsage):
     dated model there); None when it named none."""
     provider: str | None = None
     """The configured provider that answered; absent when no providers are configured."""
-
-    @model_serializer(mode="wrap")
-    def _omit_provider(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if self.provider is None:
-            data.pop("provider", None)
-        return data
 
 
 class Usage(_Model):
