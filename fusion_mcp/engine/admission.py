@@ -329,9 +329,8 @@ def _routed(settings: Settings, entries: tuple[str, ...]) -> tuple[str, ...]:
 
 def _who_pays(settings: Settings, ids: tuple[str, ...], *, lent: bool) -> None:
     """Refuse a run nobody can pay for: OpenRouter without a key for a model on the default provider, or a caller
-    who pays with a lent key asking for another provider (the server's keys pay for those, or its own hardware
-    runs them; ``FUSION_PASS_THROUGH_SERVER_TOOLS`` allows it)."""
-    if lent and not settings.pass_through_server_tools:
+    who pays with a lent key asking for another provider (:func:`server_pays`)."""
+    if lent:
         _default_only(settings, ids)
     if settings.api_key is None and settings.is_openrouter and any(not settings.route(m)[0].named for m in ids):
         raise FusionRefused(
@@ -342,16 +341,24 @@ def _who_pays(settings: Settings, ids: tuple[str, ...], *, lent: bool) -> None:
         )
 
 
+def server_pays(settings: Settings, model: str) -> str | None:
+    """Why a caller paying with a lent key may not use ``model`` (None: it may). A configured provider is paid
+    by the server's key (or runs on its hardware), and lent callers are not under the daily cap: so no lent
+    call reaches one, a panel member, an analyst or a chat writer alike, whatever else the server lends."""
+    endpoint = settings.route(model)[0]
+    if not endpoint.named:
+        return None
+    return (
+        f"{model} is on provider {endpoint.name!r}, which this server pays for; a lent key pays for the default "
+        "provider only"
+    )
+
+
 def _default_only(settings: Settings, ids: tuple[str, ...]) -> None:
     for model in ids:
-        endpoint = settings.route(model)[0]
-        if endpoint.named:
-            argument = "model" if model == ids[-1] else "analysis_models"
-            raise FusionRefused.bad_argument(
-                argument,
-                f"{model} is on provider {endpoint.name!r}, which this server pays for; a lent key pays for the "
-                "default provider only, see FUSION_PASS_THROUGH_SERVER_TOOLS",
-            )
+        why = server_pays(settings, model)
+        if why is not None:
+            raise FusionRefused.bad_argument("model" if model == ids[-1] else "analysis_models", why)
 
 
 def _off_openrouter(settings: Settings, ids: tuple[str, ...]) -> tuple[str, ...]:

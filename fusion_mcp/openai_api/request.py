@@ -26,7 +26,7 @@ from ..core.limits import MAX_COMPLETION_TOKENS
 from ..core.model_ids import check_model_id
 from ..core.models import FusionArgs
 from ..core.tool_text import TOOL_NAME
-from ..engine.admission import FusionRefused, argument_rule, prepare
+from ..engine.admission import FusionRefused, argument_rule, prepare, server_pays
 
 ALIASES = ("openrouter/fusion", "fusion")
 """Model ids that mean "a writer with fusion", as OpenRouter's alias does."""
@@ -194,7 +194,7 @@ class Plan:
     fusion: FusionSetup | None = None
 
 
-def plan_turn(raw: Any, settings: Settings, *, depth: int) -> Plan:
+def plan_turn(raw: Any, settings: Settings, *, depth: int, lent: bool = False) -> Plan:
     """Read a request body; raise :class:`ChatError` (400, naming the field) for anything malformed.
 
     ``depth`` is the incoming ``x-openrouter-fusion-depth``: from 1 on, fusion is not offered at all (nor
@@ -213,10 +213,14 @@ def plan_turn(raw: Any, settings: Settings, *, depth: int) -> Plan:
     if body.model in ALIASES:
         own = config.model if config is not None else None
         writer = _model_id(f"{where}.model", own) if own else settings.models_for(preset)[1]
+    writer_field = "model" if writer == body.model else f"{where}.model"
     try:
         settings.route(writer)
     except ValueError as exc:  # an id that names no configured provider: said now, not by a failed request
-        raise ChatError.bad_field("model" if writer == body.model else f"{where}.model", str(exc)) from None
+        raise ChatError.bad_field(writer_field, str(exc)) from None
+    why = server_pays(settings, writer) if lent else None
+    if why is not None:  # the writer's requests would go out on the server's key, and nothing caps a lent caller
+        raise ChatError.bad_field(writer_field, why)
     switched_off = isinstance(config, FusionPlugin) and not config.enabled
     enabled = config is not None and settings.enabled and depth < 1 and not switched_off
     fields = {k: v for k, v in raw.items() if k not in OWN_FIELDS}

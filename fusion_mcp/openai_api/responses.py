@@ -121,8 +121,11 @@ class ResponsesTurn:
     """Only OpenAI's item types in ``output``: no ``openrouter:fusion`` item (:data:`ITEMS_HEADER`)."""
 
 
-def read_request(raw: Any, settings: Settings, *, depth: int, items: str | None = None) -> ResponsesTurn:
-    """Read a Responses request; raise :class:`ChatError` (400, naming the field in the caller's terms).
+def read_request(
+    raw: Any, settings: Settings, *, depth: int, items: str | None = None, lent: bool = False
+) -> ResponsesTurn:
+    """Read a Responses request; raise :class:`ChatError` (400, naming the field in the caller's terms). ``lent``:
+    the caller pays with its own key (the writer may not be on a provider the server pays for).
 
     ``items`` is the :data:`ITEMS_HEADER` header's value: ``standard``, or None.
     """
@@ -153,7 +156,7 @@ def read_request(raw: Any, settings: Settings, *, depth: int, items: str | None 
     if text_format is not None:
         chat["response_format"] = text_format
     try:
-        plan = plan_turn(chat, settings, depth=depth)
+        plan = plan_turn(chat, settings, depth=depth, lent=lent)
     except ChatError as error:
         raise _renamed(error, places if body.tools is not None else []) from None
     turn = ResponsesTurn(plan, _echo(body, raw), standard_items=items is not None)

@@ -244,7 +244,7 @@ class ChatApp:
 
     async def _chat(self, scope: Scope, receive: Receive, reply: Reply) -> None:
         service, raw, depth = await self._begin(scope, receive, "chat completions")
-        plan = plan_turn(raw, self.settings, depth=depth)
+        plan = plan_turn(raw, self.settings, depth=depth, lent=upstream_key_of(scope) is not None)
         reply.base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": plan.writer}
         writer = self._writer(scope, service, plan, depth, reply.base["id"])
         outlet = _ChatOutlet(reply, plan.fusion_events)
@@ -261,7 +261,8 @@ class ChatApp:
         """``POST /v1/responses``: the same turn as a chat request, read and answered by :mod:`.responses`."""
         service, raw, depth = await self._begin(scope, receive, "responses")
         items = Headers(scope=scope).get(ITEMS_HEADER)
-        turn: ResponsesTurn = read_request(raw, self.settings, depth=depth, items=items)
+        lent = upstream_key_of(scope) is not None
+        turn: ResponsesTurn = read_request(raw, self.settings, depth=depth, items=items, lent=lent)
         plan = turn.plan
         base = response_head(plan.writer)
         reply.base = {"id": base["id"]}

@@ -412,12 +412,47 @@ async def test_a_lent_key_pays_for_the_default_provider_only(three: Three) -> No
     assert refused.value.message == (
         "invalid argument analysis_models: must be 1-8 unique panel entries, each a model id or model#lens (a model "
         "under a lens) (work-openai:gpt-5 is on provider 'work-openai', which this server pays for; a lent key pays "
-        "for the default provider only, see FUSION_PASS_THROUGH_SERVER_TOOLS)"
+        "for the default provider only)"
     )
     assert own.analysis_models == (ANALYST, "openai/gpt-5")
-    allowed = three.settings(**lending, FUSION_PASS_THROUGH_SERVER_TOOLS="true")
-    async with FusionService.open(allowed) as service:
-        assert service.prepare(FusionArgs(prompt="q"), depth=0, api_key=lent).analysis_models == tuple(PANEL)
+    # Lending the server's own tools and files does not lend its providers: nothing caps a lent caller.
+    lends_more = three.settings(**lending, FUSION_PASS_THROUGH_SERVER_TOOLS="true")
+    async with FusionService.open(lends_more) as service:
+        with pytest.raises(FusionRefused) as still:
+            service.prepare(FusionArgs(prompt="q"), depth=0, api_key=lent)
+    assert still.value.message == refused.value.message and three.a.requests == []
+
+
+def test_a_lent_key_cannot_make_a_writer_on_a_configured_provider_spend_the_servers_key(three: Three) -> None:
+    """Chat and Responses: a writer id on a configured provider is a 400 naming the field for a caller lending a
+    key (any string with the prefix: the lent key is never sent there to be checked), and nothing goes out."""
+    import httpx2
+
+    from tests import servers
+
+    env = three.env(
+        FUSION_PASS_THROUGH_KEY="true", FUSION_PASS_THROUGH_KEY_PREFIX="sk-or-", FUSION_PASS_THROUGH_SERVER_TOOLS="true"
+    )
+    headers = {"Authorization": "Bearer sk-or-made-up-0123456789abcdef"}
+    with servers.in_process(env) as base:
+        chat = httpx2.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "work-openai:gpt-5", "messages": [{"role": "user", "content": "hi"}]},
+            headers=headers,
+            timeout=30,
+        )
+        responses = httpx2.post(
+            f"{base}/v1/responses", json={"model": "work-openai:gpt-5", "input": "hi"}, headers=headers, timeout=30
+        )
+    for answer in (chat, responses):
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["param"] == "model"
+        assert (
+            "is on provider 'work-openai', which this server pays for; a lent key pays for the default"
+            in error["message"]
+        )
+    assert three.a.requests == [] and three.default.requests == []
 
 
 def test_the_models_endpoint_lists_each_providers_models_as_a_call_names_them(three: Three) -> None:
