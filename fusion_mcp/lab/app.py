@@ -223,17 +223,18 @@ class LabApp:
 
     def _signin_context(self, request: Request, **extra: Any) -> dict[str, Any]:
         token = request.cookies.get(SIGNIN_COOKIE) or ""
-        return {"signin_csrf": token, "has_tokens": self.sign_ins.has_tokens, "once": "", "error": None, **extra}
+        base = {"signin_csrf": token, "has_tokens": self.sign_ins.has_tokens, "once": "", "error": None}
+        return {**base, "signed_in": None, **extra}
 
     async def _signin_form(self, request: Request) -> Response:
-        if (
-            self.sign_ins.session(request.cookies.get(SESSION_COOKIE)) is not None
-            and "once" not in request.query_params
-        ):
+        session = self.sign_ins.session(request.cookies.get(SESSION_COOKIE))
+        if session is not None and "once" not in request.query_params:
             return RedirectResponse(f"{PREFIX}/ask", 303)
         token = secrets.token_urlsafe(24)
         once = request.query_params.get("once", "")
-        context = self._signin_context(request, signin_csrf=token, once=once)
+        # A link followed by a browser already signed in is not sent by itself: it would swap the session.
+        signed_in = session.principal if session is not None else None
+        context = self._signin_context(request, signin_csrf=token, once=once, signed_in=signed_in)
         response = self._render(request, "signin.html", context)
         _cookie(response, request, SIGNIN_COOKIE, token)
         return response
@@ -254,7 +255,11 @@ class LabApp:
                 f"(at most {MAX_FAILURES} attempts a {FAILURE_WINDOW_S:g} s)"
             )
             return self._render(request, "signin.html", self._signin_context(request, error=message), status=429)
-        principal = self.sign_ins.sign_in(_one(form, "token") or "", address)
+        once = _one(form, "once")
+        if once is not None:  # the one-time link's form: that field takes one-time tokens only
+            principal = self.sign_ins.redeem(once, address)
+        else:
+            principal = self.sign_ins.sign_in(_one(form, "token") or "", address)
         if principal is None:
             log.info("lab: a failed sign-in from %s", address)
             message = (

@@ -79,6 +79,16 @@ class SignIns:
             return 0.0
         return max(0.0, failures.times[0] + FAILURE_WINDOW_S - now)
 
+    def redeem(self, token: str, address: str) -> str | None:
+        """The principal a one-time ``token`` signs in (spending it), or None, counted as a failure of ``address``.
+        Never a bearer token: a link can carry only what signs in once (a link carrying someone's bearer token
+        would sign its victim in as them, and file the victim's questions under their name)."""
+        once = self._once.pop(_digest(token), None) if token else None
+        if once is not None and once[1] > self._clock():
+            return once[0]
+        self._failed(address)
+        return None
+
     def sign_in(self, token: str, address: str) -> str | None:
         """The principal ``token`` signs in (a one-time token is spent by it), or None, counted as a failure of
         ``address``. Call :meth:`wait_s` first: a rate-limited address must not try at all."""

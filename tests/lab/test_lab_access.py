@@ -341,3 +341,24 @@ def test_an_estimate_waits_for_a_run_slot_like_a_run(sim: ProviderSim) -> None:
         assert busy.status_code == 409
         assert "server busy: every run slot (FUSION_MAX_CONCURRENT) is taken" in busy.text
         assert client.form(f"/lab/runs/{run_id}/cancel", {}).status_code == 303
+
+
+def test_a_sign_in_link_takes_one_time_tokens_only_and_never_swaps_a_session_by_itself(sim: ProviderSim) -> None:
+    """Login CSRF: bob mails alice ``/lab/signin?once=<bob's bearer token>``; her browser must not become bob's
+    (her questions would land in his history). And a browser already signed in is asked, not switched."""
+    with lab_server(sim_env(sim, FUSION_HTTP_TOKENS=TOKENS)) as lab:
+        with LabClient(lab.base) as victim:
+            link = f"/lab/signin?once={BOB}"
+            assert "data-autosubmit" in victim.get(link).text  # a fresh browser sends a link's form by itself
+            answer = victim.form("/lab/signin", {"once": BOB}, page=link)
+            assert answer.status_code == 401 and "fusion_lab_session" not in victim.cookies
+        once = lab.sign_ins.one_time("bob")
+        with LabClient(lab.base) as alice:
+            assert alice.sign_in(ALICE).status_code == 303
+            page = alice.get(f"/lab/signin?once={once}")
+            assert page.status_code == 200 and "data-autosubmit" not in page.text
+            assert "You are signed in as <strong>alice</strong>" in page.text
+        with LabClient(lab.base) as fresh:
+            assert fresh.form("/lab/signin", {"once": once}, page=f"/lab/signin?once={once}").status_code == 303
+        with LabClient(lab.base) as again:
+            assert again.form("/lab/signin", {"once": once}, page=f"/lab/signin?once={once}").status_code == 401
