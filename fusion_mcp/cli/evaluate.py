@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from pydantic import ValidationError
+
 from ..config import PRESET_NAMES, Settings
 from ..config.presets import PRESETS
 from ..core.lenses import split_entry
@@ -28,6 +30,7 @@ from ..store import default_home
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+DEFAULT_CONCURRENCY = 4
 CLEAR_LINE = "\x1b[2K"
 
 
@@ -49,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the model that grades short and open answers (default: a preset model that is not under test)",
     )
     parser.add_argument("--max-cost", type=_usd, metavar="USD", help="stop before the eval's spending passes this")
-    parser.add_argument("--concurrency", type=_count, default=4, metavar="N", help="answers at once, 1-32 (default 4)")
+    parser.add_argument(
+        "--concurrency", type=_count, default=DEFAULT_CONCURRENCY, metavar="N", help="answers at once, 1-32 (default 4)"
+    )
     parser.add_argument("--max-tool-calls", type=int, help="tool-call budget per model")
     parser.add_argument("--out", type=Path, help="where results go (default: ./fusion-eval-ID)")
     parser.add_argument(
@@ -90,14 +95,28 @@ def _plan(settings: Settings, args: argparse.Namespace) -> tuple[EvalPlan, Path]
         if out is None or not (out / "eval.json").is_file():
             _say(f"no eval {args.resume!r} to resume (give its folder with --out)")
             return None
-        plan = EvalPlan.model_validate_json((out / "eval.json").read_text(encoding="utf-8"))
+        plan = _read_plan(out)
+        if plan is None:
+            return None
         if plan.eval_id != args.resume:
             _say(f"{out} holds eval {plan.eval_id}, not {args.resume}")
             return None
         if args.questions not in (None, plan.source):
             _say(f"eval {plan.eval_id} ran {plan.source!r}, not {args.questions!r}; leave QUESTIONS out to resume it")
             return None
-        return plan, out
+        fixed = [flag for flag, value in _FIXED_BY_PLAN.items() if getattr(args, value) is not None]
+        if fixed:
+            _say(
+                f"{', '.join(fixed)}: eval {plan.eval_id} goes on as it began (its panel, analyst, writer, grader and "
+                "tool budget); only --max-cost and --concurrency may change on --resume"
+            )
+            return None
+        update: dict[str, object] = {}
+        if args.max_cost is not None:
+            update["max_cost"] = args.max_cost  # a new cap for the whole eval: what it spent so far counts
+        if args.concurrency != DEFAULT_CONCURRENCY:
+            update["concurrency"] = args.concurrency
+        return plan.model_copy(update=update), out
     if args.questions is None:
         _say(f"give a question file (.jsonl or .csv) or '{SAMPLE}', or --resume RUN")
         return None
@@ -123,11 +142,41 @@ def _plan(settings: Settings, args: argparse.Namespace) -> tuple[EvalPlan, Path]
         max_tool_calls=args.max_tool_calls,
     )
     out = (args.out or Path.cwd() / f"fusion-eval-{eval_id}").resolve()
+    if out.exists() and not out.is_dir():
+        _say(f"--out {out} is a file, not a folder: choose another --out")
+        return None
     if (out / "eval.json").exists():
-        held = EvalPlan.model_validate_json((out / "eval.json").read_text(encoding="utf-8")).eval_id
-        _say(f"{out} already holds eval {held}: go on with it (--resume {held}) or choose another --out")
+        held = _read_plan(out)
+        if held is not None:
+            held_id = held.eval_id
+            _say(f"{out} already holds eval {held_id}: go on with it (--resume {held_id}) or choose another --out")
         return None
     return plan, out
+
+
+_FIXED_BY_PLAN = {
+    "--panel": "panel",
+    "--preset": "preset",
+    "--analyst": "analyst",
+    "--writer": "writer",
+    "--grader": "grader",
+    "--max-tool-calls": "max_tool_calls",
+}
+"""Flags a resumed eval cannot change: its answers so far were had under them."""
+
+
+def _read_plan(out: Path) -> EvalPlan | None:
+    """``out/eval.json``, or None with the reason said (unreadable, damaged, or not an eval's)."""
+    path = out / "eval.json"
+    try:
+        return EvalPlan.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        _say(f"{path} cannot be read: {exc}")
+    except ValidationError:
+        _say(
+            f"{path} is not an eval's plan (damaged, or written by something else): start a new eval with another --out"
+        )
+    return None
 
 
 def _default_grader(panel: tuple[str, ...], analyst: str, writer: str | None) -> str | None:
@@ -180,10 +229,14 @@ async def run_eval(settings: Settings, args: argparse.Namespace) -> int:
         if todo and not args.yes and not _confirmed():
             _say("nothing spent: confirm at the prompt, or pass --yes")
             return EXIT_CONFIG
-        ev.save_plan()
-        index = _index(settings)
-        index.mkdir(parents=True, exist_ok=True)
-        (index / f"{plan.eval_id}.path").write_text(str(out) + "\n", encoding="utf-8")
+        try:
+            ev.save_plan()
+            index = _index(settings)
+            index.mkdir(parents=True, exist_ok=True)
+            (index / f"{plan.eval_id}.path").write_text(str(out) + "\n", encoding="utf-8")
+        except OSError as exc:
+            _say(f"cannot write the eval's files: {exc}")
+            return EXIT_CONFIG
         _say(f"results in {out} (resume with: fusion-mcp eval --resume {plan.eval_id})")
         display = Display(sys.stderr, ev)
         display.draw()

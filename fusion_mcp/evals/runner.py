@@ -218,13 +218,16 @@ class Eval:
 
     def writer_request(self, question: Question, fused: FusionResult) -> FusionRequest:
         assert self.plan.writer is not None
-        answers = "\n\n".join(f"<answer model={r.model!r}>\n{r.content}\n</answer>" for r in fused.responses)
         analysis = fused.analysis.model_dump_json(indent=1) if fused.analysis is not None else "(no analysis)"
-        prompt = (
-            f"{question.prompt()}\n\n<panel_answers>\n{answers}\n</panel_answers>\n\n"
-            f"<analysis>\n{analysis}\n</analysis>"
+        head = f"{question.prompt()}\n\n<analysis>\n{analysis}\n</analysis>\n\n<panel_answers>\n"
+        # The whole must fit FUSION_MAX_PROMPT_CHARS, as any call's: long answers are cut evenly, said in place.
+        room = max(self.settings.max_prompt_chars - len(head) - 200 * (len(fused.responses) + 1), 0)
+        share = room // max(len(fused.responses), 1)
+        answers = "\n\n".join(
+            f"<answer model={r.model!r}>\n{_cut(r.content, share)}\n</answer>" for r in fused.responses
         )
-        return self._solo(self.plan.writer, prompt, WRITER_SYSTEM, web=True)
+        prompt = f"{head}{answers}\n</panel_answers>"
+        return self._solo(self.plan.writer, prompt[: self.settings.max_prompt_chars], WRITER_SYSTEM, web=True)
 
     def grader_request(self, question: Question, answer: str) -> FusionRequest:
         assert self.plan.grader is not None
@@ -243,7 +246,7 @@ class Eval:
     async def worst_case(self, service: FusionService) -> float | None:
         """Every run still to make at its catalogue worst case (unknown model ids refused here, before any
         spending); None when the provider lists no prices for one of the models."""
-        total = 0.0
+        total: float | None = 0.0
         filler = "x" * int(self.settings.max_completion_tokens * 3.5)  # an answer as long as the cap allows
         for question in self.questions:
             for system in self.plan.systems:
@@ -253,15 +256,20 @@ class Eval:
                 requests = [self.request(question, system)]
                 if system == FUSION and self.plan.writer is not None:
                     requests.append(
-                        self._solo(self.plan.writer, question.prompt() + filler * 4, WRITER_SYSTEM, web=True)
+                        # The writer reads at most FUSION_MAX_PROMPT_CHARS (the answers are cut to fit).
+                        self._solo(
+                            self.plan.writer,
+                            "x" * self.settings.max_prompt_chars,
+                            WRITER_SYSTEM,
+                            web=True,
+                        )
                     )
                 if question.graded_by_model:
                     requests.append(self.grader_request(question, filler))
-                for request in requests:
+                for request in requests:  # every one checked: an unpriced model must not hide an unknown one
                     checked = await check_catalogue(service.catalogue, request, None)
-                    if checked.cost_estimate is None:
-                        return None
-                    total += checked.cost_estimate
+                    estimate = checked.cost_estimate
+                    total = None if total is None or estimate is None else total + estimate
         return total
 
     # -- running --------------------------------------------------------------------------------------------
@@ -398,6 +406,11 @@ class Eval:
             if system in found:
                 found[system].add(row)
         return found
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and a note that the rest was cut."""
+    return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} more characters cut to fit]"
 
 
 def _add(a: float | None, b: float | None) -> float | None:

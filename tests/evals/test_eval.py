@@ -535,3 +535,55 @@ def test_an_eval_across_providers_sends_each_member_to_its_own(sim: ProviderSim,
     finally:
         vendor.stop()
         local.stop()
+
+
+def test_a_resume_takes_a_new_max_cost_and_refuses_flags_that_would_change_the_eval(
+    sim: ProviderSim, tmp_path: Path
+) -> None:
+    """An eval --max-cost stopped goes on with --resume and a higher cap, paying only for what it had not had."""
+    script(sim)
+    sim.catalogue = [priced(m) for m in (*PANEL, JUDGE)]
+    out = tmp_path / "out"
+    questions = write_questions(tmp_path / "q.jsonl")
+    tokens = {"FUSION_MAX_COMPLETION_TOKENS": "1000"}
+    args = [str(questions), "--panel", ",".join(PANEL), "--analyst", JUDGE, "--out", str(out), "--yes"]
+    stopped = run_eval(sim, tmp_path, *args, "--max-cost", "0.03", **tokens)
+    assert stopped.returncode == 1 and summary_of(out)["stopped"]
+    eval_id = summary_of(out)["run_id"]
+    changed = run_eval(sim, tmp_path, "--resume", eval_id, "--yes", "--panel", RIGHT, **tokens)
+    assert (
+        changed.returncode == 2
+        and "--panel: eval " in changed.stderr
+        and "only --max-cost and --concurrency" in (changed.stderr)
+    )
+    paid = len(sim.requests)
+    done = run_eval(sim, tmp_path, "--resume", eval_id, "--yes", "--max-cost", "5", **tokens)
+    assert done.returncode == 0, done.stderr
+    found = systems(summary_of(out))
+    assert all(found[s]["total"] == len(QUESTIONS) for s in found)
+    assert len(sim.requests) == len(QUESTIONS) * (3 + 5)  # nothing paid twice: the first part plus the rest
+    assert paid < len(sim.requests)
+
+
+def test_every_model_id_is_checked_before_spending_even_after_an_unpriced_one(sim: ProviderSim, tmp_path: Path) -> None:
+    sim.catalogue = [{"id": RIGHT}, priced(HALF), priced(JUDGE)]  # RIGHT is listed without a price; WRONG not at all
+    questions = write_questions(tmp_path / "q.jsonl")
+    done = run_eval(sim, tmp_path, str(questions), "--panel", ",".join(PANEL), "--analyst", JUDGE, "--yes")
+    assert done.returncode == 2 and f"unknown model id '{WRONG}'" in done.stderr and sim.requests == []
+
+
+def test_an_unusable_out_folder_or_plan_is_named_not_a_traceback(sim: ProviderSim, tmp_path: Path) -> None:
+    questions = write_questions(tmp_path / "q.jsonl")
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    done = run_eval(sim, tmp_path, str(questions), "--panel", RIGHT, "--analyst", JUDGE, "--out", str(a_file), "--yes")
+    assert done.returncode == 2 and "is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "eval.json").write_bytes(b"\xff\xfe not json")
+    done = run_eval(sim, tmp_path, "--resume", "evdamaged", "--out", str(damaged), "--yes")
+    assert done.returncode == 2 and "cannot be read" in done.stderr and "Traceback" not in done.stderr
+    (damaged / "eval.json").write_text('{"eval_id": 3}')
+    done = run_eval(sim, tmp_path, "--resume", "evdamaged", "--out", str(damaged), "--yes")
+    assert done.returncode == 2 and "is not an eval's plan" in done.stderr and "Traceback" not in done.stderr
+    assert sim.requests == []
