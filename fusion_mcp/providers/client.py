@@ -41,11 +41,13 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 
 def auth_headers(source: Settings | Endpoint) -> dict[str, str]:
-    """A provider's ``Authorization`` header (the default one's, or a configured one's), or none when it has no
-    key (a local server)."""
-    if source.api_key is None:
-        return {}
-    return {"Authorization": f"Bearer {source.api_key.get_secret_value()}"}
+    """What identifies us to a provider on every request, its catalogue's too: its ``Authorization`` header
+    (none when it has no key: a local server) and a configured provider's extra headers (a key may travel in
+    one, as Azure's ``api-key``: a catalogue read without it would be refused, and ids go unchecked)."""
+    found = dict(source.headers) if isinstance(source, Endpoint) else {}
+    if source.api_key is not None:
+        found["Authorization"] = f"Bearer {source.api_key.get_secret_value()}"
+    return found
 
 
 TextSink = Callable[[str], None]

@@ -99,6 +99,8 @@ class ProviderSim:
         /models`` (as a vendor's API does)."""
         self.lookups: list[str] = []
         self.catalogue_reads = 0
+        self.catalogue_headers: list[dict[str, str]] = []
+        """The headers of every ``GET /models`` request."""
         """``GET /models`` requests served."""
         """Every ``GET /model/...`` path, as the server sent it (before any decoding)."""
         self._app = Starlette(
@@ -149,6 +151,7 @@ class ProviderSim:
             self.valid_key = None
             self.lookups.clear()
             self.catalogue_reads = 0
+            self.catalogue_headers.clear()
 
     def script(self, model: str, *replies: Reply) -> None:
         """Answer ``model``'s requests with these replies in turn; the last one repeats."""
@@ -170,6 +173,7 @@ class ProviderSim:
     async def _models(self, request: Request) -> Response:
         with self._lock:
             self.catalogue_reads += 1
+            self.catalogue_headers.append(dict(request.headers))
         if self.valid_key is not None and request.headers.get("authorization") != f"Bearer {self.valid_key}":
             return JSONResponse({"error": {"code": 401, "message": "Incorrect API key provided"}}, status_code=401)
         if self.catalogue is None:

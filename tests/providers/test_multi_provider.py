@@ -557,3 +557,18 @@ async def test_extra_headers_go_to_their_own_provider_only_and_a_key_in_one_is_a
     (failed,) = result.failed_models
     assert failed.error == "provider 'local': HTTP 400: bad header [redacted] (you sent None)"
     assert header_key not in result.model_dump_json()
+
+
+async def test_a_provider_keyed_by_a_header_has_its_catalogue_read_with_it(three: Three) -> None:
+    """An Azure-style provider (its key in ``api-key``, no bearer): the catalogue read carries the header, so an
+    id it does not serve is refused before any request is paid for."""
+    header_key = "azure-KEY-0123456789abcdef-do-not-leak"
+    providers = three.providers(local={"headers": {"api-key": header_key}})
+    three.local.catalogue = [priced("qwen3:8b")]
+    settings = three.settings(providers)
+    async with FusionService.open(settings) as service:
+        request = service.prepare(FusionArgs(prompt="q", analysis_models=["local:qwen3:9b"]), depth=0)
+        result = await service.run(request)
+    assert result.failure_reason == "invalid_model" and "qwen3:9b" in (result.error or "")
+    assert three.local.catalogue_headers and all(h.get("api-key") == header_key for h in three.local.catalogue_headers)
+    assert three.local.requests == []
