@@ -26,6 +26,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -97,7 +98,7 @@ class Endpoint(BaseModel):
         """This provider's key, and header values that carry one (``api-key``, ``x-goog-api-key``...)."""
         found = [self.api_key.get_secret_value()] if self.api_key is not None else []
         found += [v for k, v in self.headers.items() if any(w in k.lower() for w in _SECRET_HEADER_WORDS)]
-        return tuple(found)
+        return (*found, *url_passwords(self.base_url))
 
     def price(self, model: str) -> tuple[float, float] | None:
         """The configured (prompt, completion) USD per token of ``model`` (as sent), or None."""
@@ -112,6 +113,17 @@ class Endpoint(BaseModel):
         """Which provider and account answer: its name, base URL and a fingerprint of its key (never the key)."""
         key = self.api_key.get_secret_value() if self.api_key is not None else ""
         return f"{self.name} {self.base_url} {hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+def url_passwords(url: str) -> tuple[str, ...]:
+    """The password in a URL's userinfo (``https://user:PASSWORD@host/``) or its ``password`` query parameter, as
+    written (percent-encoded) and as sent: a secret wherever it turns up on its own (an error quoting the URL)."""
+    try:
+        parts = urlsplit(url)
+        written = [parts.password or "", *(v for k, v in parse_qsl(parts.query) if k == "password")]
+    except ValueError:  # not a URL one could connect to: nothing in it is sent anywhere
+        return ()
+    return tuple(dict.fromkeys(p for w in written if w for p in (w, unquote(w))))
 
 
 class UnknownProvider(ValueError):

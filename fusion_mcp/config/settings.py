@@ -22,7 +22,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -46,7 +46,15 @@ from ..core.model_ids import DEFAULT_PROVIDER, MODEL_ID_RULE, check_model_id
 from ..core.models import WebMode
 from ..core.text import number
 from .presets import PRESETS, Preset
-from .providers import OPENROUTER_ORIGIN, PROVIDERS_RULE, Endpoint, UnknownProvider, check_routes, parse_providers
+from .providers import (
+    OPENROUTER_ORIGIN,
+    PROVIDERS_RULE,
+    Endpoint,
+    UnknownProvider,
+    check_routes,
+    parse_providers,
+    url_passwords,
+)
 from .providers import route as route_model
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
@@ -573,17 +581,14 @@ class Settings(BaseModel):
                     found.append(secret.get_secret_value())
         for endpoint in self.providers.values():
             found.extend(endpoint.secrets)
-        # The whole URL is one secret; its password is another, wherever it turns up on its own.
-        return (*found, *self.database_password)
+        # The whole URL is one secret; its password is another, wherever it turns up on its own. A gateway's
+        # base URL may carry one too (https://user:password@gateway/v1), which an error may quote.
+        return (*found, *self.database_password, *url_passwords(self.base_url))
 
     @property
     def database_password(self) -> tuple[str, ...]:
         """The password in ``FUSION_DATABASE_URL``, as written (percent-encoded) and as sent."""
-        if self.database_url is None:
-            return ()
-        parts = urlsplit(self.database_url.get_secret_value())
-        written = [parts.password or "", *(v for k, v in parse_qsl(parts.query) if k == "password")]
-        return tuple(dict.fromkeys(p for w in written if w for p in (w, unquote(w))))
+        return () if self.database_url is None else url_passwords(self.database_url.get_secret_value())
 
     @property
     def short_secrets(self) -> tuple[str, ...]:
@@ -596,6 +601,8 @@ class Settings(BaseModel):
                 short.append(str(field.alias))
         if any(len(p) < MIN_SECRET_CHARS for p in self.database_password):
             short.append("the password in FUSION_DATABASE_URL")
+        if any(len(p) < MIN_SECRET_CHARS for p in url_passwords(self.base_url)):
+            short.append("the password in OPENROUTER_BASE_URL")
         return tuple(short)
 
     @property

@@ -13,6 +13,7 @@ owner (host and process id) and a heartbeat the owner renews. After a restart th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ from typing import Any
 import anyio
 
 from ..config import Settings
+from ..core.errors import Redactor
 from ..core.models import FusionRequest, FusionResult, Usage
 from ..core.progress import DeltaSink, EventSink, ProgressEvent
 from ..core.strict_json import as_object
@@ -98,11 +100,24 @@ class LiveRun:
     """A cap of the caller's own over a group of runs (``fusion-mcp eval --max-cost``), reserved like the daily cap."""
 
     async def emit(self, event: ProgressEvent) -> None:
+        event = self._redacted(event)
         self.last_event = event
         if not self.listeners:  # nobody waits (a task, or a run past its call): the log still tells its story
             log.info("run %s: %s", self.run_id, event.message)
         for listener in list(self.listeners):
             await listener(event)
+
+    def _redacted(self, event: ProgressEvent) -> ProgressEvent:
+        """``event`` with no secret in its texts: an error may quote a URL with a password in it, or a provider
+        echoing the key; every listener (MCP progress, ``ask``, the lab, chat's events) and the log get this."""
+        redactor = Redactor(self.settings.secrets)
+        if not redactor:
+            return event
+        error = redactor.text(event.error) if event.error else event.error
+        target, content = redactor.text(event.target), redactor.text(event.content)
+        if (error, target, content) == (event.error, event.target, event.content):
+            return event
+        return dataclasses.replace(event, error=error, target=target, content=content)
 
     def delta(self, model: str, piece: str, reasoning: bool) -> None:
         for listener in self.delta_listeners:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from fusion_mcp.config import ConfigError, Settings, load_settings
@@ -572,3 +573,28 @@ async def test_a_provider_keyed_by_a_header_has_its_catalogue_read_with_it(three
     assert result.failure_reason == "invalid_model" and "qwen3:9b" in (result.error or "")
     assert three.local.catalogue_headers and all(h.get("api-key") == header_key for h in three.local.catalogue_headers)
     assert three.local.requests == []
+
+
+@pytest.mark.parametrize("where", ["provider", "default"])
+async def test_a_password_in_a_base_url_is_a_secret(sim: ProviderSim, where: str) -> None:
+    """A gateway behind basic auth takes ``https://user:password@gateway/v1``; an error quoting the URL (nothing
+    listens there) must not hand the password to the caller or the log (``ask -v``, the log's redaction being
+    the process's), on a configured provider or the default."""
+    secret = "GatewayPassw0rd-do-not-leak"
+    url = f"http://gwuser:{secret}@127.0.0.1:9/v1"
+    if where == "provider":
+        env = sim_env(sim, FUSION_PROVIDERS=json.dumps({"gw": {"base_url": url}}), FUSION_WEB_TOOLS="off")
+        panel = ["gw:m1", "acme/m2"]
+    else:
+        env = sim_env(sim, OPENROUTER_BASE_URL=url, FUSION_WEB_TOOLS="off")
+        panel = ["acme/m1", "acme/m2"]
+    settings = load_settings(environ=env)
+    assert secret in settings.secrets
+    async with FusionService.open(settings) as service:
+        request = service.prepare(FusionArgs(prompt="q", analysis_models=panel, model=ANALYST), depth=0)
+        result = await service.run(request)
+    assert result.failed_models and secret not in result.model_dump_json()
+    command = [console_script(), "ask", "q", "--models", ",".join(panel), "--model", ANALYST, "-v", "--json"]
+    done = await anyio.run_process(command, env=child_env(**env), check=False)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert "could not connect" in out + err and "[redacted]" in out + err and secret not in out + err
