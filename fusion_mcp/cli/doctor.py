@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 
-from ..config import KEYS_PAGE, LOCAL_SERVER_HINT, Endpoint, Settings
+from ..config import KEYS_PAGE, LOCAL_SERVER_HINT, Endpoint, Settings, shown_url
 from ..core.lenses import model_of
 from ..providers.catalogue import CatalogueClient, without_tools
 from ..providers.client import auth_headers, new_http_client
@@ -96,7 +96,7 @@ async def _key(http: httpx2.AsyncClient, settings: Settings, timeout_s: float) -
             response = await http.get(f"{settings.base_url}/key", headers=auth_headers(settings))
     except (httpx2.HTTPError, TimeoutError) as exc:
         why, _ = unreachable(exc, settings.base_url, timeout_s)
-        return Check("key", False, f"could not ask {settings.base_url}/key: {why}", "see 'reach'")
+        return Check("key", False, f"could not ask {shown_url(settings.base_url)}/key: {why}", "see 'reach'")
     if response.status_code in (401, 403):
         return Check(
             "key",
@@ -125,8 +125,8 @@ async def _reachable(http: httpx2.AsyncClient, settings: Settings, timeout_s: fl
             response = await http.get(f"{settings.base_url}/models")
     except (httpx2.HTTPError, TimeoutError) as exc:
         why, fix = unreachable(exc, settings.base_url, timeout_s)
-        return Check("reach", False, f"cannot reach {settings.base_url}: {why}", fix)
-    return Check("reach", True, f"{settings.base_url} answers (HTTP {response.status_code} for /models)")
+        return Check("reach", False, f"cannot reach {shown_url(settings.base_url)}: {why}", fix)
+    return Check("reach", True, f"{shown_url(settings.base_url)} answers (HTTP {response.status_code} for /models)")
 
 
 async def _provider(http: httpx2.AsyncClient, settings: Settings, endpoint: Endpoint, timeout_s: float) -> Check:
@@ -144,15 +144,20 @@ async def _provider(http: httpx2.AsyncClient, settings: Settings, endpoint: Endp
             response = await http.get(f"{endpoint.base_url}/models", headers=auth_headers(endpoint))
     except (httpx2.HTTPError, TimeoutError) as exc:
         why, fix = unreachable(exc, endpoint.base_url, timeout_s)
-        return Check(name, False, f"cannot reach {endpoint.base_url}: {why}", fix)
+        return Check(name, False, f"cannot reach {shown_url(endpoint.base_url)}: {why}", fix)
     if response.status_code in (401, 403):
         where = endpoint.api_key_env or "the entry's api_key"
         return Check(
-            name, False, f"{endpoint.base_url}: the key was rejected (HTTP {response.status_code})", f"check {where}"
+            name,
+            False,
+            f"{shown_url(endpoint.base_url)}: the key was rejected (HTTP {response.status_code})",
+            f"check {where}",
         )
     key = "no key (fine for a local server)" if endpoint.api_key is None else "key sent"
     served = f"; serves {', '.join(endpoint.models)}" if endpoint.models else ""
-    return Check(name, True, f"{endpoint.base_url} answers (HTTP {response.status_code} for /models), {key}{served}")
+    return Check(
+        name, True, f"{shown_url(endpoint.base_url)} answers (HTTP {response.status_code} for /models), {key}{served}"
+    )
 
 
 def unreachable(exc: BaseException, url: str, timeout_s: float) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from .presets import (
     FixedPreset,
     Preset,
 )
-from .providers import OPENROUTER_ORIGIN, TEMPLATES, Endpoint, UnknownProvider
+from .providers import OPENROUTER_ORIGIN, TEMPLATES, Endpoint, UnknownProvider, shown_url
 from .settings import (
     KEYS_PAGE,
     LOCAL_SERVER_HINT,
@@ -87,5 +87,6 @@ __all__ = [
     "rule",
     "setting",
     "short_name",
+    "shown_url",
     "unknown_variables",
 ]

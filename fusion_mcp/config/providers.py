@@ -126,6 +126,13 @@ def url_passwords(url: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for w in written if w for p in (w, unquote(w))))
 
 
+def shown_url(url: str) -> str:
+    """``url`` as messages show it: a password in it (:func:`url_passwords`) replaced by ``[redacted]``."""
+    for password in url_passwords(url):
+        url = url.replace(password, "[redacted]")
+    return url
+
+
 class UnknownProvider(ValueError):
     """A model id that names no configured provider; its message names those there are."""
 

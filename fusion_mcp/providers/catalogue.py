@@ -19,7 +19,7 @@ from urllib.parse import quote
 import anyio
 import httpx2
 
-from ..config import Endpoint, Settings
+from ..config import Endpoint, Settings, shown_url
 from ..core.lenses import model_of
 from ..core.model_ids import DEFAULT_PROVIDER
 from ..core.models import FusionRequest
@@ -192,7 +192,7 @@ class EndpointCatalogue:
                 response = await self._http.get(url, headers=self._headers)
         except (httpx2.HTTPError, TimeoutError) as exc:
             # Not "no catalogue": the provider could not be asked, and every call will fail the same way.
-            problem = f"the provider at {self._base} is unreachable ({type(exc).__name__})"
+            problem = f"the provider at {shown_url(self._base)} is unreachable ({type(exc).__name__})"
             log.warning("model ids not checked: %s", problem)
             return Catalogue(models=None, problem=problem)
         try:
