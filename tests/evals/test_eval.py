@@ -20,7 +20,7 @@ from fusion_mcp.evals.grading import exact, parse_grade
 from fusion_mcp.evals.questions import Question, QuestionSetError, load
 from fusion_mcp.evals.report import wilson
 from tests.conftest import API_KEY, child_env, console_script, sim_env
-from tests.fakes.provider_sim import DEFAULT_USAGE, ProviderSim, Recorded, Reply, priced
+from tests.fakes.provider_sim import DEFAULT_USAGE, ProviderSim, Reply, priced
 
 RIGHT, HALF, WRONG = "eval/right", "eval/half", "eval/wrong"
 PANEL = (RIGHT, HALF, WRONG)
@@ -253,7 +253,10 @@ def test_an_interrupted_eval_resumed_pays_for_no_answer_twice(sim: ProviderSim, 
         while not (results.exists() and len(results.read_text().splitlines()) >= 12):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        time.sleep(0.3)  # the 13th run is waiting on the hanging question
+        # Interrupted once the 13th run (the first member alone on the question that hangs) is at the simulator.
+        while not any((truth(user_text(r.body)) or ("",))[0] == slow for r in sim.requests_for(RIGHT)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "--resume" in err
@@ -261,7 +264,7 @@ def test_an_interrupted_eval_resumed_pays_for_no_answer_twice(sim: ProviderSim, 
     # The last line written is lost too (as if cut by the interruption): its run is found in the store.
     kept = results.read_text().splitlines()
     results.write_text("\n".join(kept[:-1]) + "\n")
-    before = [r for r in sim.requests]
+    before = len(sim.requests)
     hanging = False
     done = run_eval(sim, tmp_path, "--resume", eval_id, "--yes")
     assert done.returncode == 0, done.stderr
@@ -272,11 +275,7 @@ def test_an_interrupted_eval_resumed_pays_for_no_answer_twice(sim: ProviderSim, 
     asked = Counter((r.model, truth(user_text(r.body))[0]) for r in sim.requests if r.model in PANEL)  # type: ignore[index]
     for (model, qid), times in asked.items():
         assert times == (3 if (model, qid) == (RIGHT, slow) else 2), (model, qid, times)
-    assert len(before) < len(sim.requests)
-
-
-def requests_about(requests: list[Recorded], qid: str) -> int:
-    return sum(1 for r in requests if (truth(user_text(r.body)) or ("",))[0] == qid)
+    assert before < len(sim.requests)
 
 
 def test_the_built_in_sample_set_runs_from_the_readme_command(sim: ProviderSim, tmp_path: Path) -> None:
