@@ -129,3 +129,26 @@ async def over_http(base: str, token: str | None = None) -> AsyncIterator[Client
     http = httpx2.AsyncClient(headers=headers, timeout=60)
     async with http, Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client:
         yield client
+
+
+def with_a_terminal(command: list[str], **options: Any) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run ``command`` with its stderr on a pseudo-terminal (as a person's shell gives it; stdout piped), and
+    return it with everything it drew there: live progress is drawn only for a terminal."""
+    import os
+
+    master, slave = os.openpty()
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=slave, text=True, **options)
+        os.close(slave)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal's other end is closed: all of it has been read
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(master)
+    return done, screen.decode()

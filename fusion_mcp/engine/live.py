@@ -14,6 +14,7 @@ owner (host and process id) and a heartbeat the owner renews. After a restart th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -107,10 +108,14 @@ class LiveRun:
         for listener in list(self.listeners):
             await listener(event)
 
+    @functools.cached_property
+    def _redactor(self) -> Redactor:
+        return Redactor(self.settings.secrets)  # built once a run: its settings (and their secrets) are fixed
+
     def _redacted(self, event: ProgressEvent) -> ProgressEvent:
         """``event`` with no secret in its texts: an error may quote a URL with a password in it, or a provider
         echoing the key; every listener (MCP progress, ``ask``, the lab, chat's events) and the log get this."""
-        redactor = Redactor(self.settings.secrets)
+        redactor = self._redactor
         if not redactor:
             return event
         error = redactor.text(event.error) if event.error else event.error

@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.conftest import ANALYST, API_KEY, PANEL, child_env, console_script, sim_env
 from tests.fakes.provider_sim import ProviderSim, Reply
-from tests.helpers import wait_for
+from tests.helpers import wait_for, with_a_terminal
 
 
 def ask(sim: ProviderSim, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -120,33 +120,9 @@ def test_ask_interrupted_prints_a_cancelled_result(sim: ProviderSim) -> None:
 
 
 def test_ask_draws_live_progress_when_stderr_is_a_terminal(sim: ProviderSim) -> None:
-    import os
-
     sim.script(PANEL[2], Reply(latency=1.2))
-    master, slave = os.openpty()
-    try:
-        proc = subprocess.run(
-            [console_script(), "ask", "q", "--analysis-only"],
-            env=child_env(**sim_env(sim)),
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            timeout=60,
-        )
-        os.close(slave)
-        screen = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            screen += chunk
-    finally:
-        os.close(master)
-    text = screen.decode()
+    command = [console_script(), "ask", "q", "--analysis-only"]
+    proc, text = with_a_terminal(command, env=child_env(**sim_env(sim)), stdin=subprocess.DEVNULL, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("# Fusion analysis")
     assert "\x1b[2K" in text and "\x1b[4F" in text  # lines redrawn in place: 3 members + the analyst
     assert f"{PANEL[2]}" in text and "answered" in text and "analysis ready" in text

@@ -4,7 +4,6 @@ as a user runs it (the console script), everything asserted on its files and on 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from fusion_mcp.evals.questions import Question, QuestionSetError, load
 from fusion_mcp.evals.report import wilson
 from tests.conftest import API_KEY, child_env, console_script, sim_env
 from tests.fakes.provider_sim import DEFAULT_USAGE, ProviderSim, Reply, priced
+from tests.helpers import with_a_terminal
 
 RIGHT, HALF, WRONG = "eval/right", "eval/half", "eval/wrong"
 PANEL = (RIGHT, HALF, WRONG)
@@ -431,31 +431,8 @@ def test_a_writer_writes_fusions_answer_from_the_analysis(sim: ProviderSim, tmp_
 def test_a_terminal_sees_one_row_per_system_redrawn_in_place(sim: ProviderSim, tmp_path: Path) -> None:
     script(sim)
     questions = write_questions(tmp_path / "q.jsonl", QUESTIONS[:2])
-    master, slave = os.openpty()
-    try:
-        command = [console_script(), "eval", str(questions), "--panel", ",".join(PANEL), "--analyst", JUDGE, "--yes"]
-        proc = subprocess.run(
-            command,
-            env=env(sim, tmp_path / "home"),
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-        )
-        os.close(slave)
-        screen = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            screen += chunk
-    finally:
-        os.close(master)
-    text = screen.decode()
+    command = [console_script(), "eval", str(questions), "--panel", ",".join(PANEL), "--analyst", JUDGE, "--yes"]
+    proc, text = with_a_terminal(command, env=env(sim, tmp_path / "home"), timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, text
     assert "\x1b[2K" in text and "\x1b[4F" in text  # four rows (three members and fusion) redrawn in place
     assert re.search(rf"{re.escape(RIGHT)} +2/2 answered +2 correct", text)
