@@ -24,6 +24,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
@@ -74,6 +75,8 @@ ASSETS = {
 }
 KEEPALIVE_S = 15.0
 POLL_S = 1.0
+RECORD_WAIT_S = 5.0
+"""How long a finished run's stream waits for its record (written just after its answer) before saying done."""
 """How often a watcher's stream checks whether its run has ended (its text and steps come at once)."""
 HISTORY_SCAN = 1000
 """Most recent runs a history search lists before its model and date filters (the text is searched by the store)."""
@@ -453,6 +456,9 @@ class LabApp:
                 news = watched.news(cursor)
                 if news["text"] or news["steps"] or news["done"]:
                     quiet = 0.0
+                    if news["done"]:  # said once its record is in: the history the page links to lists it
+                        with anyio.move_on_after(RECORD_WAIT_S):
+                            await self._service().record_written(run_id, session.principal)
                     yield b"event: news\ndata: " + json.dumps(news, ensure_ascii=False).encode() + b"\n\n"
                     if news["done"]:
                         return
