@@ -15,11 +15,9 @@ pass it together. Resuming: each run's id is fixed by (eval, question, system, s
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import statistics
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,22 +246,18 @@ class Eval:
         spending); None when the provider lists no prices for one of the models."""
         total: float | None = 0.0
         filler = "x" * int(self.settings.max_completion_tokens * 3.5)  # an answer as long as the cap allows
+        # The writer reads at most FUSION_MAX_PROMPT_CHARS (the answers are cut to fit): one worst case for all.
+        writer = None
+        if self.plan.writer is not None:
+            writer = self._solo(self.plan.writer, "x" * self.settings.max_prompt_chars, WRITER_SYSTEM, web=True)
         for question in self.questions:
             for system in self.plan.systems:
                 row = self.rows.get((question.id, system))
                 if row is not None and row.settled:
                     continue
                 requests = [self.request(question, system)]
-                if system == FUSION and self.plan.writer is not None:
-                    requests.append(
-                        # The writer reads at most FUSION_MAX_PROMPT_CHARS (the answers are cut to fit).
-                        self._solo(
-                            self.plan.writer,
-                            "x" * self.settings.max_prompt_chars,
-                            WRITER_SYSTEM,
-                            web=True,
-                        )
-                    )
+                if system == FUSION and writer is not None:
+                    requests.append(writer)
                 if question.graded_by_model:
                     requests.append(self.grader_request(question, filler))
                 for request in requests:  # every one checked: an unpriced model must not hide an unknown one
@@ -415,11 +409,3 @@ def _cut(text: str, limit: int) -> str:
 
 def _add(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a + b, 10)
-
-
-def now() -> float:
-    return time.time()
-
-
-def plan_json(path: Path) -> EvalPlan:
-    return EvalPlan.model_validate(json.loads(path.read_text(encoding="utf-8")))
