@@ -18,10 +18,12 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
+import anyio
+import anyio.lowlevel
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..config import Settings
@@ -105,6 +107,22 @@ class UsageRow:
     """USD; None when the provider reported none."""
 
 
+@dataclass(eq=False)
+class Write:
+    """One run's record on its way to the store: built (redacted, serialised) when its batch is written."""
+
+    run_id: str
+    build: Callable[[], tuple[RunRow, list[UsageRow] | None]]
+    trims: bool
+    """It ends a run: the history's trim follows its batch."""
+    row: RunRow | None = None
+    usage: list[UsageRow] | None = None
+    finished: bool = False
+    error: Exception | None = None
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    """Set when it is written, or when its caller is to write the batches waiting (see :meth:`Store._write`)."""
+
+
 class UsageTotal(BaseModel):
     """Totals of one group of usage rows (a principal, a model or a UTC day) as ``fusion-mcp usage`` shows them."""
 
@@ -170,6 +188,8 @@ class Store(ABC):
     def __init__(self, *, secrets: tuple[str, ...] = (), retention: Retention | None = None) -> None:
         self._secrets = secrets
         self.retention = retention or Retention()
+        self._waiting: list[Write] = []
+        self._writer = False
 
     @property
     @abstractmethod
@@ -245,26 +265,28 @@ class Store(ABC):
         client repeating a call does not copy its result into the history each time.
         """
         secrets = (*self._secrets, *secrets)
-        body: dict[str, Any]
-        if cached_from is not None:
-            # The cache is per principal, so the run it names is this principal's too.
-            body = {"cached_from": cached_from}
-        else:
-            # Redacted before sharing: a secret cut in two where a shared text begins would escape redaction.
-            shared, texts = share_texts(redact_value(transcripts, secrets))
-            body = {"request": request.model_dump(mode="json"), "result": result.to_json()}
-            body |= {"transcripts": shared, "texts": texts}
-            if owner is not None:
-                body["owner"] = owner
-        row = self._run_row(request, result, body, principal, secrets)
-        usage = None
-        if result.status != "running" and settle:
-            usage = usage_rows(result.run_id, principal, row.created, spent or result.usage, free=result.cached)
-        await self._commit(row, result.run_id, usage)
-        if result.status != "running":
-            # A running row is never trimmed and its end comes soon: that record trims for both (each trim
-            # ranks the whole history, and a run that ends with its call writes a running row first).
-            await self._trim(self._trim_runs, row.created)
+
+        def build() -> tuple[RunRow, list[UsageRow] | None]:
+            body: dict[str, Any]
+            if cached_from is not None:
+                # The cache is per principal, so the run it names is this principal's too.
+                body = {"cached_from": cached_from}
+            else:
+                # Redacted before sharing: a secret cut in two where a shared text begins would escape redaction.
+                shared, texts = share_texts(redact_value(transcripts, secrets))
+                body = {"request": request.model_dump(mode="json"), "result": result.to_json()}
+                body |= {"transcripts": shared, "texts": texts}
+                if owner is not None:
+                    body["owner"] = owner
+            row = self._run_row(request, result, body, principal, secrets)
+            usage = None
+            if result.status != "running" and settle:
+                usage = usage_rows(result.run_id, principal, row.created, spent or result.usage, free=result.cached)
+            return row, usage
+
+        # A running row is never trimmed and its end comes soon: that record trims for both (each trim ranks
+        # the whole history, and a run that ends with its call writes a running row first).
+        await self._write(Write(result.run_id, build, trims=result.status != "running"))
 
     async def settle(self, run_id: str, principal: str, spent: Usage | Iterable[UsageRow]) -> None:
         """Write what a run that leaves no record spent (one stopped with its caller), and release its
@@ -334,6 +356,62 @@ class Store(ABC):
         """``principal``'s recorded spend since ``since`` and its live reservations (nothing reserved)."""
         return await self._spending(principal, since, time.time())
 
+    async def _write(self, write: Write) -> None:
+        """Write ``write`` with whatever other writes are waiting, in one batch (a group commit).
+
+        Runs that end together (a wave of callers) would each pay a transaction and a trip to the database's
+        thread or connection; instead the first becomes the writer: it lets the event loop run once (answers
+        that are ready go out first, and the records that come with them join), then writes every waiting
+        record in one :meth:`_commit_many`. A writer whose own record is written hands the rest to the next
+        waiting one, so no run's task is kept writing others' records. Shielded: a record being written is
+        written whatever happens to its caller (each write takes milliseconds).
+        """
+        with anyio.CancelScope(shield=True):
+            self._waiting.append(write)
+            if self._writer:
+                await write.wake.wait()  # written, or made the writer
+            if not write.finished:
+                self._writer = True
+                await anyio.lowlevel.checkpoint()
+                batch, self._waiting = self._waiting, []
+                try:
+                    await self._flush(batch)
+                finally:
+                    if self._waiting:
+                        self._waiting[0].wake.set()
+                    else:
+                        self._writer = False
+        if write.error is not None:
+            raise write.error
+
+    async def _flush(self, batch: list[Write]) -> None:
+        """Build and write ``batch``; a batch that fails is written again one record at a time, so one bad
+        record fails alone."""
+        ready: list[Write] = []
+        for write in batch:  # one record that cannot be built (a bug) fails alone
+            try:
+                write.row, write.usage = write.build()
+                ready.append(write)
+            except Exception as exc:
+                write.error = exc
+        try:
+            try:
+                if ready:
+                    await self._commit_many(ready)
+            except Exception as exc:
+                if len(ready) == 1:
+                    ready[0].error = exc
+                else:
+                    for write in ready:
+                        try:
+                            await self._commit_many([write])
+                        except Exception as one:
+                            write.error = one
+        finally:
+            for write in batch:
+                write.finished = True
+                write.wake.set()
+
     # -- what each backend writes in its dialect -----------------------------------------------------
 
     @abstractmethod
@@ -350,6 +428,17 @@ class Store(ABC):
     async def _commit(self, run: RunRow | None, run_id: str, usage: list[UsageRow] | None) -> None:
         """In one transaction: upsert ``run`` (if any); if ``usage`` is not None, replace ``run_id``'s usage
         rows with it and delete ``run_id``'s reservation."""
+
+    async def _commit_many(self, writes: list[Write]) -> None:
+        """Each of ``writes`` as :meth:`_commit` writes one, then, if one of them ends a run, the history's trim
+        (a trim that fails is logged: the records are safe). A backend that can writes them in one transaction
+        and one trip."""
+        for write in writes:
+            assert write.row is not None
+            await self._commit(write.row, write.run_id, write.usage)
+        trims = [write.row.created for write in writes if write.trims and write.row is not None]
+        if trims:
+            await self._trim(self._trim_runs, max(trims))
 
     @abstractmethod
     async def _drop_running(self, run_id: str) -> None: ...

@@ -33,6 +33,7 @@ from .base import (
     UsageBy,
     UsageRow,
     UsageTotal,
+    Write,
     admits,
     check_schema,
     usage_total,
@@ -322,78 +323,51 @@ class SqliteStore(Store):
         await self._call(put)
 
     async def _commit(self, run: RunRow | None, run_id: str, usage: list[UsageRow] | None) -> None:
-        def commit(db: sqlite3.Connection) -> None:
-            with _transaction(db):
-                if run is not None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO runs (run_id, created, prompt_head, panel, status, cost, seconds, "
-                        "cached, record, schema, principal, bytes, heartbeat) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            run.run_id,
-                            run.created,
-                            run.prompt_head,
-                            run.panel,
-                            run.status,
-                            run.cost,
-                            run.seconds,
-                            int(run.cached),
-                            run.record,
-                            RESULT_SCHEMA,
-                            run.principal,
-                            run.bytes,
-                            run.heartbeat,
-                        ),
-                    )
-                if usage is not None:
-                    db.execute("DELETE FROM usage WHERE run_id = ?", (run_id,))
-                    db.executemany(
-                        "INSERT INTO usage (run_id, principal, created, model, role, requests, prompt_tokens, "
-                        "completion_tokens, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            (
-                                u.run_id,
-                                u.principal,
-                                u.created,
-                                u.model,
-                                u.role,
-                                u.requests,
-                                u.prompt_tokens,
-                                u.completion_tokens,
-                                u.cost,
-                            )
-                            for u in usage
-                        ],
-                    )
-                    db.execute("DELETE FROM reservations WHERE run_id = ?", (run_id,))
+        await self._call(lambda db: _commit(db, [(run, run_id, usage)]))
 
-        await self._call(commit)
+    async def _commit_many(self, writes: list[Write]) -> None:
+        """One trip to the store's thread for the whole batch: its records in one transaction, then the trim
+        (each trip is a thread switch, each transaction a write of the log's index)."""
+        trims = [write.row.created for write in writes if write.trims and write.row is not None]
+
+        def commit_and_trim(db: sqlite3.Connection) -> sqlite3.Error | None:
+            _commit(db, [(write.row, write.run_id, write.usage) for write in writes])
+            if not trims:
+                return None
+            try:
+                self._trim_in(db, max(trims))
+            except sqlite3.Error as exc:
+                return exc
+            return None
+
+        failed = await self._call(commit_and_trim)
+        if failed is not None:  # the records are safe: the next write trims again
+            log.warning("retention not applied this time: %s", self._failed("the SQLite store failed", failed))
 
     async def _trim_runs(self, now: float) -> None:
+        await self._call(lambda db: self._trim_in(db, now))
+
+    def _trim_in(self, db: sqlite3.Connection, now: float) -> None:
         limits = self.retention
-
-        def trim(db: sqlite3.Connection) -> None:
-            with _transaction(db):
-                count, size, shares, first = db.execute(_RUNS_HELD).fetchone()
-                # Nothing can go while the whole history, times its shares, is within both bounds and none of
-                # it is too old: one pass without sorting tells, where the trim itself ranks every row.
-                if (
-                    count * shares > limits.max_runs
-                    or size * shares > limits.max_bytes
-                    or (first is not None and first < now - limits.max_age_days * DAY_S)
-                ):
-                    db.execute(
-                        _TRIM_RUNS,
-                        {
-                            "oldest": now - limits.max_age_days * DAY_S,
-                            "max_runs": limits.max_runs,
-                            "max_bytes": limits.max_bytes,
-                        },
-                    )
-                db.execute("DELETE FROM usage WHERE created < ?", (now - limits.usage_max_days * DAY_S,))
-            db.execute("PRAGMA incremental_vacuum")
-
-        await self._call(trim)
+        with _transaction(db):
+            count, size, shares, first = db.execute(_RUNS_HELD).fetchone()
+            # Nothing can go while the whole history, times its shares, is within both bounds and none of
+            # it is too old: one pass without sorting tells, where the trim itself ranks every row.
+            if (
+                count * shares > limits.max_runs
+                or size * shares > limits.max_bytes
+                or (first is not None and first < now - limits.max_age_days * DAY_S)
+            ):
+                db.execute(
+                    _TRIM_RUNS,
+                    {
+                        "oldest": now - limits.max_age_days * DAY_S,
+                        "max_runs": limits.max_runs,
+                        "max_bytes": limits.max_bytes,
+                    },
+                )
+            db.execute("DELETE FROM usage WHERE created < ?", (now - limits.usage_max_days * DAY_S,))
+        db.execute("PRAGMA incremental_vacuum")
 
     async def _trim_usage(self, now: float) -> None:
         oldest = now - self.retention.usage_max_days * DAY_S
@@ -467,6 +441,54 @@ class SqliteStore(Store):
             lambda db: db.execute(_SPEND, {"principal": principal, "since": since, "run_id": "", "now": now}).fetchone()
         )
         return Spend(spent=spent, reserved=reserved, admitted=False)
+
+
+def _commit(db: sqlite3.Connection, writes: list[tuple[RunRow | None, str, list[UsageRow] | None]]) -> None:
+    """Each write as :meth:`Store._commit` describes one, all in one transaction."""
+    with _transaction(db):
+        for run, run_id, usage in writes:
+            if run is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO runs (run_id, created, prompt_head, panel, status, cost, seconds, "
+                    "cached, record, schema, principal, bytes, heartbeat) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run.run_id,
+                        run.created,
+                        run.prompt_head,
+                        run.panel,
+                        run.status,
+                        run.cost,
+                        run.seconds,
+                        int(run.cached),
+                        run.record,
+                        RESULT_SCHEMA,
+                        run.principal,
+                        run.bytes,
+                        run.heartbeat,
+                    ),
+                )
+            if usage is not None:
+                db.execute("DELETE FROM usage WHERE run_id = ?", (run_id,))
+                db.executemany(
+                    "INSERT INTO usage (run_id, principal, created, model, role, requests, prompt_tokens, "
+                    "completion_tokens, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            u.run_id,
+                            u.principal,
+                            u.created,
+                            u.model,
+                            u.role,
+                            u.requests,
+                            u.prompt_tokens,
+                            u.completion_tokens,
+                            u.cost,
+                        )
+                        for u in usage
+                    ],
+                )
+                db.execute("DELETE FROM reservations WHERE run_id = ?", (run_id,))
 
 
 @contextmanager

@@ -503,6 +503,31 @@ async def test_a_run_is_recorded_completely_or_not_at_all(store_env: dict[str, s
     assert raw.rows("SELECT run_id FROM {reservations}") == [("fus_bad",)]
 
 
+async def test_records_written_together_fail_one_by_one(store_env: dict[str, str]) -> None:
+    """Runs that end together are written as one batch; the database refusing one of them fails that one
+    alone, with its error, and the others are recorded whole."""
+    raw = Raw(store_env)
+    outcomes: dict[str, str] = {}
+
+    async def save(run_id: str) -> None:
+        try:
+            await store.save_run(request(), result(run_id), {}, "alice")
+            outcomes[run_id] = "recorded"
+        except StoreError as exc:
+            outcomes[run_id] = str(exc)
+
+    async with opened(store_env) as store:
+        raw.script(FAULT_SQLITE, FAULT_POSTGRES)
+        async with anyio.create_task_group() as tg:
+            for run_id in ("fus_ok1", "fus_bad", "fus_ok2", "fus_ok3"):
+                tg.start_soon(save, run_id)
+        await store.save_run(request(), result("fus_ok4"), {}, "alice")  # the writer was handed on and let go
+    assert {k: v for k, v in outcomes.items() if v == "recorded"}.keys() == {"fus_ok1", "fus_ok2", "fus_ok3"}
+    assert "injected fault" in outcomes["fus_bad"]
+    assert raw.rows("SELECT run_id FROM {runs} ORDER BY run_id") == [(f"fus_ok{i}",) for i in range(1, 5)]
+    assert sorted({r for (r,) in raw.rows("SELECT run_id FROM {usage}")}) == [f"fus_ok{i}" for i in range(1, 5)]
+
+
 # --- the daily cap's reservations ------------------------------------------------------------------------------
 
 
