@@ -427,8 +427,10 @@ class FusionService:
         as lost, never missing; a record that fails leaves that row, no longer renewed, to read as lost. Until
         its cache entry is written, an identical call is answered from :attr:`_caching`."""
         assert live.result is not None
-        if live.row_written is not None:
-            await live.row_written.wait()  # written while the members worked: ready long before this
+        if live.row_written is not None and not live.row_written.is_set():
+            # Written while the members worked: ready long before this (waiting on a set event would still
+            # yield a turn of the event loop before the answer goes out).
+            await live.row_written.wait()
         if not live.row:
             await self._record(live, live.running_row(self.settings.deadline_s), {}, owner())
         key = live.cache_key if live.cache_key is not None and is_complete(live.result) else None
@@ -616,12 +618,14 @@ class FusionService:
             live.principal,
             live.settings,
         )
-        if settings is self.settings and not settings.providers:
-            identity = self._provider_identity
-        else:
-            identity = provider_identity(settings, request_models(request))
-        key = cache_key(request, principal=principal, provider=identity)
-        if store is not None and self.settings.cache and not live.fresh:
+        caching, key = store is not None and self.settings.cache, ""
+        if caching:
+            if settings is self.settings and not settings.providers:
+                identity = self._provider_identity
+            else:
+                identity = provider_identity(settings, request_models(request))
+            key = cache_key(request, principal=principal, provider=identity)
+        if caching and not live.fresh:
             hit = self._caching.get(key) or await self._cached(key)
             if hit is not None:
                 log.info("run %s answered from the cache (first run %s)", run_id, hit.run_id)
@@ -658,7 +662,7 @@ class FusionService:
         if cap is not None and spent is not None and spent > cap:
             # The estimate is a worst case, so this means prices or usage differ from the catalogue's.
             log.warning("run %s cost $%.4f, over FUSION_MAX_COST_USD=$%g", run_id, spent, cap)
-        if store is not None and self.settings.cache:
+        if caching:
             live.cache_key = key  # cached once its caller has it, after its record
         live.to_record = True  # once its caller has it
         return result

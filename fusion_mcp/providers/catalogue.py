@@ -179,11 +179,24 @@ class EndpointCatalogue:
         self._lock = anyio.Lock()
 
     async def get(self) -> Catalogue:
-        async with self._lock:
-            ttl = TTL_S if self._cached is None or self._cached.problem is None else PROBLEM_TTL_S
-            if self._cached is None or time.monotonic() - self._cached.fetched > ttl:
-                self._cached = await self._fetch()
+        # A fresh catalogue is returned without the lock: taking an anyio lock yields to the event loop, and
+        # every run looks up each of its models (twice), so on a busy server each look-up waited a whole turn
+        # of the loop behind every other run's work.
+        if self._fresh(self._cached):
+            assert self._cached is not None
             return self._cached
+        async with self._lock:
+            if not self._fresh(self._cached):
+                self._cached = await self._fetch()
+            assert self._cached is not None
+            return self._cached
+
+    @staticmethod
+    def _fresh(cached: Catalogue | None) -> bool:
+        if cached is None:
+            return False
+        ttl = TTL_S if cached.problem is None else PROBLEM_TTL_S
+        return time.monotonic() - cached.fetched <= ttl
 
     async def _fetch(self) -> Catalogue:
         url = f"{self._base}/models"
