@@ -106,6 +106,20 @@ class UsageRow:
     cost: float | None
     """USD; None when the provider reported none."""
 
+    def columns(self) -> tuple[Any, ...]:
+        """Its values in the order both backends' ``INSERT`` names the columns (the fields' order)."""
+        return (
+            self.run_id,
+            self.principal,
+            self.created,
+            self.model,
+            self.role,
+            self.requests,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cost,
+        )
+
 
 @dataclass(eq=False)
 class Write:

@@ -366,20 +366,7 @@ class PostgresStore(Store):
                             await cur.executemany(
                                 "INSERT INTO fusion_usage (run_id, principal, created, model, role, requests, "
                                 "prompt_tokens, completion_tokens, cost) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                                [
-                                    (
-                                        u.run_id,
-                                        u.principal,
-                                        u.created,
-                                        u.model,
-                                        u.role,
-                                        u.requests,
-                                        u.prompt_tokens,
-                                        u.completion_tokens,
-                                        u.cost,
-                                    )
-                                    for u in usage
-                                ],
+                                [u.columns() for u in usage],
                             )
                     await conn.execute("DELETE FROM fusion_reservations WHERE run_id = %s", (run_id,))
 

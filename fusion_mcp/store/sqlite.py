@@ -473,20 +473,7 @@ def _commit(db: sqlite3.Connection, writes: list[tuple[RunRow | None, str, list[
                 db.executemany(
                     "INSERT INTO usage (run_id, principal, created, model, role, requests, prompt_tokens, "
                     "completion_tokens, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            u.run_id,
-                            u.principal,
-                            u.created,
-                            u.model,
-                            u.role,
-                            u.requests,
-                            u.prompt_tokens,
-                            u.completion_tokens,
-                            u.cost,
-                        )
-                        for u in usage
-                    ],
+                    [u.columns() for u in usage],
                 )
                 db.execute("DELETE FROM reservations WHERE run_id = ?", (run_id,))
 
