@@ -281,7 +281,7 @@ def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 def _eval_command(commands: Commands, common: argparse.ArgumentParser) -> None:
     """``eval``: a panel against each of its members on the user's own questions."""
-    from .evaluate import add_arguments
+    from .eval_args import add_arguments
 
     evaluate = commands.add_parser(
         "eval",

@@ -74,6 +74,23 @@ def test_the_stdio_server_imports_the_web_tools_only_when_they_are_on(
     assert f"CALLED {loaded!r} TLS contexts {tls}" in out.stderr, out.stderr
 
 
+def test_the_command_line_builds_its_parser_without_the_eval_engine() -> None:
+    """Every ``fusion-mcp`` (a host starting the stdio server) builds the whole parser, ``eval`` included: the
+    eval's runner, grading and report load only when an eval runs."""
+    code = (
+        "import sys\n"
+        "from fusion_mcp.cli.main import _parser\n"
+        "_parser().parse_args(['eval', '--help'] if len(sys.argv) > 1 else [])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('fusion_mcp.evals.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "['fusion_mcp.evals.questions']", out.stderr
+    shown = subprocess.run(
+        [sys.executable, "-c", code, "help"], env=child_env(), capture_output=True, text=True, timeout=60
+    )
+    assert "'sample' (the built-in set)" in shown.stdout and "--concurrency N" in shown.stdout, shown.stderr
+
+
 @pytest.mark.anyio
 async def test_the_provider_pool_verifies_https_with_the_process_context() -> None:
     """Made on first use, the HTTPS side is not weakened: a certificate from an unknown CA is refused."""
