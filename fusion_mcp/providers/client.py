@@ -56,7 +56,7 @@ RetryListener = Callable[[int, float, str], Awaitable[None]]
 """Told before each retry: its number (1 for the first), the seconds it waits, and what failed."""
 
 
-def new_http_client(max_connections: int = 64) -> httpx2.AsyncClient:
+def new_http_client(max_connections: int = 64, *, proxied: bool | None = None) -> httpx2.AsyncClient:
     """The process-wide pool for provider requests.
 
     Long read timeouts because reasoning models think for minutes; ``trust_env`` stays on so a
@@ -64,9 +64,12 @@ def new_http_client(max_connections: int = 64) -> httpx2.AsyncClient:
     the connections are made by :class:`FirstUseTransport`: the TLS context is loaded on the first https://
     request, never for a provider reached over http://. (httpx2 reads the environment's proxies only when it
     builds the transport itself, so with a proxy set it does, with the process's context, as before.)
+    ``proxied`` says whether the environment sets a proxy, when the caller has already looked (each look
+    walks the whole environment).
     """
     limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    proxied = any(getproxies().get(scheme) for scheme in ("http", "https", "all"))
+    if proxied is None:
+        proxied = environment_proxied()
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0),
         limits=limits,
@@ -74,6 +77,12 @@ def new_http_client(max_connections: int = 64) -> httpx2.AsyncClient:
         verify=default_tls() if proxied else True,  # True: unused, the transport below verifies
         transport=None if proxied else FirstUseTransport(limits),
     )
+
+
+def environment_proxied() -> bool:
+    """Whether the environment sets a proxy for provider requests (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``)."""
+    proxies = getproxies()
+    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
 @cache
@@ -129,10 +138,16 @@ class ProviderPools:
 
     def __init__(self, runs: int, shared: int, providers: Iterable[str] = ()) -> None:
         count = max(1, -(-runs // RUNS_PER_POOL))
-        self._pools = [new_http_client(RUNS_PER_POOL * (MAX_PANEL + 1)) for _ in range(count)]
+        # The environment is read once for every pool, and a run pool is made when first leased (a server that
+        # never has more than four runs at once makes one): start-up builds two clients, not ten.
+        self._proxied = environment_proxied()
+        self._pools: list[httpx2.AsyncClient | None] = [None] * count
         self._leases = [0] * count
-        self.shared = new_http_client(shared)
-        self.providers = {name: new_http_client(min(1024, runs * (MAX_PANEL + 1) + shared)) for name in providers}
+        self.shared = new_http_client(shared, proxied=self._proxied)
+        self.providers = {
+            name: new_http_client(min(1024, runs * (MAX_PANEL + 1) + shared), proxied=self._proxied)
+            for name in providers
+        }
         """One pool per configured provider (by name), for its runs' members, its catalogue and chat writers:
         a slow or failing provider holds only its own connections."""
 
@@ -140,15 +155,19 @@ class ProviderPools:
     def lease(self) -> Iterator[httpx2.AsyncClient]:
         """The pool for one run, held until it ends."""
         index = min(range(len(self._leases)), key=self._leases.__getitem__)
+        pool = self._pools[index]
+        if pool is None:
+            pool = self._pools[index] = new_http_client(RUNS_PER_POOL * (MAX_PANEL + 1), proxied=self._proxied)
         self._leases[index] += 1
         try:
-            yield self._pools[index]
+            yield pool
         finally:
             self._leases[index] -= 1
 
     async def aclose(self) -> None:
         for client in (*self._pools, self.shared, *self.providers.values()):
-            await client.aclose()
+            if client is not None:
+                await client.aclose()
 
 
 @dataclass

@@ -133,8 +133,9 @@ class Write:
     usage: list[UsageRow] | None = None
     finished: bool = False
     error: Exception | None = None
-    wake: anyio.Event = field(default_factory=anyio.Event)
-    """Set when it is written, or when its caller is to write the batches waiting (see :meth:`Store._write`)."""
+    wake: anyio.Event = field(default_factory=lambda: anyio.Event())
+    """Set when it is written, or when its caller is to write the batches waiting (see :meth:`Store._write`).
+    (Made per write: naming ``anyio.Event`` here would import anyio's synchronisation module at start-up.)"""
 
 
 class UsageTotal(BaseModel):
