@@ -11,8 +11,11 @@ cannot avoid (``bench/floor_server.py``), side by side in one run, each as a rat
 - **memory**: resident memory kept per finished run (8 x ~2,000 tokens), over the server's 64 kept runs.
 
 Every figure is measured ``--rounds`` times, alternating server and floor within a round; reported are the
-median per round and the range over the rounds. Where the machine has two cores or more the servers run on
-the first and the simulator and this process (the load) on the others (``sched_setaffinity``).
+median per round and the range over the rounds. Start-up alternates spawn by spawn, and the CPU figures call
+every server alive at once in turn, call by call, so each sees the same moment of the machine (a shared VM's
+speed drifts over minutes); the load runs one server at a time (it needs the machine). Where the machine has
+two cores or more the servers run on the first and the simulator and this process (the load) on the others
+(``sched_setaffinity``).
 
 ``--fusion CMD`` measures another build's ``fusion-mcp`` (a release's virtual environment) in the same run.
 
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -157,14 +160,24 @@ async def start(subject: Subject, spawns: int) -> float:
     return median(times)
 
 
-async def cpu_per_call(subject: Subject, args: dict[str, Any], calls: int, warmup: int) -> float:
-    async with subject.client() as (client, pid):
-        for _ in range(warmup):
-            ok(await client.call_tool("openrouter_fusion", args))
-        before = proc_cpu_seconds(pid)
+async def cpu_per_call_side_by_side(
+    subjects: list[Subject], args: dict[str, Any], calls: int, warmup: int
+) -> dict[str, float]:
+    """CPU seconds per call of each subject, every server alive at once and the calls alternating between
+    them one by one: each sees the same moment of the machine (its speed drifts by 10-30 % over minutes on a
+    shared VM), so their ratio is steady to a few per cent where back-to-back runs scattered by ±20 %."""
+    async with AsyncExitStack() as stack:
+        live = [(s.name, *(await stack.enter_async_context(s.client()))) for s in subjects]
+        for _, client, _ in live:
+            for _ in range(warmup):
+                ok(await client.call_tool("openrouter_fusion", args))
+        spent = dict.fromkeys((name for name, _, _ in live), 0.0)
         for _ in range(calls):
-            ok(await client.call_tool("openrouter_fusion", args))
-        return (proc_cpu_seconds(pid) - before) / calls
+            for name, client, pid in live:
+                before = proc_cpu_seconds(pid)
+                ok(await client.call_tool("openrouter_fusion", args))
+                spent[name] += proc_cpu_seconds(pid) - before
+    return {name: seconds / calls for name, seconds in spent.items()}
 
 
 async def memory_per_run(subject: Subject, args: dict[str, Any], warmup: int, runs: int) -> float:
@@ -263,23 +276,26 @@ async def main_async(opts: argparse.Namespace) -> None:
             print(f"{figure:7} {name:12} {value:10.4f}", flush=True)
 
         for _ in range(opts.rounds):
-            for s in everyone if "start" in only else []:
-                keep("start_s", s.name, await start(s, spawns))
-            for s in everyone if "cpu" in only else []:
-                keep(
-                    "cpu_ms_per_call",
-                    s.name,
-                    1000 * await cpu_per_call(s, args_for(INSTANT["members"], 0.02), cpu_calls, 3),
-                )
+            if "start" in only:  # spawns alternate between the subjects, as the calls below do
+                spawned: dict[str, list[float]] = {s.name: [] for s in everyone}
+                for _ in range(spawns):
+                    for s in everyone:
+                        spawned[s.name].append(await start(s, 1))
+                for name, times in spawned.items():
+                    keep("start_s", name, median(times))
+            if "cpu" in only:
+                args = args_for(INSTANT["members"], 0.02)
+                for name, cpu in (await cpu_per_call_side_by_side(everyone, args, cpu_calls, 3)).items():
+                    keep("cpu_ms_per_call", name, 1000 * cpu)
             for s in everyone if "load" in only else []:
                 row = await load(s, opts.clients, opts.calls)
                 keep("load_p50_ms", s.name, row["p50"])
                 keep("load_p99_ms", s.name, row["p99"])
                 keep("load_cpu_ms_per_call", s.name, row["cpu_ms"])
             if "stream" in only:
-                for s in everyone:
-                    cpu = await cpu_per_call(s, args_for(LONG, 0.0), stream_runs, 2)
-                    keep("stream_cpu_ms_per_run", s.name, 1000 * cpu)
+                streamed = await cpu_per_call_side_by_side(everyone, args_for(LONG, 0.0), stream_runs, 2)
+                for name, cpu in streamed.items():
+                    keep("stream_cpu_ms_per_run", name, 1000 * cpu)
                 keep("stream_cpu_ms_per_run", "bare reader", 1000 * bare_reader(sim, stream_runs))
             for s in everyone if "memory" in only else []:
                 keep("memory_kib_per_run", s.name, await memory_per_run(s, args_for(LONG, 0.0), *memory_runs))
