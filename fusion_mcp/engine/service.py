@@ -618,7 +618,9 @@ class FusionService:
             live.principal,
             live.settings,
         )
-        caching, key = store is not None and self.settings.cache, ""
+        # A TTL of 0 caches nothing: no entry can be fresh, and a look-up racing the previous run's entry (written
+        # after its answer, in the same second) must not find it.
+        caching, key = store is not None and self.settings.cache and self.settings.cache_ttl_s > 0, ""
         if caching:
             if settings is self.settings and not settings.providers:
                 identity = self._provider_identity
