@@ -318,12 +318,10 @@ async def _store(settings: Settings) -> Check:
         return Check(name, False, str(exc), fix)
     finally:
         await store.aclose()
-    if not settings.cache:
-        state = "cache off"
-    elif settings.cache_ttl_s <= 0:
-        state = "cache off (FUSION_CACHE_TTL_S=0)"
-    else:
+    if settings.caching:
         state = f"cache on, {settings.cache_ttl_s:g} s"
+    else:
+        state = "cache off" if not settings.cache else "cache off (FUSION_CACHE_TTL_S=0)"
     cap = settings.principal_max_cost_usd_per_day
     limits = f"history {settings.history_max_runs} runs" + (f", ${cap:g} a day per principal" if cap else "")
     if shared:

@@ -506,6 +506,12 @@ class Settings(BaseModel):
         return self.run_deadline > self.deadline_s
 
     @property
+    def caching(self) -> bool:
+        """Identical calls are answered from the cache: ``FUSION_CACHE`` on and a TTL above 0 (at 0 no entry is
+        ever fresh, so none is looked up or written)."""
+        return self.cache and self.cache_ttl_s > 0
+
+    @property
     def all_lenses(self) -> dict[str, str]:
         """Built-in lenses, then the configured ones (which may redefine a built-in)."""
         return {**BUILTIN, **self.lenses}

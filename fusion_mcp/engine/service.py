@@ -434,7 +434,7 @@ class FusionService:
         if not live.row:
             await self._record(live, live.running_row(self.settings.deadline_s), {}, owner())
         key = live.cache_key if live.cache_key is not None and is_complete(live.result) else None
-        if key is not None and self.settings.cache_ttl_s > 0:
+        if key is not None:
             self._caching[key] = live.result
         live.done.set()
         try:
@@ -618,9 +618,9 @@ class FusionService:
             live.principal,
             live.settings,
         )
-        # A TTL of 0 caches nothing: no entry can be fresh, and a look-up racing the previous run's entry (written
-        # after its answer, in the same second) must not find it.
-        caching, key = store is not None and self.settings.cache and self.settings.cache_ttl_s > 0, ""
+        # With a TTL of 0 nothing is looked up: a look-up racing the previous run's entry (written after its
+        # answer, in the same instant) would find it fresh.
+        caching, key = store is not None and self.settings.caching, ""
         if caching:
             if settings is self.settings and not settings.providers:
                 identity = self._provider_identity

@@ -167,6 +167,12 @@ class CatalogueClient:
         return known, info, catalogue
 
 
+def _fresh(catalogue: Catalogue) -> bool:
+    """Within its time to live (a catalogue that failed to load is tried again sooner)."""
+    ttl = TTL_S if catalogue.problem is None else PROBLEM_TTL_S
+    return time.monotonic() - catalogue.fetched <= ttl
+
+
 class EndpointCatalogue:
     """One provider's catalogue, fetched and cached."""
 
@@ -182,21 +188,14 @@ class EndpointCatalogue:
         # A fresh catalogue is returned without the lock: taking an anyio lock yields to the event loop, and
         # every run looks up each of its models (twice), so on a busy server each look-up waited a whole turn
         # of the loop behind every other run's work.
-        if self._fresh(self._cached):
-            assert self._cached is not None
-            return self._cached
+        cached = self._cached
+        if cached is not None and _fresh(cached):
+            return cached
         async with self._lock:
-            if not self._fresh(self._cached):
-                self._cached = await self._fetch()
-            assert self._cached is not None
-            return self._cached
-
-    @staticmethod
-    def _fresh(cached: Catalogue | None) -> bool:
-        if cached is None:
-            return False
-        ttl = TTL_S if cached.problem is None else PROBLEM_TTL_S
-        return time.monotonic() - cached.fetched <= ttl
+            cached = self._cached
+            if cached is None or not _fresh(cached):
+                cached = self._cached = await self._fetch()
+            return cached
 
     async def _fetch(self) -> Catalogue:
         url = f"{self._base}/models"
