@@ -15,14 +15,37 @@ layers below it: ``cli`` > ``http`` > ``mcp_server`` | ``openai_api`` > ``engine
 ``web`` | ``store`` > ``config`` > ``core`` (see each one's docstring, and ``docs/architecture.md``).
 """
 
-from .config import ConfigError, Settings, load_settings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .core.about import VERSION
-from .core.models import Analysis, FusionArgs, FusionRequest, FusionResult
-from .core.progress import ProgressEvent
-from .engine.pipeline import run_fusion
-from .providers.client import Provider, new_http_client
+
+if TYPE_CHECKING:
+    from .config import ConfigError, Settings, load_settings
+    from .core.models import Analysis, FusionArgs, FusionRequest, FusionResult
+    from .core.progress import ProgressEvent
+    from .engine.pipeline import run_fusion
+    from .providers.client import Provider, new_http_client
 
 __version__ = VERSION
+
+_PUBLIC = {
+    "Analysis": ".core.models",
+    "ConfigError": ".config",
+    "FusionArgs": ".core.models",
+    "FusionRequest": ".core.models",
+    "FusionResult": ".core.models",
+    "ProgressEvent": ".core.progress",
+    "Provider": ".providers.client",
+    "Settings": ".config",
+    "load_settings": ".config",
+    "new_http_client": ".providers.client",
+    "run_fusion": ".engine.pipeline",
+}
+"""Where each public name lives. They are loaded on first use: a process that imports one subpackage (the
+stdio server imports ``cli``) does not pay for the others (the run machinery is loaded by the first call)."""
 
 __all__ = [
     "Analysis",
@@ -38,3 +61,15 @@ __all__ = [
     "new_http_client",
     "run_fusion",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'fusion_mcp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 import fusion_mcp
-from tests.conftest import ANALYST, PANEL, sim_env
+from tests.conftest import ANALYST, PANEL, child_env, sim_env
 from tests.fakes.provider_sim import ProviderSim
 
 pytestmark = pytest.mark.anyio
@@ -29,6 +32,21 @@ def test_every_promised_name_is_there() -> None:
         ]
     )
     assert all(hasattr(fusion_mcp, name) for name in fusion_mcp.__all__)
+
+
+def test_each_promised_name_loads_on_first_use() -> None:
+    """``import fusion_mcp`` loads no subpackage's modules (a process using one does not pay for the others);
+    each promised name is there when asked for, and an unknown one is an AttributeError."""
+    code = (
+        "import sys, fusion_mcp\n"
+        "print(sorted(m for m in sys.modules if m.startswith('fusion_mcp.') and not m.startswith('fusion_mcp.core')))\n"
+        "print(all(getattr(fusion_mcp, name) is not None for name in fusion_mcp.__all__))\n"
+        "print('fusion_mcp.engine.pipeline' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:3] == ["[]", "True", "True"], out.stderr
+    with pytest.raises(AttributeError, match="module 'fusion_mcp' has no attribute 'Panel'"):
+        _ = fusion_mcp.Panel  # type: ignore[attr-defined]
 
 
 async def test_a_fusion_runs_with_the_public_names_alone(sim: ProviderSim) -> None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -32,15 +32,15 @@ from ..core.about import HOMEPAGE, VERSION
 from ..core.callers import LOCAL_PRINCIPAL
 from ..core.errors import MIN_SECRET_CHARS, Redactor, live_secrets
 from ..core.limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
-from ..core.models import FusionArgs, FusionRequest, FusionResult, GuestAnswer
+from ..core.models import FusionArgs, FusionRequest, FusionResult, GuestAnswer, new_run_id
 from ..core.progress import ProgressEvent
 from ..core.render import render
 from ..core.text import plural
-from ..engine.admission import REASONING_EFFORTS, FusionRefused, argument_rule, prepare
-from ..engine.run import new_run_id
-from ..engine.service import FusionService
-from ..store import Store, StoreError, UsageBy, UsageTotal, open_store
 from .terminal import LiveProgress
+
+if TYPE_CHECKING:  # the run machinery and the store are loaded by the commands that use them (see _command)
+    from ..engine.service import FusionService
+    from ..store import Store, UsageBy, UsageTotal
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -203,6 +203,8 @@ def _lab_command(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    from ..engine.admission import REASONING_EFFORTS
+
     """``ask``: one fusion from the terminal."""
     ask = commands.add_parser("ask", parents=[common], help="run one fusion from the terminal")
     ask.add_argument("prompt", help="the question, self-contained")
@@ -378,7 +380,10 @@ def _stdout_closed() -> bool:
 
 
 def _command(argv: Sequence[str] | None) -> None:
-    args = _parser().parse_args(argv)
+    # Bare `fusion-mcp` is what a host spawns, and waits on before it can list tools: it serves stdio without
+    # building the parser (every command's options and help) or loading what only other commands use.
+    given = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(given) if given else argparse.Namespace(command=None)
     try:
         settings = load_settings(config_path=getattr(args, "config", None))
     except ConfigError as exc:
@@ -602,6 +607,9 @@ def _reasoning(effort: str | None, tokens: int | None) -> dict[str, Any] | None:
 
 
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
+    from ..engine.admission import FusionRefused, argument_rule, prepare
+    from ..engine.service import FusionService
+
     try:
         context = _text_or_file(args.context, "--context") if args.context else args.context
         answers = _answers(args.answer)
@@ -712,6 +720,8 @@ async def _runs(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
     """``work``'s exit code on the opened store; 1 when the store fails (said on stderr, without secrets)."""
+    from ..store import StoreError, open_store
+
     store = open_store(settings)
     try:
         await store.open()
@@ -750,6 +760,8 @@ async def _usage(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fusion-mcp: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+    from ..store import UsageTotal
 
     async def report(store: Store) -> int:
         rows = await store.usage(since, args.by, args.principal)

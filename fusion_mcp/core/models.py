@@ -8,6 +8,7 @@ The result is a superset of OpenRouter's ``FusionAnalysisResult``: the same ``st
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
@@ -307,6 +308,11 @@ class Timings(_Model):
     queued: float = 0.0
     """Seconds the call waited for a run slot (``FUSION_MAX_CONCURRENT``) before its run started; 0 when one was
     free. Not part of ``total``, which counts from the run's start."""
+
+
+def new_run_id() -> str:
+    """A fresh run id: ``fus_`` and 16 hex digits, the same from every front end."""
+    return f"fus_{uuid.uuid4().hex[:16]}"
 
 
 class FusionResult(_Model):

@@ -23,6 +23,7 @@ from ..core.models import (
     Timings,
     TokenUsage,
     Usage,
+    new_run_id,
 )
 from ..core.progress import DeltaSink, EventSink, ProgressEvent
 from ..providers.client import Provider
@@ -30,7 +31,7 @@ from . import panel
 from .analyst import AnalystOutcome, run_analyst
 from .material import Material
 from .member import MemberOutcome
-from .run import Clock, Progress, Run, RunTools, merge_sources, new_run_id
+from .run import Clock, Progress, Run, RunTools, merge_sources
 
 if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
     from ..web.toolbox import WebBox

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,10 +25,6 @@ from .member import MemberOutcome, ToolReporter
 if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
     from ..web.toolbox import WebBox
     from ..web.tools import MemberWeb, Origin, RunWeb
-
-
-def new_run_id() -> str:
-    return f"fus_{uuid.uuid4().hex[:16]}"
 
 
 @dataclass(frozen=True)

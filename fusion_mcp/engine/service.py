@@ -28,7 +28,7 @@ from ..core.callers import LOCAL_PRINCIPAL
 from ..core.errors import Redactor, live_secret, redact
 from ..core.lenses import model_of
 from ..core.limits import MAX_DEADLINE_S
-from ..core.models import FusionArgs, FusionRequest, FusionResult, TokenUsage, Usage
+from ..core.models import FusionArgs, FusionRequest, FusionResult, TokenUsage, Usage, new_run_id
 from ..core.progress import DeltaSink, EventSink, ProgressEvent
 from ..core.text import plural
 from ..providers.catalogue import CatalogueClient
@@ -41,7 +41,6 @@ from .admission import FusionRefused, check_catalogue, prepare, request_models
 from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
 from .material import Material, read_material, without_image_data
 from .pipeline import run_fusion
-from .run import new_run_id
 
 if TYPE_CHECKING:  # the web tools are loaded when first used (web.toolbox)
     from ..web.toolbox import WebBox

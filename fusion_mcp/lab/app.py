@@ -36,9 +36,8 @@ from ..core.callers import LOCAL_PRINCIPAL
 from ..core.errors import Redactor
 from ..core.lenses import BUILTIN
 from ..core.limits import MAX_TOOL_CALLS, MIN_TOOL_CALLS
-from ..core.models import FusionArgs, FusionRequest, FusionResult
+from ..core.models import FusionArgs, FusionRequest, FusionResult, new_run_id
 from ..engine.admission import FusionRefused, incoming_depth
-from ..engine.run import new_run_id
 from ..engine.service import FusionService
 from . import charts
 from .auth import FAILURE_WINDOW_S, MAX_FAILURES, SignIns, same_token

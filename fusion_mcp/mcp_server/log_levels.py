@@ -17,7 +17,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import EmptyResult, LoggingLevel, SetLevelRequestParams
 
-from ..engine.service import FusionService
+from .handle import ServiceHandle
 
 LOG_LEVELS: tuple[LoggingLevel, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
@@ -58,7 +58,7 @@ class SessionLogLevels:
             self._levels.pop(next(iter(self._levels)))
         return EmptyResult()
 
-    async def send(self, ctx: Context[FusionService, Any], level: LoggingLevel, message: str) -> None:
+    async def send(self, ctx: Context[ServiceHandle, Any], level: LoggingLevel, message: str) -> None:
         """Send ``message`` to the caller's connection if it asked for ``level`` or lower."""
         entry = self._levels.get(id(ctx.request_context.session.client_params))
         if entry is None or LOG_LEVELS.index(level) < LOG_LEVELS.index(entry[1]):

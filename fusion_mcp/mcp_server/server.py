@@ -14,9 +14,9 @@ import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
@@ -44,18 +44,18 @@ from ..core.limits import (
     MAX_TOOL_CALLS,
     MIN_TOOL_CALLS,
 )
-from ..core.models import FusionArgs, FusionResult, GuestAnswer
+from ..core.models import FusionArgs, FusionResult, GuestAnswer, new_run_id
 from ..core.progress import EventSink, ProgressEvent
 from ..core.render import render
 from ..core.tool_text import CONTEXT_HELP, DESCRIPTION, PROMPT_HELP, TOOL_NAME, TOOL_TITLE
 from ..engine.admission import ARGUMENT_RULES, FusionRefused, incoming_depth, parse_arguments
-from ..engine.run import new_run_id
-from ..engine.service import FusionService
-from ..store import StoreError
-from ..web.network import SYSTEM_NETWORK, Network
+from .handle import OPEN_AFTER_S, ServiceHandle, ServiceSource, ServiceUnavailable
 from .host_limits import output_budget
 from .log_levels import SessionLogLevels
 from .tasks import FusionTasks, task_call
+
+if TYPE_CHECKING:
+    from ..web.network import Network
 
 log = logging.getLogger("fusion_mcp")
 RESULT_TOOL_NAME = "openrouter_fusion_result"
@@ -126,44 +126,33 @@ class StrictArguments(Extension):
         return await call_next(ctx)
 
 
-class _Running:
-    """The service while the server runs; the static resource gets no Context to find it through."""
-
-    service: FusionService | None = None
-
-
-ServiceSource = Callable[[], AbstractAsyncContextManager[FusionService]]
-"""Where the server's lifespan gets the process's :class:`FusionService` from."""
-
-
 def create_server(
     settings: Settings,
-    network: Network = SYSTEM_NETWORK,
+    network: Network | None = None,
     *,
     service: ServiceSource | None = None,
     on_stopped: Callable[[], None] | None = None,
     health: Mapping[str, object] | None = None,
-) -> MCPServer[FusionService]:
+    open_after_s: float = OPEN_AFTER_S,
+) -> MCPServer[ServiceHandle]:
     """Build the server without running it, so tests and every transport share one construction.
 
     ``network`` is how web fetches resolve names and connect: the system's unless a test fakes it.
     ``service`` lends the server a service someone else opened (the HTTP app shares one between ``/mcp``
-    and the chat endpoint); by default the server's lifespan opens its own. ``on_stopped`` is called once
-    the service has closed (its runs cancelled, its connections and store closed), which is when a process
-    stopping on a signal may exit. ``health`` adds to ``/healthz`` which process answered (its replica, its
-    worker), never anything about runs or callers.
+    and the chat endpoint); else it opens its own when first needed or ``open_after_s`` after start.
+    ``on_stopped`` is called once the service has closed (its runs cancelled, its connections and store
+    closed): then a process stopping on a signal may exit. ``health`` adds to ``/healthz`` which process
+    answered (its replica, its worker), never anything about runs or callers.
     """
-    running = _Running()
+    running, source = _Running(), service or _own_service(settings, network)
     # Long runs may be served as MCP tasks to clients that declare the extension (see mcp_tasks).
     tasks = [_tasks(settings)] if settings.enabled and settings.long_runs else []
-    server: MCPServer[FusionService] = MCPServer(
+    server: MCPServer[ServiceHandle] = MCPServer(
         "fusion-mcp",
         title="Fusion",
         instructions=INSTRUCTIONS,
         version=VERSION,
-        lifespan=_lifespan(
-            service or (lambda: FusionService.open(settings, network, check_models=True)), running, on_stopped
-        ),
+        lifespan=_lifespan(running, source, open_after_s if service is None else 0, on_stopped),
         log_level=settings.log_level,
         middleware=[_remember_caller],
         extensions=[StrictArguments(), *tasks],
@@ -193,17 +182,37 @@ def _tasks(settings: Settings) -> FusionTasks:
     return FusionTasks(TOOL_NAME, principal_of, lambda r: as_tool_result(r, settings.max_output_chars), ttl_s)
 
 
-def _lifespan(source: ServiceSource, running: _Running, on_stopped: Callable[[], None] | None) -> Any:
+def _own_service(settings: Settings, network: Network | None) -> ServiceSource:
+    def source() -> Any:
+        from ..engine.service import FusionService  # the run machinery: loaded when the service opens
+
+        if network is None:
+            return FusionService.open(settings, check_models=True)
+        return FusionService.open(settings, network, check_models=True)
+
+    return source
+
+
+class _Running:
+    """The handle of the lifespan going on; the static resource gets no Context to find it through."""
+
+    handle: ServiceHandle | None = None
+
+
+def _lifespan(
+    running: _Running, source: ServiceSource, open_after_s: float, on_stopped: Callable[[], None] | None
+) -> Any:
     @asynccontextmanager
-    async def lifespan(_: MCPServer[FusionService]) -> AsyncIterator[FusionService]:
-        # Entered once per process, whatever the transport: one pool, one store, one set of run slots.
+    async def lifespan(_: MCPServer[ServiceHandle]) -> AsyncIterator[ServiceHandle]:
+        # Entered once per process, whatever the transport: one pool, one store, one set of run slots. A
+        # lent service is open already; the server's own opens when first needed.
         try:
-            async with source() as service:
-                running.service = service
+            async with ServiceHandle().kept(source, open_after_s=open_after_s) as handle:
+                running.handle = handle
                 try:
-                    yield service
+                    yield handle
                 finally:
-                    running.service = None
+                    running.handle = None
         finally:
             if on_stopped is not None:
                 on_stopped()
@@ -211,7 +220,7 @@ def _lifespan(source: ServiceSource, running: _Running, on_stopped: Callable[[],
     return lifespan
 
 
-def _add_routes(server: MCPServer[FusionService], running: _Running, health: Mapping[str, object] | None) -> None:
+def _add_routes(server: MCPServer[ServiceHandle], running: _Running, health: Mapping[str, object] | None) -> None:
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": VERSION, **(health or {})})
 
@@ -225,7 +234,14 @@ def _add_routes(server: MCPServer[FusionService], running: _Running, health: Map
         mime_type="application/json",
     )
     async def recent_runs() -> str:
-        store = running.service.store if running.service is not None else None
+        from ..store import StoreError
+
+        if running.handle is None:
+            return "[]"
+        try:
+            store = (await running.handle.get()).store
+        except ServiceUnavailable as exc:
+            raise ResourceError(str(exc)) from None
         try:
             return json.dumps(await store.recent(50, _caller.get()) if store else [], indent=1)
         except StoreError as exc:
@@ -237,9 +253,15 @@ def _add_routes(server: MCPServer[FusionService], running: _Running, health: Map
         description="One of your runs in full: request, result, every model's transcript with its tool calls.",
         mime_type="application/json",
     )
-    async def one_run(run_id: str, ctx: Context[FusionService]) -> str:
-        store = ctx.request_context.lifespan_context.store
-        await ctx.request_context.lifespan_context.record_written(run_id, _caller.get())  # answered before recorded
+    async def one_run(run_id: str, ctx: Context[ServiceHandle]) -> str:
+        from ..store import StoreError
+
+        try:
+            service = await ctx.request_context.lifespan_context.get()
+        except ServiceUnavailable as exc:
+            raise ResourceError(str(exc)) from None
+        store = service.store
+        await service.record_written(run_id, _caller.get())  # answered before recorded
         try:
             record = await store.run(run_id, _caller.get()) if store else None
         except StoreError as exc:
@@ -249,7 +271,7 @@ def _add_routes(server: MCPServer[FusionService], running: _Running, health: Map
         return json.dumps(record, indent=1)
 
 
-async def _client_roots(files: list[str] | None, ctx: Context[FusionService]) -> ListRoots | None:
+async def _client_roots(files: list[str] | None, ctx: Context[ServiceHandle]) -> ListRoots | None:
     """Ask for the client's MCP roots when the call has files, the client declared roots, and it runs here.
 
     A client on this machine (stdio, in memory) names directories of this machine. Over HTTP (a request
@@ -353,7 +375,7 @@ RootsArg = Annotated[ListRootsResult | None, CLIENT_ROOTS]
 def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
     async def openrouter_fusion(
         prompt: PromptArg,
-        ctx: Context[FusionService],
+        ctx: Context[ServiceHandle],
         context: ContextArg = None,
         analysis_models: PanelArg = None,
         model: AnalystArg = None,
@@ -367,8 +389,11 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
         max_completion_tokens: TokensArg = None,
         roots: RootsArg = None,
     ) -> Annotated[CallToolResult, FusionResult]:
-        service = ctx.request_context.lifespan_context
         run_id = new_run_id()
+        try:
+            service = await ctx.request_context.lifespan_context.get()
+        except ServiceUnavailable as exc:
+            return as_tool_result(exc.result(run_id))
         args = FusionArgs(
             prompt=prompt,
             context=context,
@@ -413,7 +438,7 @@ def _result_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
             str,
             Field(min_length=1, max_length=64, description="The run_id of a result whose status was running."),
         ],
-        ctx: Context[FusionService],
+        ctx: Context[ServiceHandle],
         wait_s: Annotated[
             float | None,
             Field(
@@ -424,8 +449,11 @@ def _result_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
             ),
         ] = None,
     ) -> Annotated[CallToolResult, FusionResult]:
-        service = ctx.request_context.lifespan_context
         run_id = run_id.strip()
+        try:
+            service = await ctx.request_context.lifespan_context.get()
+        except ServiceUnavailable as exc:
+            return as_tool_result(exc.result(run_id))
         wait = settings.deadline_s if wait_s is None else min(wait_s, settings.deadline_s)
         forward = _progress(ctx, run_id, log_levels)
         result = await service.result(run_id, _caller.get(), wait_s=wait, on_event=forward)
@@ -434,13 +462,13 @@ def _result_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
     return openrouter_fusion_result
 
 
-def client_name(ctx: Context[FusionService]) -> str | None:
+def client_name(ctx: Context[ServiceHandle]) -> str | None:
     """The name the calling host gave itself (``clientInfo.name``), on either protocol era; None without one."""
     params = ctx.request_context.session.client_params
     return params.client_info.name if params is not None else None
 
 
-def _progress(ctx: Context[FusionService], run_id: str, log_levels: SessionLogLevels) -> EventSink:
+def _progress(ctx: Context[ServiceHandle], run_id: str, log_levels: SessionLogLevels) -> EventSink:
     """Each run event as a progress notification (and a log message for older clients that asked)."""
 
     async def forward(event: ProgressEvent) -> None:

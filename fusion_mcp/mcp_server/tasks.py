@@ -21,17 +21,20 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.extension import Extension, MethodBinding
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolRequestParams, CallToolResult, RequestParams
-from mcp_types.jsonrpc import INVALID_PARAMS
+from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from ..core.models import FusionResult
-from ..engine.service import FusionService
+from .handle import ServiceHandle, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from ..engine.service import FusionService
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 POLL_INTERVAL_MS = 1000
@@ -95,7 +98,7 @@ class FusionTasks(Extension):
         return {"resultType": "task", **self._task(call.run_id, "working", now, now), "statusMessage": "started"}
 
     async def _get(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
-        service: FusionService = ctx.lifespan_context
+        service = await self._service(ctx)
         principal = self._principal_of(ctx.request)
         live = service.live(params.task_id, principal)
         now = _iso(time.time())
@@ -115,11 +118,18 @@ class FusionTasks(Extension):
         return self._task(params.task_id, "completed", created, now) | {"result": {"resultType": "complete", **wire}}
 
     async def _cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
-        service: FusionService = ctx.lifespan_context
+        service = await self._service(ctx)
         principal = self._principal_of(ctx.request)
         if not service.stop(params.task_id, principal, "cancelled by the client (tasks/cancel)"):
             raise MCPError(INVALID_PARAMS, f"task {params.task_id!r} is not running here (finished, or unknown)")
         return {}
+
+    async def _service(self, ctx: ServerRequestContext[Any, Any]) -> FusionService:
+        handle: ServiceHandle = ctx.lifespan_context
+        try:
+            return await handle.get()
+        except ServiceUnavailable as exc:
+            raise MCPError(INTERNAL_ERROR, str(exc)) from None
 
     async def _update(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
         raise MCPError(INVALID_PARAMS, f"task {params.task_id!r} never asks for input")

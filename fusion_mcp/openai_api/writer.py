@@ -30,12 +30,11 @@ from pydantic import SecretStr
 from ..core.budget import MIN_SHARE, shares
 from ..core.callers import LOCAL_PRINCIPAL
 from ..core.errors import BadResponse
-from ..core.models import FusionResult, TokenUsage
+from ..core.models import FusionResult, TokenUsage, new_run_id
 from ..core.progress import DeltaSink, EventSink
 from ..core.tool_text import CONTEXT_HELP, DESCRIPTION, PROMPT_HELP, TOOL_NAME
 from ..engine.admission import FusionRefused
 from ..engine.member import assistant_turn
-from ..engine.run import new_run_id
 from ..engine.service import FusionService
 from ..providers.catalogue import request_cost
 from ..providers.client import Completion, Provider, TextSink, ToolCall

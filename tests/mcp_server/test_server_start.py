@@ -1,19 +1,29 @@
-"""Start-up does no work the first call could do: web tools load when first used (a server started with them
-off never imports the fetcher or lxml), the TLS context on the first HTTPS request (never for an http://
-provider)."""
+"""Start-up does no work the first call could do: the run machinery (engine, store, connection pools) opens
+when first needed, web tools load when first used (a server started with them off never imports the
+fetcher or lxml), the TLS context on the first HTTPS request (never for an http:// provider)."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx2
 import pytest
+from mcp import Client
 
+from fusion_mcp.config import load_settings
+from fusion_mcp.engine.service import FusionService
+from fusion_mcp.mcp_server.server import create_server
 from fusion_mcp.providers.client import new_http_client
-from tests.conftest import child_env, sim_env
+from fusion_mcp.store.sqlite import DB_NAME
+from tests.conftest import API_KEY, child_env, sim_env
 from tests.fakes.provider_sim import ProviderSim
 from tests.fakes.web import TlsSite
+from tests.helpers import TOOL, structured, wait_until
 
 WEB_MODULES = (
     "lxml",
@@ -24,12 +34,16 @@ WEB_MODULES = (
     "fusion_mcp.web.search",
     "fusion_mcp.web.tools",
 )
+RUN_MODULES = ("fusion_mcp.engine.service", "fusion_mcp.engine.pipeline", "fusion_mcp.store")
+"""The run machinery: loaded when the service opens, not to list tools."""
 SCRIPT = f"""
+import math
 import sys
 
 import anyio
 from mcp import Client
 
+import fusion_mcp.cli.main  # what the console script imports before it serves
 from fusion_mcp.config import load_settings
 from fusion_mcp.core.tls import default_tls
 from fusion_mcp.mcp_server.server import create_server
@@ -39,10 +53,13 @@ def report(when: str) -> None:
     web = {WEB_MODULES!r}
     loaded = sorted(m for m in sys.modules if m in web or m.split(".")[0] in web)
     print(when, loaded, "TLS contexts", default_tls.cache_info().currsize, file=sys.stderr)
+    run = sorted(m for m in {RUN_MODULES!r} if m in sys.modules)
+    print(when, "run machinery", run, file=sys.stderr)
 
 
 async def main() -> None:
-    async with Client(create_server(load_settings())) as client:
+    # Opened on the first call only (not also a moment after start), so what listing needs is seen alone.
+    async with Client(create_server(load_settings(), open_after_s=math.inf)) as client:
         await client.list_tools()
         report("STARTED")
         result = await client.call_tool("openrouter_fusion", {{"prompt": "q"}})
@@ -71,12 +88,14 @@ def test_the_stdio_server_imports_the_web_tools_only_when_they_are_on(
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
     assert "STATUS ok" in out.stderr, out.stderr
     assert "STARTED [] TLS contexts 0" in out.stderr, out.stderr  # started and listed its tools: nothing yet
+    assert "STARTED run machinery []" in out.stderr, out.stderr
+    assert f"CALLED run machinery {sorted(RUN_MODULES)!r}" in out.stderr, out.stderr
     assert f"CALLED {loaded!r} TLS contexts {tls}" in out.stderr, out.stderr
 
 
 def test_the_command_line_builds_its_parser_without_the_eval_engine() -> None:
-    """Every ``fusion-mcp`` (a host starting the stdio server) builds the whole parser, ``eval`` included: the
-    eval's runner, grading and report load only when an eval runs."""
+    """Every ``fusion-mcp`` command builds the whole parser, ``eval`` included (bare ``fusion-mcp``, what a host
+    starts, builds none): the eval's runner, grading and report load only when an eval runs."""
     code = (
         "import sys\n"
         "from fusion_mcp.cli.main import _parser\n"
@@ -118,3 +137,48 @@ async def test_a_proxy_in_the_environment_still_carries_provider_requests(
         response = await http.get("http://provider.invalid/api/v1/models")  # a name that resolves nowhere
     # The simulator's server got it (it routes no absolute-form target, hence its 404): no lookup was tried.
     assert (response.status_code, response.headers["server"], response.text) == (404, "uvicorn", "Not Found")
+
+
+@pytest.mark.anyio
+async def test_a_server_nobody_calls_opens_its_service_a_moment_after_start(sim: ProviderSim, tmp_path: Path) -> None:
+    """Listing tools opens nothing; the store appears once the service opens, on its own after ``open_after_s``
+    (so a server nobody calls still checks its models), or at the first call."""
+    settings = load_settings(environ=sim_env(sim, FUSION_HOME=str(tmp_path)))
+    async with Client(create_server(settings, open_after_s=math.inf)) as client:
+        await client.list_tools()
+    assert not (tmp_path / DB_NAME).exists()
+    async with Client(create_server(settings, open_after_s=math.inf)) as client:
+        assert structured(await client.call_tool(TOOL, {"prompt": "q"}))["status"] == "ok"
+        assert (tmp_path / DB_NAME).exists()
+    (tmp_path / DB_NAME).unlink()
+    async with Client(create_server(settings, open_after_s=0.1)):
+        await wait_until(lambda: (tmp_path / DB_NAME).exists())
+
+
+@pytest.mark.anyio
+async def test_a_service_that_cannot_open_fails_each_call_naming_the_cause_in_the_log(
+    sim: ProviderSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every call gets an error result (the server keeps serving); the cause's text, which may quote a
+    setting, goes to the log only."""
+    settings = load_settings(environ=sim_env(sim))
+
+    @asynccontextmanager
+    async def unopenable() -> AsyncIterator[FusionService]:
+        raise OSError(f"no room for the pools (key {API_KEY})")
+        yield  # pragma: no cover - never reached: an async generator for asynccontextmanager
+
+    async with Client(create_server(settings, service=unopenable)) as client:
+        for _ in range(2):
+            data = structured(await client.call_tool(TOOL, {"prompt": "q"}))
+            assert (data["status"], data["failure_reason"], data["error"]) == (
+                "error",
+                "unexpected_error",
+                "the server could not open its run service (OSError); its log says why",
+            )
+        with pytest.raises(Exception, match=r"the server could not open its run service \(OSError\)"):
+            await client.read_resource("fusion://runs")
+    assert API_KEY not in str(data)
+    opened = [r for r in caplog.records if r.getMessage().startswith("the run service could not be opened")]
+    cause = f"the run service could not be opened: no room for the pools (key {API_KEY})"
+    assert [r.getMessage() for r in opened] == [cause]
