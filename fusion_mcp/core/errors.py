@@ -6,6 +6,7 @@ read; nothing above the provider client parses HTTP bodies.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -79,13 +80,8 @@ class Redactor:
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        forms = {f for s in secrets if len(s) >= MIN_SECRET_CHARS for f in secret_forms(s)}
-        self.forms = tuple(sorted(forms, key=len, reverse=True))
+        self.forms, self._in_json, self._in_ascii_json = _forms(tuple(secrets))
         self.longest = len(self.forms[0]) if self.forms else 0
-        # Each form as it reads inside a JSON string (non-ASCII kept): a string that holds a form holds it so
-        # in the document's JSON text, since JSON escapes character by character.
-        self._in_json = tuple(dict.fromkeys(json.dumps(f, ensure_ascii=False)[1:-1] for f in self.forms))
-        self._in_ascii_json = tuple(dict.fromkeys(json.dumps(f)[1:-1] for f in self.forms))
 
     def __bool__(self) -> bool:
         return bool(self.forms)
@@ -152,6 +148,20 @@ class StreamRedactor:
     def flush(self) -> str:
         rest, self._pending = self._redactor.text(self._pending), ""
         return rest
+
+
+@functools.lru_cache(maxsize=64)
+def _forms(secrets: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """A :class:`Redactor`'s forms of ``secrets`` (longest first), and each as it reads inside a JSON string
+    with and without non-ASCII escaped: worked out once per set of secrets, as a run makes several redactors
+    of the same ones."""
+    forms = tuple(
+        sorted({f for s in secrets if len(s) >= MIN_SECRET_CHARS for f in secret_forms(s)}, key=len, reverse=True)
+    )
+    # A string that holds a form holds it so in the document's JSON text, since JSON escapes character by
+    # character.
+    in_json = tuple(dict.fromkeys(json.dumps(f, ensure_ascii=False)[1:-1] for f in forms))
+    return forms, in_json, tuple(dict.fromkeys(json.dumps(f)[1:-1] for f in forms))
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
