@@ -88,9 +88,9 @@ class LiveRun:
     cache_key: str | None = None
     """Where its result goes in the cache, once its caller has it and its record is written."""
     row: bool = False
+    """The history has a ``running`` row of it, naming this process, whose heartbeat the process renews."""
     row_written: anyio.Event | None = None
     """Set once the running row a run that ends with its call writes while its members work is in (or failed)."""
-    """The history has a ``running`` row of it, naming this process, whose heartbeat the process renews."""
     ended: bool = False
     """Its end is handled: recorded, or its record failed (the running row, no longer renewed, reads as lost)."""
     end_handled: anyio.Event = field(default_factory=anyio.Event)

@@ -350,6 +350,17 @@ class FusionService:
         written (or its record failed): the caller has its result a moment before, and may read the record next."""
         live = self.live(run_id, principal)
         if live is not None and live.done.is_set():
+            if self.store is not None:
+                self.store.hurry()
+            await live.end_handled.wait()
+
+    async def records_written(self, principal: str) -> None:
+        """Wait until every finished run of ``principal``'s this process has has its record written (or its
+        record failed): a listing of the history just after an answer lists that run as it ended."""
+        pending = [v for v in self._live.values() if v.principal == principal and v.done.is_set() and not v.ended]
+        if pending and self.store is not None:
+            self.store.hurry()
+        for live in pending:
             await live.end_handled.wait()
 
     def live(self, run_id: str, principal: str) -> LiveRun | None:
@@ -388,8 +399,8 @@ class FusionService:
     async def _lifetime(self, live: LiveRun, transcripts: dict[str, list[dict[str, Any]]]) -> None:
         try:
             with live.scope:
-                if live.durable:
-                    await self._record(live, live.snapshot(self.settings.deadline_s), {}, owner())
+                if live.durable:  # the run starts once its row is in: it does not wait for company
+                    await self._record(live, live.snapshot(self.settings.deadline_s), {}, owner(), urgent=True)
                 live.result = await self._run_now(live, transcripts)
         finally:
             with anyio.CancelScope(shield=True):
@@ -428,10 +439,12 @@ class FusionService:
         assert live.result is not None
         if live.row_written is not None and not live.row_written.is_set():
             # Written while the members worked: ready long before this (waiting on a set event would still
-            # yield a turn of the event loop before the answer goes out).
+            # yield a turn of the event loop before the answer goes out), unless the run ended at once.
+            if self.store is not None:
+                self.store.hurry()
             await live.row_written.wait()
         if not live.row:
-            await self._record(live, live.running_row(self.settings.deadline_s), {}, owner())
+            await self._record(live, live.running_row(self.settings.deadline_s), {}, owner(), urgent=True)
         key = live.cache_key if live.cache_key is not None and is_complete(live.result) else None
         if key is not None:
             self._caching[key] = live.result
@@ -457,6 +470,7 @@ class FusionService:
         """A run stopped, or ended in a way that is not recorded, before its answer leaves no row."""
         if live.row_written is None or self.store is None:
             return
+        self.store.hurry()
         await live.row_written.wait()
         if live.row:
             with anyio.CancelScope(shield=True):
@@ -538,10 +552,12 @@ class FusionService:
         *,
         spent: Usage | None = None,
         cached_from: str | None = None,
+        urgent: bool = False,
     ) -> None:
         """Write ``live``'s record: running (with its owner), or its end with its usage (``spent``, else the
         result's) and the release of its reservation, in one transaction; an answer from the cache records
-        the run it came from (``cached_from``) instead of a copy of its result. A failure is logged."""
+        the run it came from (``cached_from``) instead of a copy of its result. A failure is logged.
+        ``urgent``: something waits on it (see :meth:`Store.save_run`)."""
         if self.store is None:
             return
         # A full disk or a database outage must not lose the answer the caller is waiting for (nor stop a run
@@ -557,6 +573,7 @@ class FusionService:
                     spent=spent,
                     secrets=live.settings.secrets,
                     cached_from=cached_from,
+                    urgent=urgent,
                 )
             except Exception as exc:
                 if result.status == "running":

@@ -480,7 +480,9 @@ class LabApp:
     # -- history, compare, usage ---------------------------------------------------------------------------
 
     async def _history(self, request: Request, principal: str, csrf: str) -> Response:
-        store = self._service().store
+        service = self._service()
+        store = service.store
+        await service.records_written(principal)  # the runs just answered, as they ended
         query = request.query_params
         text, model = query.get("q", "").strip(), query.get("model", "").strip()
         since, until, error = _day(query.get("since", "")), _day(query.get("until", "")), None

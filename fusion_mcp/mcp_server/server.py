@@ -239,11 +239,12 @@ def _add_routes(server: MCPServer[ServiceHandle], running: _Running, health: Map
         if running.handle is None:
             return "[]"
         try:
-            store = (await running.handle.get()).store
+            service = await running.handle.get()
         except ServiceUnavailable as exc:
             raise ResourceError(str(exc)) from None
+        await service.records_written(_caller.get())  # the runs just answered, as they ended
         try:
-            return json.dumps(await store.recent(50, _caller.get()) if store else [], indent=1)
+            return json.dumps(await service.store.recent(50, _caller.get()) if service.store else [], indent=1)
         except StoreError as exc:
             raise ResourceError(f"the run history cannot be read right now: {exc}") from None
 

@@ -38,6 +38,9 @@ UsageRole = Literal["panel", "analyst", "writer"]
 UsageBy = Literal["principal", "model", "provider", "day", "all"]
 """How usage is grouped; ``all`` is one group, ``total`` (runs counted once however many models they asked)."""
 DAY_S = 86400.0
+COMPANY_S = 0.005
+"""How long a record nobody waits on waits for others to share its transaction (see :meth:`Store._write`):
+short beside any run, long beside the moment between one call's answer and the next call's start."""
 
 
 class StoreError(Exception):
@@ -129,6 +132,8 @@ class Write:
     build: Callable[[], tuple[RunRow, list[UsageRow] | None]]
     trims: bool
     """It ends a run: the history's trim follows its batch."""
+    urgent: bool = False
+    """Someone waits on it now (a call's answer, a run's start): its batch is written at once."""
     row: RunRow | None = None
     usage: list[UsageRow] | None = None
     finished: bool = False
@@ -200,11 +205,17 @@ class Store(ABC):
     """Other machines may share it, and it may come back after an outage: a store that fails to open stays
     in use (each call tries again) instead of being dropped for the process's life."""
 
-    def __init__(self, *, secrets: tuple[str, ...] = (), retention: Retention | None = None) -> None:
+    def __init__(
+        self, *, secrets: tuple[str, ...] = (), retention: Retention | None = None, company_s: float = COMPANY_S
+    ) -> None:
         self._secrets = secrets
         self.retention = retention or Retention()
+        self.company_s = company_s
+        """How long a record nobody waits on waits for others to share its transaction (:data:`COMPANY_S`)."""
         self._waiting: list[Write] = []
         self._writer = False
+        self._company: anyio.Event | None = None
+        """Set to end the gathering of the batch being formed (see :meth:`hurry`)."""
 
     @property
     @abstractmethod
@@ -266,6 +277,7 @@ class Store(ABC):
         secrets: tuple[str, ...] = (),
         settle: bool = True,
         cached_from: str | None = None,
+        urgent: bool = False,
     ) -> None:
         """Record a run, replacing an earlier record of it; ``secrets`` are redacted beside the store's own.
 
@@ -278,6 +290,9 @@ class Store(ABC):
         ``cached_from`` names the run (of the same principal) whose cached result answered this one: the record
         is then only that pointer, and :meth:`run` reads the original's request and result through it, so a
         client repeating a call does not copy its result into the history each time.
+
+        ``urgent``: someone waits on this record (an answer, a run's start), so it does not wait for company
+        (see :meth:`_write`).
         """
         secrets = (*self._secrets, *secrets)
 
@@ -301,7 +316,7 @@ class Store(ABC):
 
         # A running row is never trimmed and its end comes soon: that record trims for both (each trim ranks
         # the whole history, and a run that ends with its call writes a running row first).
-        await self._write(Write(result.run_id, build, trims=result.status != "running"))
+        await self._write(Write(result.run_id, build, trims=result.status != "running", urgent=urgent))
 
     async def settle(self, run_id: str, principal: str, spent: Usage | Iterable[UsageRow]) -> None:
         """Write what a run that leaves no record spent (one stopped with its caller), and release its
@@ -374,20 +389,22 @@ class Store(ABC):
     async def _write(self, write: Write) -> None:
         """Write ``write`` with whatever other writes are waiting, in one batch (a group commit).
 
-        Runs that end together (a wave of callers) would each pay a transaction and a trip to the database's
-        thread or connection; instead the first becomes the writer: it lets the event loop run once (answers
-        that are ready go out first, and the records that come with them join), then writes every waiting
-        record in one :meth:`_commit_many`. A writer whose own record is written hands the rest to the next
-        waiting one, so no run's task is kept writing others' records. Shielded: a record being written is
-        written whatever happens to its caller (each write takes milliseconds).
+        Runs that end together (a wave of callers), and one call's record with the next call's running row,
+        would each pay a transaction and a trip to the database's thread or connection; instead the first
+        becomes the writer: it waits for company (:meth:`_gather`), then writes every waiting record in one
+        :meth:`_commit_many`. A writer whose own record is written hands the rest to the next waiting one, so
+        no run's task is kept writing others' records. Shielded: a record being written is written whatever
+        happens to its caller (each write takes milliseconds).
         """
         with anyio.CancelScope(shield=True):
             self._waiting.append(write)
+            if write.urgent:
+                self.hurry()
             if self._writer:
                 await write.wake.wait()  # written, or made the writer
             if not write.finished:
                 self._writer = True
-                await anyio.lowlevel.checkpoint()
+                await self._gather()
                 batch, self._waiting = self._waiting, []
                 try:
                     await self._flush(batch)
@@ -398,6 +415,25 @@ class Store(ABC):
                         self._writer = False
         if write.error is not None:
             raise write.error
+
+    async def _gather(self) -> None:
+        """Let the records that come along join the batch: for up to :attr:`company_s` while nobody waits on
+        any of them (a record goes to the history after its answer; a running row is written long before its
+        run ends), else for one turn of the event loop, in which ready answers go out first."""
+        if any(write.urgent for write in self._waiting):
+            await anyio.lowlevel.checkpoint()
+            return
+        self._company = company = anyio.Event()
+        try:
+            with anyio.move_on_after(self.company_s):
+                await company.wait()
+        finally:
+            self._company = None
+
+    def hurry(self) -> None:
+        """Someone now waits on a record that is waiting for company: write the batch at once."""
+        if self._company is not None:
+            self._company.set()
 
     async def _flush(self, batch: list[Write]) -> None:
         """Build and write ``batch``; a batch that fails is written again one record at a time, so one bad

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import psycopg
 import pytest
+from anyio import wait_all_tasks_blocked
 
 from fusion_mcp.core.models import Analysis, FusionRequest, FusionResult, ModelUsage, PanelResponse, TokenUsage, Usage
 from fusion_mcp.store import Retention, Store, StoreError, UsageRow, open_store
@@ -526,6 +527,36 @@ async def test_records_written_together_fail_one_by_one(store_env: dict[str, str
     assert "injected fault" in outcomes["fus_bad"]
     assert raw.rows("SELECT run_id FROM {runs} ORDER BY run_id") == [(f"fus_ok{i}",) for i in range(1, 5)]
     assert sorted({r for (r,) in raw.rows("SELECT run_id FROM {usage}")}) == [f"fus_ok{i}" for i in range(1, 5)]
+
+
+async def test_a_record_nobody_waits_on_waits_for_company_until_one_someone_waits_on_comes(
+    store_env: dict[str, str],
+) -> None:
+    """Records nobody waits on (a run's record after its answer, a running row long before its end) wait to
+    share a transaction; one that someone waits on (an answer, a run's start) ends the wait for all of them.
+    (Company is given a minute here: without the urgent record, this test would hang until ``fail_after``.)"""
+    raw = Raw(store_env)
+    limits = Retention()
+    if "FUSION_HOME" in store_env:
+        store: Store = SqliteStore(Path(store_env["FUSION_HOME"]), retention=limits, company_s=60)
+    else:
+        store = PostgresStore(store_env["FUSION_DATABASE_URL"], retention=limits, company_s=60)
+    await store.open()
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for run_id in ("fus_after1", "fus_after2"):
+                    tg.start_soon(store.save_run, request(), result(run_id), {}, "alice")
+                await wait_all_tasks_blocked()
+                assert raw.rows("SELECT run_id FROM {runs}") == []  # waiting for company
+                await store.save_run(request(), result("fus_waited", status="running"), {}, "alice", urgent=True)
+                assert raw.rows("SELECT run_id FROM {runs} ORDER BY run_id") == [
+                    ("fus_after1",),
+                    ("fus_after2",),
+                    ("fus_waited",),
+                ]
+    finally:
+        await store.aclose()
 
 
 # --- the daily cap's reservations ------------------------------------------------------------------------------
