@@ -19,6 +19,9 @@ from pydantic import SecretStr
 
 from .limits import MIN_TOKEN_CHARS
 
+DEPTH_HEADER = "x-openrouter-fusion-depth"
+"""The fusion depth a request comes with (read by admission) and goes on with (sent by the provider client):
+a fusion server asked by another one refuses to fuse, so servers calling each other cannot fan out."""
 LOCAL_PRINCIPAL = "local"
 """Who calls when no token is asked for: the stdio host, ``ask``, an HTTP client of a server without tokens."""
 DEFAULT_PRINCIPAL = "default"

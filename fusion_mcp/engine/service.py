@@ -37,7 +37,8 @@ from ..store import Store, StoreError, UsageRow, cache_key, is_complete, open_st
 from ..web.network import SYSTEM_NETWORK, Network
 from ..web.toolbox import open_web_tools
 from . import daily_cap
-from .admission import FusionRefused, check_catalogue, prepare, request_models
+from .admission import FusionRefused, prepare, request_models
+from .catalogue_check import check_catalogue
 from .live import HEARTBEAT_S, KEEP_FINISHED, LiveRun, lost_message, owner, resume_instructions
 from .material import Material, read_material, without_image_data
 from .pipeline import run_fusion

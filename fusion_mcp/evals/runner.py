@@ -29,7 +29,8 @@ from pydantic import BaseModel, Field, ValidationError
 from ..config import Settings
 from ..core.lenses import split_entry
 from ..core.models import FusionArgs, FusionRequest, FusionResult
-from ..engine.admission import FusionRefused, check_catalogue, prepare
+from ..engine.admission import FusionRefused, prepare
+from ..engine.catalogue_check import check_catalogue
 from ..engine.daily_cap import Budget
 from ..engine.service import FusionService
 from ..store import StoreError

@@ -24,6 +24,7 @@ import httpx2
 import pydantic_core
 
 from ..config import Endpoint, Settings
+from ..core.callers import DEPTH_HEADER
 from ..core.errors import BadResponse, ConnectionFailed, HTTPStatusError, Timeout, UpstreamError, redact
 from ..core.limits import MAX_PANEL, MAX_RETRIES
 from ..core.model_ids import DEFAULT_PROVIDER
@@ -34,7 +35,6 @@ from ..core.tls import default_tls
 from .sse import SSEDecoder, TooLong
 
 log = logging.getLogger(__name__)
-DEPTH_HEADER = "x-openrouter-fusion-depth"
 MAX_RETRY_AFTER_S = 20.0
 DRAIN_S = 1.0
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024

@@ -34,8 +34,13 @@ WEB_MODULES = (
     "fusion_mcp.web.search",
     "fusion_mcp.web.tools",
 )
-RUN_MODULES = ("fusion_mcp.engine.service", "fusion_mcp.engine.pipeline", "fusion_mcp.store")
-"""The run machinery: loaded when the service opens, not to list tools."""
+RUN_MODULES = (
+    "fusion_mcp.engine.service",
+    "fusion_mcp.engine.pipeline",
+    "fusion_mcp.providers.client",
+    "fusion_mcp.store",
+)
+"""The run machinery: loaded when the service opens, not to list tools (nor to check a call's arguments)."""
 SCRIPT = f"""
 import math
 import sys
