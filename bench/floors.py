@@ -306,7 +306,9 @@ async def main_async(opts: argparse.Namespace) -> None:
         if base and figure != "memory_kib_per_run":
             for name, values in by_name.items():
                 ratios = [v / b for v, b in zip(values, base, strict=True) if b > 0]
-                figures[figure][name]["ratio"] = spread_of(ratios)
+                # A floor measured at zero in every round (a --quick run's CPU within one clock tick, an added
+                # latency under the noise) gives no ratio: the report says so instead of failing.
+                figures[figure][name]["ratio"] = spread_of(ratios) if ratios else None
     report(
         "floors",
         {
