@@ -203,9 +203,9 @@ def _lab_command(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 
 def _ask_command(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """``ask``: one fusion from the terminal."""
     from ..engine.admission import REASONING_EFFORTS
 
-    """``ask``: one fusion from the terminal."""
     ask = commands.add_parser("ask", parents=[common], help="run one fusion from the terminal")
     ask.add_argument("prompt", help="the question, self-contained")
     ask.add_argument("--context", help="supporting material; @FILE reads it from a file")
