@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client
 
 from fusion_mcp.config import load_settings
 from fusion_mcp.engine.service import FusionService
+from fusion_mcp.mcp_server.handle import ServiceHandle, ServiceUnavailable
 from fusion_mcp.mcp_server.server import create_server
 from fusion_mcp.providers.client import new_http_client
 from fusion_mcp.store.sqlite import DB_NAME
@@ -187,3 +189,23 @@ async def test_a_service_that_cannot_open_fails_each_call_naming_the_cause_in_th
     opened = [r for r in caplog.records if r.getMessage().startswith("the run service could not be opened")]
     cause = f"the run service could not be opened: no room for the pools (key {API_KEY})"
     assert [r.getMessage() for r in opened] == [cause]
+
+
+@pytest.mark.anyio
+async def test_a_request_that_comes_as_the_server_stops_is_told_so_and_opens_nothing() -> None:
+    """Once the lifespan has ended, asking for the service neither hangs nor opens it: the request is told the
+    server is stopping."""
+    opened: list[str] = []
+
+    @asynccontextmanager
+    async def service() -> AsyncIterator[FusionService]:
+        opened.append("opened")
+        raise AssertionError("a stopping server opens nothing")
+        yield  # pragma: no cover - never reached: an async generator for asynccontextmanager
+
+    handle = ServiceHandle()
+    async with handle.kept(service, open_after_s=math.inf):
+        pass
+    with anyio.fail_after(10), pytest.raises(ServiceUnavailable, match=r"^the server is stopping: no new runs$"):
+        await handle.get()
+    assert opened == []
