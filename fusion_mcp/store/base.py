@@ -93,6 +93,42 @@ class RunRow:
     bytes: int
     heartbeat: float | None
 
+    def columns(self) -> tuple[Any, ...]:
+        """Its values in the order of :data:`RUN_COLUMNS`, the record's result schema included."""
+        return (
+            self.run_id,
+            self.principal,
+            self.created,
+            self.prompt_head,
+            self.panel,
+            self.status,
+            self.cost,
+            self.seconds,
+            self.cached,
+            RESULT_SCHEMA,
+            self.bytes,
+            self.heartbeat,
+            self.record,
+        )
+
+
+RUN_COLUMNS = (
+    "run_id",
+    "principal",
+    "created",
+    "prompt_head",
+    "panel",
+    "status",
+    "cost",
+    "seconds",
+    "cached",
+    "schema",
+    "bytes",
+    "heartbeat",
+    "record",
+)
+"""The columns both backends write a run row to, in :meth:`RunRow.columns`' order."""
+
 
 @dataclass(frozen=True)
 class UsageRow:

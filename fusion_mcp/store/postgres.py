@@ -32,6 +32,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from ..core.models import RESULT_SCHEMA
 from .base import (
     DAY_S,
+    RUN_COLUMNS,
     RunRow,
     Spend,
     Store,
@@ -120,6 +121,10 @@ _VERSIONS = """CREATE TABLE IF NOT EXISTS fusion_schema (
     version integer PRIMARY KEY,
     applied timestamptz NOT NULL DEFAULT now()
 )"""
+_PUT_RUN = (
+    f"INSERT INTO fusion_runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))}) "
+    "ON CONFLICT (run_id) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in RUN_COLUMNS[1:])
+)
 _TRIM_RUNS = """
 WITH grouped AS (
     SELECT run_id, created, bytes, status,
@@ -334,31 +339,7 @@ class PostgresStore(Store):
         async def commit(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.transaction():
                 if run is not None:
-                    await conn.execute(
-                        "INSERT INTO fusion_runs (run_id, principal, created, prompt_head, panel, status, cost, "
-                        "seconds, cached, schema, bytes, heartbeat, record) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                        "ON CONFLICT (run_id) DO UPDATE SET principal = EXCLUDED.principal, "
-                        "created = EXCLUDED.created, prompt_head = EXCLUDED.prompt_head, panel = EXCLUDED.panel, "
-                        "status = EXCLUDED.status, cost = EXCLUDED.cost, seconds = EXCLUDED.seconds, "
-                        "cached = EXCLUDED.cached, schema = EXCLUDED.schema, bytes = EXCLUDED.bytes, "
-                        "heartbeat = EXCLUDED.heartbeat, record = EXCLUDED.record",
-                        (
-                            run.run_id,
-                            run.principal,
-                            run.created,
-                            run.prompt_head,
-                            run.panel,
-                            run.status,
-                            run.cost,
-                            run.seconds,
-                            run.cached,
-                            RESULT_SCHEMA,
-                            run.bytes,
-                            run.heartbeat,
-                            run.record,
-                        ),
-                    )
+                    await conn.execute(_PUT_RUN, run.columns())
                 if usage is not None:
                     await conn.execute("DELETE FROM fusion_usage WHERE run_id = %s", (run_id,))
                     if usage:

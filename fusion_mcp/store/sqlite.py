@@ -25,6 +25,7 @@ import anyio
 from ..core.models import RESULT_SCHEMA
 from .base import (
     DAY_S,
+    RUN_COLUMNS,
     RunRow,
     Spend,
     Store,
@@ -156,6 +157,7 @@ DELETE FROM runs WHERE created < :oldest OR run_id IN (
 """The history's age, and each principal's share of its count and size (see :class:`~.base.Retention`):
 ``n`` and ``kept`` count a share's rows newest first, running ones included; a running row, or a share's
 newest finished one (``newest`` 1), is never deleted for count or size."""
+_PUT_RUN = f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
 _RUNS_HELD = """
 SELECT count(*), COALESCE(sum(bytes), 0),
        count(DISTINCT CASE WHEN substr(principal, 1, 4) = 'key:' THEN 'key:' ELSE principal END), min(created)
@@ -448,26 +450,7 @@ def _commit(db: sqlite3.Connection, writes: list[tuple[RunRow | None, str, list[
     with _transaction(db):
         for run, run_id, usage in writes:
             if run is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO runs (run_id, created, prompt_head, panel, status, cost, seconds, "
-                    "cached, record, schema, principal, bytes, heartbeat) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        run.run_id,
-                        run.created,
-                        run.prompt_head,
-                        run.panel,
-                        run.status,
-                        run.cost,
-                        run.seconds,
-                        int(run.cached),
-                        run.record,
-                        RESULT_SCHEMA,
-                        run.principal,
-                        run.bytes,
-                        run.heartbeat,
-                    ),
-                )
+                db.execute(_PUT_RUN, run.columns())
             if usage is not None:
                 db.execute("DELETE FROM usage WHERE run_id = ?", (run_id,))
                 db.executemany(
