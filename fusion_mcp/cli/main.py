@@ -33,12 +33,12 @@ from ..core.callers import LOCAL_PRINCIPAL
 from ..core.errors import MIN_SECRET_CHARS, Redactor, live_secrets
 from ..core.limits import MAX_DEADLINE_S, MAX_TOOL_CALLS, MIN_DEADLINE_S, MIN_TOOL_CALLS
 from ..core.models import FusionArgs, FusionRequest, FusionResult, GuestAnswer, new_run_id
-from ..core.progress import ProgressEvent
 from ..core.render import render
 from ..core.text import plural
 from .terminal import LiveProgress
 
 if TYPE_CHECKING:  # the run machinery and the store are loaded by the commands that use them (see _command)
+    from ..core.progress import ProgressEvent
     from ..engine.service import FusionService
     from ..store import Store, UsageBy, UsageTotal
 

@@ -22,12 +22,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
-from ..core.progress import ProgressEvent
 from ..core.text import one_line, plural
+
+if TYPE_CHECKING:
+    from ..core.progress import ProgressEvent
 
 CLEAR_LINE = "\x1b[2K"
 CLEAR_BELOW = "\x1b[J"

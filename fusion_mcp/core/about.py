@@ -7,11 +7,15 @@ pyproject.toml, the one place it is written.
 
 from __future__ import annotations
 
-from importlib.metadata import metadata
+from email.parser import HeaderParser
+from importlib.metadata import distribution
 
 DISTRIBUTION = "fusion-panel-mcp"
 COMMAND = "fusion-mcp"
-_META = metadata(DISTRIBUTION)  # parsed once: it embeds the README
+# Only the headers are parsed: the body is the README, and parsing it was most of this module's cost at
+# every start of the server.
+_HEADERS = (distribution(DISTRIBUTION).read_text("METADATA") or "").partition("\n\n")[0]
+_META = HeaderParser().parsestr(_HEADERS)
 VERSION: str = _META["Version"]
 
 

@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
@@ -25,6 +26,7 @@ from mcp.server.elicitation import AcceptedElicitation
 from mcp.server.extension import Extension
 from mcp.server.mcpserver import Context, ListRoots, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolRequestParams, CallToolResult, ListRootsResult, LoggingLevel, TextContent, ToolAnnotations
 from pydantic import Field, SecretStr
 from starlette.requests import Request
@@ -45,7 +47,6 @@ from ..core.limits import (
     MIN_TOOL_CALLS,
 )
 from ..core.models import FusionArgs, FusionResult, GuestAnswer, new_run_id
-from ..core.progress import EventSink, ProgressEvent
 from ..core.render import render
 from ..core.tool_text import CONTEXT_HELP, DESCRIPTION, PROMPT_HELP, TOOL_NAME, TOOL_TITLE
 from ..engine.admission import ARGUMENT_RULES, FusionRefused, incoming_depth, parse_arguments
@@ -55,6 +56,7 @@ from .log_levels import SessionLogLevels
 from .tasks import FusionTasks, task_call
 
 if TYPE_CHECKING:
+    from ..core.progress import EventSink, ProgressEvent
     from ..web.network import Network
 
 log = logging.getLogger("fusion_mcp")
@@ -147,6 +149,7 @@ def create_server(
     running, source = _Running(), service or _own_service(settings, network)
     # Long runs may be served as MCP tasks to clients that declare the extension (see mcp_tasks).
     tasks = [_tasks(settings)] if settings.enabled and settings.long_runs else []
+    log_levels = SessionLogLevels()
     server: MCPServer[ServiceHandle] = MCPServer(
         "fusion-mcp",
         title="Fusion",
@@ -156,25 +159,55 @@ def create_server(
         log_level=settings.log_level,
         middleware=[_remember_caller],
         extensions=[StrictArguments(), *tasks],
+        tools=_tools(settings, log_levels) if settings.enabled else None,
     )
-    log_levels = SessionLogLevels()
     log_levels.install(server)
     _add_routes(server, running, health)
-    if settings.enabled:
-        annotations = ToolAnnotations(title=TOOL_TITLE, read_only_hint=True, open_world_hint=True)
-        tool = _fusion_tool(settings, log_levels)
-        description = DESCRIPTION + MCP_EXTRAS + (LONG_RUNS if settings.long_runs else "")
-        server.add_tool(tool, name=TOOL_NAME, title=TOOL_TITLE, description=description, annotations=annotations)
-        if settings.long_runs:
-            annotations = ToolAnnotations(title=RESULT_TOOL_TITLE, read_only_hint=True, open_world_hint=False)
-            server.add_tool(
+    return server
+
+
+def _tools(settings: Settings, log_levels: SessionLogLevels) -> list[Tool]:
+    annotations = ToolAnnotations(title=TOOL_TITLE, read_only_hint=True, open_world_hint=True)
+    description = DESCRIPTION + MCP_EXTRAS + (LONG_RUNS if settings.long_runs else "")
+    tools = [
+        _result_tool_of(
+            _fusion_tool(settings, log_levels),
+            name=TOOL_NAME,
+            title=TOOL_TITLE,
+            description=description,
+            annotations=annotations,
+        )
+    ]
+    if settings.long_runs:
+        annotations = ToolAnnotations(title=RESULT_TOOL_TITLE, read_only_hint=True, open_world_hint=False)
+        tools.append(
+            _result_tool_of(
                 _result_tool(settings, log_levels),
                 name=RESULT_TOOL_NAME,
                 title=RESULT_TOOL_TITLE,
                 description=RESULT_DESCRIPTION,
                 annotations=annotations,
             )
-    return server
+        )
+    return tools
+
+
+RESULT_SCHEMA = Path(__file__).with_name("result_schema.json")
+"""The ``outputSchema`` both tools publish: :class:`FusionResult`'s, as the SDK derives it (checked by a test)."""
+
+
+def _result_tool_of(fn: Callable[..., Any], **fields: Any) -> Tool:
+    """A tool returning a :class:`FusionResult` as its structured content, which the SDK validates.
+
+    The SDK would derive the output schema from ``-> Annotated[CallToolResult, FusionResult]``, but pydantic
+    takes ~5 ms per tool to write it, at every start a host waits on, for a schema that changes only with
+    the model. So it is read from :data:`RESULT_SCHEMA`, which ``tests/mcp_server/test_result_schema.py``
+    holds equal to the SDK's own derivation (and rewrites on request after the model changes).
+    """
+    tool = Tool.from_function(fn, **fields)
+    tool.fn_metadata.output_model = FusionResult  # the SDK reads both fields live, at every call and listing
+    tool.fn_metadata.output_schema = json.loads(RESULT_SCHEMA.read_bytes())
+    return tool
 
 
 def _tasks(settings: Settings) -> FusionTasks:
@@ -389,7 +422,7 @@ def _fusion_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
         tools: WebToolsArg = None,
         max_completion_tokens: TokensArg = None,
         roots: RootsArg = None,
-    ) -> Annotated[CallToolResult, FusionResult]:
+    ) -> CallToolResult:  # structured content: a FusionResult (_result_tool_of)
         run_id = new_run_id()
         try:
             service = await ctx.request_context.lifespan_context.get()
@@ -449,7 +482,7 @@ def _result_tool(settings: Settings, log_levels: SessionLogLevels) -> Any:
                 "take, FUSION_DEADLINE_S).",
             ),
         ] = None,
-    ) -> Annotated[CallToolResult, FusionResult]:
+    ) -> CallToolResult:  # structured content: a FusionResult (_result_tool_of)
         run_id = run_id.strip()
         try:
             service = await ctx.request_context.lifespan_context.get()
