@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from .models import FusionResult, PanelResponse
 
@@ -47,8 +48,21 @@ def fit_json(result: FusionResult, max_chars: int | None) -> FusionResult:
     return fit(result, max_chars, json_size, _json_cost)
 
 
+def fit_json_data(result: FusionResult, max_chars: int | None) -> dict[str, Any]:
+    """:func:`fit_json`'s result as its JSON data (``structuredContent``): one that fits is serialised once,
+    not once to be measured and again to be sent."""
+    data = result.to_json()
+    if max_chars is None or not result.responses or _compact_size(data) <= max_chars:
+        return data
+    return fit_json(result, max_chars).to_json()
+
+
 def json_size(result: FusionResult) -> int:
-    return len(json.dumps(result.to_json(), ensure_ascii=False, separators=(",", ":")))
+    return _compact_size(result.to_json())
+
+
+def _compact_size(data: dict[str, Any]) -> int:
+    return len(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
 
 def _json_cost(text: str) -> int:

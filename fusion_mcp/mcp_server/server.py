@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse
 
 from ..config import Preset, Settings
 from ..core.about import VERSION
-from ..core.budget import fit_json
+from ..core.budget import fit_json_data
 from ..core.callers import LOCAL_PRINCIPAL, principal_of, upstream_key_of
 from ..core.lenses import BUILTIN
 from ..core.limits import (
@@ -523,6 +523,6 @@ def as_tool_result(result: FusionResult, max_chars: int | None = None) -> CallTo
     """Both blocks within ``max_chars`` (``FUSION_MAX_OUTPUT_CHARS``): hosts pass one or the other to their model."""
     return CallToolResult(
         content=[TextContent(type="text", text=render(result, max_chars))],
-        structured_content=fit_json(result, max_chars).to_json(),
+        structured_content=fit_json_data(result, max_chars),
         is_error=result.status == "error",
     )

@@ -296,7 +296,7 @@ class Store(ABC):
         are redacted beside the store's own (a key a caller lent for this run)."""
         if not is_complete(result):
             return
-        text = Redactor((*self._secrets, *secrets)).dumps(result.model_dump(mode="json"))
+        text = Redactor((*self._secrets, *secrets)).compact(result.model_dump(mode="json"))
         await self._cache_put(key, time.time(), text, len(text.encode()))
 
     # -- history and usage ---------------------------------------------------------------------------
@@ -582,7 +582,7 @@ class Store(ABC):
         every record starts with — as redacted JSON."""
         now = time.time()
         record = {"schema": RESULT_SCHEMA, "run_id": result.run_id, "principal": principal, "created": now, **body}
-        text = Redactor(secrets).dumps(record)
+        text = Redactor(secrets).compact(record)
         return RunRow(
             run_id=result.run_id,
             principal=principal,

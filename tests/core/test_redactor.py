@@ -4,6 +4,7 @@ non-ASCII, escapes and control characters, both give the same value."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import given, settings
@@ -40,3 +41,18 @@ def test_a_secret_in_any_form_is_found_in_the_json_text_and_replaced() -> None:
 def test_values_without_a_secret_come_back_as_they_are() -> None:
     value = {"answer": "nothing secret here", "n": [1, 2.5, None, True]}
     assert REDACTOR.value(value) is value
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_compact_text_reads_back_as_the_walked_value(value: Any) -> None:
+    text = REDACTOR.compact(value)
+    assert json.loads(text) == json.loads(json.dumps(_walk(value, REDACTOR)))
+    assert not any(form in text for form in FORMS)
+
+
+def test_compact_text_with_a_lone_surrogate_is_written_escaped_and_still_redacted() -> None:
+    value = {"answer": f"broken \ud800 stream {SECRETS[1]}"}
+    text = REDACTOR.compact(value)
+    assert text == json.dumps({"answer": f"broken \ud800 stream {REDACTED}"})
+    assert "\\ud800" in text and SECRETS[1] not in text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fusion_mcp.core.budget import MIN_SHARE, fit_json, json_size, shares
+from fusion_mcp.core.budget import MIN_SHARE, fit_json, fit_json_data, json_size, shares
 from fusion_mcp.core.models import (
     Analysis,
     AnalysisError,
@@ -111,3 +111,9 @@ def test_structured_content_is_trimmed_evenly_and_marked_the_analysis_never() ->
     lengths = [len(json.dumps(r["content"])) for r in data["responses"]]
     assert max(lengths) - min(lengths) <= 100  # even, give or take the word boundary
     assert fit_json(result("short"), 12_000).to_json()["responses"] == [{"model": "m/0", "content": "short"}]
+
+
+def test_structured_content_that_fits_is_the_result_itself_and_one_that_does_not_is_the_fitted_one() -> None:
+    whole = result("x" * 30_000, "y" * 30_000)
+    assert fit_json_data(whole, None) == whole.to_json() == fit_json_data(whole, json_size(whole))
+    assert fit_json_data(whole, 12_000) == fit_json(whole, 12_000).to_json() != whole.to_json()

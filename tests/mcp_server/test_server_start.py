@@ -16,6 +16,7 @@ import httpx2
 import pytest
 from mcp import Client
 
+from fusion_mcp.cli import YOUNG_COLLECTION_AFTER
 from fusion_mcp.config import load_settings
 from fusion_mcp.engine.service import FusionService
 from fusion_mcp.mcp_server.handle import ServiceHandle, ServiceUnavailable
@@ -51,6 +52,7 @@ import anyio
 from mcp import Client
 
 import fusion_mcp.cli.main  # what the console script imports before it serves
+from fusion_mcp.cli import YOUNG_COLLECTION_AFTER
 from fusion_mcp.config import load_settings
 from fusion_mcp.core.tls import default_tls
 from fusion_mcp.mcp_server.server import create_server
@@ -98,6 +100,18 @@ def test_the_stdio_server_imports_the_web_tools_only_when_they_are_on(
     assert "STARTED run machinery []" in out.stderr, out.stderr
     assert f"CALLED run machinery {sorted(RUN_MODULES)!r}" in out.stderr, out.stderr
     assert f"CALLED {loaded!r} TLS contexts {tls}" in out.stderr, out.stderr
+
+
+def test_the_command_sets_the_collector_before_it_loads_the_sdk_and_pydantic() -> None:
+    """What the console script (and ``python -m fusion_mcp``, a worker) imports first sets the collector, so
+    the imports of a start are collected at its thresholds too."""
+    code = (
+        "import gc, sys\n"
+        "import fusion_mcp.cli\n"
+        "print(gc.get_threshold()[0], sorted(m for m in ('mcp', 'pydantic', 'anyio', 'httpx2') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[0] == f"{YOUNG_COLLECTION_AFTER} []", out.stderr
 
 
 def test_the_command_line_builds_its_parser_without_the_eval_engine() -> None:
