@@ -10,6 +10,7 @@ SQLite calls are short and run in a worker thread so the event loop never waits 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -328,48 +329,65 @@ class SqliteStore(Store):
         await self._call(lambda db: _commit(db, [(run, run_id, usage)]))
 
     async def _commit_many(self, writes: list[Write]) -> None:
-        """One trip to the store's thread for the whole batch: its records in one transaction, then the trim
-        (each trip is a thread switch, each transaction a write of the log's index)."""
+        """One trip to the store's thread and one transaction for the whole batch: its records, then the trim
+        in a savepoint of its own, so a trim that fails is undone alone (and logged: the records are safe, the
+        next write trims again). Few statements, since each one lets the event loop's thread take the
+        interpreter back and forth, and one commit, since each writes the log's index."""
         trims = [write.row.created for write in writes if write.trims and write.row is not None]
 
         def commit_and_trim(db: sqlite3.Connection) -> sqlite3.Error | None:
-            _commit(db, [(write.row, write.run_id, write.usage) for write in writes])
-            if not trims:
-                return None
-            try:
-                self._trim_in(db, max(trims))
-            except sqlite3.Error as exc:
-                return exc
-            return None
+            failed, deleted = None, 0
+            with _transaction(db):
+                _put(db, [(write.row, write.run_id, write.usage) for write in writes])
+                if trims:
+                    db.execute("SAVEPOINT trim")
+                    try:
+                        deleted = self._trim_in(db, max(trims))
+                    except sqlite3.Error as exc:
+                        db.execute("ROLLBACK TO trim")
+                        failed = exc
+                    db.execute("RELEASE trim")
+            if deleted:
+                db.execute("PRAGMA incremental_vacuum")
+            return failed
 
         failed = await self._call(commit_and_trim)
-        if failed is not None:  # the records are safe: the next write trims again
+        if failed is not None:
             log.warning("retention not applied this time: %s", self._failed("the SQLite store failed", failed))
 
     async def _trim_runs(self, now: float) -> None:
-        await self._call(lambda db: self._trim_in(db, now))
+        def trim(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                deleted = self._trim_in(db, now)
+            if deleted:
+                db.execute("PRAGMA incremental_vacuum")
 
-    def _trim_in(self, db: sqlite3.Connection, now: float) -> None:
+        await self._call(trim)
+
+    def _trim_in(self, db: sqlite3.Connection, now: float) -> int:
+        """Hold the history to its bounds (in the caller's transaction); the rows deleted, whose pages the
+        caller then gives back to the file system (``incremental_vacuum``)."""
         limits = self.retention
-        with _transaction(db):
-            count, size, shares, first = db.execute(_RUNS_HELD).fetchone()
-            # Nothing can go while the whole history, times its shares, is within both bounds and none of
-            # it is too old: one pass without sorting tells, where the trim itself ranks every row.
-            if (
-                count * shares > limits.max_runs
-                or size * shares > limits.max_bytes
-                or (first is not None and first < now - limits.max_age_days * DAY_S)
-            ):
-                db.execute(
-                    _TRIM_RUNS,
-                    {
-                        "oldest": now - limits.max_age_days * DAY_S,
-                        "max_runs": limits.max_runs,
-                        "max_bytes": limits.max_bytes,
-                    },
-                )
-            db.execute("DELETE FROM usage WHERE created < ?", (now - limits.usage_max_days * DAY_S,))
-        db.execute("PRAGMA incremental_vacuum")
+        deleted = 0
+        count, size, shares, first = db.execute(_RUNS_HELD).fetchone()
+        # Nothing can go while the whole history, times its shares, is within both bounds and none of it is
+        # too old: one pass without sorting tells, where the trim itself ranks every row.
+        if (
+            count * shares > limits.max_runs
+            or size * shares > limits.max_bytes
+            or (first is not None and first < now - limits.max_age_days * DAY_S)
+        ):
+            deleted += db.execute(
+                _TRIM_RUNS,
+                {
+                    "oldest": now - limits.max_age_days * DAY_S,
+                    "max_runs": limits.max_runs,
+                    "max_bytes": limits.max_bytes,
+                },
+            ).rowcount
+        return (
+            deleted + db.execute("DELETE FROM usage WHERE created < ?", (now - limits.usage_max_days * DAY_S,)).rowcount
+        )
 
     async def _trim_usage(self, now: float) -> None:
         oldest = now - self.retention.usage_max_days * DAY_S
@@ -448,17 +466,35 @@ class SqliteStore(Store):
 def _commit(db: sqlite3.Connection, writes: list[tuple[RunRow | None, str, list[UsageRow] | None]]) -> None:
     """Each write as :meth:`Store._commit` describes one, all in one transaction."""
     with _transaction(db):
-        for run, run_id, usage in writes:
-            if run is not None:
-                db.execute(_PUT_RUN, run.columns())
-            if usage is not None:
-                db.execute("DELETE FROM usage WHERE run_id = ?", (run_id,))
-                db.executemany(
-                    "INSERT INTO usage (run_id, principal, created, model, role, requests, prompt_tokens, "
-                    "completion_tokens, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [u.columns() for u in usage],
-                )
-                db.execute("DELETE FROM reservations WHERE run_id = ?", (run_id,))
+        _put(db, writes)
+
+
+def _put(db: sqlite3.Connection, writes: list[tuple[RunRow | None, str, list[UsageRow] | None]]) -> None:
+    """:func:`_commit`'s writes, in the caller's transaction."""
+    for run, run_id, usage in writes:
+        if run is not None:
+            db.execute(_PUT_RUN, run.columns())
+        if usage is not None:
+            db.execute("DELETE FROM usage WHERE run_id = ?", (run_id,))
+            # One statement for a run's rows (executemany would step, and hand the interpreter over, per row);
+            # a run has a few dozen rows at most, far within any SQLite's 999 parameters... in chunks all the same.
+            for start in range(0, len(usage), _USAGE_ROWS_PER_INSERT):
+                chunk = usage[start : start + _USAGE_ROWS_PER_INSERT]
+                db.execute(_insert_usage(len(chunk)), [value for row in chunk for value in row.columns()])
+            db.execute("DELETE FROM reservations WHERE run_id = ?", (run_id,))
+
+
+_USAGE_ROWS_PER_INSERT = 100
+"""9 parameters a row: 900 a statement, within the 999 of SQLite before 3.32."""
+
+
+@functools.cache
+def _insert_usage(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        "INSERT INTO usage (run_id, principal, created, model, role, requests, prompt_tokens, completion_tokens, "
+        f"cost) VALUES {values}"
+    )
 
 
 @contextmanager

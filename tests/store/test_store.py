@@ -6,6 +6,7 @@ checked through the store's interface and, where it matters, in the tables thems
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -739,3 +740,40 @@ async def test_open_store_picks_the_backend_from_the_settings(database_url: str,
     assert isinstance(sqlite, SqliteStore) and sqlite.location == str(tmp_path / "fusion.sqlite3")
     assert isinstance(shared, PostgresStore) and shared.shared and not sqlite.shared
     assert shared.location == f"postgresql://{parts.username}@{parts.hostname}:{parts.port}{parts.path}"
+
+
+REFUSE_DELETING_USAGE = {
+    "sqlite": "CREATE TRIGGER refuse BEFORE DELETE ON usage BEGIN SELECT RAISE(ABORT, 'deleting usage refused'); END;",
+    "postgres": "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "RAISE EXCEPTION 'deleting usage refused'; END $$; "
+    "CREATE TRIGGER refuse BEFORE DELETE ON fusion_usage FOR EACH ROW EXECUTE FUNCTION refuse();",
+}
+"""The database refuses what a trim deletes (as a full disk or an operator's lock would): only the trim fails."""
+
+
+async def test_a_trim_that_fails_leaves_the_records_it_came_with_written_and_is_logged(
+    store_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = Raw(store_env)
+    async with opened(store_env, usage_max_days=30) as store:
+        await store.save_run(request(), result("fus_0"), {}, "alice")
+        old = time.time() - 40 * DAY  # past FUSION_USAGE_MAX_DAYS: the next trim deletes it
+        raw.execute("UPDATE {usage} SET created = ? WHERE run_id = 'fus_0'", old)
+        raw.script(REFUSE_DELETING_USAGE["sqlite"], REFUSE_DELETING_USAGE["postgres"])
+        with caplog.at_level("WARNING", logger="fusion_mcp"):
+            # Both records in one batch (the first waits for company), and the trim after them.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.save_run, request(), result("fus_1"), {}, "alice")
+                await wait_all_tasks_blocked()
+                tg.start_soon(functools.partial(store.save_run, request(), result("fus_2"), {}, "bob", urgent=True))
+        for run_id, principal in (("fus_1", "alice"), ("fus_2", "bob")):
+            found = await store.run(run_id, principal)
+            assert found is not None and found["result"]["status"] == "ok"
+    assert raw.rows("SELECT run_id, count(*) FROM {usage} GROUP BY run_id ORDER BY run_id") == [
+        ("fus_0", 3),  # still there: the trim was undone
+        ("fus_1", 3),
+        ("fus_2", 3),
+    ]
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("retention not applied this time: the ")
+    assert "deleting usage refused" in warning and SECRET not in warning
