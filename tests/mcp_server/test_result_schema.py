@@ -22,7 +22,7 @@ from tests.helpers import TOOL
 
 pytestmark = pytest.mark.anyio
 LONG = {"FUSION_DEADLINE_S": "30", "FUSION_RUN_DEADLINE_S": "600"}
-REWRITE = "FUSION_WRITE_RESULT_SCHEMA"
+REWRITE = "FUSION_TEST_WRITE_RESULT_SCHEMA"
 
 
 def derived() -> object:
