@@ -52,7 +52,7 @@ def fit_json_data(result: FusionResult, max_chars: int | None) -> dict[str, Any]
     """:func:`fit_json`'s result as its JSON data (``structuredContent``): one that fits is serialised once,
     not once to be measured and again to be sent."""
     data = result.to_json()
-    if max_chars is None or not result.responses or _compact_size(data) <= max_chars:
+    if max_chars is None or _compact_size(data) <= max_chars:
         return data
     return fit_json(result, max_chars).to_json()
 

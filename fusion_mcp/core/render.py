@@ -13,6 +13,9 @@ def render(result: FusionResult, max_chars: int | None = None) -> str:
     Within ``max_chars`` the answers are trimmed, evenly, each with a pointer to the run resource that
     keeps it whole (see :mod:`~fusion_mcp.core.budget`).
     """
+    text = _render(result)
+    if max_chars is None or len(text) <= max_chars:
+        return text  # whole: rendered once, not once to be measured and again to be sent
     return _render(fit(result, max_chars, lambda r: len(_render(r))))
 
 
