@@ -17,9 +17,9 @@ YOUNG_COLLECTION_AFTER = 20_000
 """Allocations (net of frees) between two collections of the youngest generation; CPython's default is 700.
 
 A server allocates thousands of short-lived objects per call (requests, chunks, models, records), nearly
-all freed by reference counting; at 700 the collector still walked the young generation about once a call,
-and a full collection (~20 ms) came every ~110 calls; starting the server collected ~200 times while
-importing the SDK and pydantic. At 20,000 a start is ~30 ms shorter and a call ~4 % cheaper in CPU
-(``docs/benchmarks.md`` §8), and garbage in reference cycles still goes within 20,000 allocations."""
+all freed by reference counting; at 700 the collector still walked the young generation about once a call
+(collections took ~0.4 ms of a call's ~13 ms of CPU), and starting the server collected ~200 times while
+importing the SDK and pydantic. At 20,000 a start is ~30 ms shorter and a call's collections take ~0.1-0.2
+ms (``docs/benchmarks.md`` §8); garbage in reference cycles still goes within 20,000 allocations."""
 
 gc.set_threshold(YOUNG_COLLECTION_AFTER, 20, 10)

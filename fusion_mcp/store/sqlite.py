@@ -476,8 +476,7 @@ def _put(db: sqlite3.Connection, writes: list[tuple[RunRow | None, str, list[Usa
             db.execute(_PUT_RUN, run.columns())
         if usage is not None:
             db.execute("DELETE FROM usage WHERE run_id = ?", (run_id,))
-            # One statement for a run's rows (executemany would step, and hand the interpreter over, per row);
-            # a run has a few dozen rows at most, far within any SQLite's 999 parameters... in chunks all the same.
+            # One statement for a run's rows: executemany would step, and hand the interpreter over, per row.
             for start in range(0, len(usage), _USAGE_ROWS_PER_INSERT):
                 chunk = usage[start : start + _USAGE_ROWS_PER_INSERT]
                 db.execute(_insert_usage(len(chunk)), [value for row in chunk for value in row.columns()])

@@ -742,6 +742,17 @@ async def test_open_store_picks_the_backend_from_the_settings(database_url: str,
     assert shared.location == f"postgresql://{parts.username}@{parts.hostname}:{parts.port}{parts.path}"
 
 
+async def test_a_run_with_more_usage_rows_than_one_statement_takes_has_every_one_written(
+    store_env: dict[str, str],
+) -> None:
+    rows = [UsageRow("chatcmpl-1", "alice", time.time(), f"m/{i}", "writer", 1, 10, 1, 0.001) for i in range(250)]
+    async with opened(store_env) as store:
+        await store.settle("chatcmpl-1", "alice", rows)
+        [total] = await store.usage(0, "principal")
+    assert (total.key, total.requests, total.prompt_tokens, total.cost) == ("alice", 250, 2500, 0.25)
+    assert Raw(store_env).rows("SELECT count(DISTINCT model) FROM {usage}") == [(250,)]
+
+
 REFUSE_DELETING_USAGE = {
     "sqlite": "CREATE TRIGGER refuse BEFORE DELETE ON usage BEGIN SELECT RAISE(ABORT, 'deleting usage refused'); END;",
     "postgres": "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
