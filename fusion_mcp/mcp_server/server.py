@@ -167,27 +167,12 @@ def create_server(
 
 
 def _tools(settings: Settings, log_levels: SessionLogLevels) -> list[Tool]:
-    annotations = ToolAnnotations(title=TOOL_TITLE, read_only_hint=True, open_world_hint=True)
     description = DESCRIPTION + MCP_EXTRAS + (LONG_RUNS if settings.long_runs else "")
-    tools = [
-        _result_tool_of(
-            _fusion_tool(settings, log_levels),
-            name=TOOL_NAME,
-            title=TOOL_TITLE,
-            description=description,
-            annotations=annotations,
-        )
-    ]
+    tools = [_result_tool_of(_fusion_tool(settings, log_levels), TOOL_NAME, TOOL_TITLE, description, open_world=True)]
     if settings.long_runs:
-        annotations = ToolAnnotations(title=RESULT_TOOL_TITLE, read_only_hint=True, open_world_hint=False)
+        result_tool = _result_tool(settings, log_levels)
         tools.append(
-            _result_tool_of(
-                _result_tool(settings, log_levels),
-                name=RESULT_TOOL_NAME,
-                title=RESULT_TOOL_TITLE,
-                description=RESULT_DESCRIPTION,
-                annotations=annotations,
-            )
+            _result_tool_of(result_tool, RESULT_TOOL_NAME, RESULT_TOOL_TITLE, RESULT_DESCRIPTION, open_world=False)
         )
     return tools
 
@@ -196,7 +181,7 @@ RESULT_SCHEMA = Path(__file__).with_name("result_schema.json")
 """The ``outputSchema`` both tools publish: :class:`FusionResult`'s, as the SDK derives it (checked by a test)."""
 
 
-def _result_tool_of(fn: Callable[..., Any], **fields: Any) -> Tool:
+def _result_tool_of(fn: Callable[..., Any], name: str, title: str, description: str, *, open_world: bool) -> Tool:
     """A tool returning a :class:`FusionResult` as its structured content, which the SDK validates.
 
     The SDK would derive the output schema from ``-> Annotated[CallToolResult, FusionResult]``, but pydantic
@@ -204,7 +189,8 @@ def _result_tool_of(fn: Callable[..., Any], **fields: Any) -> Tool:
     the model. So it is read from :data:`RESULT_SCHEMA`, which ``tests/mcp_server/test_result_schema.py``
     holds equal to the SDK's own derivation (and rewrites on request after the model changes).
     """
-    tool = Tool.from_function(fn, **fields)
+    annotations = ToolAnnotations(title=title, read_only_hint=True, open_world_hint=open_world)
+    tool = Tool.from_function(fn, name=name, title=title, description=description, annotations=annotations)
     tool.fn_metadata.output_model = FusionResult  # the SDK reads both fields live, at every call and listing
     tool.fn_metadata.output_schema = json.loads(RESULT_SCHEMA.read_bytes())
     return tool
