@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -124,6 +125,12 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "SYSTEMROOT") if k in os.environ}
     env.update(extra)
     return env
+
+
+def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (what loads in a process that runs only it), its output captured."""
+    command = [sys.executable, "-c", code, *args]
+    return subprocess.run(command, env=child_env() if env is None else env, capture_output=True, text=True, timeout=60)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import fusion_mcp
-from tests.conftest import ANALYST, PANEL, child_env, sim_env
+from tests.conftest import ANALYST, PANEL, run_python, sim_env
 from tests.fakes.provider_sim import ProviderSim
 
 pytestmark = pytest.mark.anyio
@@ -43,7 +40,7 @@ def test_each_promised_name_loads_on_first_use() -> None:
         "print(all(getattr(fusion_mcp, name) is not None for name in fusion_mcp.__all__))\n"
         "print('fusion_mcp.engine.pipeline' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
+    out = run_python(code)
     assert out.stdout.split("\n")[:3] == ["[]", "True", "True"], out.stderr
     with pytest.raises(AttributeError, match="module 'fusion_mcp' has no attribute 'Panel'"):
         _ = fusion_mcp.Panel  # type: ignore[attr-defined]

@@ -5,8 +5,6 @@ fetcher or lxml), the TLS context on the first HTTPS request (never for an http:
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +21,7 @@ from fusion_mcp.mcp_server.handle import ServiceHandle, ServiceUnavailable
 from fusion_mcp.mcp_server.server import create_server
 from fusion_mcp.providers.client import new_http_client
 from fusion_mcp.store.sqlite import DB_NAME
-from tests.conftest import API_KEY, child_env, sim_env
+from tests.conftest import API_KEY, child_env, run_python, sim_env
 from tests.fakes.provider_sim import ProviderSim
 from tests.fakes.web import TlsSite
 from tests.helpers import TOOL, structured, wait_until
@@ -94,7 +92,7 @@ def test_the_stdio_server_imports_the_web_tools_only_when_they_are_on(
     sim: ProviderSim, web_tools: str, loaded: list[str], tls: int
 ) -> None:
     env = child_env(**sim_env(sim, FUSION_WEB_TOOLS=web_tools))
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    out = run_python(SCRIPT, env=env)
     assert "STATUS ok" in out.stderr, out.stderr
     assert "STARTED [] TLS contexts 0" in out.stderr, out.stderr  # started and listed its tools: nothing yet
     assert "STARTED run machinery []" in out.stderr, out.stderr
@@ -110,7 +108,7 @@ def test_the_command_sets_the_collector_before_it_loads_the_sdk_and_pydantic() -
         "import fusion_mcp.cli\n"
         "print(gc.get_threshold()[0], sorted(m for m in ('mcp', 'pydantic', 'anyio', 'httpx2') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
+    out = run_python(code)
     assert out.stdout.split("\n")[0] == f"{YOUNG_COLLECTION_AFTER} []", out.stderr
 
 
@@ -123,11 +121,9 @@ def test_the_command_line_builds_its_parser_without_the_eval_engine() -> None:
         "_parser().parse_args(['eval', '--help'] if len(sys.argv) > 1 else [])\n"
         "print(sorted(m for m in sys.modules if m.startswith('fusion_mcp.evals.')))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
+    out = run_python(code)
     assert out.stdout.strip() == "['fusion_mcp.evals.questions']", out.stderr
-    shown = subprocess.run(
-        [sys.executable, "-c", code, "help"], env=child_env(), capture_output=True, text=True, timeout=60
-    )
+    shown = run_python(code, "help")
     assert "'sample' (the built-in set)" in shown.stdout and "--concurrency N" in shown.stdout, shown.stderr
 
 
