@@ -50,7 +50,6 @@ import anyio
 from mcp import Client
 
 import fusion_mcp.cli.main  # what the console script imports before it serves
-from fusion_mcp.cli import YOUNG_COLLECTION_AFTER
 from fusion_mcp.config import load_settings
 from fusion_mcp.core.tls import default_tls
 from fusion_mcp.mcp_server.server import create_server
