@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -158,8 +159,19 @@ def report(name: str, data: dict[str, Any], out: str | None) -> None:
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user and system, all its threads, exited ones included) process ``pid`` has used, to the
+    nanosecond: read from its CPU-time clock, the id Linux's ``clock_getcpuclockid`` gives
+    (``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``). ``/proc``'s figure counts whole clock ticks (10 ms): summed
+    over 40 calls of ~12 ms, its rounding alone moved a per-call figure by ±4 %. Where that clock cannot be
+    read (not Linux), ``/proc``'s ticks; a process that is gone raises :class:`OSError` either way."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | _CPUCLOCK_SCHED)
+    except (OSError, OverflowError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_CPUCLOCK_SCHED = 2
 
 
 def proc_memory_mib(pid: int) -> tuple[float, float]:
