@@ -115,6 +115,8 @@ class LiveRun:
     def _redacted(self, event: ProgressEvent) -> ProgressEvent:
         """``event`` with no secret in its texts: an error may quote a URL with a password in it, or a provider
         echoing the key; every listener (MCP progress, ``ask``, the lab, chat's events) and the log get this."""
+        if not (event.error or event.target or event.content):  # nothing to redact (most events)
+            return event
         redactor = self._redactor
         if not redactor:
             return event

@@ -58,10 +58,14 @@ class SessionLogLevels:
             self._levels.pop(next(iter(self._levels)))
         return EmptyResult()
 
+    def wants(self, ctx: Context[ServiceHandle, Any], level: LoggingLevel) -> bool:
+        """Whether the caller's connection asked for messages of ``level`` (``logging/setLevel`` to it or lower)."""
+        entry = self._levels.get(id(ctx.request_context.session.client_params))
+        return entry is not None and LOG_LEVELS.index(level) >= LOG_LEVELS.index(entry[1])
+
     async def send(self, ctx: Context[ServiceHandle, Any], level: LoggingLevel, message: str) -> None:
         """Send ``message`` to the caller's connection if it asked for ``level`` or lower."""
-        entry = self._levels.get(id(ctx.request_context.session.client_params))
-        if entry is None or LOG_LEVELS.index(level) < LOG_LEVELS.index(entry[1]):
+        if not self.wants(ctx, level):
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MCPDeprecationWarning)  # a deliberate use of the older protocol

@@ -490,13 +490,18 @@ def client_name(ctx: Context[ServiceHandle]) -> str | None:
 
 def _progress(ctx: Context[ServiceHandle], run_id: str, log_levels: SessionLogLevels) -> EventSink:
     """Each run event as a progress notification (and a log message for older clients that asked)."""
+    # The call's session, looked up once: a run sends eleven events with eight members, and each lookup
+    # (and a log message's coroutine for a client that asked for none) was paid per event.
+    session = ctx.request_context.session
 
     async def forward(event: ProgressEvent) -> None:
-        log.info("run %s: %s", run_id, event.message)
+        message = event.message
+        log.info("run %s: %s", run_id, message)
         try:
-            await ctx.report_progress(event.progress, event.total, event.message)
+            await session.report_progress(event.progress, event.total, message)
             level: LoggingLevel = "warning" if event.kind in ("member_failed", "member_cut") else "info"
-            await log_levels.send(ctx, level, f"run {run_id}: {event.message}")
+            if log_levels.wants(ctx, level):
+                await log_levels.send(ctx, level, f"run {run_id}: {message}")
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:  # a client that went away must not sink the run
