@@ -15,7 +15,9 @@ median per round and the range over the rounds. Start-up alternates spawn by spa
 every server alive at once in turn, call by call, so each sees the same moment of the machine (a shared VM's
 speed drifts over minutes); the load runs one server at a time (it needs the machine). Where the machine has
 two cores or more the servers run on the first and the simulator and this process (the load) on the others
-(``sched_setaffinity``).
+(``sched_setaffinity``). CPU is each server process's CPU-time clock, to the nanosecond
+(:func:`bench.common.proc_cpu_seconds`); inside the load's window this process does not collect garbage, and
+the simulator rarely does, so neither pauses a call in flight.
 
 ``--fusion CMD`` measures another build's ``fusion-mcp`` (a release's virtual environment) in the same run.
 
