@@ -214,9 +214,6 @@ async def load(subject: Subject, clients: int, calls: int) -> dict[str, float]:
                 await warm.call(args)
         walls: list[float] = []
         ready, go = 0, anyio.Event()
-        # The 32 clients are this process: a collection here (tens of ms) would read as the server's latency.
-        gc.collect()
-        gc.disable()
         cpu_before = proc_cpu_seconds(pid)
 
         async def one() -> None:
@@ -235,6 +232,9 @@ async def load(subject: Subject, clients: int, calls: int) -> dict[str, float]:
                     walls.append(time.perf_counter() - started)
                     assert data.get("result", data)["status"] == "ok", data
 
+        # The 32 clients are this process: a collection here (tens of ms) would read as the server's latency.
+        gc.collect()
+        gc.disable()
         try:
             async with anyio.create_task_group() as tg:
                 for _ in range(clients):
