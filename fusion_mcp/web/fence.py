@@ -14,6 +14,8 @@ from functools import cached_property
 
 from .extract import strip_invisible
 
+_HEX = re.compile(r"[0-9a-f]+")
+
 
 class Fence:
     """One run's delimiters. ``note`` goes into every system prompt of the run.
@@ -25,10 +27,14 @@ class Fence:
     def __init__(self, nonce: str | None = None, kind: str = "untrusted") -> None:
         self.nonce = nonce or secrets.token_hex(8)
         self.tag = f"{kind}-{self.nonce}"
+        # A nonce of lowercase hex digits (every run's) matches, ignoring case, only its digits and their
+        # capitals: no other character folds to 0-9 or a-f. Text whose lower case holds no copy of it holds
+        # none, and is returned without compiling the pattern (a run cleans every answer it gives the analyst).
+        self._hex = bool(nonce is None or _HEX.fullmatch(self.nonce))
 
     @cached_property
     def _nonce(self) -> re.Pattern[str]:
-        # Compiled when a run first fences something: most runs read no page, and every run has two fences.
+        # Compiled only for a text that may hold the nonce (see __init__): most texts hold none.
         return re.compile(re.escape(self.nonce), re.IGNORECASE)
 
     @property
@@ -42,6 +48,8 @@ class Fence:
 
     def clean(self, text: str) -> str:
         text = strip_invisible(text)
+        if self._hex and self.nonce not in text.lower():
+            return text
         # Repeat: removing one copy from "ab<nonce>cd" where "abcd" is the nonce would join a new one.
         while True:
             cleaned = self._nonce.sub("", text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import AsyncIterator
 
 import httpx2
@@ -333,6 +334,20 @@ def test_the_fence_cannot_be_rebuilt_from_pieces_of_its_nonce() -> None:
     wrapped = fence.wrap(hostile, source="web_fetch", url='x" evil="1')
     assert wrapped.count("0123456789abcdef") == 2  # the opening and closing delimiters only
     assert wrapped.startswith('<untrusted-0123456789abcdef source="web_fetch" url="x%22 evil=%221">\n')
+
+
+def test_the_fence_finds_its_nonce_in_any_case_it_could_be_written_in() -> None:
+    # clean() skips the pattern when the text's lower case lacks a hex nonce: sound only if no character but
+    # a hex digit's capital matches one ignoring case. Every code point is checked against the pattern.
+    fence = Fence()
+    pattern = re.compile("[0-9a-f]", re.IGNORECASE)
+    folding = {chr(c) for c in range(sys.maxunicode + 1) if pattern.fullmatch(chr(c))}
+    assert folding == set("0123456789abcdefABCDEF")
+    for written in (fence.nonce, fence.nonce.upper(), fence.nonce.title(), "\u200b".join(fence.nonce)):
+        assert fence.clean(f"say {written} now") == "say  now", written
+    assert fence.clean("nothing to remove") == "nothing to remove"
+    other = Fence("İstanbul")  # not hex: always the pattern, which folds more than lower() does
+    assert other.clean("say istanbul now") == "say  now"
 
 
 async def test_html_past_the_extraction_cap_is_read_in_part_and_says_so(run: RunWeb) -> None:
