@@ -9,6 +9,7 @@ The result is a superset of OpenRouter's ``FusionAnalysisResult``: the same ``st
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
@@ -274,12 +275,26 @@ class TokenUsage(_Model):
     """USD, when the provider reports it."""
 
     def __add__(self, other: TokenUsage) -> TokenUsage:
-        costs = [c for c in (self.cost, other.cost) if c is not None]
+        return TokenUsage.summed((self, other))
+
+    @staticmethod
+    def summed(usages: Iterable[TokenUsage]) -> TokenUsage:
+        """The counts of ``usages`` added up (one model built, not one per addition); the cost is None unless
+        one of them has one."""
+        prompt = completion = reasoning = total = 0
+        costs: list[float] = []
+        for usage in usages:
+            prompt += usage.prompt_tokens
+            completion += usage.completion_tokens
+            reasoning += usage.reasoning_tokens
+            total += usage.total_tokens
+            if usage.cost is not None:
+                costs.append(usage.cost)
         return TokenUsage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
-            total_tokens=self.total_tokens + other.total_tokens,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            reasoning_tokens=reasoning,
+            total_tokens=total,
             cost=round(sum(costs), 10) if costs else None,
         )
 

@@ -109,8 +109,13 @@ class LiveRun:
             await listener(event)
 
     @functools.cached_property
+    def secrets(self) -> tuple[str, ...]:
+        """Its settings' secrets, gathered once: a run's settings (and so their secrets) are fixed."""
+        return self.settings.secrets
+
+    @functools.cached_property
     def _redactor(self) -> Redactor:
-        return Redactor(self.settings.secrets)  # built once a run: its settings (and their secrets) are fixed
+        return Redactor(self.secrets)
 
     def _redacted(self, event: ProgressEvent) -> ProgressEvent:
         """``event`` with no secret in its texts: an error may quote a URL with a password in it, or a provider

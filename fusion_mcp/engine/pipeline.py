@@ -258,7 +258,7 @@ def spent_so_far(
 def _usage_row(
     model: str, role: Literal["panel", "analyst"], turns: list[MemberOutcome], provider: Callable[[str], str | None]
 ) -> ModelUsage:
-    total = sum((t.usage for t in turns), TokenUsage())
+    total = TokenUsage.summed(t.usage for t in turns)
     served = next((t.served_by for t in reversed(turns) if t.served_by), None)
     requests = sum(t.requests for t in turns)
     name = provider(model_of(model))
@@ -266,5 +266,5 @@ def _usage_row(
 
 
 def _usage(rows: list[ModelUsage]) -> Usage:
-    total = sum((TokenUsage(**r.model_dump(include=set(TokenUsage.model_fields))) for r in rows), TokenUsage())
+    total = TokenUsage.summed(rows)
     return Usage(models=rows, total=total)

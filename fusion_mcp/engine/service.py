@@ -15,6 +15,7 @@ import gc
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -116,6 +117,8 @@ class FusionService:
         self._runs = runs
         """Where every run lives: as long as the service, not as long as the call that started it."""
         self._live: dict[str, LiveRun] = {}
+        self._ended: deque[str] = deque()
+        """The runs of :attr:`_live` that ended, oldest end first: past ``KEEP_FINISHED`` the oldest go."""
         self._caching: dict[str, FusionResult] = {}
         """Results answered and not yet in the cache (their record comes first): an identical call meanwhile is
         answered from here, as it would be a moment later from the store."""
@@ -226,7 +229,7 @@ class FusionService:
             if on_delta is not None and on_delta in live.delta_listeners:
                 live.delta_listeners.remove(on_delta)
         found = live.result if done and live.result is not None else live.snapshot(self.settings.deadline_s)
-        return _redacted(found, live.settings.secrets)
+        return _redacted(found, live.secrets)
 
     def start(
         self,
@@ -293,7 +296,7 @@ class FusionService:
         if live is not None and live.principal == principal:
             done = await live.wait(wait_s, on_event, stop_with_caller=False)
             found = live.result if done and live.result is not None else live.snapshot(self.settings.deadline_s)
-            return _redacted(found, live.settings.secrets)
+            return _redacted(found, live.secrets)
         found = await self._recorded(run_id, principal)
         with anyio.move_on_after(wait_s):
             while found.status == "running":  # another process is at it: watch the history
@@ -427,9 +430,11 @@ class FusionService:
         live.release()
         live.done.set()
         _freeze_once()
-        ended = [k for k, v in self._live.items() if v.ended]
-        for run_id in ended[: max(0, len(ended) - KEEP_FINISHED)]:
-            del self._live[run_id]
+        self._ended.append(live.run_id)
+        while len(self._ended) > KEEP_FINISHED:  # a run's end costs the same however many runs are kept
+            kept = self._live.get(run_id := self._ended.popleft())
+            if kept is not None and kept.ended:
+                del self._live[run_id]
 
     async def _answer_then_record(self, live: LiveRun, transcripts: dict[str, list[dict[str, Any]]]) -> None:
         """Hand the result to its callers, then write its record (with its usage and the release of its
@@ -453,7 +458,7 @@ class FusionService:
         try:
             await self._record(live, live.result, without_image_data(transcripts), cached_from=live.cached_from)
             if key is not None:
-                await self._remember(key, live.result, live.settings.secrets)
+                await self._remember(key, live.result, live.secrets)
         finally:
             if key is not None and self._caching.get(key) is live.result:
                 del self._caching[key]
@@ -531,7 +536,7 @@ class FusionService:
             return await self._refused(live, _queued(refused.result(run_id), queued))
         except Exception as exc:
             log.exception("run %s failed unexpectedly", run_id)
-            message = redact(f"unexpected error: {type(exc).__name__}: {exc}", live.settings.secrets)
+            message = redact(f"unexpected error: {type(exc).__name__}: {exc}", live.secrets)
             result = await self._refused(
                 live, _queued(FusionRefused("unexpected_error", message).result(run_id), queued)
             )
@@ -572,7 +577,7 @@ class FusionService:
                     live.principal,
                     run_owner,
                     spent=spent,
-                    secrets=live.settings.secrets,
+                    secrets=live.secrets,
                     cached_from=cached_from,
                     urgent=urgent,
                 )

@@ -60,7 +60,12 @@ class SessionLogLevels:
 
     def wants(self, ctx: Context[ServiceHandle, Any], level: LoggingLevel) -> bool:
         """Whether the caller's connection asked for messages of ``level`` (``logging/setLevel`` to it or lower)."""
-        entry = self._levels.get(id(ctx.request_context.session.client_params))
+        return self.connection_wants(ctx.request_context.session.client_params, level)
+
+    def connection_wants(self, connection: object, level: LoggingLevel) -> bool:
+        """:meth:`wants` for a connection already looked up (its ``client_params``): a run's events ask per event,
+        and the context's lookup costs more than the answer."""
+        entry = self._levels.get(id(connection))
         return entry is not None and LOG_LEVELS.index(level) >= LOG_LEVELS.index(entry[1])
 
     async def send(self, ctx: Context[ServiceHandle, Any], level: LoggingLevel, message: str) -> None:

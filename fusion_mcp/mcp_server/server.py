@@ -493,6 +493,7 @@ def _progress(ctx: Context[ServiceHandle], run_id: str, log_levels: SessionLogLe
     # The call's session, looked up once: a run sends eleven events with eight members, and each lookup
     # (and a log message's coroutine for a client that asked for none) was paid per event.
     session = ctx.request_context.session
+    connection = session.client_params
 
     async def forward(event: ProgressEvent) -> None:
         message = event.message
@@ -500,7 +501,7 @@ def _progress(ctx: Context[ServiceHandle], run_id: str, log_levels: SessionLogLe
         try:
             await session.report_progress(event.progress, event.total, message)
             level: LoggingLevel = "warning" if event.kind in ("member_failed", "member_cut") else "info"
-            if log_levels.wants(ctx, level):
+            if log_levels.connection_wants(connection, level):
                 await log_levels.send(ctx, level, f"run {run_id}: {message}")
         except anyio.get_cancelled_exc_class():
             raise

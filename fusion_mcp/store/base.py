@@ -18,7 +18,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -174,9 +174,13 @@ class Write:
     usage: list[UsageRow] | None = None
     finished: bool = False
     error: Exception | None = None
-    wake: anyio.Event = field(default_factory=lambda: anyio.Event())
-    """Set when it is written, or when its caller is to write the batches waiting (see :meth:`Store._write`).
-    (Made per write: naming ``anyio.Event`` here would import anyio's synchronisation module at start-up.)"""
+    wake: anyio.Event | None = None
+    """Set when it is written, or when its caller is to write the batches waiting (see :meth:`Store._write`);
+    made only for a write that waits on another's batch (most become the writer of their own)."""
+
+    def woken(self) -> None:
+        if self.wake is not None:
+            self.wake.set()
 
 
 class UsageTotal(BaseModel):
@@ -437,6 +441,7 @@ class Store(ABC):
             if write.urgent:
                 self.hurry()
             if self._writer:
+                write.wake = anyio.Event()
                 await write.wake.wait()  # written, or made the writer
             if not write.finished:
                 self._writer = True
@@ -446,7 +451,7 @@ class Store(ABC):
                     await self._flush(batch)
                 finally:
                     if self._waiting:
-                        self._waiting[0].wake.set()
+                        self._waiting[0].woken()
                     else:
                         self._writer = False
         if write.error is not None:
@@ -497,7 +502,7 @@ class Store(ABC):
         finally:
             for write in batch:
                 write.finished = True
-                write.wake.set()
+                write.woken()
 
     # -- what each backend writes in its dialect -----------------------------------------------------
 

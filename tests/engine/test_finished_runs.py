@@ -98,3 +98,19 @@ async def test_memory_kept_per_finished_run_is_bounded(sim: ProviderSim) -> None
         assert all(service.live(r.run_id, LOCAL_PRINCIPAL) is r for r in kept_runs)
     print(f"memory kept per finished run: {kept / 1024:.0f} KiB")
     assert kept < KEPT_PER_RUN
+
+
+async def test_the_oldest_finished_runs_go_past_the_bound(sim: ProviderSim) -> None:
+    """Past ``KEEP_FINISHED`` finished runs, those that ended first are let go (their records stay in the store);
+    the newest ``KEEP_FINISHED`` are kept, each found by its id."""
+    async with FusionService.open(load_settings(environ=sim_env(sim))) as service:
+        runs = []
+        for i in range(KEEP_FINISHED + 3):
+            result = await service.run(service.prepare(FusionArgs(prompt=f"question {i}"), depth=0))
+            runs.append(result.run_id)
+        await service.records_written(LOCAL_PRINCIPAL)
+        await wait_until(lambda: all((live := service.live(r, LOCAL_PRINCIPAL)) is None or live.ended for r in runs))
+        assert [service.live(r, LOCAL_PRINCIPAL) for r in runs[:3]] == [None, None, None]
+        kept = [service.live(r, LOCAL_PRINCIPAL) for r in runs[3:]]
+        assert all(live is not None and live.ended for live in kept)
+        assert service.store is not None and all([await service.store.run(r) for r in runs[:3]])
