@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -23,7 +25,17 @@ import httpx2
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-bench-not-a-real-key"
-SCRATCH_HOME = tempfile.mkdtemp(prefix="fusion-bench-")
+
+
+def scratch_dir(prefix: str) -> str:
+    """A new directory under the system's temporary one, removed when this process exits: a benchmark starts
+    many servers, each with a history of its own, and none of it is wanted once the figures are out."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+SCRATCH_HOME = scratch_dir("fusion-bench-")
 
 
 @dataclass

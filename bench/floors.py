@@ -32,7 +32,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -53,6 +52,7 @@ from bench.common import (
     proc_cpu_seconds,
     proc_memory_mib,
     report,
+    scratch_dir,
     server_env,
     simulator,
     spread,
@@ -91,8 +91,8 @@ class Subject:
         """Its environment with an empty history of its own: builds never share a file, and no figure is
         measured on a history the figures before it filled (start-up reuses one, as a host's restart does)."""
         if not fresh:
-            self.home = self.home or tempfile.mkdtemp(prefix="fusion-floors-")
-        return {**self.env, "FUSION_HOME": self.home if not fresh else tempfile.mkdtemp(prefix="fusion-floors-")}
+            self.home = self.home or scratch_dir("fusion-floors-")
+        return {**self.env, "FUSION_HOME": self.home if not fresh else scratch_dir("fusion-floors-")}
 
     @asynccontextmanager
     async def client(self, fresh: bool = True) -> Any:
