@@ -15,6 +15,7 @@ The tags are added and removed at the HTTP guard: the MCP SDK inside sees only i
 from __future__ import annotations
 
 import logging
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +129,9 @@ class SessionRoutes:
                 raw = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
                 await send({"type": "http.response.start", "status": response.status_code, "headers": raw})
                 try:
-                    async for chunk in response.aiter_raw():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    async with aclosing(response.aiter_raw()) as pieces:  # see providers.client._sse_events
+                        async for chunk in pieces:
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 except httpx2.TransportError as exc:  # the sibling died mid-response: end what the client got
                     log.warning("relay from %s broke off: %r", sibling.stem, exc)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

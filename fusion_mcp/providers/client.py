@@ -12,8 +12,8 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -400,11 +400,12 @@ def _retry_after(value: str | None) -> float | None:
 async def _read_capped(response: httpx2.Response) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise BadResponse(f"the response was larger than {MAX_RESPONSE_BYTES // 2**20} MiB and was cut")
-        chunks.append(chunk)
+    async with aclosing(response.aiter_bytes()) as pieces:  # see _sse_events
+        async for chunk in pieces:
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise BadResponse(f"the response was larger than {MAX_RESPONSE_BYTES // 2**20} MiB and was cut")
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -471,7 +472,7 @@ def _parse_json(raw: bytes, response: httpx2.Response, secrets: tuple[str, ...])
     )
 
 
-async def _sse_events(response: httpx2.Response) -> AsyncIterator[str]:
+async def _sse_events(response: httpx2.Response) -> AsyncGenerator[str, None]:
     """The ``data`` of each event of an SSE stream (:class:`~.sse.SSEDecoder`: multi-line ``data:``, comments,
     CRLF and events split across reads), within the size cap.
 
@@ -481,13 +482,17 @@ async def _sse_events(response: httpx2.Response) -> AsyncIterator[str]:
     decoder = SSEDecoder(MAX_RESPONSE_BYTES)
     size = 0
     try:
-        async for chunk in response.aiter_bytes():
-            # Counted on what arrived and on what it decoded to, so a compressed stream is bounded too.
-            size += len(chunk)
-            if max(size, response.num_bytes_downloaded) > MAX_RESPONSE_BYTES:
-                raise BadResponse(f"the stream was longer than {MAX_RESPONSE_BYTES // 2**20} MiB and was cut")
-            for data in decoder.feed(chunk):
-                yield data
+        # Closed here, not left to the garbage collector: httpx2's byte iterator closes the iterators it
+        # nests in a `finally`, and asyncio finalizing those too, at once, raised "async generator already
+        # executing" (an unraisable error) whenever a stream was left before its end.
+        async with aclosing(response.aiter_bytes()) as pieces:
+            async for chunk in pieces:
+                # Counted on what arrived and on what it decoded to, so a compressed stream is bounded too.
+                size += len(chunk)
+                if max(size, response.num_bytes_downloaded) > MAX_RESPONSE_BYTES:
+                    raise BadResponse(f"the stream was longer than {MAX_RESPONSE_BYTES // 2**20} MiB and was cut")
+                for data in decoder.feed(chunk):
+                    yield data
     except TooLong:
         raise BadResponse(f"the stream sent an event longer than {MAX_RESPONSE_BYTES // 2**20} MiB") from None
 
@@ -567,6 +572,9 @@ async def _parse_sse(
         raise
     except (httpx2.TransportError, httpx2.TimeoutException) as exc:
         raise ConnectionFailed(f"the stream broke off: {_describe(exc)}", partial="".join(parts)) from None
+    finally:
+        with suppress(httpx2.TransportError):  # a stream being let go: an error closing it changes nothing
+            await events.aclose()  # left at [DONE] or an error: closed now (see _sse_events)
     if not done and out.finish_reason is None:
         raise ConnectionFailed("the stream ended before the answer was complete", partial="".join(parts))
     out.content = "".join(parts)

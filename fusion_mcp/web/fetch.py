@@ -18,7 +18,7 @@ from __future__ import annotations
 import http.cookiejar
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -280,13 +280,15 @@ class Fetcher:
         chunks: list[bytes] = []
         size = 0
         truncated = False
-        # aiter_bytes yields *decoded* bytes in bounded pieces, so a compressed bomb stops at the cap too.
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self.max_bytes:
-                chunks.append(chunk[: len(chunk) - (size - self.max_bytes)])
-                truncated = True
-                break
-            chunks.append(chunk)
+        # aiter_bytes yields *decoded* bytes in bounded pieces, so a compressed bomb stops at the cap too; closed
+        # here when the cap stops it, not left to the garbage collector (see providers.client._sse_events).
+        async with aclosing(response.aiter_bytes()) as pieces:
+            async for chunk in pieces:
+                size += len(chunk)
+                if size > self.max_bytes:
+                    chunks.append(chunk[: len(chunk) - (size - self.max_bytes)])
+                    truncated = True
+                    break
+                chunks.append(chunk)
         body = b"".join(chunks)
         return Fetched(url, response.status_code, content_type, response.charset_encoding, body, truncated)
