@@ -7,6 +7,8 @@ including the size cap.
 
 from __future__ import annotations
 
+import gc
+import inspect
 import json
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 from mcp import Client
 
 from fusion_mcp.config import Settings, load_settings
-from fusion_mcp.core.errors import BadResponse
+from fusion_mcp.core.errors import BadResponse, UpstreamError
 from fusion_mcp.mcp_server.server import create_server
 from fusion_mcp.providers.client import MAX_RESPONSE_BYTES, Provider, new_http_client
 from tests.conftest import PANEL, sim_env
@@ -125,3 +127,31 @@ async def test_streamed_requests_reuse_one_connection(sim: ProviderSim, settings
             assert (await provider.complete(request)).content == f"Answer from {M}: the answer is 42."
     peers = {r.peer for r in sim.requests}
     assert len(sim.requests) == 3 and len(peers) == 1, peers
+
+
+def open_stream_iterators() -> set[int]:
+    """The async generators of the provider client and httpx2 that are suspended, neither finished nor closed."""
+    return {
+        id(o)
+        for o in gc.get_objects()
+        if inspect.isasyncgen(o)
+        and o.ag_frame is not None
+        and ("fusion_mcp/providers" in o.ag_code.co_filename or "httpx2" in o.ag_code.co_filename)
+    }
+
+
+async def test_a_stream_left_before_its_end_is_closed_by_its_reader_not_the_collector(
+    sim: ProviderSim, settings: Settings
+) -> None:
+    """An error chunk ends the reading with the rest of the stream unread: the iterators that read it are closed
+    before the error reaches the caller. Left to the garbage collector, asyncio finalized httpx2's nested
+    iterators at once and raised "async generator already executing" (an unraisable error, seen in the soak)."""
+    failing = chunk(finish="error", error={"message": "x"})
+    unread = "".join(f"data: {json.dumps(chunk('more '))}\n\n" for _ in range(200))
+    body = f"data: {json.dumps(chunk('a'))}\n\ndata: {json.dumps(failing)}\n\n{unread}data: [DONE]\n\n"
+    sim.script(M, Reply(raw=body.encode(), content_type="text/event-stream"))
+    before = open_stream_iterators()
+    with pytest.raises(UpstreamError) as failed:
+        await stream(settings)
+    assert failed.value.message == "the stream ended with an error: x"
+    assert open_stream_iterators() - before == set()  # the traceback still holds the reader's frame
